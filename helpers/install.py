@@ -1,0 +1,91 @@
+"""Install the pinned stack in a hosted runtime (Colab, Kaggle) and decide whether to restart.
+
+Deciding is pure (`plan`, tested with fake environments); acting (`pip_install`, `restart`,
+`ensure_pinned`) is kept apart. torch is never installed here: Colab's CUDA build stays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from . import pins
+from .env import Runtime, detect_runtime
+from .errors import KitError
+
+IMPORT_NAMES = {"huggingface-hub": "huggingface_hub"}
+
+
+class PipInstallError(KitError, RuntimeError):
+    """pip exited with an error; carries its exit status and the end of its output."""
+
+    def __init__(self, args: list[str], returncode: int, output: str):
+        self.args_, self.returncode, self.output = args, returncode, output
+        super().__init__(f"`pip install {' '.join(args)}` failed (exit {returncode}):\n{output[-2000:]}")
+
+
+@dataclass
+class Plan:
+    install: list[str] = field(default_factory=list)  # requirement strings for pip
+    restart_for: list[str] = field(default_factory=list)  # imported modules that pip will replace
+    advice: str = ""
+
+    @property
+    def restart_needed(self) -> bool:
+        return bool(self.restart_for)
+
+
+def plan(runtime: Runtime, pinned: dict, installed: dict, imported: set[str]) -> Plan:
+    """What to install and whether a restart is needed, from facts alone.
+
+    Hosted: install the hosted subset that differs from the pins; a restart is needed only when one
+    of those packages is already imported (Python keeps the old module until the process restarts).
+    Elsewhere: install nothing; advise the command that fixes the mismatches.
+    """
+    if runtime.hosted:
+        pinned = {name: req for name, req in pinned.items() if name in pins.HOSTED_INSTALL}
+    mismatches = pins.find_mismatches(pinned, installed)
+    if not mismatches:
+        return Plan(advice="All pinned packages are installed at their pinned versions.")
+    if not runtime.hosted:
+        listing = "; ".join(map(str, mismatches))
+        return Plan(advice=f"Version mismatch ({listing}). Fix: `make install` (or `pip install -r requirements.txt`), "
+                           "then restart the kernel.")
+    specs = [str(pinned[m.package]) for m in mismatches]
+    stale = [m.package for m in mismatches if m.installed and IMPORT_NAMES.get(m.package, m.package) in imported]
+    return Plan(install=specs, restart_for=stale, advice=f"Installing {', '.join(specs)}.")
+
+
+def pip_install(requirements: list[str]) -> None:
+    """Run pip in this kernel's Python and raise with pip's own error when it fails."""
+    args = ["--quiet", "--no-input", *requirements]
+    result = subprocess.run([sys.executable, "-m", "pip", "install", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipInstallError(args, result.returncode, result.stdout + result.stderr)
+
+
+def restart(runtime: Runtime, reason: str) -> None:
+    """In Colab, end the kernel so the runtime restarts it; elsewhere say what to do (a headless run must live)."""
+    if runtime.name == "colab":
+        print(f"Restarting the runtime: {reason}. Run the notebook again from the top; the install is done.")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    print(f"Restart the kernel before going on: {reason}.")
+
+
+def ensure_pinned(install: bool = True) -> Plan:
+    """Check the pins; in a hosted runtime also install what differs (never torch) and restart if needed."""
+    runtime = detect_runtime()
+    names = pins.load_pins()
+    installed = {name: pins.installed_version(name) for name in names}
+    imported = {name.split(".")[0] for name in sys.modules}
+    decided = plan(runtime, names, installed, imported)
+    print(decided.advice)
+    if decided.install and install:
+        pip_install(decided.install)
+        if decided.restart_needed:
+            restart(runtime, f"{', '.join(decided.restart_for)} were imported before the upgrade")
+    return decided
