@@ -1,0 +1,67 @@
+"""Offline tiny random-weight pipelines for tests and CI.
+
+`build_all(out_dir)` writes one folder per model with `save_pretrained`; each loads with
+the plain `DiffusionPipeline.from_pretrained(folder)` (or `AutoModel` for the VAE), so the
+notebooks exercise the real loading path without the Hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .pipelines import (
+    tiny_qwen_image,
+    tiny_stable_diffusion,
+    tiny_stable_diffusion_xl,
+    tiny_vae,
+)
+
+BUILDERS = {
+    "qwen-image": tiny_qwen_image,
+    "sd": tiny_stable_diffusion,
+    "sd-safety": lambda seed=0: tiny_stable_diffusion(seed, with_safety_checker=True),
+    "sdxl": tiny_stable_diffusion_xl,
+    "vae-alt": lambda seed=0: tiny_vae(seed + 100, force_upcast=False),
+}
+STAMP_FILE = "tiny.json"
+
+
+def _source_fingerprint() -> str:
+    """Hash of the builder code: a change to it rebuilds the cached models."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build(name: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build one tiny model into `out_dir/name` (written to a temp folder, then moved)."""
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown tiny model {name!r}. Choose one of: {', '.join(BUILDERS)}.")
+    target = Path(out_dir) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    BUILDERS[name](seed).save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def build_all(out_dir: str | Path, seed: int = 0, force: bool = False) -> dict[str, Path]:
+    """Build every tiny model into `out_dir`; reuse them when the builder code is unchanged."""
+    out_dir = Path(out_dir)
+    stamp = {"fingerprint": _source_fingerprint(), "seed": seed, "models": sorted(BUILDERS)}
+    stamp_path = out_dir / STAMP_FILE
+    paths = {name: out_dir / name for name in BUILDERS}
+    if not force and stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
+        if all(path.is_dir() for path in paths.values()):
+            return paths
+    for name in BUILDERS:
+        build(name, out_dir, seed)
+    stamp_path.write_text(json.dumps(stamp, indent=2))
+    return paths
