@@ -1,0 +1,69 @@
+"""Build the keyword arguments of a pipeline call from the notebooks' parameters.
+
+One `guidance_scale` parameter works for every family: SD/SDXL take `guidance_scale`; Qwen-Image
+(not guidance-distilled) takes `true_cfg_scale` and warns about `guidance_scale`. Arguments the
+pipeline's `__call__` does not accept are left out, so img2img/inpaint variants work too.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .errors import InvalidParameterError
+
+
+def size_multiple(pipe) -> int:
+    """Height and width must be multiples of this: the VAE factor, times the patch size of a transformer."""
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    patch = 2 if "transformer" in pipe.components else 1
+    return max(8, factor * patch)
+
+
+def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
+    """Fail before the pipeline does, with a message naming the parameter and what is allowed."""
+    multiple = size_multiple(pipe)
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
+            raise InvalidParameterError(
+                name, value, f"{type(pipe).__name__} needs a positive multiple of {multiple}",
+                f"Try {max(multiple, round(value / multiple) * multiple) if isinstance(value, (int, float)) else 1024}.",
+            )
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        raise InvalidParameterError("num_inference_steps", num_inference_steps, "needs a whole number >= 1")
+    if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+        raise InvalidParameterError("guidance_scale", guidance_scale, "needs a number >= 0 (1 turns guidance off)")
+
+
+def call_arguments(
+    pipe,
+    *,
+    prompt: str,
+    negative_prompt: str = "",
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    **extra,
+) -> dict:
+    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device)."""
+    check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
+    accepted = inspect.signature(type(pipe).__call__).parameters
+    kwargs = dict(
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        **extra,
+    )
+    transformer = pipe.components.get("transformer")
+    distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
+    if "true_cfg_scale" in accepted and not distilled:
+        kwargs["true_cfg_scale"] = guidance_scale
+    else:
+        kwargs["guidance_scale"] = guidance_scale
+    return {name: value for name, value in kwargs.items() if name in accepted and value is not None}

@@ -1,0 +1,320 @@
+"""Thin guards around `DiffusionPipeline.from_pretrained` and `from_pipe`.
+
+Each function resolves the kit's friendly values ("auto" dtype and device map), checks what
+diffusers would otherwise get wrong silently or with a deep traceback, then makes the real
+diffusers call and returns the real diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.pipelines import auto_pipeline
+
+from . import env
+from .errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+DTYPE_CHOICES = "'auto', 'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
+DEVICE_MAP_CHOICES = ("auto", "cuda", "balanced", "cpu")
+TASK_MAPPINGS = {
+    "text2image": auto_pipeline.AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+    "image2image": auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+    "inpaint": auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING,
+}
+
+
+def resolve_dtype(dtype, device: str = "cpu"):
+    """'auto' -> the best dtype for `device`; names -> torch dtypes; dicts resolved per component.
+
+    A dict must carry a "default" key: without it diffusers loads every unlisted component as fp32.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, dict):
+        if "default" not in dtype:
+            raise InvalidParameterError(
+                "dtype", dtype, 'a per-component dict needs a "default" key',
+                'Without it diffusers loads every unlisted component as float32. Add "default": "bfloat16" (say).',
+            )
+        return {name: resolve_dtype(value, device) for name, value in dtype.items()}
+    if dtype == "auto":
+        return DTYPES[env.recommended_dtype(device)]
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise InvalidParameterError("dtype", dtype, f"choose one of {DTYPE_CHOICES}")
+
+
+def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
+    """Map the kit's device_map values onto the strings diffusers accepts; None means load on CPU.
+
+    diffusers accepts only "balanced", the accelerator name and "cpu". It rejects "auto", dicts and
+    "cuda:1", and "balanced" on a machine without GPUs silently loads everything on CPU.
+    """
+    if gpu_count is None:
+        gpu_count = torch.cuda.device_count()
+    if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
+        hint = ""
+        if isinstance(device_map, str) and device_map.startswith("cuda:"):
+            hint = 'To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
+        elif isinstance(device_map, dict):
+            hint = "Per-module dicts are for models (AutoModel.from_pretrained), not pipelines."
+        allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES)}"
+        raise InvalidParameterError("device_map", device_map, allowed, hint)
+    if device_map == "auto":
+        if gpu_count:
+            return accelerator
+        return "mps" if env.recommended_device() == "mps" else None
+    if device_map in ("cuda", "balanced") and gpu_count == 0:
+        raise InvalidParameterError(
+            "device_map", device_map, "it needs a CUDA GPU and none is visible",
+            'Use device_map="auto" (loads on CPU here) or "cpu"; in Colab pick a GPU runtime.',
+        )
+    return device_map
+
+
+def device_for(device_map: str | None) -> str:
+    """The device the pipeline's weights land on for a resolved device_map (the first GPU for "balanced")."""
+    if device_map in (None, "cpu"):
+        return "cpu"
+    return "cuda" if device_map == "balanced" else device_map
+
+
+def _looks_like_local_path(model_id: str) -> bool:
+    if model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1:
+        return True
+    if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
+        return True
+    # "models/tiny" where ./models exists is a mistyped local folder, not a Hub id.
+    return "/" in model_id and Path(model_id).parent.is_dir()
+
+
+@lru_cache(maxsize=None)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the Hub endpoint, bounded by `timeout` (a dropped network must not hang)."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    return env._truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
+
+
+def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def resolve_model_source(model_id: str, revision: str | None = None) -> str:
+    """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
+
+    diffusers treats any path that does not exist as a Hub id; here a missing local path is an
+    error, and an uncached Hub id on an offline machine fails at once instead of after retries.
+    """
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("model_index.json", "config.json")):
+            raise LocalPathNotFoundError(
+                f"Local folder {model_id!r} has no model_index.json (pipeline) or config.json (model). "
+                "Point model_id at the folder that save_pretrained or snapshot_download wrote."
+            )
+        return str(path.resolve())
+    if _looks_like_local_path(model_id):
+        raise LocalPathNotFoundError(
+            f"Local path {model_id!r} does not exist (resolved to {str(path.resolve())!r}). Check the path; "
+            "diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'."
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as error:
+        raise InvalidParameterError("model_id", model_id, "not a valid Hub id or existing folder", str(error)) from None
+    cached = any(_cached_file(model_id, name, revision) for name in ("model_index.json", "config.json"))
+    if not cached and hub_offline():
+        raise ModelNotCachedOfflineError(
+            f"{model_id!r} is not in the local Hub cache and the Hub cannot be reached "
+            "(HF_HUB_OFFLINE is set or the network is down). Fix: download it once while online "
+            "(huggingface_hub.snapshot_download), or pass the local folder that holds it."
+        )
+    return model_id
+
+
+def read_model_index(source: str, revision: str | None = None) -> dict:
+    """The pipeline's model_index.json: from the folder, or fetched (a few hundred bytes) from the Hub."""
+    if Path(source).is_dir():
+        index = Path(source) / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
+    if not index.is_file():
+        raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
+    return json.loads(index.read_text())
+
+
+def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
+    """Refuse per-component dtype mixes that fail at inference.
+
+    SD/SDXL components exchange tensors (text encoder -> UNet, UNet -> VAE) and fail with a dtype
+    error on the first call when their dtypes differ. Qwen-Image tolerates a VAE of another dtype.
+    """
+    distinct = set(dtypes.values())
+    if len(distinct) <= 1:
+        return
+    if pipeline_class_name.startswith("QwenImage") and len({d for n, d in dtypes.items() if n != "vae"}) == 1:
+        return
+    listing = ", ".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in sorted(dtypes.items()))
+    raise InvalidParameterError(
+        "dtype", listing, f"{pipeline_class_name} components must share one dtype",
+        "Mixed dtypes fail at inference on SD/SDXL-style pipelines; only Qwen-Image accepts a VAE of "
+        'another dtype (e.g. {"default": "bfloat16", "vae": "float32"}).',
+    )
+
+
+def _refuse_torch_dtype(kwargs: dict) -> None:
+    if "torch_dtype" in kwargs:
+        raise InvalidParameterError(
+            "torch_dtype", kwargs["torch_dtype"], "torch_dtype= is deprecated in diffusers 0.42", "Pass dtype= instead."
+        )
+
+
+def load_pipeline(
+    model_id: str,
+    pipeline_class=DiffusionPipeline,
+    *,
+    dtype="auto",
+    device_map="auto",
+    revision: str | None = None,
+    **kwargs,
+):
+    """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
+
+    Returns the diffusers pipeline itself, its denoising progress bar set by the quiet policy.
+    """
+    _refuse_torch_dtype(kwargs)
+    source = resolve_model_source(model_id, revision)
+    resolved_map = resolve_device_map(device_map)
+    resolved_dtype = resolve_dtype(dtype, device_for(resolved_map))
+    if isinstance(resolved_dtype, dict):
+        index = read_model_index(source, revision)
+        components = [name for name, spec in index.items() if not name.startswith("_") and _has_weights(spec)]
+        default = resolved_dtype["default"]
+        check_dtype_mix(index["_class_name"], {name: resolved_dtype.get(name, default) for name in components})
+    if not Path(source).is_dir() and hub_offline():
+        kwargs.setdefault("local_files_only", True)
+    if revision is not None:
+        kwargs["revision"] = revision
+    pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
+    pipe.set_progress_bar_config(disable=env.quiet_mode())
+    return pipe
+
+
+def _has_weights(spec) -> bool:
+    """model_index entries whose class holds weights (not schedulers, tokenizers or processors)."""
+    if not isinstance(spec, list) or spec[1] is None:
+        return False
+    return not any(word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
+
+
+def module_dtypes(pipe) -> dict[str, torch.dtype]:
+    """The dtype of every torch module of a pipeline, by component name."""
+    return {
+        name: next(module.parameters()).dtype
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
+    }
+
+
+def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
+    """`pipeline_class.from_pipe(pipe, dtype=...)` that keeps the source's dtype by default.
+
+    diffusers' from_pipe casts every shared module to `dtype`, defaulting to float32, so a bf16
+    source silently becomes fp32, the source included (diffusers issue 12754). With dtype=None this
+    passes the source's own dtype; a source of mixed dtypes must choose explicitly.
+    """
+    if not isinstance(pipe, DiffusionPipeline):
+        raise InvalidParameterError(
+            "pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline", "Load one with load_pipeline()."
+        )
+    _refuse_torch_dtype(kwargs)
+    if "device_map" in kwargs:
+        raise InvalidParameterError(
+            "device_map", kwargs["device_map"], "from_pipe does not take a device_map",
+            "The new pipeline shares the source's modules, and so their placement.",
+        )
+    current = set(module_dtypes(pipe).values())
+    if dtype is None:
+        distinct = set(current)
+        if len(distinct) > 1:
+            listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in module_dtypes(pipe).items())
+            raise InvalidParameterError(
+                "dtype", None, f"the source pipeline has mixed dtypes ({listing})",
+                "diffusers casts every shared module (the source's too) to one dtype: pass dtype= to choose it.",
+            )
+        dtype = distinct.pop() if distinct else torch.float32
+    else:
+        dtype = resolve_dtype(dtype, str(pipe.device))
+    # When nothing changes dtype, diffusers' cast still logs "modules ... should be kept in float32: []"
+    # for every model; that warning is about a real cast, so it is hushed only when there is none.
+    with _diffusers_logs_quiet(current == {dtype}):
+        new_pipe = pipeline_class.from_pipe(pipe, dtype=dtype, **kwargs)
+    new_pipe.set_progress_bar_config(disable=env.quiet_mode())
+    return new_pipe
+
+
+@contextmanager
+def _diffusers_logs_quiet(quiet: bool):
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    if quiet:
+        diffusers_logging.set_verbosity(diffusers_logging.ERROR)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def task_variant(pipe, task: str):
+    """The pipeline class of `pipe`'s family for `task` ("image2image", "inpaint"), or None.
+
+    Uses the same mapping as AutoPipelineForImage2Image / AutoPipelineForInpainting.
+    """
+    if task not in TASK_MAPPINGS:
+        raise InvalidParameterError("task", task, f"choose one of {', '.join(TASK_MAPPINGS)}")
+    return auto_pipeline._get_task_class(TASK_MAPPINGS[task], type(pipe).__name__, throw_error_if_not_exist=False)
+
+
+# Weight formats and variants from_pretrained does not read by default: skipping them keeps a
+# snapshot to what the pipeline loads (an SDXL repo holds fp32, fp16, ONNX and Flax copies).
+SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
+
+
+def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
+    """`allow_patterns`/`ignore_patterns` for `snapshot_download` of exactly the pipeline's components."""
+    components = [name for name, spec in model_index.items() if not name.startswith("_") and isinstance(spec, list)]
+    allow = ["model_index.json", "*.py", *(f"{name}/*" for name in components)]
+    return {"allow_patterns": allow, "ignore_patterns": SKIPPED_FILES}
