@@ -1,0 +1,145 @@
+"""Execute notebooks headless with papermill on the tiny local models (`make run`, the test harness).
+
+Each notebook gets the tiny values for the parameters it declares (model ids -> local folders,
+small sizes, 2 steps, fp32, CPU), so a new notebook is picked up without editing this file.
+A failing notebook still writes its executed copy; the error names the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import papermill
+from papermill.exceptions import PapermillExecutionError
+
+from .tiny import build_all
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+TINY_DIR = ROOT / ".cache" / "tiny"
+RUNS = ROOT / "runs"
+
+
+def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
+    """Values for every parameter name the notebooks use; each notebook takes the ones it declares."""
+    return {
+        "model_id": str(tiny["qwen-image"]),
+        "vae_id": str(tiny["vae-alt"]),
+        "safety_model_id": str(tiny["sd-safety"]),
+        "height": 32,
+        "width": 32,
+        "num_inference_steps": 2,
+        "dtype": "float32",
+        "device_map": "auto",
+        "parallel_loading": True,
+        "local_dir": "",
+        "output_dir": str(output_dir),
+        "install": False,
+        "hf_home": "",
+    }
+
+
+def declared_parameters(notebook: Path) -> dict:
+    return papermill.inspect_notebook(str(notebook))
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised; carries where (cell index and id) and the executed copy's path."""
+
+    def __init__(self, notebook: Path, executed: Path, cell: str, error: str):
+        self.notebook, self.executed, self.cell, self.error = notebook, executed, cell, error
+        super().__init__(f"{notebook.name} failed in {cell}: {error}\nExecuted copy: {executed}")
+
+
+@dataclass
+class Result:
+    notebook: Path
+    executed: Path
+    seconds: float
+    error: NotebookFailed | None = None
+
+
+def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
+    """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error."""
+    start = time.perf_counter()
+    declared = declared_parameters(notebook)
+    chosen = {name: value for name, value in parameters.items() if name in declared}
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=chosen, cwd=str(notebook.parent),
+            kernel_name="python3", progress_bar=False, log_output=False,
+        )
+        error = None
+    except PapermillExecutionError as failure:
+        cell = _failing_cell(executed, failure.cell_index)
+        error = NotebookFailed(notebook, executed, cell, f"{failure.ename}: {failure.evalue}")
+    return Result(notebook, executed, time.perf_counter() - start, error)
+
+
+def _failing_cell(executed: Path, index: int) -> str:
+    import nbformat
+
+    try:
+        cell = nbformat.read(executed, as_version=4).cells[index]
+        first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+        return f"cell {index} (id {cell.get('id')}: {first_line[:60]!r})"
+    except Exception:  # the executed copy is what we report on; never hide the real error
+        return f"cell {index}"
+
+
+def new_run_folder(root: Path = RUNS) -> Path:
+    """runs/<timestamp>/, with a suffix when that name is taken: runs never overwrite each other."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in range(1000):
+        folder = root / (stamp if suffix == 0 else f"{stamp}-{suffix}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a new run folder under {root}.")
+
+
+def headless_environment() -> None:
+    """What the kernels inherit: no progress bars, no Hub access (the tiny models are local)."""
+    os.environ["KIT_QUIET"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR) -> list[Result]:
+    headless_environment()
+    tiny = build_all(tiny_dir)
+    results = []
+    for notebook in notebooks:
+        parameters = tiny_parameters(tiny, run_folder / notebook.stem)
+        results.append(execute(notebook, run_folder / notebook.name, parameters))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all in notebooks/)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders are created")
+    parser.add_argument("--tiny-dir", type=Path, default=TINY_DIR, help="tiny model cache")
+    args = parser.parse_args(argv)
+    notebooks = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    run_folder = new_run_folder(args.runs)
+    results = run_all(notebooks, run_folder, args.tiny_dir)
+    for result in results:
+        status = "FAILED" if result.error else "ok"
+        print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s  -> {result.executed}")
+        if result.error:
+            print(f"       {result.error}", file=sys.stderr)
+    print(f"run folder: {run_folder}")
+    return 1 if any(result.error for result in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
