@@ -28,7 +28,7 @@ def check_generation_parameters(pipe, height: int, width: int, num_inference_ste
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
             raise InvalidParameterError(
                 name, value, f"{type(pipe).__name__} needs a positive multiple of {multiple}",
-                f"Try {max(multiple, round(value / multiple) * multiple) if isinstance(value, (int, float)) else 1024}.",
+                f"Try {max(multiple, round(value / multiple) * multiple) if isinstance(value, int | float) else 1024}.",
             )
     if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
         raise InvalidParameterError("num_inference_steps", num_inference_steps, "needs a whole number >= 1")

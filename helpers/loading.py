@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -101,7 +101,7 @@ def _looks_like_local_path(model_id: str) -> bool:
     return "/" in model_id and Path(model_id).parent.is_dir()
 
 
-@lru_cache(maxsize=None)
+@cache
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connect to the Hub endpoint, bounded by `timeout` (a dropped network must not hang)."""
     from huggingface_hub import constants

@@ -68,6 +68,7 @@ class Result:
 def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
     """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error."""
     start = time.perf_counter()
+    executed.parent.mkdir(parents=True, exist_ok=True)
     declared = declared_parameters(notebook)
     chosen = {name: value for name, value in parameters.items() if name in declared}
     try:
@@ -77,20 +78,21 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
         )
         error = None
     except PapermillExecutionError as failure:
-        cell = _failing_cell(executed, failure.cell_index)
+        cell = _failing_cell(executed)
         error = NotebookFailed(notebook, executed, cell, f"{failure.ename}: {failure.evalue}")
     return Result(notebook, executed, time.perf_counter() - start, error)
 
 
-def _failing_cell(executed: Path, index: int) -> str:
+def _failing_cell(executed: Path) -> str:
+    """Name the cell holding the error output (papermill adds a banner cell, so its index is shifted)."""
     import nbformat
 
-    try:
-        cell = nbformat.read(executed, as_version=4).cells[index]
-        first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-        return f"cell {index} (id {cell.get('id')}: {first_line[:60]!r})"
-    except Exception:  # the executed copy is what we report on; never hide the real error
-        return f"cell {index}"
+    cells = [cell for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"]
+    for number, cell in enumerate(cells, start=1):
+        if any(output.output_type == "error" for output in cell.outputs):
+            first_line = next(iter(cell.source.strip().splitlines()), "")
+            return f"code cell {number} (id {cell.get('id')}: {first_line[:60]!r})"
+    return "an unknown cell (no error output was saved)"
 
 
 def new_run_folder(root: Path = RUNS) -> Path:

@@ -37,7 +37,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
 def _byte_symbols(text: str) -> list[str]:
@@ -49,7 +49,7 @@ def _apply_bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[st
     """Byte-pair encoding of one word: repeatedly merge the lowest-ranked adjacent pair."""
     symbols = list(symbols)
     while len(symbols) > 1:
-        ranked = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        ranked = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))]
         rank, i = min(ranked)
         if rank == len(ranks):
             break

@@ -1,0 +1,96 @@
+import os
+import warnings
+
+import pytest
+
+from helpers import env
+
+
+@pytest.mark.parametrize("environ, modules, name, ci", [
+    ({"COLAB_RELEASE_TAG": "release-colab_20261101"}, {}, "colab", False),
+    ({}, {"google.colab": object()}, "colab", False),
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, {"ipykernel": object()}, "kaggle", False),
+    ({}, {"ipykernel": object()}, "jupyter", False),
+    ({"CI": "true"}, {}, "python", True),
+    ({"CI": "false"}, {}, "python", False),
+])
+def test_detect_runtime(environ, modules, name, ci):
+    runtime = env.detect_runtime(environ, modules)
+    assert (runtime.name, runtime.ci) == (name, ci)
+    assert runtime.hosted is (name in ("colab", "kaggle"))
+
+
+@pytest.mark.parametrize("environ, quiet", [
+    ({}, False), ({"CI": "true"}, True), ({"KIT_QUIET": "1"}, True), ({"CI": "1", "KIT_QUIET": "0"}, False),
+])
+def test_quiet_mode(environ, quiet):
+    assert env.quiet_mode(environ) is quiet
+
+
+def gpu(capability):
+    return env.Accelerator(0, "GPU", 16.0, capability, capability >= (8, 0))
+
+
+@pytest.mark.parametrize("device, gpus, expected", [
+    ("cpu", [], "float32"),
+    ("mps", [], "float16"),
+    ("cuda", [gpu((7, 5))], "float16"),  # T4: no bf16
+    ("cuda", [gpu((8, 0))], "bfloat16"),  # A100
+    ("cuda", [gpu((8, 9)), gpu((7, 5))], "float16"),  # mixed: the weakest decides
+])
+def test_recommended_dtype(device, gpus, expected):
+    assert env.recommended_dtype(device, gpus) == expected
+
+
+def test_configure_sets_progress_bars_and_parallel_loading(monkeypatch):
+    from diffusers.utils import constants
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    monkeypatch.setattr(constants, "HF_ENABLE_PARALLEL_LOADING", True)
+    monkeypatch.setenv("HF_ENABLE_PARALLEL_LOADING", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        env.configure(parallel_loading=True, quiet=True)
+    assert os.environ["HF_ENABLE_PARALLEL_LOADING"] == "1"
+    assert are_progress_bars_disabled() and not diffusers_logging.is_progress_bar_enabled()
+    env.configure(parallel_loading=True, quiet=False)
+    assert not are_progress_bars_disabled() and diffusers_logging.is_progress_bar_enabled()
+    env.configure(parallel_loading=True, quiet=True)
+
+
+def test_configure_after_import_warns_that_it_has_no_effect(monkeypatch):
+    from diffusers.utils import constants
+
+    monkeypatch.setattr(constants, "HF_ENABLE_PARALLEL_LOADING", False)
+    monkeypatch.setenv("HF_ENABLE_PARALLEL_LOADING", "0")
+    with pytest.warns(UserWarning, match=r"HF_ENABLE_PARALLEL_LOADING='1' was set after `import diffusers`.*restart"):
+        env.configure(parallel_loading=True, quiet=True)
+
+
+def test_what_fits_uses_weights_and_largest_component():
+    small = env.what_fits(7.0)  # SDXL: 6.46 GiB x 1.2 headroom is over 7; its UNet (4.78 GiB) is not
+    assert small["stable-diffusion-v1-5/stable-diffusion-v1-5"].startswith("fits")
+    assert small["stabilityai/stable-diffusion-xl-base-1.0"].startswith("with enable_model_cpu_offload")
+    assert small["Qwen/Qwen-Image"].startswith("does not fit")
+    large = env.what_fits(48.0)  # FLUX 31.4 x 1.2 fits; Qwen-Image 53.7 x 1.2 does not, its 38.1 GiB transformer does
+    assert large["black-forest-labs/FLUX.1-dev"].startswith("fits")
+    assert large["Qwen/Qwen-Image"].startswith("with enable_model_cpu_offload")
+
+
+def test_token_presence_is_reported_never_its_value(monkeypatch):
+    canary = "hf_CanaryTokenValue0123456789abcdefXYZ"
+    assert env.hf_token_found() is False
+    monkeypatch.setenv("HF_TOKEN", canary)
+    report = env.report()
+    assert report.hf_token_found is True
+    text = str(report)
+    assert "HF token       found" in text
+    assert canary not in text and canary not in repr(report)
+
+
+def test_report_lists_versions_and_pins():
+    text = str(env.report())
+    assert "diffusers      0.42.1" in text
+    assert "pins           all match" in text
+    assert "device         cpu (dtype float32)" in text

@@ -1,0 +1,136 @@
+"""Execute every notebook headless on the tiny models (papermill), then validate it with nbval.
+
+Notebooks are discovered by globbing notebooks/, so a new one is picked up without editing this
+file. Executed copies stay under runs/<timestamp>/ for inspection, failing ones included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from helpers import outputs, runner
+
+NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
+
+
+@pytest.fixture(scope="session")
+def run_folder() -> Path:
+    runner.headless_environment()
+    return runner.new_run_folder(runner.RUNS)
+
+
+@pytest.fixture(scope="session")
+def executed(tiny, run_folder):
+    """Run each notebook at most once per session, on first request."""
+    results: dict[str, runner.Result] = {}
+
+    def run(notebook: Path, **overrides) -> runner.Result:
+        key = notebook.stem + "".join(f"-{Path(str(v)).name}" for v in overrides.values())
+        if key not in results:
+            parameters = {**runner.tiny_parameters(tiny, run_folder / key), **overrides}
+            results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters)
+        return results[key]
+
+    return run
+
+
+def outputs_by_cell(path: Path) -> dict[str, str]:
+    notebook = nbformat.read(path, as_version=4)
+    texts = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            texts[cell.id] = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    return texts
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_notebook_executes_headless(executed, notebook):
+    result = executed(notebook)
+    if result.error:
+        pytest.fail(str(result.error))
+    assert result.executed.is_file()
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_executed_notebook_passes_nbval(executed, notebook):
+    result = executed(notebook)
+    if result.error:
+        pytest.skip(f"execution failed; reported by test_notebook_executes_headless: {result.error.cell}")
+    check = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(result.executed)],
+        capture_output=True, text=True, cwd=runner.ROOT,
+    )
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
+    assert " passed" in check.stdout
+
+
+def test_load_and_generate_on_tiny_qwen_image(executed, tiny):
+    notebook = runner.NOTEBOOKS / "02_load_and_generate.ipynb"
+    result = executed(notebook)
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    assert "DiffusionPipeline.from_pretrained returned a QwenImagePipeline" in text["auto-class"]
+    assert "image2image: QwenImageImg2ImgPipeline, weights shared with pipe:" in text["variants"]
+    assert "inpaint: QwenImageInpaintPipeline, weights shared with pipe:" in text["variants"]
+    assert "False" not in text["variants"].split("weights shared")[1]
+    for component in ("vae", "text_encoder", "transformer"):
+        assert component in text["dtype-table"]
+    assert "vae              torch.float32" in text["dtype-load"]
+    assert "text_encoder     torch.bfloat16" in text["dtype-load"]
+
+    defaults = papermill.inspect_notebook(str(notebook))
+    prompt, seed = json.loads(defaults["prompt"]["default"]), int(defaults["seed"]["default"])
+    pngs = sorted((result.executed.parent / result.executed.stem).glob("*.png"))
+    assert {p.name for p in pngs} >= {f"{task}-seed{seed}.png" for task in ("text2image", "image2image", "inpaint")}
+    for png in pngs:
+        meta = outputs.read_metadata(png)
+        assert meta["parameters"]["prompt"] == prompt and meta["parameters"]["seed"] == seed
+        assert meta["pipeline"].startswith("QwenImage")
+
+
+@pytest.mark.parametrize("family, variants", [
+    ("sd", ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")),
+    ("sdxl", ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")),
+])
+def test_load_and_generate_handles_other_families(executed, tiny, family, variants):
+    result = executed(runner.NOTEBOOKS / "02_load_and_generate.ipynb", model_id=str(tiny[family]))
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    for variant in variants:
+        assert f"{variant}, weights shared with pipe:" in text["variants"]
+    assert "needs one dtype for all components" in text["dtype-load"]
+
+
+def test_setup_reports_without_the_token(executed, monkeypatch):
+    result = executed(runner.NOTEBOOKS / "01_setup.ipynb")
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    assert "All pinned packages are installed at their pinned versions." in text["install"]
+    assert "pins           all match" in text["report"]
+    assert "No token found" in text["token"]
+
+
+def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(tmp_path):
+    notebook = new_notebook(cells=[
+        new_code_cell("x: int = 1  # a value", metadata={"tags": ["parameters"]}),
+        new_code_cell("raise ValueError(f'boom {x}')"),
+    ])
+    notebook.cells[1].id = "explode"
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "broken.ipynb"
+    nbformat.write(notebook, source)
+    result = runner.execute(source, tmp_path / "out" / "broken.ipynb", {"x": 5, "not_declared": 1})
+    assert result.error is not None
+    assert "code cell 3 (id explode" in str(result.error)  # after the parameters and injected cells
+    assert "ValueError: boom 5" in str(result.error)
+    assert result.executed.is_file()
+    assert any(o.output_type == "error" for c in nbformat.read(result.executed, as_version=4).cells
+               for o in c.get("outputs", []))

@@ -1,0 +1,91 @@
+import os
+import stat
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+from PIL import Image
+
+from helpers import __version__, outputs
+
+
+def red(size=16):
+    return Image.new("RGB", (size, size), "red")
+
+
+def test_metadata_round_trip(tmp_path):
+    path = outputs.save_image(red(), tmp_path, "fox", {"prompt": "a fox", "seed": 3})
+    assert path == tmp_path / "fox.png"
+    assert outputs.read_metadata(path) == {"prompt": "a fox", "seed": 3}
+
+
+def test_generation_metadata_carries_versions():
+    import diffusers
+
+    class FakePipe:
+        pass
+
+    meta = outputs.generation_metadata(FakePipe(), "org/model", seed=1, prompt="p")
+    assert meta == {
+        "model_id": "org/model", "pipeline": "FakePipe", "parameters": {"seed": 1, "prompt": "p"},
+        "kit_version": __version__, "diffusers_version": diffusers.__version__,
+    }
+
+
+def test_never_overwrites(tmp_path):
+    first = outputs.save_image(red(), tmp_path, "img", {"n": 1})
+    before = first.read_bytes()
+    second = outputs.save_image(Image.new("RGB", (16, 16), "blue"), tmp_path, "img", {"n": 2})
+    assert (first.name, second.name) == ("img.png", "img-1.png")
+    assert first.read_bytes() == before
+    assert outputs.read_metadata(second) == {"n": 2}
+
+
+def _save_many(args):
+    folder, worker = args
+    return [str(outputs.save_image(red(), folder, "same", {"worker": worker, "i": i})) for i in range(10)]
+
+
+def test_concurrent_writers_never_clobber_each_other(tmp_path):
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        paths = [p for batch in pool.map(_save_many, [(tmp_path, 0), (tmp_path, 1)]) for p in batch]
+    assert len(set(paths)) == 20
+    written = {(m["worker"], m["i"]) for m in map(outputs.read_metadata, paths)}
+    assert written == {(w, i) for w in (0, 1) for i in range(10)}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".png")) == []
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = outputs.save_image(red(), tmp_path, "perm")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("stem, name", [("a photo / of a cat?", "a-photo-of-a-cat.png"), ("..x..", "x.png")])
+def test_names_are_cleaned(tmp_path, stem, name):
+    assert outputs.save_image(red(), tmp_path, stem).name == name
+
+
+def test_empty_name_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must contain letters or digits"):
+        outputs.save_image(red(), tmp_path, "///")
+
+
+def test_read_metadata_of_a_plain_png(tmp_path):
+    red().save(tmp_path / "plain.png")
+    assert outputs.read_metadata(tmp_path / "plain.png") == {}
+
+
+def test_grid_layout_and_labels():
+    grid = outputs.make_grid([red(16), red(16), red(16)], labels=["a", "b", "c"], cols=2)
+    assert grid.size == (32, 2 * (16 + 14))
+    assert outputs.make_grid([red(16)] * 5).size == (64, 32)
+
+
+def test_grid_bad_input():
+    with pytest.raises(ValueError, match="at least one image"):
+        outputs.make_grid([])
+    with pytest.raises(ValueError, match="Got 1 labels for 2 images"):
+        outputs.make_grid([red(), red()], labels=["a"])
