@@ -33,6 +33,22 @@ def tiny_vae(seed: int = 0, force_upcast: bool = True):
     ))
 
 
+def tiny_unet(seed: int = 0, **family_options):
+    """A two-level UNet2DConditionModel (one cross-attention level), the SD/SDXL denoiser shape."""
+    from diffusers import UNet2DConditionModel
+
+    return _seeded(seed, lambda: UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **family_options,
+    ))
+
+
 def tiny_clip_text_encoder(tokenizer, seed: int = 0, with_projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -72,19 +88,10 @@ def tiny_safety_checker(seed: int = 0):
 
 def tiny_stable_diffusion(seed: int = 0, with_safety_checker: bool = False):
     """Stable Diffusion 1.x wiring: CLIP text encoder, cross-attention UNet, AutoencoderKL."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     tokenizer = build_clip_tokenizer()
-    unet = _seeded(seed, lambda: UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    ))
+    unet = tiny_unet(seed, cross_attention_dim=32)
     scheduler = PNDMScheduler(
         skip_prk_steps=True, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
     )
@@ -103,20 +110,14 @@ def tiny_stable_diffusion(seed: int = 0, with_safety_checker: bool = False):
 
 def tiny_stable_diffusion_xl(seed: int = 0):
     """SDXL wiring: two CLIP encoders, a UNet with text_time added conditioning."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     tokenizer = build_clip_tokenizer()
     text_encoder = tiny_clip_text_encoder(tokenizer, seed)
     text_encoder_2 = tiny_clip_text_encoder(tokenizer, seed + 1, with_projection=True)
     addition_time_embed_dim = 8
-    unet = _seeded(seed, lambda: UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = tiny_unet(
+        seed,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -124,7 +125,7 @@ def tiny_stable_diffusion_xl(seed: int = 0):
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * addition_time_embed_dim + text_encoder_2.config.projection_dim,
         cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
-    ))
+    )
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
