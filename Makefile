@@ -30,7 +30,7 @@ test: install
 
 ## lint: ruff on helpers, tests and notebooks
 lint: install
-	$(PY) -m ruff check helpers tests notebooks
+	$(PY) -m ruff check helpers tests notebooks bench
 
 ## strip: remove outputs, execution counts and Colab cell metadata from committed notebooks
 strip: install

@@ -8,9 +8,10 @@ diffusers call and returns the real diffusers pipeline.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -125,17 +126,19 @@ def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | Non
     return found if isinstance(found, str) else None
 
 
-def resolve_model_source(model_id: str, revision: str | None = None) -> str:
+def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
     """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
 
     diffusers treats any path that does not exist as a Hub id; here a missing local path is an
     error, and an uncached Hub id on an offline machine fails at once instead of after retries.
     """
+    if isinstance(model_id, os.PathLike):
+        model_id = os.fspath(model_id)
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
     path = Path(model_id).expanduser()
     if path.is_dir():
-        if not any((path / name).is_file() for name in ("model_index.json", "config.json")):
+        if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
             raise LocalPathNotFoundError(
                 f"Local folder {model_id!r} has no model_index.json (pipeline) or config.json (model). "
                 "Point model_id at the folder that save_pretrained or snapshot_download wrote."
@@ -152,7 +155,8 @@ def resolve_model_source(model_id: str, revision: str | None = None) -> str:
         validate_repo_id(model_id)
     except HFValidationError as error:
         raise InvalidParameterError("model_id", model_id, "not a valid Hub id or existing folder", str(error)) from None
-    cached = any(_cached_file(model_id, name, revision) for name in ("model_index.json", "config.json"))
+    candidates = ("model_index.json", "config.json", f"{subfolder}/config.json" if subfolder else "config.json")
+    cached = any(_cached_file(model_id, name, revision) for name in candidates)
     if not cached and hub_offline():
         raise ModelNotCachedOfflineError(
             f"{model_id!r} is not in the local Hub cache and the Hub cannot be reached "
@@ -218,6 +222,9 @@ def load_pipeline(
     source = resolve_model_source(model_id, revision)
     resolved_map = resolve_device_map(device_map)
     resolved_dtype = resolve_dtype(dtype, device_for(resolved_map))
+    passed = {name: value for name, value in kwargs.items() if isinstance(value, torch.nn.Module)}
+    for name, component in passed.items():
+        check_component(component_spec(source, name, revision), name, component)
     if isinstance(resolved_dtype, dict):
         index = read_model_index(source, revision)
         components = [name for name, spec in index.items() if not name.startswith("_") and _has_weights(spec)]
@@ -277,25 +284,30 @@ def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
         dtype = distinct.pop() if distinct else torch.float32
     else:
         dtype = resolve_dtype(dtype, str(pipe.device))
-    # When nothing changes dtype, diffusers' cast still logs "modules ... should be kept in float32: []"
-    # for every model; that warning is about a real cast, so it is hushed only when there is none.
-    with _diffusers_logs_quiet(current == {dtype}):
+    # diffusers' cast logs "modules ... should be kept in float32: []" for every model even when the
+    # dtype does not change; only that empty-list note is dropped, every other warning stays.
+    with _without_empty_fp32_notes() if current == {dtype} else nullcontext():
         new_pipe = pipeline_class.from_pipe(pipe, dtype=dtype, **kwargs)
     new_pipe.set_progress_bar_config(disable=env.quiet_mode())
     return new_pipe
 
 
-@contextmanager
-def _diffusers_logs_quiet(quiet: bool):
-    from diffusers.utils import logging as diffusers_logging
+class _EmptyFp32ListFilter(logging.Filter):
+    """Drops diffusers' "modules ... should be kept in float32: []" note, logged even when nothing is cast."""
 
-    previous = diffusers_logging.get_verbosity()
-    if quiet:
-        diffusers_logging.set_verbosity(diffusers_logging.ERROR)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+@contextmanager
+def _without_empty_fp32_notes():
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    note_filter = _EmptyFp32ListFilter()
+    target.addFilter(note_filter)
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(previous)
+        target.removeFilter(note_filter)
 
 
 def task_variant(pipe, task: str):
@@ -318,3 +330,95 @@ def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
     components = [name for name, spec in model_index.items() if not name.startswith("_") and isinstance(spec, list)]
     allow = ["model_index.json", "*.py", *(f"{name}/*" for name in components)]
     return {"allow_patterns": allow, "ignore_patterns": SKIPPED_FILES}
+
+
+# Config values that must agree for a component to fit the others: latent shape and scaling (VAE),
+# conditioning widths (denoiser, text encoders).
+INTERFACE_KEYS = (
+    "latent_channels", "z_dim", "scaling_factor", "in_channels", "out_channels", "cross_attention_dim",
+    "joint_attention_dim", "hidden_size", "projection_dim",
+)
+
+
+def _config_dict(component) -> dict:
+    config = getattr(component, "config", {})
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def component_spec(source: str, name: str, revision: str | None = None) -> tuple[str, dict]:
+    """(class name, config) of component `name` as the pipeline at `source` ships it."""
+    index = read_model_index(source, revision)
+    if name not in index or not isinstance(index[name], list):
+        known = ", ".join(n for n in index if not n.startswith("_"))
+        raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
+                                    f"Its components are: {known}.")
+    class_name = index[name][1]
+    if Path(source).is_dir():
+        config_path = Path(source) / name / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
+                                           local_files_only=hub_offline()))
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return class_name, config
+
+
+def check_component(spec: tuple[str, dict], name: str, component) -> None:
+    """Refuse a component of the wrong class or shape before diffusers fails deep inside a call."""
+    expected_class, expected_config = spec
+    actual_class = type(component).__name__
+    if expected_class not in {cls.__name__ for cls in type(component).__mro__}:
+        raise InvalidParameterError(
+            name, actual_class, f"this pipeline's {name} must be of class {expected_class}",
+            f"Load a {name} made for this model family ({expected_class}).",
+        )
+    config = _config_dict(component)
+    differing = {
+        key: (config[key], expected_config[key])
+        for key in INTERFACE_KEYS
+        if key in config and key in expected_config and config[key] != expected_config[key]
+    }
+    if differing:
+        listing = ", ".join(f"{key} {got} (expected {want})" for key, (got, want) in differing.items())
+        raise InvalidParameterError(
+            name, actual_class, f"its config does not match this pipeline's {name}: {listing}",
+            f"It was made for another model family; use a {name} trained for this one.",
+        )
+
+
+def check_swap(pipe, name: str, component) -> None:
+    """Check `component` against the one it replaces in a loaded pipeline (same rules as at load time)."""
+    if name not in pipe.components or pipe.components[name] is None:
+        raise InvalidParameterError(name, type(component).__name__, f"{type(pipe).__name__} has no {name} to replace")
+    current = pipe.components[name]
+    check_component((type(current).__name__, _config_dict(current)), name, component)
+
+
+def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
+    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks.
+
+    The path is passed as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1.
+    """
+    from diffusers import AutoModel
+
+    _refuse_torch_dtype(kwargs)
+    source = resolve_model_source(model_id, revision, subfolder)
+    if not Path(source).is_dir() and hub_offline():
+        kwargs.setdefault("local_files_only", True)
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if revision is not None:
+        kwargs["revision"] = revision
+    device = device_for(resolve_device_map("auto"))
+    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype, device), **kwargs)
+
+
+def scheduler_class(pipe, name: str):
+    """The scheduler class called `name`, if it is one of `pipe.scheduler.compatibles`."""
+    compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
+    if name not in compatible:
+        raise InvalidParameterError(
+            "scheduler", name, f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}",
+        )
+    return compatible[name]

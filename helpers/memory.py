@@ -1,8 +1,50 @@
-"""Memory facts about loaded pipelines: which weights are shared between two pipelines."""
+"""Memory facts about pipelines: component sizes and dtypes, shared weights, RAM/VRAM deltas."""
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    name: str
+    class_name: str
+    params: int
+    bytes: int
+    dtype: str
+    device: str
+
+
+def component_table(pipe) -> list[ComponentInfo]:
+    """Parameter count, weight bytes, dtype and device of each torch component (tied weights counted once)."""
+    rows = []
+    for name, module in pipe.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        params = list(module.parameters())
+        rows.append(ComponentInfo(
+            name=name,
+            class_name=type(module).__name__,
+            params=sum(p.numel() for p in params),
+            bytes=sum(p.numel() * p.element_size() for p in params),
+            dtype=str(params[0].dtype).removeprefix("torch.") if params else "-",
+            device=str(params[0].device) if params else "-",
+        ))
+    return rows
+
+
+def format_table(rows: list[ComponentInfo]) -> str:
+    lines = [f"{'component':16s} {'class':36s} {'params':>14s} {'MB':>10s} {'dtype':9s} device"]
+    for row in rows:
+        lines.append(f"{row.name:16s} {row.class_name:36s} {row.params:>14,d} {row.bytes / 2**20:>10.1f} "
+                     f"{row.dtype:9s} {row.device}")
+    total = sum(row.bytes for row in rows)
+    lines.append(f"{'total':16s} {'':36s} {sum(r.params for r in rows):>14,d} {total / 2**20:>10.1f}")
+    return "\n".join(lines)
 
 
 def parameter_pointers(pipe) -> dict[str, set[int]]:
@@ -16,11 +58,52 @@ def parameter_pointers(pipe) -> dict[str, set[int]]:
 
 def shared_components(a, b) -> dict[str, bool]:
     """For each torch component the two pipelines both have: is every parameter the same storage?"""
+    for pipe in (a, b):
+        if not hasattr(pipe, "components"):
+            raise TypeError(f"shared_components needs diffusers pipelines; got a {type(pipe).__name__}.")
     left, right = parameter_pointers(a), parameter_pointers(b)
-    return {name: left[name] == right[name] for name in left.keys() & right.keys()}
+    return {name: left[name] == right[name] for name in sorted(left.keys() & right.keys())}
 
 
 def shares_weights(a, b) -> bool:
     """True when the pipelines share components and every shared component's weights are one storage."""
     shared = shared_components(a, b)
     return bool(shared) and all(shared.values())
+
+
+@dataclass
+class Snapshot:
+    ram_mb: float
+    cuda_mb: float | None
+
+
+def snapshot() -> Snapshot:
+    """This process's resident memory, and CUDA memory allocated by torch when a GPU is present."""
+    import psutil
+
+    cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return Snapshot(psutil.Process().memory_info().rss / 2**20, cuda)
+
+
+@dataclass
+class MemoryDelta:
+    ram_mb: float = 0.0
+    cuda_mb: float | None = None
+
+    def __str__(self) -> str:
+        cuda = f", VRAM {self.cuda_mb:+.1f} MB" if self.cuda_mb is not None else ""
+        return f"RAM {self.ram_mb:+.1f} MB{cuda}"
+
+
+@contextmanager
+def measure():
+    """`with measure() as delta:` ... then `delta` holds the RAM (RSS) and VRAM growth of the block."""
+    gc.collect()
+    before = snapshot()
+    delta = MemoryDelta()
+    yield delta
+    gc.collect()
+    after = snapshot()
+    delta.ram_mb = after.ram_mb - before.ram_mb
+    if after.cuda_mb is not None:
+        delta.cuda_mb = after.cuda_mb - before.cuda_mb

@@ -8,6 +8,7 @@ A failing notebook still writes its executed copy; the error names the notebook 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -26,12 +27,31 @@ TINY_DIR = ROOT / ".cache" / "tiny"
 RUNS = ROOT / "runs"
 
 
+# The tiny model that stands in for each real Hub id a notebook may default to.
+TINY_STAND_INS = {
+    "Qwen/Qwen-Image": "qwen-image",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd-safety",
+    "madebyollin/sdxl-vae-fp16-fix": "vae-alt",
+}
+
+
+def stand_ins(declared: dict, tiny: dict[str, Path]) -> dict:
+    """Every parameter whose default is a known Hub id gets the matching tiny folder."""
+    chosen = {}
+    for name, info in declared.items():
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(default, str) and default in TINY_STAND_INS:
+            chosen[name] = str(tiny[TINY_STAND_INS[default]])
+    return chosen
+
+
 def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
-    """Values for every parameter name the notebooks use; each notebook takes the ones it declares."""
+    """Small, fast values for the parameter names the notebooks share; each takes the ones it declares."""
     return {
-        "model_id": str(tiny["qwen-image"]),
-        "vae_id": str(tiny["vae-alt"]),
-        "safety_model_id": str(tiny["sd-safety"]),
         "height": 32,
         "width": 32,
         "num_inference_steps": 2,
@@ -47,6 +67,11 @@ def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
 
 def declared_parameters(notebook: Path) -> dict:
     return papermill.inspect_notebook(str(notebook))
+
+
+def headless_parameters(notebook: Path, tiny: dict[str, Path], output_dir: Path) -> dict:
+    """The parameters a headless run injects: tiny stand-ins for Hub ids, then small sizes and steps."""
+    return {**stand_ins(declared_parameters(notebook), tiny), **tiny_parameters(tiny, output_dir)}
 
 
 class NotebookFailed(RuntimeError):
@@ -120,7 +145,7 @@ def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR) 
     tiny = build_all(tiny_dir)
     results = []
     for notebook in notebooks:
-        parameters = tiny_parameters(tiny, run_folder / notebook.stem)
+        parameters = headless_parameters(notebook, tiny, run_folder / notebook.stem)
         results.append(execute(notebook, run_folder / notebook.name, parameters))
     return results
 

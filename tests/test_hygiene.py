@@ -34,7 +34,9 @@ def code_cells(notebook):
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOK_PATHS][:2] == ["01_setup.ipynb", "02_load_and_generate.ipynb"]
+    assert [p.name for p in NOTEBOOK_PATHS][:3] == [
+        "01_setup.ipynb", "02_load_and_generate.ipynb", "03_component_swapping.ipynb",
+    ]
 
 
 def test_valid_nbformat(notebook_path):

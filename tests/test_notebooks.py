@@ -35,7 +35,7 @@ def executed(tiny, run_folder):
     def run(notebook: Path, **overrides) -> runner.Result:
         key = notebook.stem + "".join(f"-{Path(str(v)).name}" for v in overrides.values())
         if key not in results:
-            parameters = {**runner.tiny_parameters(tiny, run_folder / key), **overrides}
+            parameters = {**runner.headless_parameters(notebook, tiny, run_folder / key), **overrides}
             results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters)
         return results[key]
 
@@ -134,3 +134,20 @@ def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(tmp_path):
     assert result.executed.is_file()
     assert any(o.output_type == "error" for c in nbformat.read(result.executed, as_version=4).cells
                for o in c.get("outputs", []))
+
+
+def test_component_swapping_shows_its_proofs(executed):
+    result = executed(runner.NOTEBOOKS / "03_component_swapping.ipynb")
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    assert "pipe.vae is the object we passed: True" in text["vae"]
+    assert "refused: vae='AutoencoderKLQwenImage'" in text["wrong"]
+    assert "EulerDiscreteScheduler -> EulerAncestralDiscreteScheduler" in text["scheduler"]
+    assert "StableDiffusionXLPAGPipeline: same storage per component" in text["pag"]
+    assert "False" not in text["pag"] and "memory growth of from_pipe: RAM" in text["pag"]
+    assert "after raw from_pipe: {'vae': 'torch.float32'" in text["trap"]
+    assert "after kit from_pipe: {'vae': 'torch.bfloat16'" in text["trap"]
+    assert "nsfw_content_detected: [" in text["safety"]
+    assert "You have disabled the safety checker" in text["safety-off"]
+    pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
+    assert {"original-vae-seed42.png", "fp16-fix-vae-seed42.png", "pag-seed42.png"} <= pngs

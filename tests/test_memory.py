@@ -1,0 +1,53 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline
+
+from helpers import loading, memory
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_component_table_counts_bytes_by_dtype_and_tied_weights_once():
+    pipe = SimpleNamespace(components={
+        "text_encoder": Tied().to(torch.bfloat16), "unet": torch.nn.Linear(3, 5), "tokenizer": object(),
+    })
+    rows = {row.name: row for row in memory.component_table(pipe)}
+    assert set(rows) == {"text_encoder", "unet"}
+    assert (rows["text_encoder"].params, rows["text_encoder"].bytes, rows["text_encoder"].dtype) == (40, 80, "bfloat16")
+    assert (rows["unet"].params, rows["unet"].bytes, rows["unet"].dtype) == (20, 80, "float32")
+    table = memory.format_table(memory.component_table(pipe))
+    assert "text_encoder" in table and table.splitlines()[-1].split()[:2] == ["total", "60"]
+
+
+def test_shares_weights_after_from_pipe_but_not_after_two_loads(tiny):
+    pipe = loading.load_pipeline(str(tiny["sdxl"]))
+    variant = loading.from_pipe(StableDiffusionXLImg2ImgPipeline, pipe)
+    other = loading.load_pipeline(str(tiny["sdxl"]))
+    assert memory.shares_weights(pipe, variant)
+    assert set(memory.shared_components(pipe, variant)) == {"text_encoder", "text_encoder_2", "unet", "vae"}
+    assert not memory.shares_weights(pipe, other)
+    assert not any(memory.shared_components(pipe, other).values())
+
+
+def test_shared_components_needs_pipelines():
+    with pytest.raises(TypeError, match="needs diffusers pipelines; got a str"):
+        memory.shared_components("pipe", "other")
+
+
+def test_measure_sees_a_new_allocation_and_not_an_empty_block():
+    with memory.measure() as grew:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched so it is resident
+    assert grew.ram_mb > 48
+    del block
+    with memory.measure() as idle:
+        pass
+    assert abs(idle.ram_mb) < 16
+    assert "RAM" in str(idle)
