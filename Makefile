@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install run test lint strip check-strip tiny clean
+.PHONY: install run test test-gpu lint strip tiny clean
 
 ## install: create .venv with the pinned stack (CPU torch first where there is no NVIDIA GPU)
 install: $(STAMP)
@@ -27,6 +27,10 @@ run: install
 ## test: unit tests, notebook harness (papermill + nbval) and hygiene checks
 test: install
 	$(PY) -m pytest
+
+## test-gpu: every notebook with its real defaults (Hub models, real sizes) on CUDA GPUs; skips without one
+test-gpu: install
+	$(PY) -m helpers.runner --real
 
 ## lint: ruff on helpers, tests and notebooks
 lint: install

@@ -8,10 +8,9 @@ diffusers call and returns the real diffusers pipeline.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +20,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines import auto_pipeline
 
 from . import env
+from .diffusers_logs import without_empty_fp32_notes
 from .errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 DTYPES = {
@@ -29,7 +29,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 DTYPE_CHOICES = "'auto', 'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
-DEVICE_MAP_CHOICES = ("auto", "cuda", "balanced", "cpu")
+DEVICE_MAP_CHOICES = ("auto", "cuda", "balanced", "cpu", None)
 TASK_MAPPINGS = {
     "text2image": auto_pipeline.AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
     "image2image": auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
@@ -61,18 +61,22 @@ def resolve_dtype(dtype, device: str = "cpu"):
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
     """Map the kit's device_map values onto the strings diffusers accepts; None means load on CPU.
 
+    None in, None out: no device map, for callers that place the pipeline with `.to()` themselves.
+
     diffusers accepts only "balanced", the accelerator name and "cpu". It rejects "auto", dicts and
     "cuda:1", and "balanced" on a machine without GPUs silently loads everything on CPU.
     """
     if gpu_count is None:
         gpu_count = torch.cuda.device_count()
+    if device_map is None:
+        return None
     if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
         hint = ""
         if isinstance(device_map, str) and device_map.startswith("cuda:"):
             hint = 'To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
         elif isinstance(device_map, dict):
             hint = "Per-module dicts are for models (AutoModel.from_pretrained), not pipelines."
-        allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES)}"
+        allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES if c)}"
         raise InvalidParameterError("device_map", device_map, allowed, hint)
     if device_map == "auto":
         if gpu_count:
@@ -286,28 +290,10 @@ def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
         dtype = resolve_dtype(dtype, str(pipe.device))
     # diffusers' cast logs "modules ... should be kept in float32: []" for every model even when the
     # dtype does not change; only that empty-list note is dropped, every other warning stays.
-    with _without_empty_fp32_notes() if current == {dtype} else nullcontext():
+    with without_empty_fp32_notes() if current == {dtype} else nullcontext():
         new_pipe = pipeline_class.from_pipe(pipe, dtype=dtype, **kwargs)
     new_pipe.set_progress_bar_config(disable=env.quiet_mode())
     return new_pipe
-
-
-class _EmptyFp32ListFilter(logging.Filter):
-    """Drops diffusers' "modules ... should be kept in float32: []" note, logged even when nothing is cast."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32: []" not in record.getMessage()
-
-
-@contextmanager
-def _without_empty_fp32_notes():
-    target = logging.getLogger("diffusers.models.modeling_utils")
-    note_filter = _EmptyFp32ListFilter()
-    target.addFilter(note_filter)
-    try:
-        yield
-    finally:
-        target.removeFilter(note_filter)
 
 
 def task_variant(pipe, task: str):

@@ -150,18 +150,79 @@ def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR) 
     return results
 
 
+PEAK_MARKER = "KIT_PEAK_VRAM_GIB="
+PEAK_CELL = (
+    "import json, torch\n"
+    "print('" + PEAK_MARKER + "' + json.dumps({i: round(torch.cuda.max_memory_allocated(i) / 2**30, 2)\n"
+    "      for i in range(torch.cuda.device_count())}))"
+)
+
+
+def required_gpus(notebook: Path) -> int:
+    """GPUs a notebook needs for a real run (notebook metadata kit.requires_gpus, default 1)."""
+    import nbformat
+
+    return int(nbformat.read(notebook, as_version=4).metadata.get("kit", {}).get("requires_gpus", 1))
+
+
+def run_real(notebooks: list[Path], run_folder: Path) -> list[Result]:
+    """Execute notebooks with their own defaults (real Hub models, real sizes) on this machine's GPUs.
+
+    A copy of each notebook gets one extra last cell that prints the peak VRAM per GPU; the executed
+    copy, with that figure, is what lands in the run folder.
+    """
+    import nbformat
+    import torch
+
+    results = []
+    gpu_count = torch.cuda.device_count()
+    for notebook in notebooks:
+        needed = required_gpus(notebook)
+        if gpu_count < needed:
+            print(f"skipped {notebook.name}: needs {needed} CUDA GPU(s), {gpu_count} visible")
+            continue
+        instrumented = nbformat.read(notebook, as_version=4)
+        instrumented.cells.append(nbformat.v4.new_code_cell(PEAK_CELL, metadata={"tags": ["kit-instrumentation"]}))
+        copy = run_folder / f".{notebook.name}"
+        nbformat.write(instrumented, copy)
+        result = execute(copy, run_folder / notebook.name, {"output_dir": str(run_folder / notebook.stem)})
+        result.notebook = notebook
+        copy.unlink()
+        results.append(result)
+    return results
+
+
+def peak_vram(executed: Path) -> str:
+    import nbformat
+
+    for cell in reversed(nbformat.read(executed, as_version=4).cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and PEAK_MARKER in output.get("text", ""):
+                return output["text"].split(PEAK_MARKER, 1)[1].strip()
+    return "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all in notebooks/)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders are created")
     parser.add_argument("--tiny-dir", type=Path, default=TINY_DIR, help="tiny model cache")
+    parser.add_argument("--real", action="store_true", help="run with the notebooks' own defaults (real models) "
+                        "on CUDA GPUs; needs network or a warm HF cache")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    if args.real:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("make test-gpu: skipped, no CUDA GPU on this machine (the notebooks' real defaults need one).")
+            return 0
     run_folder = new_run_folder(args.runs)
-    results = run_all(notebooks, run_folder, args.tiny_dir)
+    results = run_real(notebooks, run_folder) if args.real else run_all(notebooks, run_folder, args.tiny_dir)
     for result in results:
         status = "FAILED" if result.error else "ok"
-        print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s  -> {result.executed}")
+        extra = f"  peak VRAM GiB {peak_vram(result.executed)}" if args.real else ""
+        print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s{extra}  -> {result.executed}")
         if result.error:
             print(f"       {result.error}", file=sys.stderr)
     print(f"run folder: {run_folder}")

@@ -151,3 +151,19 @@ def test_component_swapping_shows_its_proofs(executed):
     assert "You have disabled the safety checker" in text["safety-off"]
     pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
     assert {"original-vae-seed42.png", "fp16-fix-vae-seed42.png", "pag-seed42.png"} <= pngs
+
+
+def test_multi_gpu_notebook_plans_and_renders_in_parallel(executed):
+    notebook = runner.NOTEBOOKS / "05_multi_gpu_balanced.ipynb"
+    result = executed(notebook)
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    assert "component" in text["sizes"] and "total" in text["sizes"]
+    assert "GPU 0: [" in text["plan"] and "Smallest setup" in text["plan"]
+    assert "== Qwen/Qwen-Image on 2x T4" in text["reference"]
+    assert "Skipped: device_map='balanced' needs two or more GPUs" in text["balanced"]
+    prompts = json.loads(json.dumps(eval(papermill.inspect_notebook(str(notebook))["prompts"]["default"])))
+    assert f"{len(prompts)} images from 2 processes" in text["data-parallel"]
+    for index, prompt in enumerate(prompts):
+        assert text["data-parallel"].count(f"prompt {index} by process") == 1
+        assert repr(prompt) in text["data-parallel"]

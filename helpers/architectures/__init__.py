@@ -49,8 +49,15 @@ def build_component(model_id: str, name: str, device: str = "meta", dtype: torch
     tied embedding (PARAMS.md).
     """
     library, class_name = model_index(model_id)[name]
-    directory = folder(model_id) / name
-    with torch.device(device), _default_dtype(dtype):
+    return build_from_config(library, class_name, folder(model_id) / name, device, dtype)
+
+
+def build_from_config(library: str, class_name: str, directory: Path, device: str = "meta",
+                      dtype: torch.dtype = torch.float32):
+    """Instantiate `library.class_name` from the config in `directory` (any pipeline folder)."""
+    from ..diffusers_logs import without_empty_fp32_notes
+
+    with torch.device(device), _default_dtype(dtype), without_empty_fp32_notes():
         # transformers models take their dtype from the config, so cast to the one asked for.
         return _instantiate(library, class_name, directory).to(dtype)
 

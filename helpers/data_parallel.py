@@ -1,0 +1,82 @@
+"""Data-parallel generation: one pipeline per process, the prompt list split between processes.
+
+`launch` starts `num_processes` workers with `accelerate.notebook_launcher` (from a notebook or a
+script); each worker takes its share with `PartialState().split_between_processes`, renders it and
+saves every image with the kit's metadata. `gather` reads them back in prompt order and checks that
+every prompt was rendered exactly once. Each prompt uses `seed + its index`, so an image does not
+depend on how many processes ran.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+from . import outputs
+
+
+def generate_shard(model_id: str, prompts: list[str], output_dir: str, run_id: str, height: int, width: int,
+                   num_inference_steps: int, guidance_scale: float, seed: int, dtype: str) -> None:
+    """Worker body: load the pipeline on this process's device and render this process's prompts."""
+    import torch
+    from accelerate import PartialState
+
+    from . import generation, loading
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    pipe = loading.load_pipeline(model_id, dtype=dtype, device_map=None).to(state.device)
+    with state.split_between_processes(list(enumerate(prompts))) as mine:
+        for index, prompt in mine:
+            call = generation.call_arguments(pipe, prompt=prompt, height=height, width=width,
+                                             num_inference_steps=num_inference_steps,
+                                             guidance_scale=guidance_scale, seed=seed + index)
+            image = pipe(**call).images[0]
+            metadata = outputs.generation_metadata(
+                pipe, model_id, prompt=prompt, seed=seed + index, height=height, width=width,
+                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                prompt_index=index, run_id=run_id, process_index=state.process_index,
+                num_processes=state.num_processes,
+            )
+            outputs.save_image(image, output_dir, f"prompt{index:03d}-seed{seed + index}", metadata)
+
+
+def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: str, height: int, width: int,
+           num_inference_steps: int, guidance_scale: float, seed: int, dtype: str) -> str:
+    """Run `generate_shard` in `num_processes` processes (GPUs if present, else CPU over gloo); returns the run id."""
+    from accelerate import notebook_launcher
+
+    from .errors import InvalidParameterError
+
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise InvalidParameterError("prompts", prompts, "give a non-empty list of non-empty strings")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise InvalidParameterError("num_processes", num_processes, "needs a whole number >= 1")
+    run_id = uuid.uuid4().hex
+    args = (model_id, prompts, output_dir, run_id, height, width, num_inference_steps, guidance_scale, seed, dtype)
+    if num_processes == 1:
+        generate_shard(*args)
+    else:
+        notebook_launcher(generate_shard, args, num_processes=num_processes)
+    return run_id
+
+
+def gather(output_dir: str, run_id: str, prompts: list[str]) -> tuple[list[Image.Image], list[dict]]:
+    """The run's images in prompt order, with their metadata; raises if a prompt is missing or doubled."""
+    found: dict[int, list[tuple[Path, dict]]] = {}
+    for path in sorted(Path(output_dir).glob("*.png")):
+        metadata = outputs.read_metadata(path)
+        parameters = metadata.get("parameters", {})
+        if parameters.get("run_id") == run_id:
+            found.setdefault(parameters["prompt_index"], []).append((path, metadata))
+    problems = [f"prompt {i} rendered {len(found.get(i, []))} times" for i in range(len(prompts))
+                if len(found.get(i, [])) != 1]
+    if problems:
+        raise RuntimeError(f"Data-parallel run {run_id} in {output_dir}: " + "; ".join(problems))
+    ordered = [found[i][0] for i in range(len(prompts))]
+    images = []
+    for path, _ in ordered:
+        with Image.open(path) as image:
+            images.append(image.copy())
+    return images, [metadata for _, metadata in ordered]

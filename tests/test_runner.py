@@ -1,0 +1,48 @@
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+from helpers import runner
+
+
+def test_required_gpus_come_from_notebook_metadata():
+    needs = {path.name: runner.required_gpus(path) for path in sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))}
+    assert needs["05_multi_gpu_balanced.ipynb"] == 2
+    assert {name: n for name, n in needs.items() if name != "05_multi_gpu_balanced.ipynb"} == {
+        name: 1 for name in needs if name != "05_multi_gpu_balanced.ipynb"
+    }
+
+
+def test_real_mode_skips_without_a_gpu(capsys):
+    assert runner.main(["--real"]) == 0
+    assert "skipped, no CUDA GPU" in capsys.readouterr().out
+
+
+def test_real_mode_skips_notebooks_needing_more_gpus(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    results = runner.run_real([runner.NOTEBOOKS / "05_multi_gpu_balanced.ipynb"], tmp_path)
+    assert results == []
+    assert "skipped 05_multi_gpu_balanced.ipynb: needs 2 CUDA GPU(s), 1 visible" in capsys.readouterr().out
+
+
+def test_peak_vram_cell_runs_and_is_read_back(tmp_path):
+    notebook = new_notebook(cells=[new_code_cell("x: int = 1  # a value", metadata={"tags": ["parameters"]}),
+                                   new_code_cell(runner.PEAK_CELL)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "peak.ipynb"
+    nbformat.write(notebook, source)
+    result = runner.execute(source, tmp_path / "out.ipynb", {})
+    assert result.error is None
+    assert runner.peak_vram(result.executed) == "{}"  # no GPU here: an empty per-device map
+
+
+def test_stand_ins_follow_parameter_defaults(tiny):
+    declared = {"model_id": {"default": '"Qwen/Qwen-Image"'}, "vae_id": {"default": "'madebyollin/sdxl-vae-fp16-fix'"},
+                "prompt": {"default": '"a cat"'}, "steps": {"default": "30"}, "broken": {"default": "[1, "}}
+    assert runner.stand_ins(declared, tiny) == {"model_id": str(tiny["qwen-image"]), "vae_id": str(tiny["vae-alt"])}
+
+
+def test_run_folders_never_collide(tmp_path):
+    first, second = runner.new_run_folder(tmp_path), runner.new_run_folder(tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
