@@ -34,7 +34,7 @@ test-gpu: install
 
 ## lint: ruff on helpers, tests and notebooks
 lint: install
-	$(PY) -m ruff check helpers tests notebooks bench
+	$(PY) -m ruff check helpers tests notebooks bench community
 
 ## strip: remove outputs, execution counts and Colab cell metadata from committed notebooks
 strip: install

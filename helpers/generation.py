@@ -36,6 +36,22 @@ def check_generation_parameters(pipe, height: int, width: int, num_inference_ste
         raise InvalidParameterError("guidance_scale", guidance_scale, "needs a number >= 0 (1 turns guidance off)")
 
 
+def accepted_arguments(pipeline_class) -> set[str]:
+    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes.
+
+    A community pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts.
+    """
+    accepted: set[str] = set()
+    for cls in pipeline_class.__mro__:
+        if "__call__" not in vars(cls):
+            continue
+        parameters = inspect.signature(vars(cls)["__call__"]).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted - {"self"}
+
+
 def call_arguments(
     pipe,
     *,
@@ -50,7 +66,7 @@ def call_arguments(
 ) -> dict:
     """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device)."""
     check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
-    accepted = inspect.signature(type(pipe).__call__).parameters
+    accepted = accepted_arguments(type(pipe))
     kwargs = dict(
         prompt=prompt,
         negative_prompt=negative_prompt or None,

@@ -34,8 +34,8 @@ def code_cells(notebook):
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOK_PATHS][:3] == [
-        "01_setup.ipynb", "02_load_and_generate.ipynb", "03_component_swapping.ipynb",
+    assert [p.name for p in NOTEBOOK_PATHS][:4] == [
+        "01_setup.ipynb", "02_load_and_generate.ipynb", "03_component_swapping.ipynb", "04_community_pipelines.ipynb",
     ]
 
 

@@ -167,3 +167,18 @@ def test_multi_gpu_notebook_plans_and_renders_in_parallel(executed):
     for index, prompt in enumerate(prompts):
         assert text["data-parallel"].count(f"prompt {index} by process") == 1
         assert repr(prompt) in text["data-parallel"]
+
+
+def test_community_notebook_audits_before_each_load(executed):
+    result = executed(runner.NOTEBOOKS / "04_community_pipelines.ipynb")
+    assert result.error is None, result.error
+    text = outputs_by_cell(result.executed)
+    for cell in ("file", "folder", "repo-load", "component"):
+        assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
+    assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
+    assert "KitPreviewPipeline: shares weights True" in text["folder"]
+    assert "refused: custom_revision='v0.41.0'" in text["name"] and "skipped" in text["name"]
+    assert "after save_pretrained, .py files: none" in text["publish"]
+    assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
+    assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
+    assert "refused: DIFFUSERS_DISABLE_REMOTE_CODE is set" in text["disable"]

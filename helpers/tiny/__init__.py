@@ -26,14 +26,29 @@ BUILDERS = {
     "sd-safety": lambda seed=0: tiny_stable_diffusion(seed, with_safety_checker=True),
     "sdxl": tiny_stable_diffusion_xl,
     "vae-alt": lambda seed=0: tiny_vae(seed + 100, force_upcast=False),
+    "sd-components": tiny_stable_diffusion,
 }
+
+
+def _add_kit_components(folder: Path) -> None:
+    """The community-components repository: tiny SD weights plus the code in community/kit_components."""
+    from ..community import COMMUNITY, add_remote_code
+
+    add_remote_code(folder, COMMUNITY / "kit_components",
+                    pipeline=("pipeline_kit_components", "KitComponentsPipeline"),
+                    components={"unet": ("kit_counting_unet", "KitCountingUNet2DConditionModel")})
+
+
+FINISHERS = {"sd-components": _add_kit_components}
 STAMP_FILE = "tiny.json"
 
 
 def _source_fingerprint() -> str:
-    """Hash of the builder code: a change to it rebuilds the cached models."""
+    """Hash of the builder code (and the community code it ships): a change to it rebuilds the cached models."""
+    from ..community import COMMUNITY
+
     digest = hashlib.sha256()
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    for source in sorted(Path(__file__).parent.glob("*.py")) + sorted((COMMUNITY / "kit_components").rglob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -46,6 +61,8 @@ def build(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     BUILDERS[name](seed).save_pretrained(staging)
+    if name in FINISHERS:
+        FINISHERS[name](staging)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

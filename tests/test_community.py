@@ -1,0 +1,204 @@
+"""helpers.community (audit, refusals) and the kit's community pipelines (their features, not only that they run)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from helpers import community, loading, memory
+from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def weighted(tiny):
+    return community.load_remote_code_pipeline(tiny["sd"], custom_pipeline="community/kit_prompt_weighting.py")
+
+
+def test_weight_scales_exactly_that_tokens_embedding(weighted):
+    plain = weighted.encode_weighted("a fox in the lake")
+    boosted = weighted.encode_weighted("a (fox:1.5) in the (lake:0.5)")
+    fox, lake = 2, 5  # BOS, a, fox, in, the, lake
+    tokens = weighted.tokenizer.convert_ids_to_tokens(weighted.weighted_tokens("a fox in the lake")[0])
+    assert (tokens[fox - 1], tokens[lake - 1]) == ("fox</w>", "lake</w>")
+    assert torch.allclose(boosted[0, fox], 1.5 * plain[0, fox])
+    assert torch.allclose(boosted[0, lake], 0.5 * plain[0, lake])
+    untouched = [i for i in range(plain.shape[1]) if i not in (fox, lake)]
+    assert torch.equal(boosted[0, untouched], plain[0, untouched])
+
+
+def test_long_prompt_is_chunked_not_truncated(weighted):
+    words = ["red", "fox", "cat", "dog", "house", "tree", "lake"]
+    prompt = " ".join(words[i % len(words)] for i in range(100))
+    ids, _ = weighted.weighted_tokens(prompt)
+    assert len(ids) == 100
+    embeds = weighted.encode_weighted(prompt)
+    assert embeds.shape[1] == 2 * weighted.tokenizer.model_max_length
+    tail_only = weighted.encode_weighted(" ".join(words[i % len(words)] for i in range(75, 100)))
+    assert not torch.equal(embeds[0, 77:], weighted.encode_weighted("")[0])
+    assert tail_only.shape[1] == 77
+
+
+def test_weighted_pipeline_generates_and_pads_negative_to_the_same_length(weighted):
+    long_negative = " ".join(["blurry"] * 90)
+    image = weighted("a (cat:1.2)", negative_prompt=long_negative, num_inference_steps=2, height=32, width=32,
+                     generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+
+
+def test_previews_share_weights_and_end_with_the_image(weighted):
+    previewing = community.from_pipe(weighted, "community/kit_previews")
+    assert memory.shares_weights(weighted, previewing)
+    out = previewing("a cat", num_inference_steps=4, preview_every=2, height=32, width=32,
+                     generator=torch.Generator().manual_seed(0))
+    steps = [step for step, _ in out.previews]
+    assert steps == sorted({*range(2, previewing.num_timesteps + 1, 2), previewing.num_timesteps})
+    assert np.array_equal(np.asarray(out.previews[-1][1]), np.asarray(out.images[0]))
+    with pytest.raises(ValueError, match="preview_every=0"):
+        previewing("a cat", num_inference_steps=2, preview_every=0, height=32, width=32)
+
+
+def test_components_repo_runs_its_own_code(tiny):
+    pipe = community.load_remote_code_pipeline(tiny["sd-components"])
+    assert type(pipe).__name__ == "KitComponentsPipeline"
+    assert type(pipe.unet).__name__ == "KitCountingUNet2DConditionModel"
+    out = pipe("a cat", num_inference_steps=2, height=32, width=32, guidance_scale=1.0)
+    assert out.unet_calls == pipe.num_timesteps
+    unet = community.load_remote_code_component(tiny["sd-components"], "unet")
+    assert type(unet).__name__ == "KitCountingUNet2DConditionModel"
+
+
+def test_audit_lists_every_file_diffusers_would_execute(tiny):
+    files = community.code_files(str(tiny["sd-components"]), custom_pipeline="community/kit_previews")
+    assert [f.name for f in files] == ["pipeline.py", "pipeline_kit_components.py", "unet/kit_counting_unet.py"]
+    for file in files:
+        assert re.fullmatch(r"[0-9a-f]{64}", file.sha256) and file.size == file.path.stat().st_size
+    assert community.code_files(str(tiny["sd"])) == []  # a plain pipeline runs no custom code
+    assert "sha256" in community.report(files)
+
+
+def test_save_pretrained_drops_code_and_add_remote_code_restores_it(tiny, tmp_path):
+    pipe = loading.load_pipeline(tiny["sd"])
+    pipe.save_pretrained(tmp_path)
+    assert list(tmp_path.rglob("*.py")) == []
+    community.add_remote_code(tmp_path, community.COMMUNITY / "kit_components",
+                              pipeline=("pipeline_kit_components", "KitComponentsPipeline"),
+                              components={"unet": ("kit_counting_unet", "KitCountingUNet2DConditionModel")})
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_kit_components", "KitComponentsPipeline"]
+    assert index["unet"] == ["kit_counting_unet", "KitCountingUNet2DConditionModel"]
+    assert type(community.load_remote_code_pipeline(tmp_path)).__name__ == "KitComponentsPipeline"
+    with pytest.raises(InvalidParameterError, match="no component 'prior'"):
+        community.add_remote_code(tmp_path, community.COMMUNITY / "kit_components", components={"prior": ("x", "X")})
+
+
+def test_tampered_file_is_refused_against_the_pinned_manifest(tiny, tmp_path):
+    pinned = community.manifest(community.code_files(str(tiny["sd-components"])))
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny["sd-components"], copy)
+    with open(copy / "unet" / "kit_counting_unet.py", "a") as file:
+        file.write("\nimport os  # added later\n")
+    with pytest.raises(community.RemoteCodeChanged) as refused:
+        community.load_remote_code_pipeline(copy, pinned=pinned)
+    assert list(refused.value.changes) == ["unet/kit_counting_unet.py"]
+    assert community.load_remote_code_pipeline(tiny["sd-components"], pinned=pinned) is not None
+
+
+@pytest.mark.parametrize("revision", [None, "main", "v1.0", "a" * 39, "A" * 40, "g" * 40])
+def test_hub_remote_code_needs_a_full_commit(revision):
+    with pytest.raises(community.RemoteCodeRefused, match="not a full 40-character commit hash"):
+        community.check_revision("org/repo", revision)
+
+
+def test_opt_out_and_local_folders_skip_the_commit_rule(tiny):
+    community.check_revision("org/repo", "main", i_accept_unpinned_remote_code=True)
+    community.check_revision(str(tiny["sd-components"]), None)
+
+
+def cache_repo(hub: Path, source: Path, commit: str) -> None:
+    """Lay `source` out as a cached Hub repo at `commit`, as huggingface_hub would."""
+    repo = hub / "models--org--components"
+    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_repo_is_audited_at_its_pinned_commit(tiny, isolated_hub):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache_repo(isolated_hub / "hub", tiny["sd-components"], commit)
+    files = community.code_files("org/components", revision=commit)
+    assert [f.name for f in files] == ["pipeline_kit_components.py", "unet/kit_counting_unet.py"]
+    assert all(commit in str(f.path) for f in files)
+    with pytest.raises(community.RemoteCodeRefused):
+        community.load_remote_code_pipeline("org/components", revision="main")
+
+
+@pytest.mark.parametrize("path", ["my_pipeline", "community/missing.py", "./nowhere", "kit_previews_typo"])
+def test_missing_custom_pipeline_is_an_error_not_a_hub_lookup(tiny, path):
+    with pytest.raises(LocalPathNotFoundError, match="diffusers would treat a missing path as a Hub repo"):
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=path)
+
+
+def test_relative_paths_resolve_from_the_kit_root_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert community.resolve_custom_pipeline("community/kit_previews") == ROOT / "community" / "kit_previews"
+
+
+def test_name_based_load_refuses_offline_within_a_second(tiny, monkeypatch):
+    start = time.perf_counter()
+    with pytest.raises(ModelNotCachedOfflineError, match="no timeout"):
+        community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    with pytest.raises(ModelNotCachedOfflineError):
+        community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("bad, hint", [("v0.41.0", "Use '0.41.0'"), ("0.41", "or 'main'"), ("latest", "or 'main'")])
+def test_custom_revision_format(bad, hint):
+    with pytest.raises(InvalidParameterError, match=re.escape(hint)):
+        community.check_custom_revision(bad)
+    community.check_custom_revision("0.41.0")
+    community.check_custom_revision("main")
+
+
+def test_community_name_must_be_a_bare_name(tiny):
+    with pytest.raises(InvalidParameterError, match="name='../evil'"):
+        community.load_community_pipeline(tiny["sd"], "../evil")
+
+
+def test_disable_remote_code_is_respected(tiny, monkeypatch):
+    monkeypatch.setenv("DIFFUSERS_DISABLE_REMOTE_CODE", "1")
+    with pytest.raises(community.RemoteCodeRefused, match="DIFFUSERS_DISABLE_REMOTE_CODE is set"):
+        community.load_remote_code_pipeline(tiny["sd-components"])
+    with pytest.raises(community.RemoteCodeRefused):
+        community.load_remote_code_component(tiny["sd-components"], "unet")
+
+
+def passes_trust_remote_code(source: str) -> bool:
+    """Whether any call in `source` passes trust_remote_code=True (docstrings and comments do not count)."""
+    return any(
+        keyword.arg == "trust_remote_code" and isinstance(keyword.value, ast.Constant) and keyword.value.value is True
+        for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call) for keyword in node.keywords
+    )
+
+
+def test_only_helpers_community_passes_trust_remote_code():
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in [*ROOT.glob("helpers/**/*.py"),
+                                                                  *ROOT.glob("community/**/*.py")]}
+    for path in ROOT.glob("notebooks/*.ipynb"):
+        cells = nbformat.read(path, as_version=4).cells
+        sources[str(path.relative_to(ROOT))] = "\n".join(c.source for c in cells if c.cell_type == "code")
+    assert passes_trust_remote_code("load(x, trust_remote_code=True)")  # the check can fail
+    assert [name for name, source in sources.items() if passes_trust_remote_code(source)] == ["helpers/community.py"]
