@@ -29,7 +29,7 @@ else:
     build = lambda name: architectures.build_component(model, name, device="cpu", dtype=torch.bfloat16)
     pipe = StableDiffusionPipeline(
         vae=build("vae"), text_encoder=build("text_encoder"), tokenizer=build_clip_tokenizer(), unet=build("unet"),
-        scheduler=PNDMScheduler.from_config(architectures.folder(model) / "scheduler"),
+        scheduler=PNDMScheduler.from_pretrained(architectures.folder(model), subfolder="scheduler"),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 weights_mb = sum(row.bytes for row in memory.component_table(pipe)) / 2**20

@@ -8,12 +8,8 @@ diffusers call and returns the real diffusers pipeline.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from contextlib import nullcontext
-from functools import cache
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from diffusers import DiffusionPipeline
@@ -21,7 +17,10 @@ from diffusers.pipelines import auto_pipeline
 
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
-from .errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from .errors import InvalidParameterError
+from .sources import hub_offline, hub_reachable, read_model_index, resolve_model_source
+
+__all__ = ["hub_offline", "hub_reachable", "read_model_index", "resolve_model_source"]  # re-exported for notebooks
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -95,92 +94,6 @@ def device_for(device_map: str | None) -> str:
     if device_map in (None, "cpu"):
         return "cpu"
     return "cuda" if device_map == "balanced" else device_map
-
-
-def _looks_like_local_path(model_id: str) -> bool:
-    if model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1:
-        return True
-    if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
-        return True
-    # "models/tiny" where ./models exists is a mistyped local folder, not a Hub id.
-    return "/" in model_id and Path(model_id).parent.is_dir()
-
-
-@cache
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the Hub endpoint, bounded by `timeout` (a dropped network must not hang)."""
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    return env._truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
-
-
-def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, filename, revision=revision)
-    return found if isinstance(found, str) else None
-
-
-def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
-    """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
-
-    diffusers treats any path that does not exist as a Hub id; here a missing local path is an
-    error, and an uncached Hub id on an offline machine fails at once instead of after retries.
-    """
-    if isinstance(model_id, os.PathLike):
-        model_id = os.fspath(model_id)
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
-            raise LocalPathNotFoundError(
-                f"Local folder {model_id!r} has no model_index.json (pipeline) or config.json (model). "
-                "Point model_id at the folder that save_pretrained or snapshot_download wrote."
-            )
-        return str(path.resolve())
-    if _looks_like_local_path(model_id):
-        raise LocalPathNotFoundError(
-            f"Local path {model_id!r} does not exist (resolved to {str(path.resolve())!r}). Check the path; "
-            "diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'."
-        )
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError as error:
-        raise InvalidParameterError("model_id", model_id, "not a valid Hub id or existing folder", str(error)) from None
-    candidates = ("model_index.json", "config.json", f"{subfolder}/config.json" if subfolder else "config.json")
-    cached = any(_cached_file(model_id, name, revision) for name in candidates)
-    if not cached and hub_offline():
-        raise ModelNotCachedOfflineError(
-            f"{model_id!r} is not in the local Hub cache and the Hub cannot be reached "
-            "(HF_HUB_OFFLINE is set or the network is down). Fix: download it once while online "
-            "(huggingface_hub.snapshot_download), or pass the local folder that holds it."
-        )
-    return model_id
-
-
-def read_model_index(source: str, revision: str | None = None) -> dict:
-    """The pipeline's model_index.json: from the folder, or fetched (a few hundred bytes) from the Hub."""
-    if Path(source).is_dir():
-        index = Path(source) / "model_index.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
-    if not index.is_file():
-        raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
-    return json.loads(index.read_text())
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:

@@ -81,6 +81,9 @@ class NotebookFailed(RuntimeError):
         self.notebook, self.executed, self.cell, self.error = notebook, executed, cell, error
         super().__init__(f"{notebook.name} failed in {cell}: {error}\nExecuted copy: {executed}")
 
+    def __reduce__(self):  # picklable, so results can come back from worker processes
+        return type(self), (self.notebook, self.executed, self.cell, self.error)
+
 
 @dataclass
 class Result:
@@ -225,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s{extra}  -> {result.executed}")
         if result.error:
             print(f"       {result.error}", file=sys.stderr)
-    print(f"run folder: {run_folder}")
+    from .outputs import write_gallery
+
+    print(f"run folder: {run_folder} (gallery: {write_gallery(run_folder)})")
     return 1 if any(result.error for result in results) else 0
 
 

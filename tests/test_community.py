@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import community, loading, memory
+from helpers import community, loading, memory, sources
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def test_name_based_load_refuses_offline_within_a_second(tiny, monkeypatch):
     with pytest.raises(ModelNotCachedOfflineError, match="no timeout"):
         community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
     with pytest.raises(ModelNotCachedOfflineError):
         community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
     assert time.perf_counter() - start < 1.0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-from helpers import loading, memory
+from helpers import loading, memory, sources
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 
@@ -85,7 +85,7 @@ def test_uncached_hub_id_offline_fails_fast_with_the_fix():
 
 def test_uncached_hub_id_with_unreachable_hub_fails(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
     with pytest.raises(ModelNotCachedOfflineError, match="cannot be reached"):
         loading.resolve_model_source("org/model")
 

@@ -1,0 +1,183 @@
+"""Reliability sweep: bad parameters fail fast and clearly, offline paths fail fast, outputs are never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from PIL import Image
+
+from helpers import runner, sources, validate
+from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
+
+NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
+
+# (notebook, parameter, bad value, text the error must contain besides the name and value)
+BAD_PARAMETERS = [
+    ("01", "install", "yes", "needs True or False"),
+    ("01", "report_only", 1, "needs True or False"),
+    ("01", "hf_home", 5, "needs a text value"),
+    ("02", "dtype", "fp8", "choose one of 'auto'"),
+    ("02", "dtype", "half", "choose one of 'auto'"),
+    ("02", "device_map", "cuda:1", "choose one of 'auto', 'cuda', 'balanced', 'cpu'"),
+    ("02", "device_map", "gpu", "choose one of"),
+    ("02", "num_inference_steps", 0, "needs a whole number >= 1"),
+    ("02", "num_inference_steps", -3, "needs a whole number >= 1"),
+    ("02", "num_inference_steps", "ten", "needs a whole number >= 1"),
+    ("02", "num_inference_steps", 2.5, "needs a whole number >= 1"),
+    ("02", "height", 30, "a multiple of 8. Try 32"),
+    ("02", "width", 0, "a multiple of 8"),
+    ("02", "height", -64, "a multiple of 8"),
+    ("02", "width", 1000.5, "a multiple of 8"),
+    ("02", "guidance_scale", -1, "needs a number >= 0"),
+    ("02", "guidance_scale", "high", "needs a number >= 0"),
+    ("02", "strength", 0, "needs a number > 0 and <= 1"),
+    ("02", "strength", 1.5, "needs a number > 0 and <= 1"),
+    ("02", "seed", -1, "needs a whole number >= 0"),
+    ("02", "seed", "abc", "needs a whole number >= 0"),
+    ("02", "model_id", "./missing-model", "does not exist"),
+    ("02", "model_id", "someone/not-cached", "not in the local Hub cache"),
+    ("02", "model_id", "", "give a Hub id"),
+    ("02", "model_id", "bad id!!", "not a valid Hub id"),
+    ("02", "prompt", "", "needs a non-empty text"),
+    ("02", "output_dir", "", "needs a non-empty text"),
+    ("02", "parallel_loading", "no", "needs True or False"),
+    ("02", "local_dir", 3, "needs a text value"),
+    ("03", "scheduler", "Euler", "needs a scheduler class name"),
+    ("03", "vae_id", "./missing-vae", "does not exist"),
+    ("03", "safety_model_id", "bad id!!", "not a valid Hub id"),
+    ("03", "enable_pag", "true", "needs True or False"),
+    ("03", "dtype", "int8", "choose one of"),
+    ("04", "community_pipeline", "community/missing.py", "would be sent to the Hub"),
+    ("04", "hub_community_name", "../evil", "needs a bare name"),
+    ("04", "custom_revision", "v0.41.0", "Use '0.41.0'"),
+    ("04", "revision", "main", "a full 40-character commit hash"),
+    ("04", "components_repo", "./nope", "does not exist"),
+    ("04", "height", 513, "a multiple of 8"),
+    ("05", "prompts", [], "needs a non-empty list"),
+    ("05", "prompts", ["a cat", ""], "needs a non-empty list"),
+    ("05", "prompts", "a cat", "needs a non-empty list"),
+    ("05", "num_processes", 0, "needs a whole number >= 1"),
+    ("05", "gpu_memory_gib", [-1], "each > 0"),
+    ("05", "gpu_memory_gib", ["15"], "each > 0"),
+    ("05", "max_memory", [1], "needs a dict"),
+    ("05", "dtype", "float8", "choose one of"),
+]
+
+
+def run_bad(case):
+    """Tiny, valid values for everything (as the harness runs it), then the one bad value."""
+    notebook, name, value, _ = case
+    out = Path(os.environ["KIT_SWEEP_DIR"]) / f"{notebook}-{name}-{abs(hash(repr(value)))}.ipynb"
+    tiny = {name: Path(path) for name, path in json.loads(os.environ["KIT_SWEEP_TINY"]).items()}
+    parameters = {**runner.headless_parameters(NB[notebook], tiny, out.with_suffix("")), name: value}
+    start = time.perf_counter()
+    result = runner.execute(NB[notebook], out, parameters)
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny):
+    os.environ["KIT_SWEEP_DIR"] = str(tmp_path_factory.mktemp("sweep"))
+    os.environ["KIT_SWEEP_TINY"] = json.dumps({name: str(path) for name, path in tiny.items()})
+    runner.headless_environment()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        return dict(zip(range(len(BAD_PARAMETERS)), pool.map(run_bad, BAD_PARAMETERS), strict=True))
+
+
+def test_the_sweep_is_wide():
+    assert len(BAD_PARAMETERS) >= 40
+    assert {case[0] for case in BAD_PARAMETERS} == set(NB)
+
+
+@pytest.mark.parametrize("index", range(len(BAD_PARAMETERS)),
+                         ids=[f"{c[0]}-{c[1]}={c[2]!r}" for c in BAD_PARAMETERS])
+def test_bad_parameter_fails_in_the_first_cell_with_a_clear_message(sweep, index):
+    notebook, name, value, expected = BAD_PARAMETERS[index]
+    result, seconds = sweep[index]
+    assert result.error is not None, f"{name}={value!r} was accepted"
+    parameters_cell = next(i for i, c in enumerate(nbformat.read(NB[notebook], as_version=4).cells)
+                           if "parameters" in c.metadata.get("tags", []))
+    first_after = next(c for c in nbformat.read(NB[notebook], as_version=4).cells[parameters_cell + 1:]
+                       if c.cell_type == "code")
+    assert f"(id {first_after.id}:" in result.error.cell
+    assert f"{name}={value!r}" in result.error.error and expected in result.error.error
+    assert seconds < 10
+    assert result.executed.is_file()
+
+
+def test_every_parameter_of_every_notebook_has_a_rule():
+    for path in NB.values():
+        missing = set(papermill.inspect_notebook(str(path))) - set(validate.RULES)
+        assert missing == set(), f"{path.name}: no validation rule for {sorted(missing)}"
+
+
+@pytest.mark.parametrize("call", [
+    lambda: sources.resolve_model_source("someone/uncached-model"),
+    lambda: sources.read_model_index("someone/uncached-model"),
+])
+def test_network_paths_fail_fast_without_hf_hub_offline(monkeypatch, call):
+    """HF_HUB_OFFLINE unset, no route to the Hub: a clear error in well under the ~23 s of retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    sources.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises((ModelNotCachedOfflineError, OSError)) as error:
+        call()
+    assert time.perf_counter() - start < 5  # the reachability probe is bounded at 3 s
+    assert "Hub" in str(error.value) or "offline" in str(error.value) or "cached" in str(error.value)
+    sources.hub_reachable.cache_clear()
+
+
+def test_planner_and_community_refuse_fast_offline(tiny, monkeypatch):
+    from helpers import community, planning
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    sources.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises(ModelNotCachedOfflineError):
+        planning.component_sizes("someone/uncached-model")
+    with pytest.raises(ModelNotCachedOfflineError):
+        community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
+    assert time.perf_counter() - start < 8
+    sources.hub_reachable.cache_clear()
+
+
+WRITER = """
+import sys
+from PIL import Image
+from helpers import outputs
+image = Image.effect_noise((1536, 1536), 64).convert("RGB")
+for i in range(1000):
+    outputs.save_image(image, sys.argv[1], "big", {"i": i})
+"""
+
+
+def test_a_killed_writer_leaves_no_truncated_png(tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("*.png"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.13)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    pngs = list(tmp_path.glob("*.png"))
+    assert len(pngs) >= 2
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()  # a truncated file raises here
+    assert all(p.name.startswith(".") and p.name.endswith(".png.tmp") for p in tmp_path.iterdir() if p not in pngs)
+
+
+def test_validation_itself_names_parameter_value_and_rule():
+    with pytest.raises(InvalidParameterError, match=r"^height=30 is not valid: .*multiple of 8\. Try 32\.$"):
+        validate.check({"height": 30})
+    validate.check({"height": 32, "unrelated": object(), "prompts": ["a"], "revision": ""})
