@@ -1,1 +1,9 @@
+"""diffusers-notebook-kit helpers: the small package the notebooks import.
+
+Importing it is light (no torch, no diffusers), so notebooks can check parameters and configure
+import-time settings before the heavy libraries load. `make release VERSION=x.y.z` changes the version
+here and everywhere it is repeated (notebook metadata, Colab badges, setup cells, README, CHANGELOG).
+"""
+
 __version__ = "0.1.0"
+REPOSITORY = "diffusers-notebook-kit/diffusers-notebook-kit"  # owner/name on GitHub: badges and the Colab clone

@@ -109,3 +109,33 @@ def show(images, labels: list[str] | None = None, cols: int | None = None) -> No
         display(picture)
     except ImportError:
         picture.show()
+
+
+def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run") -> Path:
+    """Write `folder/index.html`: every PNG below it with its prompt, seed and pipeline, openable in a browser."""
+    import html
+
+    folder = Path(folder)
+    cards = []
+    for png in sorted(folder.rglob("*.png")):
+        meta = read_metadata(png)
+        params = meta.get("parameters", {})
+        caption = " | ".join(str(part) for part in (params.get("variant"), meta.get("pipeline"),
+                                                     f"seed {params['seed']}" if "seed" in params else None) if part)
+        relative = png.relative_to(folder).as_posix()
+        cards.append(
+            f'<figure><a href="{html.escape(relative)}"><img src="{html.escape(relative)}" alt="'
+            f'{html.escape(str(params.get("prompt", png.stem)))}"></a><figcaption><b>'
+            f'{html.escape(str(params.get("prompt", png.stem)))}</b><br>{html.escape(caption)}<br>'
+            f"<small>{html.escape(relative)}</small></figcaption></figure>"
+        )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:1em}"
+        "figure{width:260px;margin:0}img{width:256px;image-rendering:pixelated;border:1px solid #ccc}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(cards)} images</p><main>{''.join(cards)}</main>"
+        "</body></html>\n"
+    )
+    index = folder / "index.html"
+    index.write_text(page)
+    return index

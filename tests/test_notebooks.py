@@ -7,6 +7,7 @@ file. Executed copies stay under runs/<timestamp>/ for inspection, failing ones 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from helpers import outputs, runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
+CANARY = "hf_KitCanary" + "Q" * 30  # every harness run sees this HF_TOKEN; it must appear in no output
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,11 @@ def executed(tiny, run_folder):
         key = notebook.stem + "".join(f"-{Path(str(v)).name}" for v in overrides.values())
         if key not in results:
             parameters = {**runner.headless_parameters(notebook, tiny, run_folder / key), **overrides}
-            results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters)
+            os.environ["HF_TOKEN"] = CANARY  # kernels inherit it; the autouse fixture removes it afterwards
+            try:
+                results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters)
+            finally:
+                del os.environ["HF_TOKEN"]
         return results[key]
 
     return run
@@ -109,13 +115,26 @@ def test_load_and_generate_handles_other_families(executed, tiny, family, varian
     assert "needs one dtype for all components" in text["dtype-load"]
 
 
-def test_setup_reports_without_the_token(executed, monkeypatch):
+def test_setup_finds_the_token_and_never_shows_it(executed):
     result = executed(runner.NOTEBOOKS / "01_setup.ipynb")
     assert result.error is None, result.error
     text = outputs_by_cell(result.executed)
     assert "All pinned packages are installed at their pinned versions." in text["install"]
     assert "pins           all match" in text["report"]
-    assert "No token found" in text["token"]
+    assert "A Hugging Face token was found" in text["token"]  # the canary reached the kernel...
+    assert CANARY not in result.executed.read_text()  # ...and was not printed
+
+
+def test_the_token_canary_appears_in_no_output(executed, run_folder):
+    for notebook in NOTEBOOKS:
+        assert executed(notebook).error is None
+    scanned = 0
+    for path in run_folder.rglob("*"):
+        if path.is_file():
+            scanned += 1
+            data = path.read_bytes()
+            assert CANARY.encode() not in data, f"HF_TOKEN leaked into {path}"
+    assert scanned >= 2 * len(NOTEBOOKS)  # executed notebooks, PNGs (with metadata) and galleries
 
 
 def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(tmp_path):
@@ -167,6 +186,13 @@ def test_multi_gpu_notebook_plans_and_renders_in_parallel(executed):
     for index, prompt in enumerate(prompts):
         assert text["data-parallel"].count(f"prompt {index} by process") == 1
         assert repr(prompt) in text["data-parallel"]
+
+
+def test_form_is_displayed_at_the_end_of_load_and_generate(executed):
+    result = executed(runner.NOTEBOOKS / "02_load_and_generate.ipynb")
+    assert result.error is None, result.error
+    form = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "form")
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in form.outputs)
 
 
 def test_community_notebook_audits_before_each_load(executed):
