@@ -57,6 +57,13 @@ def outputs_by_cell(path: Path) -> dict[str, str]:
     return texts
 
 
+def run_ok(executed, name: str, **overrides):
+    """Run notebook `name` (once per session), require success, return the result and each cell's printed text."""
+    result = executed(runner.NOTEBOOKS / name, **overrides)
+    assert result.error is None, result.error
+    return result, outputs_by_cell(result.executed)
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
 def test_notebook_executes_headless(executed, notebook):
     result = executed(notebook)
@@ -80,9 +87,7 @@ def test_executed_notebook_passes_nbval(executed, notebook):
 
 def test_load_and_generate_on_tiny_qwen_image(executed, tiny):
     notebook = runner.NOTEBOOKS / "02_load_and_generate.ipynb"
-    result = executed(notebook)
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, notebook.name)
     assert "DiffusionPipeline.from_pretrained returned a QwenImagePipeline" in text["auto-class"]
     assert "image2image: QwenImageImg2ImgPipeline, weights shared with pipe:" in text["variants"]
     assert "inpaint: QwenImageInpaintPipeline, weights shared with pipe:" in text["variants"]
@@ -107,18 +112,14 @@ def test_load_and_generate_on_tiny_qwen_image(executed, tiny):
     ("sdxl", ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")),
 ])
 def test_load_and_generate_handles_other_families(executed, tiny, family, variants):
-    result = executed(runner.NOTEBOOKS / "02_load_and_generate.ipynb", model_id=str(tiny[family]))
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, "02_load_and_generate.ipynb", model_id=str(tiny[family]))
     for variant in variants:
         assert f"{variant}, weights shared with pipe:" in text["variants"]
     assert "needs one dtype for all components" in text["dtype-load"]
 
 
 def test_setup_finds_the_token_and_never_shows_it(executed):
-    result = executed(runner.NOTEBOOKS / "01_setup.ipynb")
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, "01_setup.ipynb")
     assert "All pinned packages are installed at their pinned versions." in text["install"]
     assert "pins           all match" in text["report"]
     assert "A Hugging Face token was found" in text["token"]  # the canary reached the kernel...
@@ -156,9 +157,7 @@ def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(tmp_path):
 
 
 def test_component_swapping_shows_its_proofs(executed):
-    result = executed(runner.NOTEBOOKS / "03_component_swapping.ipynb")
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, "03_component_swapping.ipynb")
     assert "pipe.vae is the object we passed: True" in text["vae"]
     assert "refused: vae='AutoencoderKLQwenImage'" in text["wrong"]
     assert "EulerDiscreteScheduler -> EulerAncestralDiscreteScheduler" in text["scheduler"]
@@ -174,9 +173,7 @@ def test_component_swapping_shows_its_proofs(executed):
 
 def test_multi_gpu_notebook_plans_and_renders_in_parallel(executed):
     notebook = runner.NOTEBOOKS / "05_multi_gpu_balanced.ipynb"
-    result = executed(notebook)
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, notebook.name)
     assert "component" in text["sizes"] and "total" in text["sizes"]
     assert "GPU 0: [" in text["plan"] and "Smallest setup" in text["plan"]
     assert "== Qwen/Qwen-Image on 2x T4" in text["reference"]
@@ -189,16 +186,13 @@ def test_multi_gpu_notebook_plans_and_renders_in_parallel(executed):
 
 
 def test_form_is_displayed_at_the_end_of_load_and_generate(executed):
-    result = executed(runner.NOTEBOOKS / "02_load_and_generate.ipynb")
-    assert result.error is None, result.error
+    result, _ = run_ok(executed, "02_load_and_generate.ipynb")
     form = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "form")
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in form.outputs)
 
 
 def test_community_notebook_audits_before_each_load(executed):
-    result = executed(runner.NOTEBOOKS / "04_community_pipelines.ipynb")
-    assert result.error is None, result.error
-    text = outputs_by_cell(result.executed)
+    result, text = run_ok(executed, "04_community_pipelines.ipynb")
     for cell in ("file", "folder", "repo-load", "component"):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
