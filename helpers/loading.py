@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.pipelines import auto_pipeline
 
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
@@ -29,11 +28,8 @@ DTYPES = {
 }
 DTYPE_CHOICES = "'auto', 'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
 DEVICE_MAP_CHOICES = ("auto", "cuda", "balanced", "cpu", None)
-TASK_MAPPINGS = {
-    "text2image": auto_pipeline.AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
-    "image2image": auto_pipeline.AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
-    "inpaint": auto_pipeline.AUTO_INPAINT_PIPELINES_MAPPING,
-}
+TASKS = {"text2image": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING", "image2image": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
+         "inpaint": "AUTO_INPAINT_PIPELINES_MAPPING"}
 
 
 def resolve_dtype(dtype, device: str = "cpu"):
@@ -214,9 +210,12 @@ def task_variant(pipe, task: str):
 
     Uses the same mapping as AutoPipelineForImage2Image / AutoPipelineForInpainting.
     """
-    if task not in TASK_MAPPINGS:
-        raise InvalidParameterError("task", task, f"choose one of {', '.join(TASK_MAPPINGS)}")
-    return auto_pipeline._get_task_class(TASK_MAPPINGS[task], type(pipe).__name__, throw_error_if_not_exist=False)
+    if task not in TASKS:
+        raise InvalidParameterError("task", task, f"choose one of {', '.join(TASKS)}")
+    from diffusers.pipelines import auto_pipeline  # imports every pipeline class: only when asked
+
+    mapping = getattr(auto_pipeline, TASKS[task])
+    return auto_pipeline._get_task_class(mapping, type(pipe).__name__, throw_error_if_not_exist=False)
 
 
 # Weight formats and variants from_pretrained does not read by default: skipping them keeps a
