@@ -132,7 +132,8 @@ def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:1em}"
-        "figure{width:260px;margin:0}img{width:256px;image-rendering:pixelated;border:1px solid #ccc}"
+        "figure{width:260px;margin:0}figcaption{overflow-wrap:anywhere}"
+        "img{width:256px;image-rendering:pixelated;border:1px solid #ccc}"
         f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(cards)} images</p><main>{''.join(cards)}</main>"
         "</body></html>\n"
     )
