@@ -24,11 +24,11 @@ import json
 import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loading
+from . import loading, sources
+from .env import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 KIT_ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +66,7 @@ class CodeFile:
 def remote_code_disabled() -> bool:
     from diffusers.utils import constants
 
-    flag = os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE", "").strip().upper() in {"1", "TRUE", "YES", "ON"}
-    return flag or bool(constants.DIFFUSERS_DISABLE_REMOTE_CODE)
+    return truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or bool(constants.DIFFUSERS_DISABLE_REMOTE_CODE)
 
 
 def _refuse_if_disabled() -> None:
@@ -257,14 +256,6 @@ def check_custom_revision(custom_revision: str | None) -> None:
     )
 
 
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
                             pinned: dict[str, str] | None = None, dtype="auto", device_map="auto", **kwargs):
     """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first.
@@ -280,7 +271,7 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
         raise InvalidParameterError("name", name, "a community pipeline name like 'lpw_stable_diffusion'",
                                     "For a local file or folder use load_remote_code_pipeline(custom_pipeline=...).")
     check_custom_revision(custom_revision)
-    if loading.hub_offline() or not _reachable("pypi.org"):
+    if loading.hub_offline() or not sources.reachable("pypi.org"):
         raise ModelNotCachedOfflineError(
             f"Community pipeline {name!r} needs the Hugging Face Hub and PyPI, and this machine is offline. "
             "(diffusers would ask PyPI for its release list with no timeout and hang.) Run this online, or "

@@ -19,7 +19,7 @@ TRUE_VALUES = {"1", "true", "yes", "on"}
 QUIET_ENV = "KIT_QUIET"
 
 
-def _truthy(value: str | None) -> bool:
+def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
 
 
@@ -48,15 +48,15 @@ def detect_runtime(environ=None, modules=None) -> Runtime:
         name = "jupyter"
     else:
         name = "python"
-    return Runtime(name=name, ci=_truthy(environ.get("CI")))
+    return Runtime(name=name, ci=truthy(environ.get("CI")))
 
 
 def quiet_mode(environ=None) -> bool:
     """Progress bars off: set KIT_QUIET=1 (CI and the test harness do); on for humans."""
     environ = os.environ if environ is None else environ
     if QUIET_ENV in environ:
-        return _truthy(environ[QUIET_ENV])
-    return _truthy(environ.get("CI"))
+        return truthy(environ[QUIET_ENV])
+    return truthy(environ.get("CI"))
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,13 @@ from . import env
 from .diffusers_logs import without_empty_fp32_notes
 from .errors import InvalidParameterError
 from .sources import hub_offline, hub_reachable, read_model_index, resolve_model_source
+from .validate import DEVICE_MAPS, DTYPE_ALIASES
 
 __all__ = ["hub_offline", "hub_reachable", "read_model_index", "resolve_model_source"]  # re-exported for notebooks
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
+DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_ALIASES.items()}
 DTYPE_CHOICES = "'auto', 'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
-DEVICE_MAP_CHOICES = ("auto", "cuda", "balanced", "cpu", None)
+DEVICE_MAP_CHOICES = (*DEVICE_MAPS, None)
 TASKS = {"text2image": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING", "image2image": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
          "inpaint": "AUTO_INPAINT_PIPELINES_MAPPING"}
 

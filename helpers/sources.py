@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .env import _truthy
+from .env import truthy
 from .errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 
@@ -25,12 +25,8 @@ def _looks_like_local_path(model_id: str) -> bool:
     return "/" in model_id and Path(model_id).parent.is_dir()
 
 
-@cache
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the Hub endpoint, bounded by `timeout` (a dropped network must not hang)."""
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """One TCP connect to `host`:443, bounded by `timeout` (a dropped network must not hang)."""
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -38,8 +34,16 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub endpoint answers (asked once per process)."""
+    from huggingface_hub import constants
+
+    return reachable(urlparse(constants.ENDPOINT).hostname, timeout)
+
+
 def hub_offline() -> bool:
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
+    return truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
 
 
 def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:

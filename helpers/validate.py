@@ -15,7 +15,10 @@ from pathlib import Path
 from . import sources
 from .errors import InvalidParameterError, KitError
 
-DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32")
+# The one list of dtype and device_map names; helpers.loading maps them onto torch and diffusers.
+DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+                 "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
 KIT_ROOT = Path(__file__).resolve().parent.parent
 
