@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## run: execute every notebook headless on the tiny models into runs/<timestamp>/
 run: install
-	$(PY) -m helpers.runner
+	$(PY) -m tools.runner
 
 ## test: unit tests, notebook harness (papermill + nbval) and hygiene checks
 test: install
@@ -44,7 +44,7 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 
 ## test-gpu: every notebook with its real defaults (Hub models, real sizes) on CUDA GPUs; skips without one
 test-gpu: install
-	$(PY) -m helpers.runner --real
+	$(PY) -m tools.runner --real
 
 ## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports)
 bench: install
@@ -60,15 +60,15 @@ lint: install
 
 ## strip: remove outputs, execution counts and Colab cell metadata from committed notebooks
 strip: install
-	$(PY) -m helpers.strip notebooks/*.ipynb
+	$(PY) -m tools.strip notebooks/*.ipynb
 
 ## release: set the kit version everywhere (helpers, notebooks, badges, README, CHANGELOG): make release VERSION=0.2.0
 release: install
-	$(PY) -m helpers.release $(VERSION)
+	$(PY) -m tools.release $(VERSION)
 
 ## tiny: build the tiny random-weight models into .cache/tiny/
 tiny: install
-	$(PY) -m helpers.tiny .cache/tiny
+	$(PY) -m tools.tiny .cache/tiny
 
 clean:
 	rm -rf .cache/tiny runs .pytest_cache

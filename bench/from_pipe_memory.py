@@ -17,8 +17,8 @@ import sys
 CASE = r"""
 import gc, json, sys, torch
 from helpers import architectures, loading, memory
-from helpers.tiny.pipelines import tiny_stable_diffusion
-from helpers.tiny.tokenizers import build_clip_tokenizer
+from tools.tiny.pipelines import tiny_stable_diffusion
+from tools.tiny.tokenizers import build_clip_tokenizer
 from diffusers import PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 size, mode = sys.argv[1], sys.argv[2]

@@ -28,7 +28,7 @@ BUILD = r"""
 import sys, torch
 from diffusers import DiffusionPipeline
 from helpers import architectures
-from helpers.tiny.tokenizers import build_clip_tokenizer
+from tools.tiny.tokenizers import build_clip_tokenizer
 model, folder = sys.argv[1], sys.argv[2]
 index = architectures.model_index(model)
 parts = {}

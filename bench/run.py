@@ -132,7 +132,7 @@ PHASES = {
 def bench_notebooks(tiny: dict, run_folder: Path) -> list[dict]:
     import nbformat
 
-    from helpers import runner
+    from tools import runner
 
     runner.headless_environment()
     rows = []
@@ -210,7 +210,7 @@ def main() -> None:
 
     from sd15 import build, weight_files
 
-    from helpers.tiny import build_all
+    from tools.tiny import build_all
 
     start = time.perf_counter()
     tiny = build_all(ROOT / ".cache" / "tiny")

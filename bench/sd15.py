@@ -19,7 +19,7 @@ def build(folder: Path = FOLDER) -> Path:
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     from helpers import architectures
-    from helpers.tiny.tokenizers import build_clip_tokenizer
+    from tools.tiny.tokenizers import build_clip_tokenizer
 
     def component(name):
         return architectures.build_component(MODEL, name, device="cpu", dtype=torch.float16)

@@ -24,8 +24,8 @@ import nbformat
 import papermill
 import pytest
 
-from helpers import runner
-from helpers.tiny import build_all
+from tools import runner
+from tools.tiny import build_all
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

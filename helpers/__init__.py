@@ -5,5 +5,8 @@ import-time settings before the heavy libraries load. `make release VERSION=x.y.
 here and everywhere it is repeated (notebook metadata, Colab badges, setup cells, README, CHANGELOG).
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
 REPOSITORY = "diffusers-notebook-kit/diffusers-notebook-kit"  # owner/name on GitHub: badges and the Colab clone
+KIT_ROOT = Path(__file__).resolve().parent.parent  # the checkout: notebooks/, community/, requirements.txt

@@ -27,11 +27,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loading, sources
+from . import KIT_ROOT, loading, sources
 from .env import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
-KIT_ROOT = Path(__file__).resolve().parent.parent
 COMMUNITY = KIT_ROOT / "community"
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 CUSTOM_REVISION = re.compile(r"^(main|\d+\.\d+\.\d+)$")

@@ -10,9 +10,10 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from . import KIT_ROOT
 from .errors import VersionMismatchError
 
-REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+REQUIREMENTS = KIT_ROOT / "requirements.txt"
 
 # What a hosted runtime (Colab, Kaggle) gets from us. Everything else there is the host's own:
 # replacing its CUDA torch, numpy, pillow or notebook server would break it or force a restart.

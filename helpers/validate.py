@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from . import sources
+from . import KIT_ROOT, sources
 from .errors import InvalidParameterError, KitError
 
 # The one list of dtype and device_map names; helpers.loading maps them onto torch and diffusers.
@@ -20,7 +20,6 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", 
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
-KIT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fail(name, value, allowed, hint=""):

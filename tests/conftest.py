@@ -8,8 +8,8 @@ import pytest
 
 os.environ.setdefault("KIT_QUIET", "1")
 
-from helpers import runner  # noqa: E402
-from helpers.tiny import build_all  # noqa: E402
+from tools import runner  # noqa: E402
+from tools.tiny import build_all  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ import papermill
 import pytest
 
 import helpers
-from helpers import strip
-from helpers.runner import NOTEBOOKS
+from tools import strip
+from tools.runner import NOTEBOOKS
 
 NOTEBOOK_PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")

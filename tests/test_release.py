@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import release
+from tools import release
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,8 @@ import papermill
 import pytest
 from PIL import Image
 
-from helpers import runner, sources, validate
+from helpers import sources, validate
+from tools import runner
 from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
 
 NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}

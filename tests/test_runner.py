@@ -1,7 +1,7 @@
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
-from helpers import runner
+from tools import runner
 
 
 def test_required_gpus_come_from_notebook_metadata():

@@ -1,7 +1,7 @@
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from helpers import strip
+from tools import strip
 
 
 def dirty_notebook():

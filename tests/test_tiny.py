@@ -6,8 +6,8 @@ import torch
 from diffusers import AutoModel, DiffusionPipeline, QwenImageImg2ImgPipeline, QwenImageInpaintPipeline
 from safetensors.torch import load_file
 
-from helpers.tiny import BUILDERS, build
-from helpers.tiny.tokenizers import PROMPT_WORDS, build_clip_tokenizer, build_qwen_tokenizer
+from tools.tiny import BUILDERS, build
+from tools.tiny.tokenizers import PROMPT_WORDS, build_clip_tokenizer, build_qwen_tokenizer
 
 
 @pytest.mark.parametrize("name, pipeline_class", [
@@ -69,7 +69,7 @@ def test_unknown_tiny_model(tmp_path):
 
 
 def test_cli_builds_every_model(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "helpers.tiny", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "tools.tiny", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "tiny models ready" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(BUILDERS)

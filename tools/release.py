@@ -15,7 +15,9 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import KIT_ROOT
+
+ROOT = KIT_ROOT
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 INIT_VERSION = re.compile(r'__version__ = "([^"]+)"')
 BADGE = re.compile(r"(https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/v)([\w.]+)(/notebooks/)")
@@ -75,7 +77,7 @@ def release(version: str, root: Path = ROOT) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.release", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.release", description=__doc__)
     parser.add_argument("version", help="the new kit version, e.g. 0.2.0")
     args = parser.parse_args(argv)
     release(args.version)

@@ -1,4 +1,4 @@
-"""`python -m helpers.tiny OUT_DIR [--force]`: build every tiny model into OUT_DIR."""
+"""`python -m tools.tiny OUT_DIR [--force]`: build every tiny model into OUT_DIR."""
 
 import argparse
 import time
@@ -7,7 +7,7 @@ from . import build_all
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m helpers.tiny", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.tiny", description=__doc__)
     parser.add_argument("out_dir", help="folder that receives one subfolder per tiny model")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, same weights)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cached models are current")

@@ -32,7 +32,7 @@ BUILDERS = {
 
 def _add_kit_components(folder: Path) -> None:
     """The community-components repository: tiny SD weights plus the code in community/kit_components."""
-    from ..community import COMMUNITY, add_remote_code
+    from helpers.community import COMMUNITY, add_remote_code
 
     add_remote_code(folder, COMMUNITY / "kit_components",
                     pipeline=("pipeline_kit_components", "KitComponentsPipeline"),
@@ -45,7 +45,7 @@ STAMP_FILE = "tiny.json"
 
 def _source_fingerprint() -> str:
     """Hash of the builder code (and the community code it ships): a change to it rebuilds the cached models."""
-    from ..community import COMMUNITY
+    from helpers.community import COMMUNITY
 
     digest = hashlib.sha256()
     for source in sorted(Path(__file__).parent.glob("*.py")) + sorted((COMMUNITY / "kit_components").rglob("*.py")):

@@ -1,6 +1,6 @@
 """Strip notebooks for committing: no outputs, no execution counts, no per-run metadata.
 
-`python -m helpers.strip notebooks/*.ipynb` rewrites them in place; `--check` only reports
+`python -m tools.strip notebooks/*.ipynb` rewrites them in place; `--check` only reports
 (exit 1 if any would change), which is what the hygiene test and CI use.
 """
 
@@ -33,7 +33,7 @@ def render(notebook: nbformat.NotebookNode) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.strip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.strip", description=__doc__)
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="report notebooks that are not stripped; change nothing")
     args = parser.parse_args(argv)

@@ -19,9 +19,11 @@ from pathlib import Path
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
+from helpers import KIT_ROOT
+
 from .tiny import build_all
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = KIT_ROOT
 NOTEBOOKS = ROOT / "notebooks"
 TINY_DIR = ROOT / ".cache" / "tiny"
 RUNS = ROOT / "runs"
@@ -206,7 +208,7 @@ def peak_vram(executed: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.runner", description=__doc__)
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all in notebooks/)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders are created")
     parser.add_argument("--tiny-dir", type=Path, default=TINY_DIR, help="tiny model cache")
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s{extra}  -> {result.executed}")
         if result.error:
             print(f"       {result.error}", file=sys.stderr)
-    from .outputs import write_gallery
+    from helpers.outputs import write_gallery
 
     print(f"run folder: {run_folder} (gallery: {write_gallery(run_folder)})")
     return 1 if any(result.error for result in results) else 0
