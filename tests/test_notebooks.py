@@ -17,7 +17,8 @@ import papermill
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from helpers import outputs, runner
+from helpers import outputs
+from tools import runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
 CANARY = "hf_KitCanary" + "Q" * 30  # every harness run sees this HF_TOKEN; it must appear in no output
