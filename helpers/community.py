@@ -22,18 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import KIT_ROOT, loading, sources
+from . import KIT_ROOT, loading, rules, sources
 from .env import truthy
-from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from .errors import InvalidParameterError, KitError, ModelNotCachedOfflineError
 
 COMMUNITY = KIT_ROOT / "community"
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
-CUSTOM_REVISION = re.compile(r"^(main|\d+\.\d+\.\d+)$")
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
 
@@ -77,23 +74,9 @@ def _refuse_if_disabled() -> None:
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
-    """An existing `.py` file or folder with `pipeline.py`; relative paths are tried from the working folder,
-    then from the kit's root. Never a Hub lookup."""
-    given = Path(path).expanduser()
-    candidates = [given] if given.is_absolute() else [Path.cwd() / given, KIT_ROOT / given]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.suffix == ".py":
-            return candidate.resolve()
-        if candidate.is_dir():
-            if (candidate / "pipeline.py").is_file():
-                return candidate.resolve()
-            raise LocalPathNotFoundError(f"Custom pipeline folder {str(candidate)!r} has no pipeline.py.")
-    looked = ", ".join(repr(str(c)) for c in candidates)
-    raise LocalPathNotFoundError(
-        f"Custom pipeline {str(path)!r} not found (looked at {looked}). diffusers would treat a missing path as a "
-        "Hub repo or community pipeline name and run the code it downloads. Pass an existing .py file or a folder "
-        "with pipeline.py; for a community pipeline by name use community.load_community_pipeline()."
-    )
+    """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root).
+    Never a Hub lookup: the rule is `rules.custom_pipeline_path`."""
+    return rules.custom_pipeline_path("custom_pipeline", path)
 
 
 def _sha256(path: Path) -> str:
@@ -173,12 +156,14 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
     """Remote code from the Hub runs only at a full commit hash: a branch or tag can be moved to new code."""
     if Path(model_id).is_dir() or i_accept_unpinned_remote_code:
         return
-    if not isinstance(revision, str) or not COMMIT.match(revision):
+    try:
+        rules.commit("revision", revision, allow_empty=False)
+    except InvalidParameterError as error:
         raise RemoteCodeRefused(
-            f"revision={revision!r} is not a full 40-character commit hash, so the code of {model_id!r} could change "
-            "between the audit and a later load. Pass revision='<commit>' (the repo's Files tab, 'History', or "
-            "huggingface_hub.model_info(repo).sha). To accept moving code anyway: i_accept_unpinned_remote_code=True."
-        )
+            f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load",
+            name="revision", value=revision,
+            fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
+        ) from None
 
 
 def _audit(files: list[CodeFile], pinned: dict[str, str] | None) -> None:
@@ -243,18 +228,6 @@ def from_pipe(pipe, custom_pipeline, *, pinned: dict[str, str] | None = None, dt
                              trust_remote_code=True)
 
 
-def check_custom_revision(custom_revision: str | None) -> None:
-    """diffusers takes "0.41.0" or "main" for a community pipeline's version, never "v0.41.0"."""
-    if custom_revision is None or (isinstance(custom_revision, str) and CUSTOM_REVISION.match(custom_revision)):
-        return
-    hint = ""
-    if isinstance(custom_revision, str) and custom_revision.startswith("v"):
-        hint = f"Use {custom_revision[1:]!r}: diffusers adds the 'v' itself."
-    raise InvalidParameterError(
-        "custom_revision", custom_revision, "a diffusers release like '0.41.0', or 'main'", hint,
-    )
-
-
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
                             pinned: dict[str, str] | None = None, dtype="auto", device_map="auto", **kwargs):
     """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first.
@@ -266,10 +239,9 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
     from huggingface_hub import hf_hub_download
 
     _refuse_if_disabled()
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-        raise InvalidParameterError("name", name, "a community pipeline name like 'lpw_stable_diffusion'",
-                                    "For a local file or folder use load_remote_code_pipeline(custom_pipeline=...).")
-    check_custom_revision(custom_revision)
+    rules.community_name("name", name)
+    if custom_revision is not None:
+        rules.custom_revision("custom_revision", custom_revision)
     if loading.hub_offline() or not sources.reachable("pypi.org"):
         raise ModelNotCachedOfflineError(
             f"Community pipeline {name!r} needs the Hugging Face Hub and PyPI, and this machine is offline. "

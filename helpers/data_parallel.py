@@ -47,12 +47,10 @@ def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: st
     """Run `generate_shard` in `num_processes` processes (GPUs if present, else CPU over gloo); returns the run id."""
     from accelerate import notebook_launcher
 
-    from .errors import InvalidParameterError
+    from . import rules
 
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
-        raise InvalidParameterError("prompts", prompts, "give a non-empty list of non-empty strings")
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise InvalidParameterError("num_processes", num_processes, "needs a whole number >= 1")
+    rules.prompt_list("prompts", prompts)
+    rules.whole("num_processes", num_processes, 1)
     run_id = uuid.uuid4().hex
     args = (model_id, prompts, output_dir, run_id, height, width, num_inference_steps, guidance_scale, seed, dtype)
     if num_processes == 1:

@@ -1,22 +1,31 @@
 """The kit's exceptions. Each subclasses the builtin a caller would expect to catch.
 
-Messages follow one rule: say what was wrong, quote the bad value, then give the fix.
+Every error carries its parts as fields, not only as text: `name` (the parameter, when there is one),
+`value` (what was given), `rule` (what is allowed or what went wrong) and `fix` (what to do). The message
+is built from them by one rule: say what was wrong, quote the bad value, then give the fix. Code that
+re-reports an error under another parameter name uses the fields, never the message text.
 """
 
 from __future__ import annotations
+
+_NO_VALUE = object()
 
 
 class KitError(Exception):
     """Base class of every error the kit raises itself."""
 
+    def __init__(self, rule: str = "", *, name: str | None = None, value=_NO_VALUE, fix: str = ""):
+        self.name, self.rule, self.fix = name, rule, fix
+        self.value = None if value is _NO_VALUE else value
+        head = f"{name}={value!r} is not valid: {rule}." if name is not None and value is not _NO_VALUE else rule
+        super().__init__(f"{head} {fix}".strip())
+
 
 class InvalidParameterError(KitError, ValueError):
     """A parameter value the kit (or diffusers) does not accept."""
 
-    def __init__(self, name: str, value, allowed: str, hint: str = ""):
-        self.name, self.value, self.allowed = name, value, allowed
-        message = f"{name}={value!r} is not valid: {allowed}."
-        super().__init__(f"{message} {hint}".strip())
+    def __init__(self, name: str, value, rule: str, fix: str = ""):
+        super().__init__(rule, name=name, value=value, fix=fix)
 
 
 class LocalPathNotFoundError(KitError, FileNotFoundError):
@@ -29,7 +38,3 @@ class ModelNotCachedOfflineError(KitError, OSError):
 
 class VersionMismatchError(KitError, ImportError):
     """An installed package whose version differs from the kit's pin."""
-
-
-class ImportOrderError(KitError, RuntimeError):
-    """A setting that must be made before a library is imported, made after it."""

@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from .errors import InvalidParameterError
+from . import rules
 
 
 def size_multiple(pipe) -> int:
@@ -24,16 +24,10 @@ def size_multiple(pipe) -> int:
 def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
     """Fail before the pipeline does, with a message naming the parameter and what is allowed."""
     multiple = size_multiple(pipe)
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple:
-            raise InvalidParameterError(
-                name, value, f"{type(pipe).__name__} needs a positive multiple of {multiple}",
-                f"Try {max(multiple, round(value / multiple) * multiple) if isinstance(value, int | float) else 1024}.",
-            )
-    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-        raise InvalidParameterError("num_inference_steps", num_inference_steps, "needs a whole number >= 1")
-    if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-        raise InvalidParameterError("guidance_scale", guidance_scale, "needs a number >= 0 (1 turns guidance off)")
+    rules.size("height", height, multiple, type(pipe).__name__)
+    rules.size("width", width, multiple, type(pipe).__name__)
+    rules.whole("num_inference_steps", num_inference_steps, 1)
+    rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
 
 
 def accepted_arguments(pipeline_class) -> set[str]:

@@ -17,8 +17,8 @@ from diffusers import DiffusionPipeline
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
 from .errors import InvalidParameterError
+from .rules import DEVICE_MAPS, DTYPE_ALIASES
 from .sources import hub_offline, hub_reachable, read_model_index, resolve_model_source
-from .validate import DEVICE_MAPS, DTYPE_ALIASES
 
 __all__ = ["hub_offline", "hub_reachable", "read_model_index", "resolve_model_source"]  # re-exported for notebooks
 

@@ -14,14 +14,13 @@ last such component.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import architectures
-from .errors import InvalidParameterError, LocalPathNotFoundError
+from . import architectures, rules
+from .errors import LocalPathNotFoundError
 from .loading import resolve_dtype
 
 GIB = 2**30
@@ -107,14 +106,7 @@ def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
 
 def parse_budgets(gpu_memory_gib) -> dict[int, int]:
     """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}, refusing what diffusers would misread."""
-    if not isinstance(gpu_memory_gib, list | tuple) or not gpu_memory_gib:
-        raise InvalidParameterError(
-            "gpu_memory_gib", gpu_memory_gib, "give a non-empty list of per-GPU budgets in GiB", "e.g. [15, 15]."
-        )
-    for value in gpu_memory_gib:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise InvalidParameterError("gpu_memory_gib", gpu_memory_gib, f"{value!r} is not a positive number of GiB")
-    return {index: int(value * GIB) for index, value in enumerate(gpu_memory_gib)}
+    return rules.gpu_budgets("gpu_memory_gib", gpu_memory_gib)
 
 
 def activation_headroom(height: int, width: int) -> int:

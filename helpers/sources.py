@@ -67,14 +67,14 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     if path.is_dir():
         if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
             raise LocalPathNotFoundError(
-                f"Local folder {model_id!r} has no model_index.json (pipeline) or config.json (model). "
-                "Point model_id at the folder that save_pretrained or snapshot_download wrote."
+                "the local folder has no model_index.json (pipeline) or config.json (model)", name="model_id",
+                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.",
             )
         return str(path.resolve())
     if _looks_like_local_path(model_id):
         raise LocalPathNotFoundError(
-            f"Local path {model_id!r} does not exist (resolved to {str(path.resolve())!r}). Check the path; "
-            "diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'."
+            f"the local path does not exist (resolved to {str(path.resolve())!r})", name="model_id", value=model_id,
+            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.",
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -86,9 +86,10 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     cached = any(_cached_file(model_id, name, revision) for name in candidates)
     if not cached and hub_offline():
         raise ModelNotCachedOfflineError(
-            f"{model_id!r} is not in the local Hub cache and the Hub cannot be reached "
-            "(HF_HUB_OFFLINE is set or the network is down). Fix: download it once while online "
-            "(huggingface_hub.snapshot_download), or pass the local folder that holds it."
+            "it is not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE is set or the network "
+            "is down)", name="model_id", value=model_id,
+            fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
+                "that holds it.",
         )
     return model_id
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import community, loading, memory, sources
+from helpers import community, loading, memory, rules, sources
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_tampered_file_is_refused_against_the_pinned_manifest(tiny, tmp_path):
 
 @pytest.mark.parametrize("revision", [None, "main", "v1.0", "a" * 39, "A" * 40, "g" * 40])
 def test_hub_remote_code_needs_a_full_commit(revision):
-    with pytest.raises(community.RemoteCodeRefused, match="not a full 40-character commit hash"):
+    with pytest.raises(community.RemoteCodeRefused, match="revision=.* is not valid: needs a full 40-character commit hash"):
         community.check_revision("org/repo", revision)
 
 
@@ -168,9 +168,11 @@ def test_name_based_load_refuses_offline_within_a_second(tiny, monkeypatch):
 @pytest.mark.parametrize("bad, hint", [("v0.41.0", "Use '0.41.0'"), ("0.41", "or 'main'"), ("latest", "or 'main'")])
 def test_custom_revision_format(bad, hint):
     with pytest.raises(InvalidParameterError, match=re.escape(hint)):
-        community.check_custom_revision(bad)
-    community.check_custom_revision("0.41.0")
-    community.check_custom_revision("main")
+        rules.custom_revision("custom_revision", bad)
+    rules.custom_revision("custom_revision", "0.41.0")
+    rules.custom_revision("custom_revision", "main")
+    with pytest.raises(InvalidParameterError, match=re.escape("Use '0.41.0'")):  # the kit's own loader, same rule
+        community.load_community_pipeline("unused", "lpw_stable_diffusion", custom_revision="v0.41.0")
 
 
 def test_community_name_must_be_a_bare_name(tiny):

@@ -77,7 +77,7 @@ def test_invalid_model_id(bad):
 
 def test_uncached_hub_id_offline_fails_fast_with_the_fix():
     start = time.perf_counter()
-    expected = r"'Qwen/Qwen-Image' is not in the local Hub cache.*snapshot_download"
+    expected = r"model_id='Qwen/Qwen-Image' is not valid: it is not in the local Hub cache.*snapshot_download"
     with pytest.raises(ModelNotCachedOfflineError, match=expected):
         loading.resolve_model_source("Qwen/Qwen-Image")
     assert time.perf_counter() - start < 1.0

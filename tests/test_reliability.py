@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from helpers import sources, validate
-from tools import runner
 from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
+from tools import runner
 
 NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
 
@@ -58,8 +58,8 @@ BAD_PARAMETERS = [
     ("03", "safety_model_id", "bad id!!", "not a valid Hub id"),
     ("03", "enable_pag", "true", "needs True or False"),
     ("03", "dtype", "int8", "choose one of"),
-    ("04", "community_pipeline", "community/missing.py", "would be sent to the Hub"),
-    ("04", "hub_community_name", "../evil", "needs a bare name"),
+    ("04", "community_pipeline", "community/missing.py", "would treat a missing path as a Hub repo"),
+    ("04", "hub_community_name", "../evil", "needs a community pipeline name"),
     ("04", "custom_revision", "v0.41.0", "Use '0.41.0'"),
     ("04", "revision", "main", "a full 40-character commit hash"),
     ("04", "components_repo", "./nope", "does not exist"),

@@ -1,0 +1,140 @@
+"""Every parameter rule of the kit, each defined once: the notebooks' check and the helpers call these.
+
+A rule takes the parameter's name and value and raises `InvalidParameterError` (name, value, rule, fix)
+when the value breaks it. Light on purpose: no torch, no diffusers, no huggingface_hub, so a notebook can
+check all its parameters before the pinned stack is installed or imported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from . import KIT_ROOT
+from .errors import InvalidParameterError, LocalPathNotFoundError
+
+# The one list of dtype and device_map names; helpers.loading maps them onto torch and diffusers.
+DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+                 "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
+DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
+COMMIT = re.compile(r"[0-9a-f]{40}")
+CUSTOM_REVISION = re.compile(r"main|\d+\.\d+\.\d+")
+COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def fail(name: str, value, rule: str, fix: str = ""):
+    raise InvalidParameterError(name, value, rule, fix)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def whole(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(name, value, f"needs a whole number >= {minimum}")
+
+
+def number(name: str, value, low: float, high: float = math.inf, low_open: bool = False, fix: str = "") -> None:
+    if not _is_number(value) or value > high or value < low or (low_open and value == low):
+        bound = f"> {low}" if low_open else f">= {low}"
+        fail(name, value, f"needs a number {bound}" + (f" and <= {high}" if high != math.inf else ""), fix)
+
+
+def text(name: str, value, allow_empty: bool = True) -> None:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        fail(name, value, "needs a text value" if allow_empty else "needs a non-empty text")
+
+
+def flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        fail(name, value, "needs True or False", "With papermill pass -p NAME True (a bare word, not quoted).")
+
+
+def choice(name: str, value, choices) -> None:
+    if value not in choices:
+        fail(name, value, f"choose one of {', '.join(repr(c) for c in choices)}")
+
+
+def size(name: str, value, multiple: int = 8, family: str = "") -> None:
+    """Height or width in pixels: a positive multiple of `multiple` (8 for any family; more once loaded)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+        near = max(multiple, round(value / multiple) * multiple) if _is_number(value) else 1024
+        needs = f"{family} needs a positive multiple of {multiple}" if family else \
+            f"needs a positive whole number of pixels, a multiple of {multiple}"
+        fail(name, value, needs, f"Try {near}.")
+
+
+def prompt_list(name: str, value) -> None:
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) and p.strip() for p in value):
+        fail(name, value, "needs a non-empty list of non-empty prompts", 'e.g. -y "prompts: [a cat, a dog]"')
+
+
+def gpu_budgets(name: str, value) -> dict[int, int]:
+    """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}; refuses what diffusers would misread."""
+    if not isinstance(value, list | tuple) or not value or not all(_is_number(v) and v > 0 for v in value):
+        fail(name, value, "needs a non-empty list of per-GPU budgets in GiB, each > 0", "e.g. [15, 15].")
+    return {index: int(budget * 2**30) for index, budget in enumerate(value)}
+
+
+def memory_map(name: str, value) -> None:
+    if not isinstance(value, dict):
+        fail(name, value, 'needs a dict of per-GPU limits like {0: "14GiB", 1: "14GiB"} (empty: the plan\'s)')
+
+
+def commit(name: str, value, allow_empty: bool = True) -> None:
+    """A full 40-hex commit: branches and tags can be moved to new code after you read it."""
+    if isinstance(value, str) and (COMMIT.fullmatch(value) or (allow_empty and value == "")):
+        return
+    fail(name, value, "needs a full 40-character commit hash" if not allow_empty else
+         "empty, or a full 40-character commit hash",
+         "Branches and tags can move to new code: find the commit in the repo's History, or "
+         "huggingface_hub.model_info(repo).sha.")
+
+
+def custom_revision(name: str, value) -> None:
+    """diffusers takes "0.41.0" or "main" for a community pipeline's version, never "v0.41.0"."""
+    if isinstance(value, str) and CUSTOM_REVISION.fullmatch(value):
+        return
+    starts_with_v = isinstance(value, str) and value[:1] == "v"
+    fail(name, value, "a diffusers release like '0.41.0', or 'main'",
+         f"Use {value[1:]!r}: diffusers adds the 'v' itself." if starts_with_v else "")
+
+
+def community_name(name: str, value) -> None:
+    if not isinstance(value, str) or not COMMUNITY_NAME.fullmatch(value):
+        fail(name, value, "needs a community pipeline name like 'lpw_stable_diffusion'",
+             "For a local file or folder pass it as custom_pipeline (a path).")
+
+
+def scheduler_name(name: str, value) -> None:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Za-z0-9]*Scheduler", value):
+        fail(name, value, "needs a scheduler class name like 'EulerAncestralDiscreteScheduler'")
+
+
+def find_local(path) -> list[Path]:
+    """Where a relative path given to a notebook may live: the working folder, then the kit's root."""
+    given = Path(path).expanduser()
+    return [given] if given.is_absolute() else [Path.cwd() / given, KIT_ROOT / given]
+
+
+def custom_pipeline_path(name: str, value) -> Path:
+    """An existing `.py` file or a folder with `pipeline.py`, never a Hub lookup."""
+    candidates = find_local(value) if isinstance(value, str | Path) and str(value) else []
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".py":
+            return candidate.resolve()
+        if candidate.is_dir():
+            if (candidate / "pipeline.py").is_file():
+                return candidate.resolve()
+            raise LocalPathNotFoundError("the folder has no pipeline.py", name=name, value=str(candidate),
+                                         fix="A custom pipeline folder holds pipeline.py.")
+    looked = ", ".join(repr(str(c)) for c in candidates) or "nothing"
+    raise LocalPathNotFoundError(
+        f"needs an existing local .py file or folder with pipeline.py (looked at {looked})",
+        name=name, value=value,
+        fix="diffusers would treat a missing path as a Hub repo or community pipeline name and run the code it "
+            "downloads. For a community pipeline by name use community.load_community_pipeline().",
+    )
