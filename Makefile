@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where PyPI's torch would be a CUDA build
 
-.PHONY: install run test test-browser test-gpu bench bench-gpu lint strip tiny release clean
+.PHONY: install run test test-cuda-sim test-browser test-gpu bench bench-gpu lint strip tiny release clean
 
 ## install: create .venv with the pinned stack (CPU torch first where there is no NVIDIA GPU)
 install: $(STAMP)
@@ -32,6 +32,10 @@ run: install
 test: install
 	$(PY) -m pytest
 
+## test-cuda-sim: the unit tests on a simulated CUDA host (torch reports one T4): tests that expect the CPU pin it
+test-cuda-sim: install
+	KIT_SIMULATE_CUDA=1 $(PY) -m pytest --deselect tests/test_notebooks.py -p no:cacheprovider
+
 ## test-browser: notebook 02 run through JupyterLab's UI in headless Chromium (installs chromium, jupyterlab, playwright)
 test-browser: $(BROWSER_STAMP)
 	$(PY) -m pytest browser -p no:cacheprovider
@@ -48,11 +52,11 @@ test-gpu: install
 
 ## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports)
 bench: install
-	$(PY) bench/run.py
+	PYTHONPATH=. $(PY) bench/run.py
 
 ## bench-gpu: GPU benchmarks (time to first image, s/image, peak VRAM); skips without a CUDA GPU
 bench-gpu: install
-	$(PY) bench/gpu.py
+	PYTHONPATH=. $(PY) bench/gpu.py
 
 ## lint: ruff on helpers, tests and notebooks
 lint: install

@@ -18,8 +18,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from helpers import KIT_ROOT
+
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+ROOT = KIT_ROOT
 CACHE = ROOT / ".cache" / "bench"
 MODELS = {"sd15": ("stable-diffusion-v1-5/stable-diffusion-v1-5", 512),
           "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", 1024)}

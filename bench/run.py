@@ -14,8 +14,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+from helpers import KIT_ROOT
+
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+ROOT = KIT_ROOT
 sys.path.insert(0, str(BENCH))
 PY = sys.executable
 ENV = {**os.environ, "KIT_QUIET": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import KIT_ROOT
+
+ROOT = KIT_ROOT
 FOLDER = ROOT / ".cache" / "bench" / "sd15-fp16"
 MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 

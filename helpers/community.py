@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,21 +174,57 @@ def _audit(files: list[CodeFile], pinned: dict[str, str] | None) -> None:
         print("  all files match the pinned manifest")
 
 
+@dataclass(frozen=True)
+class Audit:
+    """What an audit checked, and the exact values to pass to the diffusers call that follows it."""
+
+    source: str | None  # the model to pass to from_pretrained: a resolved folder, or the Hub id
+    revision: str | None  # the commit to pass (None for local folders, which diffusers ignores it for)
+    custom_pipeline: str | None  # the resolved file or folder to pass as custom_pipeline=
+    files: list[CodeFile]
+
+    @property
+    def manifest(self) -> dict[str, str]:
+        return manifest(self.files)
+
+
+def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
+          pinned: dict[str, str] | None = None, i_accept_unpinned_remote_code: bool = False) -> Audit:
+    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run.
+
+    Refuses the unsafe forms (see the module docstring), prints each file with its sha256, and compares them
+    with `pinned` when given. Pass the returned `source`, `revision` and `custom_pipeline` to the diffusers
+    call on the next line, so that what runs is exactly what was shown. `model_id=None` audits a
+    `custom_pipeline` alone (for `from_pipe`).
+    """
+    _refuse_if_disabled()
+    resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
+    if model_id is None:
+        if resolved is None:
+            raise InvalidParameterError("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
+        script = Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py"
+        files = [_code_file("custom_pipeline", script.name, script)]
+        source = None
+    else:
+        source = loading.resolve_model_source(model_id, revision)
+        if Path(source).is_dir() and revision:
+            print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers ignores it too)")
+            revision = None
+        check_revision(source, revision, i_accept_unpinned_remote_code)
+        files = code_files(source, resolved, revision)
+    _audit(files, pinned)
+    return Audit(source, revision or None, resolved, files)
+
+
 def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, custom_pipeline=None,
                               pinned: dict[str, str] | None = None, i_accept_unpinned_remote_code: bool = False,
                               dtype="auto", device_map="auto", **kwargs):
-    """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after the checks and the audit."""
-    _refuse_if_disabled()
-    source = loading.resolve_model_source(model_id, revision)
-    if Path(source).is_dir() and revision:
-        print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers ignores it too)")
-        revision = None
-    check_revision(source, revision, i_accept_unpinned_remote_code)
-    files = code_files(source, custom_pipeline, revision)
-    _audit(files, pinned)
-    if custom_pipeline is not None:
-        kwargs["custom_pipeline"] = str(resolve_custom_pipeline(custom_pipeline))
-    return loading.load_pipeline(source, dtype=dtype, device_map=device_map, revision=revision,
+    """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`."""
+    audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, pinned=pinned,
+                    i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
+    if audited.custom_pipeline is not None:
+        kwargs["custom_pipeline"] = audited.custom_pipeline
+    return loading.load_pipeline(audited.source, dtype=dtype, device_map=device_map, revision=audited.revision,
                                  trust_remote_code=True, **kwargs)
 
 
@@ -217,14 +254,11 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
 
 
 def from_pipe(pipe, custom_pipeline, *, pinned: dict[str, str] | None = None, dtype=None):
-    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after the audit."""
+    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`."""
     from diffusers import DiffusionPipeline
 
-    _refuse_if_disabled()
-    resolved = resolve_custom_pipeline(custom_pipeline)
-    script = resolved if resolved.is_file() else resolved / "pipeline.py"
-    _audit([_code_file("custom_pipeline", script.name, script)], pinned)
-    return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=str(resolved),
+    audited = audit(custom_pipeline=custom_pipeline, pinned=pinned)
+    return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=audited.custom_pipeline,
                              trust_remote_code=True)
 
 
@@ -251,11 +285,11 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
     version = custom_revision or "v" + ".".join(diffusers.__version__.split(".")[:3])
     folder = version if version == "main" or version.startswith("v") else f"v{version}"
     script = Path(hf_hub_download(MIRROR, f"{folder}/{name}.py", repo_type="dataset"))
-    local = Path(os.environ.get("TMPDIR", "/tmp")) / "kit-community" / folder / f"{name}.py"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(script, local)
-    return load_remote_code_pipeline(model_id, custom_pipeline=local, pinned=pinned, dtype=dtype,
-                                     device_map=device_map, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
+        local = Path(private) / f"{name}.py"
+        shutil.copyfile(script, local)
+        return load_remote_code_pipeline(model_id, custom_pipeline=local, pinned=pinned, dtype=dtype,
+                                         device_map=device_map, **kwargs)
 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,

@@ -33,13 +33,9 @@ def generate_shard(model_id: str, prompts: list[str], output_dir: str, run_id: s
                                              num_inference_steps=num_inference_steps,
                                              guidance_scale=guidance_scale, seed=seed + index)
             image = pipe(**call).images[0]
-            metadata = outputs.generation_metadata(
-                pipe, model_id, prompt=prompt, seed=seed + index, height=height, width=width,
-                num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                prompt_index=index, run_id=run_id, process_index=state.process_index,
-                num_processes=state.num_processes,
-            )
-            outputs.save_image(image, output_dir, f"prompt{index:03d}-seed{seed + index}", metadata)
+            outputs.save_generated(image, pipe, model_id, call, output_dir, f"prompt{index:03d}",
+                                   prompt_index=index, run_id=run_id, process_index=state.process_index,
+                                   num_processes=state.num_processes)
 
 
 def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: str, height: int, width: int,
@@ -63,11 +59,10 @@ def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: st
 def gather(output_dir: str, run_id: str, prompts: list[str]) -> tuple[list[Image.Image], list[dict]]:
     """The run's images in prompt order, with their metadata; raises if a prompt is missing or doubled."""
     found: dict[int, list[tuple[Path, dict]]] = {}
-    for path in sorted(Path(output_dir).glob("*.png")):
-        metadata = outputs.read_metadata(path)
-        parameters = metadata.get("parameters", {})
-        if parameters.get("run_id") == run_id:
-            found.setdefault(parameters["prompt_index"], []).append((path, metadata))
+    for path, metadata in outputs.saved_images(output_dir):
+        context = metadata.get("context", {})
+        if context.get("run_id") == run_id:
+            found.setdefault(context["prompt_index"], []).append((path, metadata))
     problems = [f"prompt {i} rendered {len(found.get(i, []))} times" for i in range(len(prompts))
                 if len(found.get(i, [])) != 1]
     if problems:

@@ -165,38 +165,41 @@ def module_dtypes(pipe) -> dict[str, torch.dtype]:
     }
 
 
-def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
-    """`pipeline_class.from_pipe(pipe, dtype=...)` that keeps the source's dtype by default.
+def from_pipe_dtype(pipe, dtype=None):
+    """The dtype to pass to `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own.
 
-    diffusers' from_pipe casts every shared module to `dtype`, defaulting to float32, so a bf16
-    source silently becomes fp32, the source included (diffusers issue 12754). With dtype=None this
-    passes the source's own dtype; a source of mixed dtypes must choose explicitly.
+    diffusers' from_pipe casts every shared module to `dtype`, defaulting to float32, so a bf16 source
+    silently becomes fp32, the source included (diffusers issue 12754). A source of mixed dtypes must choose.
     """
     if not isinstance(pipe, DiffusionPipeline):
         raise InvalidParameterError(
-            "pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline", "Load one with load_pipeline()."
+            "pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline", "Load one with from_pretrained."
         )
+    if dtype is not None:
+        return resolve_dtype(dtype, str(pipe.device))
+    current = module_dtypes(pipe)
+    distinct = set(current.values())
+    if len(distinct) > 1:
+        listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in current.items())
+        raise InvalidParameterError(
+            "dtype", None, f"the source pipeline has mixed dtypes ({listing})",
+            "diffusers casts every shared module (the source's too) to one dtype: pass dtype= to choose it.",
+        )
+    return distinct.pop() if distinct else torch.float32
+
+
+def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
+    """`pipeline_class.from_pipe(pipe, dtype=from_pipe_dtype(pipe))`: keeps the source's dtype by default."""
+    dtype = from_pipe_dtype(pipe, dtype)
     _refuse_torch_dtype(kwargs)
     if "device_map" in kwargs:
         raise InvalidParameterError(
             "device_map", kwargs["device_map"], "from_pipe does not take a device_map",
             "The new pipeline shares the source's modules, and so their placement.",
         )
-    current = set(module_dtypes(pipe).values())
-    if dtype is None:
-        distinct = set(current)
-        if len(distinct) > 1:
-            listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in module_dtypes(pipe).items())
-            raise InvalidParameterError(
-                "dtype", None, f"the source pipeline has mixed dtypes ({listing})",
-                "diffusers casts every shared module (the source's too) to one dtype: pass dtype= to choose it.",
-            )
-        dtype = distinct.pop() if distinct else torch.float32
-    else:
-        dtype = resolve_dtype(dtype, str(pipe.device))
     # diffusers' cast logs "modules ... should be kept in float32: []" for every model even when the
     # dtype does not change; only that empty-list note is dropped, every other warning stays.
-    with without_empty_fp32_notes() if current == {dtype} else nullcontext():
+    with without_empty_fp32_notes() if set(module_dtypes(pipe).values()) == {dtype} else nullcontext():
         new_pipe = pipeline_class.from_pipe(pipe, dtype=dtype, **kwargs)
     new_pipe.set_progress_bar_config(disable=env.quiet_mode())
     return new_pipe

@@ -16,17 +16,54 @@ from . import __version__
 METADATA_KEY = "diffusers-notebook-kit"
 
 
-def generation_metadata(pipe, model_id: str, **params) -> dict:
-    """What made an image: model, pipeline class, parameters (seed included) and versions."""
-    import diffusers
+def _describe_input(value):
+    """A short text for an input that is not stored in the PNG (an image, a tensor, a callback)."""
+    size = getattr(value, "size", None)
+    if isinstance(value, Image.Image):
+        return f"image {size[0]}x{size[1]} {value.mode}"
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"tensor {tuple(shape)} {getattr(value, 'dtype', '')}".strip()
+    return type(value).__name__
 
+
+def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
+    """What made an image, read from the call itself: `pipe(**call)`.
+
+    Records the pipeline's real class (not a name the notebook passes), every call argument that is plain
+    data, the seed from the call's generator, a description of each image/tensor input, the model and the
+    versions. `context` holds labels that are not call arguments (a variant name, a run id).
+    """
+    import diffusers
+    import torch
+
+    parameters, inputs = {}, {}
+    for name, value in call.items():
+        if isinstance(value, torch.Generator):
+            parameters["seed"] = value.initial_seed()
+        elif value is None or isinstance(value, str | int | float | bool) or (
+                isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)):
+            parameters[name] = value
+        else:
+            inputs[name] = _describe_input(value)
     return {
         "model_id": str(model_id),
         "pipeline": type(pipe).__name__,
-        "parameters": params,
+        "parameters": parameters,
+        "inputs": inputs,
+        "context": context,
         "kit_version": __version__,
         "diffusers_version": diffusers.__version__,
+        "torch_version": torch.__version__,
     }
+
+
+def save_generated(image: Image.Image, pipe, model_id: str, call: dict, output_dir: str | Path, name: str,
+                   **context) -> Path:
+    """Save an image that `pipe(**call)` returned, as `output_dir/<name>-seed<seed>.png`, with its metadata."""
+    metadata = generation_metadata(pipe, model_id, call, **context)
+    seed = metadata["parameters"].get("seed")
+    return save_image(image, output_dir, name if seed is None else f"{name}-seed{seed}", metadata)
 
 
 def _safe_stem(stem: str) -> str:
@@ -43,7 +80,7 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
     of overwriting when the name was taken meanwhile: two writers never clobber each other, and
     a run killed mid-write leaves no truncated PNG under a real name.
     """
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = _safe_stem(stem)
     info = PngImagePlugin.PngInfo()
@@ -72,10 +109,31 @@ def _umask() -> int:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The generation metadata saved by `save_image` ({} for a PNG without it)."""
-    with Image.open(path) as image:
-        text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    """The generation metadata saved by `save_image` ({} for a PNG without it).
+
+    Raises `NotAnImageError` (a ValueError naming the file) for a file that is not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
+    except (OSError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
+        raise NotAnImageError(f"{str(path)!r} is not a readable PNG ({error}); it was skipped.") from None
     return json.loads(text) if text else {}
+
+
+class NotAnImageError(ValueError):
+    """A file named like an image that PIL cannot read."""
+
+
+def saved_images(folder: str | Path, pattern: str = "*.png") -> list[tuple[Path, dict]]:
+    """Every readable PNG under `folder` with its metadata; files that are not images are skipped with a note."""
+    found = []
+    for path in sorted(Path(folder).expanduser().glob(pattern)):
+        try:
+            found.append((path, read_metadata(path)))
+        except NotAnImageError as error:
+            print(f"note: {error}")
+    return found
 
 
 def make_grid(images: list[Image.Image], labels: list[str] | None = None, cols: int | None = None) -> Image.Image:
@@ -111,16 +169,31 @@ def show(images, labels: list[str] | None = None, cols: int | None = None) -> No
         picture.show()
 
 
+GALLERY_MARKER = "<!-- written by diffusers-notebook-kit: safe to replace -->"
+
+
+def gallery_path(folder: Path) -> Path:
+    """`folder/index.html`, unless a file the kit did not write is there: then `kit-gallery.html` beside it."""
+    index = folder / "index.html"
+    if not index.exists() or GALLERY_MARKER in index.read_text(errors="replace"):
+        return index
+    return folder / "kit-gallery.html"
+
+
 def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run") -> Path:
-    """Write `folder/index.html`: every PNG below it with its prompt, seed and pipeline, openable in a browser."""
+    """Write an HTML page of every PNG below `folder` with its prompt, seed and pipeline, openable in a browser.
+
+    The page is `index.html`, or `kit-gallery.html` when an `index.html` the kit did not write is there (never
+    overwritten). It is written to a temporary file and renamed, so a full disk leaves no partial page.
+    """
     import html
 
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     cards = []
-    for png in sorted(folder.rglob("*.png")):
-        meta = read_metadata(png)
+    for png, meta in saved_images(folder, "**/*.png"):
         params = meta.get("parameters", {})
-        caption = " | ".join(str(part) for part in (params.get("variant"), meta.get("pipeline"),
+        variant = meta.get("context", {}).get("variant")
+        caption = " | ".join(str(part) for part in (variant, meta.get("pipeline"),
                                                      f"seed {params['seed']}" if "seed" in params else None) if part)
         relative = png.relative_to(folder).as_posix()
         cards.append(
@@ -130,13 +203,30 @@ def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run")
             f"<small>{html.escape(relative)}</small></figcaption></figure>"
         )
     page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+        f"<!doctype html>{GALLERY_MARKER}<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:1em}"
         "figure{width:260px;margin:0}figcaption{overflow-wrap:anywhere}"
         "img{width:256px;image-rendering:pixelated;border:1px solid #ccc}"
         f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(cards)} images</p><main>{''.join(cards)}</main>"
         "</body></html>\n"
     )
-    index = folder / "index.html"
-    index.write_text(page)
-    return index
+    target = gallery_path(folder)
+    if target.exists() and GALLERY_MARKER not in target.read_text(errors="replace"):
+        raise FileExistsError(f"{str(target)!r} exists and was not written by the kit; move it to write the gallery.")
+    write_text_atomically(target, page)
+    return target
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `target`, then rename it over `target` (all or nothing)."""
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, target)
+    except BaseException:
+        os.unlink(temp_name)
+        raise

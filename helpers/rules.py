@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from . import KIT_ROOT
@@ -60,6 +62,9 @@ def choice(name: str, value, choices) -> None:
 
 def size(name: str, value, multiple: int = 8, family: str = "") -> None:
     """Height or width in pixels: a positive multiple of `multiple` (8 for any family; more once loaded)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_SIDE:
+        fail(name, value, f"is larger than {MAX_SIDE} pixels", "Generate at the model's native size (e.g. 1024), "
+             "then upscale.")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
         near = max(multiple, round(value / multiple) * multiple) if _is_number(value) else 1024
         needs = f"{family} needs a positive multiple of {multiple}" if family else \
@@ -82,6 +87,53 @@ def gpu_budgets(name: str, value) -> dict[int, int]:
 def memory_map(name: str, value) -> None:
     if not isinstance(value, dict):
         fail(name, value, 'needs a dict of per-GPU limits like {0: "14GiB", 1: "14GiB"} (empty: the plan\'s)')
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
+MAX_SIDE = 8192  # pixels: beyond this no pipeline the kit teaches has been trained, and memory explodes
+MAX_GUIDANCE = 100.0  # far past any useful value; 1e300 overflows to NaN latents and a black image
+
+
+def seed(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        fail(name, value, f"needs a whole number from 0 to 2**64 - 1 ({MAX_SEED})", "e.g. 42.")
+
+
+def guidance(name: str, value) -> None:
+    number(name, value, 0, MAX_GUIDANCE, fix="Typical values are 1-10; 1 turns guidance off.")
+
+
+def strength_and_steps(strength: float, num_inference_steps: int) -> None:
+    """img2img/inpaint run int(strength x steps) denoising steps: below 1 nothing is denoised."""
+    if isinstance(strength, int | float) and isinstance(num_inference_steps, int) and \
+            int(strength * num_inference_steps) < 1:
+        fail("strength", strength, f"strength x num_inference_steps must be >= 1 (here {num_inference_steps} steps)",
+             f"Raise strength to at least {1 / num_inference_steps:g}, or take more steps.")
+
+
+MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) and the gallery
+
+
+def output_folder(name: str, value) -> Path:
+    """A folder the kit can write images into: `~` expanded, not a file, created if missing, writable, with room.
+
+    Checked by creating the folder and a temporary file in it (permission bits say little when running as root).
+    """
+    text(name, value, allow_empty=False)
+    folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        fail(name, value, f"cannot be written ({error.strerror or error})",
+             "Choose a folder you can write to (in Colab, under /content or a mounted Drive).")
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
+    return folder
 
 
 def commit(name: str, value, allow_empty: bool = True) -> None:

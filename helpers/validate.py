@@ -40,8 +40,8 @@ RULES = {
     "width": rules.size,
     "num_inference_steps": lambda n, v: rules.whole(n, v, 1),
     "num_processes": lambda n, v: rules.whole(n, v, 1),
-    "seed": lambda n, v: rules.whole(n, v, 0),
-    "guidance_scale": lambda n, v: rules.number(n, v, 0),
+    "seed": rules.seed,
+    "guidance_scale": rules.guidance,
     "strength": lambda n, v: rules.number(n, v, 0, 1, low_open=True),
     "dtype": lambda n, v: rules.choice(n, v, rules.DTYPE_NAMES),
     "device_map": lambda n, v: rules.choice(n, v, rules.DEVICE_MAPS),
@@ -51,7 +51,7 @@ RULES = {
     "enable_pag": rules.flag,
     "local_dir": rules.text,
     "hf_home": rules.text,
-    "output_dir": lambda n, v: rules.text(n, v, allow_empty=False),
+    "output_dir": rules.output_folder,
     "scheduler": rules.scheduler_name,
     "prompts": rules.prompt_list,
     "gpu_memory_gib": lambda n, v: v == [] or rules.gpu_budgets(n, v),
@@ -63,8 +63,30 @@ RULES = {
 }
 
 
+# Names the setup cell itself defines before calling check(), and IPython's own.
+NOT_PARAMETERS = {"clone", "root", "In", "Out", "exit", "quit", "get_ipython"}
+
+
+def unknown_parameters(namespace: dict) -> list[str]:
+    """Plain-valued names in `namespace` that no notebook declares: papermill only warns about a misspelt
+    `-p name value` and injects it as a global, so the kit can see it."""
+    plain = (str, int, float, bool, list, dict, type(None))
+    return sorted(name for name, value in namespace.items()
+                  if name.isidentifier() and name[0].islower() and name not in RULES and name not in NOT_PARAMETERS
+                  and isinstance(value, plain))
+
+
 def check(namespace: dict) -> None:
-    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule."""
+    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule, and refuse names
+    that are no parameter of any notebook (a typo papermill would only warn about)."""
+    import difflib
+
+    for name in unknown_parameters(namespace):
+        close = difflib.get_close_matches(name, [n for n in RULES if n in namespace] or list(RULES), n=1)
+        fix = f"Did you mean {close[0]!r}?" if close else "papermill --help-notebook NOTEBOOK lists the parameters."
+        raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
     for name, rule in RULES.items():
         if name in namespace:
             rule(name, namespace[name])
+    if "strength" in namespace and "num_inference_steps" in namespace:
+        rules.strength_and_steps(namespace["strength"], namespace["num_inference_steps"])

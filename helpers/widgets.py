@@ -106,15 +106,15 @@ class GenerationForm:
         self.output.append_display_data(self.image)  # works in a kernel and in plain Python (tests)
         self.save_button.disabled = False
         self.status.value = f"Done: seed {parameters['seed']}, {parameters['width']} x {parameters['height']}"
-        self._last = parameters
+        self._last = call
         return self.image
 
     def save(self) -> Path:
         """Save the last image with its parameters (never overwriting); returns the path."""
         if self.image is None:
             raise RuntimeError("Nothing to save yet: press Generate (or call form.generate()) first.")
-        metadata = outputs.generation_metadata(self.pipe, self.model_id, **self._last, source="generation_form")
-        path = outputs.save_image(self.image, self.output_dir, f"form-seed{self._last['seed']}", metadata)
+        path = outputs.save_generated(self.image, self.pipe, self.model_id, self._last, self.output_dir, "form",
+                                      source="generation_form")
         self.status.value = f"Saved {html.escape(str(path))}"
         return path
 

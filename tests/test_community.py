@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import community, loading, memory, rules, sources
+from helpers import KIT_ROOT, community, loading, memory, rules, sources
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = KIT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,21 @@ def test_long_prompt_is_chunked_not_truncated(weighted):
     assert tail_only.shape[1] == 77
 
 
-def test_weighted_pipeline_generates_and_pads_negative_to_the_same_length(weighted):
-    long_negative = " ".join(["blurry"] * 90)
+def test_weighted_pipeline_generates_and_pads_negative_to_the_same_length(weighted, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    seen, parent_call = {}, StableDiffusionPipeline.__call__
+
+    def recording_call(self, *args, **kwargs):  # what the weighting pipeline hands to StableDiffusionPipeline
+        seen.update({name: tuple(kwargs[name].shape) for name in ("prompt_embeds", "negative_prompt_embeds")})
+        return parent_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", recording_call)
+    long_negative = " ".join(["blurry"] * 90)  # 90 tokens: two chunks of 75; the 3-token prompt needs one
     image = weighted("a (cat:1.2)", negative_prompt=long_negative, num_inference_steps=2, height=32, width=32,
                      generator=torch.Generator().manual_seed(0)).images[0]
+    hidden = weighted.text_encoder.config.hidden_size
+    assert seen == {"prompt_embeds": (1, 2 * 77, hidden), "negative_prompt_embeds": (1, 2 * 77, hidden)}
     assert image.size == (32, 32)
 
 
@@ -116,7 +127,8 @@ def test_tampered_file_is_refused_against_the_pinned_manifest(tiny, tmp_path):
 
 @pytest.mark.parametrize("revision", [None, "main", "v1.0", "a" * 39, "A" * 40, "g" * 40])
 def test_hub_remote_code_needs_a_full_commit(revision):
-    with pytest.raises(community.RemoteCodeRefused, match="revision=.* is not valid: needs a full 40-character commit hash"):
+    expected = "revision=.* is not valid: needs a full 40-character commit hash"
+    with pytest.raises(community.RemoteCodeRefused, match=expected):
         community.check_revision("org/repo", revision)
 
 
@@ -199,8 +211,45 @@ def passes_trust_remote_code(source: str) -> bool:
 def test_only_helpers_community_passes_trust_remote_code():
     sources = {str(p.relative_to(ROOT)): p.read_text() for p in [*ROOT.glob("helpers/**/*.py"),
                                                                   *ROOT.glob("community/**/*.py")]}
-    for path in ROOT.glob("notebooks/*.ipynb"):
-        cells = nbformat.read(path, as_version=4).cells
-        sources[str(path.relative_to(ROOT))] = "\n".join(c.source for c in cells if c.cell_type == "code")
     assert passes_trust_remote_code("load(x, trust_remote_code=True)")  # the check can fail
     assert [name for name, source in sources.items() if passes_trust_remote_code(source)] == ["helpers/community.py"]
+
+
+def unaudited_remote_code_calls(cell_source: str) -> list[str]:
+    """Calls passing trust_remote_code=True that do not take their model and custom_pipeline from a
+    `X = community.audit(...)` made earlier in the same cell (with no other assignment to X between)."""
+    problems, audits = [], set()
+    for statement in ast.parse(cell_source).body:
+        for node in ast.walk(statement):
+            if not isinstance(node, ast.Call) or not any(
+                    k.arg == "trust_remote_code" and getattr(k.value, "value", None) is True for k in node.keywords):
+                continue
+            checked = [k.value for k in node.keywords if k.arg == "custom_pipeline"]
+            if not ast.unparse(node.func).endswith("from_pipe"):  # from_pretrained: the model too
+                checked += node.args[:1] + [k.value for k in node.keywords if k.arg == "pretrained_model_name_or_path"]
+            if not checked or not all(isinstance(u, ast.Attribute) and isinstance(u.value, ast.Name)
+                                      and u.value.id in audits and u.attr in ("source", "custom_pipeline")
+                                      for u in checked):
+                problems.append(ast.unparse(node)[:80])
+        targets = [t.id for t in getattr(statement, "targets", []) if isinstance(t, ast.Name)]
+        is_audit = isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Call) and \
+            ast.unparse(statement.value.func) == "community.audit"
+        audits = (audits | set(targets)) if is_audit else audits - set(targets)
+    return problems
+
+
+def test_notebooks_pass_trust_remote_code_only_right_after_an_audit():
+    audited = 'a = community.audit(m, custom_pipeline=p)\nx = DiffusionPipeline.from_pretrained(a.source, ' \
+              'custom_pipeline=a.custom_pipeline, trust_remote_code=True)'
+    assert unaudited_remote_code_calls(audited) == []
+    assert unaudited_remote_code_calls("x = DiffusionPipeline.from_pretrained(m, trust_remote_code=True)")
+    assert unaudited_remote_code_calls(audited.replace("a.source", "other"))  # another source than the audited one
+    assert unaudited_remote_code_calls(audited.replace("a = community.audit(m, custom_pipeline=p)\n",
+                                                       "a = community.audit(m)\na = something_else()\n"))
+    calls = 0
+    for path in sorted(ROOT.glob("notebooks/*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                calls += passes_trust_remote_code(cell.source)
+                assert unaudited_remote_code_calls(cell.source) == [], (path.name, cell.id)
+    assert calls >= 3  # notebook 04 shows from_pretrained with a file, from_pipe with a folder, and a repo

@@ -22,13 +22,13 @@ def test_two_processes_render_every_prompt_exactly_once(tiny, tmp_path):
     images, metadata = data_parallel.gather(str(tmp_path), run_id, PROMPTS)
     assert [m["parameters"]["prompt"] for m in metadata] == PROMPTS
     assert [m["parameters"]["seed"] for m in metadata] == [5, 6, 7]
-    assert {m["parameters"]["process_index"] for m in metadata} == {0, 1}
-    assert all(m["parameters"]["num_processes"] == 2 for m in metadata)
+    assert {m["context"]["process_index"] for m in metadata} == {0, 1}
+    assert all(m["context"]["num_processes"] == 2 for m in metadata)
     assert all(image.size == (32, 32) for image in images)
 
 
 def save(folder, run_id, index):
-    meta = {"parameters": {"run_id": run_id, "prompt_index": index, "prompt": PROMPTS[index]}}
+    meta = {"parameters": {"prompt": PROMPTS[index]}, "context": {"run_id": run_id, "prompt_index": index}}
     outputs.save_image(Image.new("RGB", (8, 8)), folder, f"prompt{index}", meta)
 
 

@@ -33,10 +33,14 @@ def code_cells(notebook):
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
-def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOK_PATHS][:4] == [
-        "01_setup.ipynb", "02_load_and_generate.ipynb", "03_component_swapping.ipynb", "04_community_pipelines.ipynb",
-    ]
+def test_notebooks_are_numbered_in_order_and_listed_in_the_readme():
+    names = [p.name for p in NOTEBOOK_PATHS]
+    assert len(names) >= 5
+    assert [int(name[:2]) for name in names] == list(range(1, len(names) + 1)), names
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", name) for name in names), names
+    readme = (NOTEBOOKS.parent / "README.md").read_text()
+    table_rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    assert [name for name in names if not any(f"`{name}`" in row for row in table_rows)] == []
 
 
 def test_valid_nbformat(notebook_path):
@@ -98,3 +102,29 @@ def test_no_cell_is_skipped_blindly(notebook_path):
     for cell in load(notebook_path).cells:
         tags = cell.metadata.get("tags", [])
         assert "raises-exception" not in tags, "show expected errors with try/except instead"
+
+
+# Cell ids that tests (their printed text), benchmarks (bench/run.py PHASES) and the setup pattern read by
+# id. Renaming one of these cells must fail here, loudly, rather than make a test read an empty string.
+DEPENDED_ON_CELL_IDS = {
+    "01_setup": {"parameters", "get-kit", "install", "cache", "report", "token"},
+    "02_load_and_generate": {"parameters", "setup", "imports", "resolve", "local", "auto-class", "generate", "save",
+                             "specific", "variants", "autopipe", "dtype-table", "dtype-load", "device", "summary",
+                             "form"},
+    "03_component_swapping": {"parameters", "setup", "imports", "vae", "vae-compare", "wrong", "scheduler", "pag",
+                              "img2img", "caveat", "trap", "safety", "safety-off", "sizes", "summary"},
+    "04_community_pipelines": {"parameters", "setup", "imports", "file", "weights", "folder", "name", "publish",
+                               "repo-load", "component", "tamper", "disable", "summary"},
+    "05_multi_gpu_balanced": {"parameters", "setup", "imports", "sizes", "plan", "common", "reference", "balanced",
+                              "data-parallel"},
+}
+
+
+def test_cell_ids_that_tests_and_benchmarks_read_exist():
+    found = {path.stem: {cell.id for cell in load(path).cells} for path in NOTEBOOK_PATHS}
+    missing = {name: sorted(ids - found.get(name, set())) for name, ids in DEPENDED_ON_CELL_IDS.items()}
+    assert {name: ids for name, ids in missing.items() if ids} == {}
+    bench = (NOTEBOOKS.parent / "bench" / "run.py").read_text()
+    phases = ast.literal_eval(bench[bench.index("PHASES = ") + len("PHASES = "):bench.index("\n}\n") + 2])
+    every_id = set().union(*found.values())
+    assert {cell for ids in phases.values() for cell in ids} - every_id == set()

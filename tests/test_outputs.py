@@ -24,10 +24,17 @@ def test_generation_metadata_carries_versions():
     class FakePipe:
         pass
 
-    meta = outputs.generation_metadata(FakePipe(), "org/model", seed=1, prompt="p")
+    import torch
+
+    call = {"prompt": "p", "height": 32, "generator": torch.Generator("cpu").manual_seed(7),
+            "image": Image.new("RGB", (8, 4)), "latents": torch.zeros(1, 4, 2, 2), "prompt_embeds": None}
+    meta = outputs.generation_metadata(FakePipe(), "org/model", call, variant="img2img")
     assert meta == {
-        "model_id": "org/model", "pipeline": "FakePipe", "parameters": {"seed": 1, "prompt": "p"},
-        "kit_version": __version__, "diffusers_version": diffusers.__version__,
+        "model_id": "org/model", "pipeline": "FakePipe",
+        "parameters": {"prompt": "p", "height": 32, "seed": 7, "prompt_embeds": None},
+        "inputs": {"image": "image 8x4 RGB", "latents": "tensor (1, 4, 2, 2) torch.float32"},
+        "context": {"variant": "img2img"},
+        "kit_version": __version__, "diffusers_version": diffusers.__version__, "torch_version": torch.__version__,
     }
 
 
@@ -89,3 +96,39 @@ def test_grid_bad_input():
         outputs.make_grid([])
     with pytest.raises(ValueError, match="Got 1 labels for 2 images"):
         outputs.make_grid([red(), red()], labels=["a"])
+
+
+def test_gallery_never_overwrites_an_index_the_kit_did_not_write(tmp_path, capsys):
+    outputs.save_image(red(), tmp_path, "one", {"parameters": {"prompt": "a fox", "seed": 1}})
+    (tmp_path / "bad.png").write_text("not an image")  # a user's file named like a PNG
+    mine = tmp_path / "index.html"
+    mine.write_text("<p>my own page</p>")
+    written = outputs.write_gallery(tmp_path)
+    assert written == tmp_path / "kit-gallery.html" and mine.read_text() == "<p>my own page</p>"
+    assert "a fox" in written.read_text() and "1 images" in written.read_text()
+    assert "bad.png' is not a readable PNG" in capsys.readouterr().out
+    assert outputs.write_gallery(tmp_path) == written  # the kit's own page is replaced on the next run
+    mine.unlink()
+    assert outputs.write_gallery(tmp_path) == mine  # with no user file there, index.html is the kit's again
+    assert outputs.write_gallery(tmp_path) == mine
+
+
+def test_gallery_write_is_all_or_nothing(tmp_path, monkeypatch):
+    outputs.save_image(red(), tmp_path, "one")
+    first = outputs.write_gallery(tmp_path).read_text()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", disk_full)
+    outputs.save_image(red(), tmp_path, "two")
+    with pytest.raises(OSError, match="No space left"):
+        outputs.write_gallery(tmp_path)
+    assert (tmp_path / "index.html").read_text() == first  # the old page stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html", "one.png", "two.png"]  # no temp file left
+
+
+def test_save_image_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = outputs.save_image(red(), "~/pictures", "fox")
+    assert path == tmp_path / "pictures" / "fox.png" and path.is_file()

@@ -1,12 +1,11 @@
 import shutil
-from pathlib import Path
 
 import pytest
 
 import helpers
 from tools import release
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = helpers.KIT_ROOT
 
 
 @pytest.fixture()

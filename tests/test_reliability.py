@@ -43,8 +43,14 @@ BAD_PARAMETERS = [
     ("02", "guidance_scale", "high", "needs a number >= 0"),
     ("02", "strength", 0, "needs a number > 0 and <= 1"),
     ("02", "strength", 1.5, "needs a number > 0 and <= 1"),
-    ("02", "seed", -1, "needs a whole number >= 0"),
-    ("02", "seed", "abc", "needs a whole number >= 0"),
+    ("02", "seed", -1, "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "seed", "abc", "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "seed", 2**64, "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "height", 100000, "is larger than 8192 pixels"),
+    ("02", "guidance_scale", 1e300, "needs a number >= 0 and <= 100"),
+    ("02", "strength", 0.01, "strength x num_inference_steps must be >= 1"),
+    ("02", "output_dir", "../README.md", "is an existing file, not a folder"),
+    ("03", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
     ("02", "model_id", "./missing-model", "does not exist"),
     ("02", "model_id", "someone/not-cached", "not in the local Hub cache"),
     ("02", "model_id", "", "give a Hub id"),
@@ -182,3 +188,25 @@ def test_validation_itself_names_parameter_value_and_rule():
     with pytest.raises(InvalidParameterError, match=r"^height=30 is not valid: .*multiple of 8\. Try 32\.$"):
         validate.check({"height": 30})
     validate.check({"height": 32, "unrelated": object(), "prompts": ["a"], "revision": ""})
+
+
+def test_a_misspelt_parameter_is_refused_with_the_closest_name(tmp_path, tiny):
+    """papermill only warns about `-p num_inference_step 2` and injects it as a global; the kit refuses it."""
+    parameters = {**runner.headless_parameters(NB["02"], tiny, tmp_path / "out"), "num_inference_step": 2}
+    out = tmp_path / "typo.ipynb"
+    runner.headless_environment()
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(str(NB["02"]), str(out), parameters=parameters, cwd=str(NB["02"].parent),
+                                   kernel_name="python3", progress_bar=False)
+    assert failure.value.evalue == ("num_inference_step=2 is not valid: is not a parameter of this notebook. "
+                                    "Did you mean 'num_inference_steps'?")
+    assert out.is_file()
+
+
+def test_unknown_names_ignore_what_the_setup_cell_defines():
+    import pathlib as a_module
+
+    namespace = {"prompt": "a cat", "KIT_VERSION": "0.1.0", "root": a_module.Path("."), "clone": ["git"],
+                 "pathlib": a_module, "_i1": "x", "helpers": a_module}
+    assert validate.unknown_parameters(namespace) == []
+    assert validate.unknown_parameters({**namespace, "promt": "a dog"}) == ["promt"]

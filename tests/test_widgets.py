@@ -32,8 +32,10 @@ def test_save_writes_the_parameters_and_random_seed_changes_the_seed(pipe, tmp_p
     form.save_button.click()
     saved = list(tmp_path.glob("*.png"))
     assert len(saved) == 1 and "Saved" in form.status.value
-    meta = outputs.read_metadata(saved[0])["parameters"]
-    assert (meta["prompt"], meta["seed"], meta["width"], meta["source"]) == ("a cat", 5, 32, "generation_form")
+    meta = outputs.read_metadata(saved[0])
+    assert (meta["parameters"]["prompt"], meta["parameters"]["seed"], meta["parameters"]["width"]) == ("a cat", 5, 32)
+    assert meta["context"]["source"] == "generation_form" and meta["pipeline"] == "StableDiffusionPipeline"
+    assert "callback_on_step_end" not in meta["parameters"]
     seeds = set()
     for _ in range(5):
         form.random_seed.click()

@@ -1,10 +1,10 @@
 """The GitHub workflows parse, run the README's commands, and keep the GPU runner away from pull requests."""
 
-from pathlib import Path
-
 import yaml
 
-WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
+from helpers import KIT_ROOT
+
+WORKFLOWS = KIT_ROOT / ".github" / "workflows"
 
 
 def load(name):
