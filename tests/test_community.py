@@ -22,7 +22,8 @@ ROOT = KIT_ROOT
 
 @pytest.fixture(scope="module")
 def weighted(tiny):
-    return community.load_remote_code_pipeline(tiny["sd"], custom_pipeline="community/kit_prompt_weighting.py")
+    return community.load_remote_code_pipeline(tiny["sd"], custom_pipeline="community/kit_prompt_weighting.py",
+                                               device_map=None)
 
 
 def test_weight_scales_exactly_that_tokens_embedding(weighted):
@@ -80,7 +81,7 @@ def test_previews_share_weights_and_end_with_the_image(weighted):
 
 
 def test_components_repo_runs_its_own_code(tiny):
-    pipe = community.load_remote_code_pipeline(tiny["sd-components"])
+    pipe = community.load_remote_code_pipeline(tiny["sd-components"], device_map=None)
     assert type(pipe).__name__ == "KitComponentsPipeline"
     assert type(pipe.unet).__name__ == "KitCountingUNet2DConditionModel"
     out = pipe("a cat", num_inference_steps=2, height=32, width=32, guidance_scale=1.0)
@@ -99,7 +100,7 @@ def test_audit_lists_every_file_diffusers_would_execute(tiny):
 
 
 def test_save_pretrained_drops_code_and_add_remote_code_restores_it(tiny, tmp_path):
-    pipe = loading.load_pipeline(tiny["sd"])
+    pipe = loading.load_pipeline(tiny["sd"], device_map=None)
     pipe.save_pretrained(tmp_path)
     assert list(tmp_path.rglob("*.py")) == []
     community.add_remote_code(tmp_path, community.COMMUNITY / "kit_components",
@@ -108,7 +109,7 @@ def test_save_pretrained_drops_code_and_add_remote_code_restores_it(tiny, tmp_pa
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_kit_components", "KitComponentsPipeline"]
     assert index["unet"] == ["kit_counting_unet", "KitCountingUNet2DConditionModel"]
-    assert type(community.load_remote_code_pipeline(tmp_path)).__name__ == "KitComponentsPipeline"
+    assert type(community.load_remote_code_pipeline(tmp_path, device_map=None)).__name__ == "KitComponentsPipeline"
     with pytest.raises(InvalidParameterError, match="no component 'prior'"):
         community.add_remote_code(tmp_path, community.COMMUNITY / "kit_components", components={"prior": ("x", "X")})
 
@@ -120,9 +121,9 @@ def test_tampered_file_is_refused_against_the_pinned_manifest(tiny, tmp_path):
     with open(copy / "unet" / "kit_counting_unet.py", "a") as file:
         file.write("\nimport os  # added later\n")
     with pytest.raises(community.RemoteCodeChanged) as refused:
-        community.load_remote_code_pipeline(copy, pinned=pinned)
+        community.load_remote_code_pipeline(copy, pinned=pinned, device_map=None)
     assert list(refused.value.changes) == ["unet/kit_counting_unet.py"]
-    assert community.load_remote_code_pipeline(tiny["sd-components"], pinned=pinned) is not None
+    assert community.load_remote_code_pipeline(tiny["sd-components"], pinned=pinned, device_map=None) is not None
 
 
 @pytest.mark.parametrize("revision", [None, "main", "v1.0", "a" * 39, "A" * 40, "g" * 40])
@@ -152,13 +153,13 @@ def test_hub_repo_is_audited_at_its_pinned_commit(tiny, isolated_hub):
     assert [f.name for f in files] == ["pipeline_kit_components.py", "unet/kit_counting_unet.py"]
     assert all(commit in str(f.path) for f in files)
     with pytest.raises(community.RemoteCodeRefused):
-        community.load_remote_code_pipeline("org/components", revision="main")
+        community.load_remote_code_pipeline("org/components", revision="main", device_map=None)
 
 
 @pytest.mark.parametrize("path", ["my_pipeline", "community/missing.py", "./nowhere", "kit_previews_typo"])
 def test_missing_custom_pipeline_is_an_error_not_a_hub_lookup(tiny, path):
     with pytest.raises(LocalPathNotFoundError, match="diffusers would treat a missing path as a Hub repo"):
-        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=path)
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=path, device_map=None)
 
 
 def test_relative_paths_resolve_from_the_kit_root_too(tmp_path, monkeypatch):
@@ -195,7 +196,7 @@ def test_community_name_must_be_a_bare_name(tiny):
 def test_disable_remote_code_is_respected(tiny, monkeypatch):
     monkeypatch.setenv("DIFFUSERS_DISABLE_REMOTE_CODE", "1")
     with pytest.raises(community.RemoteCodeRefused, match="DIFFUSERS_DISABLE_REMOTE_CODE is set"):
-        community.load_remote_code_pipeline(tiny["sd-components"])
+        community.load_remote_code_pipeline(tiny["sd-components"], device_map=None)
     with pytest.raises(community.RemoteCodeRefused):
         community.load_remote_code_component(tiny["sd-components"], "unet")
 

@@ -93,4 +93,7 @@ def test_report_lists_versions_and_pins():
     text = str(env.report())
     assert "diffusers      0.42.1" in text
     assert "pins           all match" in text
-    assert "device         cpu (dtype float32)" in text
+    import torch
+
+    here = "cuda" if torch.cuda.is_available() else "cpu"  # a CUDA host (or KIT_SIMULATE_CUDA=1) reports its GPU
+    assert f"device         {here} (dtype " in text

@@ -10,7 +10,7 @@ COMMON = dict(prompt="a photo of a cat", negative_prompt="blurry", height=32, wi
 
 @pytest.fixture(scope="module")
 def pipes(tiny):
-    return {name: loading.load_pipeline(str(tiny[name])) for name in ("sd", "qwen-image")}
+    return {name: loading.load_pipeline(str(tiny[name]), device_map=None) for name in ("sd", "qwen-image")}
 
 
 def test_qwen_image_gets_true_cfg_scale(pipes):

@@ -102,7 +102,7 @@ def test_cached_hub_id_resolves_offline(isolated_hub):
 def test_load_pipeline_returns_the_diffusers_pipeline(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        pipe = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map="auto")
+        pipe = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)  # CPU, also on a GPU host
     assert type(pipe) is StableDiffusionPipeline
     assert set(loading.module_dtypes(pipe).values()) == {torch.float32}
 
@@ -114,11 +114,12 @@ def test_torch_dtype_is_refused(tiny):
 
 def test_dtype_mix_refused_for_sd_before_loading(tiny):
     with pytest.raises(InvalidParameterError, match=r"StableDiffusionPipeline components must share one dtype"):
-        loading.load_pipeline(str(tiny["sd"]), dtype={"default": "float32", "vae": "bfloat16"})
+        loading.load_pipeline(str(tiny["sd"]), dtype={"default": "float32", "vae": "bfloat16"}, device_map=None)
 
 
 def test_qwen_image_accepts_a_vae_of_another_dtype(tiny):
-    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype={"default": "bfloat16", "vae": "float32"})
+    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype={"default": "bfloat16", "vae": "float32"},
+                                 device_map=None)
     assert loading.module_dtypes(pipe) == {
         "vae": torch.float32, "text_encoder": torch.bfloat16, "transformer": torch.bfloat16,
     }
@@ -130,7 +131,7 @@ def test_raw_from_pipe_upcasts_the_source_and_the_guard_does_not(tiny):
     StableDiffusionImg2ImgPipeline.from_pipe(raw_source)
     assert set(loading.module_dtypes(raw_source).values()) == {torch.float32}
 
-    source = loading.load_pipeline(str(tiny["sd"]), dtype="bfloat16")
+    source = loading.load_pipeline(str(tiny["sd"]), dtype="bfloat16", device_map=None)
     variant = loading.from_pipe(StableDiffusionImg2ImgPipeline, source)
     assert set(loading.module_dtypes(source).values()) == {torch.bfloat16}
     assert set(loading.module_dtypes(variant).values()) == {torch.bfloat16}
@@ -138,7 +139,7 @@ def test_raw_from_pipe_upcasts_the_source_and_the_guard_does_not(tiny):
 
 
 def test_from_pipe_refuses_bad_input(tiny):
-    pipe = loading.load_pipeline(str(tiny["sd"]))
+    pipe = loading.load_pipeline(str(tiny["sd"]), device_map=None)
     expected = r"pipe='str' is not valid: from_pipe needs a loaded diffusers pipeline"
     with pytest.raises(InvalidParameterError, match=expected):
         loading.from_pipe(StableDiffusionImg2ImgPipeline, "stable-diffusion")
@@ -149,7 +150,8 @@ def test_from_pipe_refuses_bad_input(tiny):
 
 
 def test_from_pipe_of_mixed_source_must_choose(tiny):
-    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype={"default": "bfloat16", "vae": "float32"})
+    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype={"default": "bfloat16", "vae": "float32"},
+                                 device_map=None)
     variant_class = loading.task_variant(pipe, "image2image")
     with pytest.raises(InvalidParameterError, match=r"mixed dtypes .*vae=float32.*pass dtype= to choose"):
         loading.from_pipe(variant_class, pipe)
@@ -161,7 +163,7 @@ def test_from_pipe_of_mixed_source_must_choose(tiny):
     ("sdxl", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
 ])
 def test_task_variants_follow_the_auto_pipeline_tables(tiny, model, image2image, inpaint):
-    pipe = loading.load_pipeline(str(tiny[model]))
+    pipe = loading.load_pipeline(str(tiny[model]), device_map=None)
     assert loading.task_variant(pipe, "image2image").__name__ == image2image
     assert loading.task_variant(pipe, "inpaint").__name__ == inpaint
 
@@ -169,7 +171,7 @@ def test_task_variants_follow_the_auto_pipeline_tables(tiny, model, image2image,
 def test_task_variant_none_and_unknown_task(tiny):
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipe = loading.load_pipeline(str(tiny["sd"]))
+    pipe = loading.load_pipeline(str(tiny["sd"]), device_map=None)
     inpaint = StableDiffusionInpaintPipeline.from_pipe(pipe)
     assert loading.task_variant(pipe, "text2image") is StableDiffusionPipeline
     assert loading.task_variant(inpaint, "inpaint") is StableDiffusionInpaintPipeline

@@ -28,9 +28,9 @@ def test_component_table_counts_bytes_by_dtype_and_tied_weights_once():
 
 
 def test_shares_weights_after_from_pipe_but_not_after_two_loads(tiny):
-    pipe = loading.load_pipeline(str(tiny["sdxl"]))
+    pipe = loading.load_pipeline(str(tiny["sdxl"]), device_map=None)
     variant = loading.from_pipe(StableDiffusionXLImg2ImgPipeline, pipe)
-    other = loading.load_pipeline(str(tiny["sdxl"]))
+    other = loading.load_pipeline(str(tiny["sdxl"]), device_map=None)
     assert memory.shares_weights(pipe, variant)
     assert set(memory.shared_components(pipe, variant)) == {"text_encoder", "text_encoder_2", "unet", "vae"}
     assert not memory.shares_weights(pipe, other)

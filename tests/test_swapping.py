@@ -18,34 +18,34 @@ def wider_latent_vae():
 
 def test_vae_swapped_at_load_time_is_that_object(tiny):
     vae = loading.load_component(tiny["vae-alt"])  # a pathlib.Path works (diffusers' AutoModel needs a str)
-    pipe = loading.load_pipeline(tiny["sdxl"], vae=vae)
+    pipe = loading.load_pipeline(tiny["sdxl"], vae=vae, device_map=None)
     assert pipe.vae is vae
 
 
 def test_vae_of_another_family_is_refused_before_diffusers(tiny):
     with pytest.raises(InvalidParameterError, match=r"vae='AutoencoderKLQwenImage'.*must be of class AutoencoderKL"):
-        loading.load_pipeline(str(tiny["sdxl"]), vae=other_family_vae())
+        loading.load_pipeline(str(tiny["sdxl"]), vae=other_family_vae(), device_map=None)
 
 
 def test_raw_diffusers_fails_deep_inside_with_that_vae(tiny):
     """What the guard saves users from; if diffusers starts checking itself, this test says so."""
-    vae = loading.load_pipeline(str(tiny["qwen-image"])).vae
+    vae = loading.load_pipeline(str(tiny["qwen-image"]), device_map=None).vae
     with pytest.raises(AttributeError, match="block_out_channels"):
         StableDiffusionXLPipeline.from_pretrained(str(tiny["sdxl"]), vae=vae)
 
 
 def test_vae_with_other_latent_channels_is_refused(tiny):
-    pipe = loading.load_pipeline(str(tiny["sdxl"]))
+    pipe = loading.load_pipeline(str(tiny["sdxl"]), device_map=None)
     with pytest.raises(InvalidParameterError, match=r"latent_channels 16 \(expected 4\)"):
         loading.check_swap(pipe, "vae", wider_latent_vae())
 
 
 def test_swap_of_a_component_the_pipeline_lacks(tiny):
-    pipe = loading.load_pipeline(str(tiny["sd"]))
+    pipe = loading.load_pipeline(str(tiny["sd"]), device_map=None)
     with pytest.raises(InvalidParameterError, match="has no image_encoder to replace"):
         loading.check_swap(pipe, "image_encoder", wider_latent_vae())
     with pytest.raises(InvalidParameterError, match=r"has no component 'refiner'.*Its components are: .*unet"):
-        loading.load_pipeline(str(tiny["sd"]), refiner=wider_latent_vae())
+        loading.load_pipeline(str(tiny["sd"]), refiner=wider_latent_vae(), device_map=None)
 
 
 def test_load_component_checks_path_and_dtype(tiny):
@@ -58,7 +58,7 @@ def test_load_component_checks_path_and_dtype(tiny):
 
 
 def test_scheduler_by_name(tiny):
-    pipe = loading.load_pipeline(str(tiny["sdxl"]))
+    pipe = loading.load_pipeline(str(tiny["sdxl"]), device_map=None)
     chosen = loading.scheduler_class(pipe, "EulerAncestralDiscreteScheduler")
     pipe.scheduler = chosen.from_config(pipe.scheduler.config)
     assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"

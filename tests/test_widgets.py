@@ -7,7 +7,7 @@ from helpers import generation, loading, outputs, widgets
 
 @pytest.fixture(scope="module")
 def pipe(tiny):
-    return loading.load_pipeline(tiny["sd"])
+    return loading.load_pipeline(tiny["sd"], device_map=None)
 
 
 def test_form_generates_what_the_same_call_generates(pipe, tmp_path):
@@ -53,7 +53,7 @@ def test_errors_show_in_the_form_instead_of_vanishing(pipe):
 
 
 def test_size_presets_are_valid_for_the_family(pipe, tiny):
-    for candidate in (pipe, loading.load_pipeline(tiny["qwen-image"])):
+    for candidate in (pipe, loading.load_pipeline(tiny["qwen-image"], device_map=None)):
         multiple = generation.size_multiple(candidate)
         presets = widgets.size_presets(candidate)
         assert len(presets) >= 3 and len(set(presets)) == len(presets)
