@@ -9,13 +9,23 @@ checked again once it is loaded.
 
 from __future__ import annotations
 
-from . import rules, sources
+from pathlib import Path
+
+from . import folders, rules, sources
 from .errors import InvalidParameterError, KitError
 
 
 def _model(name, value, optional=False):
     if optional and value == "":
         return
+    if isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        folders.refuse_single_file(path, name)
+        if path.is_dir() and (path / "model_index.json").is_file():
+            if name == "vae_id" and not (path / "config.json").is_file():
+                rules.fail(name, value, "is a whole pipeline folder, not a VAE",
+                           f"Pass its VAE subfolder: {str(path / 'vae')!r}.")
+            folders.check_pipeline_folder(path, name)
     try:
         sources.resolve_model_source(value)
     except KitError as error:

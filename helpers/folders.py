@@ -1,0 +1,113 @@
+"""Check a local pipeline folder before `from_pretrained` reads it, so a broken copy fails with the file's name.
+
+diffusers reports a truncated download, a missing component folder or an invalid `model_index.json` as a
+bare `KeyError`, `TypeError` or `JSONDecodeError` deep inside loading. This reads only small files (JSON, and
+the first bytes of each weight file), never the weights themselves. Light: no torch, no diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from .errors import InvalidParameterError, LocalPathNotFoundError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".gguf")
+CONFIG_FILES = ("config.json", "scheduler_config.json", "preprocessor_config.json", "tokenizer_config.json",
+                "tokenizer.json", "vocab.json")
+
+
+def _broken(name: str, path: Path, rule: str, fix: str) -> InvalidParameterError:
+    return InvalidParameterError(name, str(path), rule, fix)
+
+
+def read_json_object(path: Path, name: str = "model_id") -> dict:
+    """A JSON file that must hold an object, with the file named in every error."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise _broken(name, path, f"{path.name} is not valid JSON ({error.msg} at line {error.lineno})",
+                      "Download the model again (snapshot_download), or restore the file.") from None
+    if not isinstance(data, dict):
+        raise _broken(name, path, f"{path.name} holds a {type(data).__name__}, not a JSON object",
+                      "Download the model again; this file should be the one save_pretrained wrote.")
+    return data
+
+
+def check_safetensors(path: Path, name: str = "model_id") -> None:
+    """The first 8 bytes give the header length; the header must be JSON and fit in the file."""
+    size = path.stat().st_size
+    fix = "The download was interrupted or the file was replaced: download it again."
+    if size < 8:
+        raise _broken(name, path, f"{path.name} is {size} bytes, too short to be a safetensors file", fix)
+    with open(path, "rb") as file:
+        (header_length,) = struct.unpack("<Q", file.read(8))
+        if header_length <= 1 or 8 + header_length > size:
+            raise _broken(name, path, f"{path.name} is truncated or not a safetensors file "
+                          f"(header of {header_length} bytes in a {size}-byte file)", fix)
+        try:
+            header = json.loads(file.read(header_length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _broken(name, path, f"{path.name} has no readable safetensors header", fix) from None
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    if ends and 8 + header_length + max(ends) > size:
+        raise _broken(name, path, f"{path.name} is truncated: its header describes "
+                      f"{8 + header_length + max(ends)} bytes, the file has {size}", fix)
+
+
+def check_component(folder: Path, component: str, spec: list, name: str = "model_id") -> None:
+    """One model_index.json entry: its folder exists, holds a config, and its weights (if any) are sane."""
+    sub = folder / component
+    if not sub.is_dir():
+        raise _broken(name, folder, f"model_index.json lists {component!r} ({spec[1]}) but {component}/ is missing",
+                      f"Download the whole pipeline (snapshot_download), or pass {component}=None to leave it out.")
+    configs = [sub / file for file in CONFIG_FILES if (sub / file).is_file()]
+    if not configs:
+        raise _broken(name, sub, f"{component}/ has no config file ({', '.join(CONFIG_FILES[:3])}, ...)",
+                      "Download the model again; save_pretrained writes one for every component.")
+    for config in configs:
+        if config.suffix == ".json" and config.name != "vocab.json":
+            read_json_object(config, name)
+    if (sub / "config.json").is_file():
+        weights = [p for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")]
+        if not weights:
+            raise _broken(name, sub, f"{component}/ has a config.json but no weights (*.safetensors, *.bin)",
+                          "The download is incomplete: run snapshot_download again for this model.")
+        for weight in weights:
+            if weight.suffix == ".safetensors":
+                check_safetensors(weight, name)
+
+
+def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
+    """Check a pipeline folder's model_index.json and every component it names; returns the parsed index."""
+    folder = Path(folder).expanduser()
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise LocalPathNotFoundError("the folder has no model_index.json", name=name, value=str(folder),
+                                     fix="Point it at the folder that save_pretrained or snapshot_download wrote.")
+    index = read_json_object(index_path, name)
+    if "_class_name" not in index:
+        raise _broken(name, index_path, "model_index.json has no _class_name (the pipeline class)",
+                      "Download the model again, or add the pipeline's class name.")
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list):
+            continue  # diffusers reads the others as pipeline config values (e.g. requires_safety_checker)
+        if len(spec) != 2:
+            raise _broken(name, index_path, f"model_index.json entry {component!r} is {spec!r}, not [library, Class]",
+                          "Each component entry is a two-item list, e.g. [\"diffusers\", \"AutoencoderKL\"].")
+        if spec[1] is not None:
+            check_component(folder, component, spec, name)
+    return index
+
+
+def refuse_single_file(path: Path, name: str = "model_id") -> None:
+    """A checkpoint file given where a pipeline folder or Hub id is expected: say how to load it."""
+    if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+        raise InvalidParameterError(
+            name, str(path), "is a single-file checkpoint, not a pipeline folder or Hub id",
+            "Load it with the family's class, e.g. StableDiffusionXLPipeline.from_single_file(path), or convert it "
+            "once with save_pretrained(folder) and pass that folder.",
+        )

@@ -1,0 +1,65 @@
+"""Broken local model folders fail before from_pretrained, naming the file and the fix."""
+
+import json
+import shutil
+
+import pytest
+
+from helpers import folders, validate
+from helpers.errors import InvalidParameterError, LocalPathNotFoundError
+
+
+@pytest.fixture()
+def sd_copy(tiny, tmp_path):
+    copy = tmp_path / "sd"
+    shutil.copytree(tiny["sd"], copy)
+    return copy
+
+
+def unet_weights(folder):
+    return next((folder / "unet").glob("*.safetensors"))
+
+
+def test_a_good_folder_passes_and_returns_its_index(sd_copy):
+    assert folders.check_pipeline_folder(sd_copy)["_class_name"] == "StableDiffusionPipeline"
+    validate.check({"model_id": str(sd_copy)})
+
+
+@pytest.mark.parametrize("break_it, expected", [
+    (lambda f: unet_weights(f).write_bytes(unet_weights(f).read_bytes()[:1000]), "is truncated"),
+    (lambda f: unet_weights(f).write_bytes(b""), "0 bytes, too short to be a safetensors file"),
+    (lambda f: unet_weights(f).write_bytes(b"\x00" * 64), "not a safetensors file"),
+    (lambda f: unet_weights(f).write_bytes(b"garbage!" * 64), "is truncated or not a safetensors file"),
+    (lambda f: shutil.rmtree(f / "vae"), "lists 'vae' (AutoencoderKL) but vae/ is missing"),
+    (lambda f: (f / "model_index.json").write_text("{not json"), "model_index.json is not valid JSON"),
+    (lambda f: (f / "model_index.json").write_text("[1, 2]"), "model_index.json holds a list, not a JSON object"),
+    (lambda f: (f / "model_index.json").write_text("{}"), "model_index.json has no _class_name"),
+    (lambda f: (f / "unet" / "config.json").write_text(""), "config.json is not valid JSON"),
+    (lambda f: unet_weights(f).unlink(), "unet/ has a config.json but no weights"),
+    (lambda f: (f / "model_index.json").write_text(json.dumps({
+        **json.loads((f / "model_index.json").read_text()), "unet": ["diffusers"]})),
+     "entry 'unet' is ['diffusers'], not [library, Class]"),
+])
+def test_each_kind_of_damage_is_named_before_loading(sd_copy, break_it, expected):
+    break_it(sd_copy)
+    with pytest.raises(InvalidParameterError) as error:
+        validate.check({"model_id": str(sd_copy)})
+    assert expected in str(error.value)
+    assert str(error.value).startswith("model_id=") and error.value.name == "model_id"
+    assert any(word in error.value.fix for word in ("again", "Each component", "snapshot_download"))  # a fix
+
+
+def test_a_single_file_checkpoint_gets_the_from_single_file_hint(sd_copy):
+    with pytest.raises(InvalidParameterError, match="single-file checkpoint.*from_single_file"):
+        validate.check({"model_id": str(unet_weights(sd_copy))})
+
+
+def test_a_pipeline_folder_given_as_vae_id_points_at_its_vae(sd_copy):
+    with pytest.raises(InvalidParameterError, match=r"whole pipeline folder, not a VAE\. Pass its VAE subfolder"):
+        validate.check({"vae_id": str(sd_copy)})
+    validate.check({"vae_id": str(sd_copy / "vae")})
+
+
+def test_a_folder_without_model_index_is_not_a_pipeline(tmp_path):
+    with pytest.raises(LocalPathNotFoundError, match="has no model_index.json"):
+        folders.check_pipeline_folder(tmp_path)
