@@ -149,8 +149,24 @@ RULES = {
 }
 
 
-def check(namespace: dict) -> None:
-    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule."""
+# Parameters naming a model source: for a Hub id their rule imports huggingface_hub (id syntax, cache).
+MODEL_SOURCES = frozenset({"model_id", "vae_id", "safety_model_id", "components_repo"})
+STAGES = ("all", "before_install", "after_install")
+
+
+def _needs_hub(name: str, value) -> bool:
+    return name in MODEL_SOURCES and sources.is_hub_id(value)
+
+
+def check(namespace: dict, stage: str = "all") -> None:
+    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule.
+
+    stage="before_install" runs every rule that imports none of the pinned packages (everything
+    except Hub-id model sources; local folders are checked here), so a hosted runtime can still
+    install without a restart; stage="after_install" runs the rest; "all" runs both.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
     for name, rule in RULES.items():
-        if name in namespace:
+        if name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name])):
             rule(name, namespace[name])

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from helpers import sources, validate
-from tools import runner
 from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
+from tools import runner
 
 NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
 
