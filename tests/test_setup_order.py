@@ -93,3 +93,32 @@ def test_the_probe_sees_an_import_before_install(tmp_path):
     source.cells.insert(0, nbformat.v4.new_code_cell("import huggingface_hub"))
     nbformat.write(source, notebook)
     assert "huggingface_hub" in imported_at_install(notebook, {})
+
+
+def test_another_versions_helpers_already_imported_stops_with_the_fix(tmp_path):
+    """Issue 11: a kit of another version in the runtime gave a bare AssertionError; now the fix is named."""
+    stale = tmp_path / "diffusers-notebook-kit"  # an old clone, as a previous notebook left it in /content
+    (stale / "helpers").mkdir(parents=True)
+    (stale / "helpers" / "__init__.py").write_text('__version__ = "0.0.9"\n')
+    cells = setup_cells(NOTEBOOKS[1], {})
+    code = (f"import sys\nsys.path.insert(0, {str(stale)!r})\nimport helpers\nnamespace = {{}}\n"
+            f"for source in {json.dumps(cells)}:\n    exec(source, namespace)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=NOTEBOOKS[1].parent, capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "KIT_CLONE_ROOT": str(tmp_path / "content")})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: This notebook is kit ") and "helpers 0.0.9" in last
+    assert str(stale / "helpers") in last and "Runtime > Restart session" in last and "git checkout v" in last
+
+
+def test_a_kit_error_shows_as_one_line_in_the_notebook(tiny, tmp_path):
+    """The kit's message, not a traceback through helpers' internals (issue 11: ~60 lines offline)."""
+    notebook = runner.NOTEBOOKS / "05_multi_gpu_balanced.ipynb"
+    parameters = {**runner.headless_parameters(notebook, tiny, tmp_path / "out"), "num_processes": 0}
+    result = runner.execute(notebook, tmp_path / "05.ipynb", parameters)
+    assert result.error is not None
+    errors = [output for cell in nbformat.read(result.executed, as_version=4).cells
+              for output in cell.get("outputs", []) if output.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "InvalidParameterError"
+    assert errors[0].traceback == [f"InvalidParameterError: {errors[0].evalue}"]
+    assert "num_processes=0 is not valid" in errors[0].evalue
