@@ -7,20 +7,26 @@ STAMP := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_CPU := torch==2.13.0
-TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where PyPI's torch would be a CUDA build
+TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
+PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: install run test test-cuda-sim test-browser test-gpu bench bench-gpu lint strip tiny release clean
+.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab lint strip tiny release clean
 
-## install: create .venv with the pinned stack (CPU torch first where there is no NVIDIA GPU)
+## help: list the targets (from the `##` comments in this Makefile)
+help:
+	@sed -n 's/^## \([a-z-]*\): /  make \1\t/p' $(MAKEFILE_LIST) | expand -t 22
+
+## install: create .venv with the pinned stack (without an NVIDIA GPU: a CPU torch, announced before download)
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml tools/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
-		$(PY) -m pip install --quiet --disable-pip-version-check $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)) \
-			"$(TORCH_CPU)"; fi
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@echo "== torch: a CPU build unless there is an NVIDIA GPU (tools/install_torch.py says what it fetches)"
+	$(PY) tools/install_torch.py "$(TORCH_CPU)" "$(strip $(TORCH_INDEX))"
+	@echo "== the pinned stack from requirements.txt (diffusers, transformers, notebook runtime, test tools)"
+	$(PIP) -r requirements.txt
+	@echo "== the kit itself (editable) and its Jupyter kernel"
+	$(PIP) --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusers-notebook-kit)" >/dev/null
 	touch $(STAMP)
 
@@ -43,7 +49,7 @@ test-browser: $(BROWSER_STAMP)
 $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 	test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
+	$(PIP) -r requirements-browser.txt
 	touch $(BROWSER_STAMP)
 
 ## test-gpu: every notebook with its real defaults (Hub models, real sizes) on CUDA GPUs; skips without one
@@ -57,6 +63,10 @@ bench: install
 ## bench-gpu: GPU benchmarks (time to first image, s/image, peak VRAM); skips without a CUDA GPU
 bench-gpu: install
 	PYTHONPATH=. $(PY) bench/gpu.py
+
+## bench-colab: the Colab simulation's forced-restart path 20 times; counts runs whose notebook shows the reason
+bench-colab: install
+	PYTHONPATH=. $(PY) bench/colab_restart.py --runs 20
 
 ## lint: ruff on helpers, tests and notebooks
 lint: install
@@ -74,5 +84,6 @@ release: install
 tiny: install
 	$(PY) -m tools.tiny .cache/tiny
 
+## clean: remove the tiny models, run folders and pytest cache
 clean:
 	rm -rf .cache/tiny runs .pytest_cache

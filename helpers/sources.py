@@ -53,6 +53,16 @@ def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | Non
     return found if isinstance(found, str) else None
 
 
+def is_hub_id(model_id) -> bool:
+    """Whether resolving `model_id` would consult huggingface_hub: a string that is neither an existing
+    folder nor a local-looking path (those are checked without importing anything heavy)."""
+    if isinstance(model_id, os.PathLike):
+        model_id = os.fspath(model_id)
+    if not isinstance(model_id, str) or not model_id.strip():
+        return False
+    return not Path(model_id).expanduser().is_dir() and not _looks_like_local_path(model_id)
+
+
 def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
     """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
 

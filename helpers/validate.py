@@ -86,17 +86,34 @@ def unknown_parameters(namespace: dict) -> list[str]:
                   and isinstance(value, plain))
 
 
-def check(namespace: dict) -> None:
+# Parameters naming a model source: for a Hub id their rule imports huggingface_hub (id syntax, cache).
+MODEL_SOURCES = frozenset({"model_id", "vae_id", "safety_model_id", "components_repo"})
+STAGES = ("all", "before_install", "after_install")
+
+
+def _needs_hub(name: str, value) -> bool:
+    return name in MODEL_SOURCES and sources.is_hub_id(value)
+
+
+def check(namespace: dict, stage: str = "all") -> None:
     """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule, and refuse names
-    that are no parameter of any notebook (a typo papermill would only warn about)."""
+    that are no parameter of any notebook (a typo papermill would only warn about).
+
+    stage="before_install" runs every rule that imports none of the pinned packages (everything except
+    Hub-id model sources; local folders are checked here), so a hosted runtime can still install without a
+    restart; stage="after_install" runs the rest; "all" runs both.
+    """
     import difflib
 
-    for name in unknown_parameters(namespace):
-        close = difflib.get_close_matches(name, [n for n in RULES if n in namespace] or list(RULES), n=1)
-        fix = f"Did you mean {close[0]!r}?" if close else "papermill --help-notebook NOTEBOOK lists the parameters."
-        raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
+    if stage not in STAGES:
+        raise ValueError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
+    if stage != "after_install":
+        for name in unknown_parameters(namespace):
+            close = difflib.get_close_matches(name, [n for n in RULES if n in namespace] or list(RULES), n=1)
+            fix = f"Did you mean {close[0]!r}?" if close else "papermill --help-notebook NOTEBOOK lists the parameters."
+            raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
     for name, rule in RULES.items():
-        if name in namespace:
+        if name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name])):
             rule(name, namespace[name])
-    if "strength" in namespace and "num_inference_steps" in namespace:
+    if stage != "after_install" and "strength" in namespace and "num_inference_steps" in namespace:
         rules.strength_and_steps(namespace["strength"], namespace["num_inference_steps"])

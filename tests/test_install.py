@@ -54,3 +54,21 @@ def test_pip_failure_raises_with_pips_own_error():
 def test_restart_outside_colab_only_advises(capsys):
     install.restart(Runtime("jupyter", ci=False), "diffusers was imported")
     assert "Restart the kernel before going on: diffusers was imported" in capsys.readouterr().out
+
+
+def test_colab_restart_says_why_before_the_kill(capsys):
+    events = []
+    install.restart(COLAB, "diffusers were imported before the upgrade",
+                    kill=lambda pid, sig: events.append(("kill", capsys.readouterr().out)))
+    assert len(events) == 1
+    said = events[0][1]  # what had been printed when the kill came
+    assert "Restarting the runtime: diffusers were imported before the upgrade" in said
+    assert "run the notebook again from the top" in said
+
+
+def test_install_false_in_colab_installs_nothing_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(install, "detect_runtime", lambda: COLAB)
+    monkeypatch.setattr(install.pins, "installed_version", lambda name: "0.0.1")
+    monkeypatch.setattr(install, "pip_install", lambda requirements: pytest.fail("pip ran"))
+    plan = install.ensure_pinned(install=False)
+    assert plan.install and "Not installing (install=False)" in capsys.readouterr().out

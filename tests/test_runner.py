@@ -50,3 +50,32 @@ def test_stand_ins_follow_parameter_defaults(tiny):
 def test_run_folders_never_collide(tmp_path):
     first, second = runner.new_run_folder(tmp_path), runner.new_run_folder(tmp_path)
     assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_each_notebooks_line_is_printed_as_it_finishes(tmp_path, monkeypatch, capsys):
+    """make run: a notebook's line appears before the next notebook starts, not all at the end."""
+    seen_before_second = []
+
+    def fake_run_all(notebooks, run_folder, tiny_dir, on_result=None):
+        results = []
+        for notebook in notebooks:
+            if results:
+                seen_before_second.append(capsys.readouterr().out)
+            results.append(runner.Result(notebook, run_folder / notebook.name, 1.0))
+            on_result(results[-1])
+        return results
+
+    monkeypatch.setattr(runner, "run_all", fake_run_all)
+    monkeypatch.setattr("helpers.outputs.write_gallery", lambda folder: folder / "index.html")
+    notebooks = [tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"]
+    assert runner.main([str(n) for n in notebooks] + ["--runs", str(tmp_path / "runs")]) == 0
+    assert "01_a.ipynb" in seen_before_second[0] and "02_b.ipynb" not in seen_before_second[0]
+
+
+def test_headless_kernels_print_no_tcp_encryption_warning(tmp_path, capfd):
+    """ipykernel warns "running over TCP without encryption" unless the manager provisions CurveZMQ keys."""
+    notebook = tmp_path / "one.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("print('hi')")]), notebook)
+    result = runner.execute(notebook, tmp_path / "out.ipynb", {})
+    assert result.error is None
+    assert "without encryption" not in capfd.readouterr().err

@@ -95,6 +95,26 @@ class Result:
     error: NotebookFailed | None = None
 
 
+def encrypted_kernel_manager():
+    """A KernelManager that gives the kernel CurveZMQ keys (our kernelspec declares curve support).
+
+    Without them ipykernel logs "Kernel is running over TCP without encryption" once per notebook;
+    with them that warning has no cause. Falls back to the default manager where zmq lacks curve.
+    """
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+
+    if not zmq.has("curve"):
+        return AsyncKernelManager
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport_encryption = "auto"
+
+    return EncryptedKernelManager
+
+
 def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
     """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error."""
     start = time.perf_counter()
@@ -105,6 +125,7 @@ def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
         papermill.execute_notebook(
             str(notebook), str(executed), parameters=chosen, cwd=str(notebook.parent),
             kernel_name="python3", progress_bar=False, log_output=False,
+            kernel_manager_class=encrypted_kernel_manager(),
         )
         error = None
     except PapermillExecutionError as failure:
@@ -145,13 +166,23 @@ def headless_environment() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 
-def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR) -> list[Result]:
+def report(result: Result, extra: str = "") -> None:
+    """One line per notebook, printed as soon as it finishes (flushed: `make run` pipes it)."""
+    status = "FAILED" if result.error else "ok"
+    print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s{extra}  -> {result.executed}", flush=True)
+    if result.error:
+        print(f"       {result.error}", file=sys.stderr, flush=True)
+
+
+def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR, on_result=None) -> list[Result]:
     headless_environment()
     tiny = build_all(tiny_dir)
     results = []
     for notebook in notebooks:
         parameters = headless_parameters(notebook, tiny, run_folder / notebook.stem)
         results.append(execute(notebook, run_folder / notebook.name, parameters))
+        if on_result:
+            on_result(results[-1])
     return results
 
 
@@ -170,7 +201,7 @@ def required_gpus(notebook: Path) -> int:
     return int(nbformat.read(notebook, as_version=4).metadata.get("kit", {}).get("requires_gpus", 1))
 
 
-def run_real(notebooks: list[Path], run_folder: Path) -> list[Result]:
+def run_real(notebooks: list[Path], run_folder: Path, on_result=None) -> list[Result]:
     """Execute notebooks with their own defaults (real Hub models, real sizes) on this machine's GPUs.
 
     A copy of each notebook gets one extra last cell that prints the peak VRAM per GPU; the executed
@@ -194,6 +225,8 @@ def run_real(notebooks: list[Path], run_folder: Path) -> list[Result]:
         result.notebook = notebook
         copy.unlink()
         results.append(result)
+        if on_result:
+            on_result(result)
     return results
 
 
@@ -223,13 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             print("make test-gpu: skipped, no CUDA GPU on this machine (the notebooks' real defaults need one).")
             return 0
     run_folder = new_run_folder(args.runs)
-    results = run_real(notebooks, run_folder) if args.real else run_all(notebooks, run_folder, args.tiny_dir)
-    for result in results:
-        status = "FAILED" if result.error else "ok"
-        extra = f"  peak VRAM GiB {peak_vram(result.executed)}" if args.real else ""
-        print(f"{status:6s} {result.notebook.name:32s} {result.seconds:6.1f} s{extra}  -> {result.executed}")
-        if result.error:
-            print(f"       {result.error}", file=sys.stderr)
+    print(f"running {len(notebooks)} notebook(s) into {run_folder}", flush=True)
+    if args.real:
+        results = run_real(notebooks, run_folder,
+                           on_result=lambda r: report(r, f"  peak VRAM GiB {peak_vram(r.executed)}"))
+    else:
+        results = run_all(notebooks, run_folder, args.tiny_dir, on_result=report)
     from helpers.outputs import write_gallery
 
     print(f"run folder: {run_folder} (gallery: {write_gallery(run_folder)})")
