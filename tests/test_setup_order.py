@@ -77,7 +77,8 @@ def test_hub_id_defaults_import_no_pinned_package_before_install(notebook):
 def test_local_folders_import_no_pinned_package_before_install(notebook, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "model_index.json").write_text("{}")
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')  # passes the folder check
+    (folder / "config.json").write_text("{}")  # and serves as a model folder (vae_id)
     declared = runner.declared_parameters(notebook)
     local = {name: str(folder) for name, info in declared.items()
              if name in ("model_id", "vae_id", "safety_model_id", "components_repo")}
