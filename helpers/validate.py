@@ -115,6 +115,20 @@ def _commit(name, value):
         _fail(name, value, "empty, or a full 40-character commit hash", "Branches and tags can move to new code.")
 
 
+def _num_frames(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (value - 1) % 4:
+        near = max(1, round((value - 1) / 4) * 4 + 1) if isinstance(value, int) and not isinstance(value, bool) else 81
+        _fail(name, value, "needs 4k + 1 frames (1, 5, 9, ..., 81): Wan's VAE packs 4 frames into one latent",
+              f"Try {near}.")
+
+
+def _input_image(name, value):
+    if not isinstance(value, str):
+        _fail(name, value, "needs a text value: empty, a local image file, or an http(s) URL")
+    if value and not value.startswith(("http://", "https://")) and not Path(value).expanduser().is_file():
+        _fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
+
+
 RULES = {
     "model_id": _model,
     "vae_id": _model,
@@ -146,6 +160,12 @@ RULES = {
     "hub_community_name": _identifier,
     "custom_revision": _custom_revision,
     "revision": _commit,
+    "t2v_model_id": _model,
+    "i2v_model_id": _model,
+    "num_frames": _num_frames,
+    "fps": lambda n, v: _whole(n, v, 1),
+    "input_image": _input_image,
+    "run_image_to_video": _flag,
 }
 
 
