@@ -61,7 +61,8 @@ def test_save_video_writes_mp4_and_record_and_never_overwrites(tmp_path):
     first = video.save_video(frames(), tmp_path, "clip", {"pipeline": "WanPipeline", "parameters": {"seed": 1}}, fps=8)
     second = video.save_video(frames(value=0.2), tmp_path, "clip", {"parameters": {"seed": 2}}, fps=8)
     assert (first.name, second.name) == ("clip.mp4", "clip-1.mp4")
-    assert video.read_metadata(first)["parameters"]["seed"] == 1 and video.read_metadata(second)["parameters"]["seed"] == 2
+    assert video.read_metadata(first)["parameters"]["seed"] == 1
+    assert video.read_metadata(second)["parameters"]["seed"] == 2
     assert video.read_metadata(first)["video"] == {"container": "mp4", "fps": 8, "frames": 5, "height": 16, "width": 16}
     decoded = video.read_frames(first)
     assert decoded.shape[0] == 5 and abs(decoded.mean() / 255 - 0.5) < 0.05
