@@ -168,3 +168,21 @@ def show(frames=None, video: str | Path | None = None, fps: int = 16) -> None:
         display(IPythonImage(data=animated_gif(frames, fps), format="gif"))
     if video is not None:
         display(HTML(video_tag(video)))
+
+
+def weights_bytes(source: str, dtype) -> int:
+    """Bytes of all weights of a pipeline at `dtype`, from the planner (shipped real configs, or the folder's).
+
+    Building on the meta device makes diffusers log, for Wan's transformer, that some modules "should be kept
+    in float32" when cast: true for loading, meaningless for counting, so diffusers' log is quieted meanwhile.
+    """
+    from diffusers.utils import logging as diffusers_logging
+
+    from . import planning
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return sum(size.bytes for size in planning.component_sizes(source, dtype))
+    finally:
+        diffusers_logging.set_verbosity(previous)

@@ -151,3 +151,9 @@ def test_direct_import_audit_shows_hashes_and_refuses_changed_code(tmp_path, cap
         community.audit([code], root=tmp_path, pinned=pinned)
     with pytest.raises(LocalPathNotFoundError):
         community.audit([tmp_path / "absent.py"])
+
+
+def test_weights_bytes_of_the_real_t2v_model_call_for_offload_on_a_t4():
+    weights = video.weights_bytes("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch.bfloat16)
+    assert 13 * 2**30 < weights < 14 * 2**30  # UMT5-XXL (~11.4 GB) + the 1.3B transformer (~2.8 GB) + VAE
+    assert weights * 1.2 > 15 * 10**9  # so notebook 07 keeps it in CPU RAM with model offload on a 15 GB T4
