@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import KIT_ROOT, loading, rules, sources
 from .env import truthy
-from .errors import InvalidParameterError, KitError, ModelNotCachedOfflineError
+from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
@@ -138,8 +138,8 @@ def manifest(files: list[CodeFile]) -> dict[str, str]:
     return {file.name: file.sha256 for file in files}
 
 
-def report(files: list[CodeFile]) -> str:
-    lines = [f"diffusers will execute {len(files)} code file(s):"]
+def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str:
+    lines = [f"{runner} {len(files)} code file(s):"]
     lines += [f"  {file.name:40s} sha256 {file.sha256}  {file.size:>7,d} bytes  ({file.role})" for file in files]
     return "\n".join(lines)
 
@@ -167,8 +167,8 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
         ) from None
 
 
-def _audit(files: list[CodeFile], pinned: dict[str, str] | None) -> None:
-    print(report(files))
+def _audit(files: list[CodeFile], pinned: dict[str, str] | None, runner: str = "diffusers will execute") -> None:
+    print(report(files, runner))
     if pinned is not None:
         verify(files, pinned)
         print("  all files match the pinned manifest")
@@ -321,3 +321,20 @@ def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pi
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return written
+
+
+def audit_imports(paths, root: str | os.PathLike | None = None, pinned: dict[str, str] | None = None) -> list[CodeFile]:
+    """Show and hash local .py files before you import them yourself (`from my_unet import MyUNet`).
+
+    Importing a file runs it, so it gets the same audit as the files diffusers executes for
+    `trust_remote_code=True`: each file's sha256 is printed, and checked against `pinned` when given.
+    """
+    _refuse_if_disabled()
+    files = []
+    for path in map(Path, paths):
+        if not path.is_file() or path.suffix != ".py":
+            raise LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was imported.")
+        name = path.resolve().relative_to(Path(root).resolve()).as_posix() if root else path.name
+        files.append(_code_file("direct import", name, path.resolve()))
+    _audit(files, pinned, runner="importing runs")
+    return files

@@ -320,3 +320,26 @@ def scheduler_class(pipe, name: str):
             "scheduler", name, f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}",
         )
     return compatible[name]
+
+
+# Options of `from_pretrained` that a pipeline constructor does not take (it takes components).
+LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
+                   "use_safetensors", "local_files_only")
+
+
+def check_constructor_arguments(pipeline_class, **kwargs) -> None:
+    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`).
+
+    A constructor receives components that are already loaded; diffusers raises `TypeError: ... unexpected
+    keyword argument 'device_map'`. Placement and precision are then set with `pipe.to(device, dtype)`.
+    """
+    import inspect
+
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    for name in kwargs:
+        if name in LOADING_OPTIONS and name not in accepted:
+            raise InvalidParameterError(
+                name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, not loading options",
+                "Build the pipeline from its components, then move and cast it: pipe = pipe.to('cuda', "
+                "torch.float16). (device_map= and dtype= belong to from_pretrained.)",
+            )

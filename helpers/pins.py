@@ -17,7 +17,8 @@ REQUIREMENTS = KIT_ROOT / "requirements.txt"
 
 # What a hosted runtime (Colab, Kaggle) gets from us. Everything else there is the host's own:
 # replacing its CUDA torch, numpy, pillow or notebook server would break it or force a restart.
-HOSTED_INSTALL = frozenset({"diffusers", "transformers", "accelerate", "huggingface-hub", "safetensors", "tokenizers"})
+HOSTED_INSTALL = frozenset({"diffusers", "transformers", "accelerate", "huggingface-hub", "safetensors", "tokenizers",
+                            "imageio", "imageio-ffmpeg", "ftfy"})  # the last three: video (notebook 07)
 
 
 @dataclass(frozen=True)

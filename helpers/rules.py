@@ -72,6 +72,21 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
         fail(name, value, needs, f"Try {near}.")
 
 
+def num_frames(name: str, value) -> None:
+    """Wan's VAE packs 4 frames into one latent: 4k + 1 frames (diffusers would round silently)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (value - 1) % 4:
+        near = max(1, round((value - 1) / 4) * 4 + 1) if _is_number(value) else 81
+        fail(name, value, "needs 4k + 1 frames (1, 5, 9, ..., 81): Wan's VAE packs 4 frames into one latent",
+             f"Try {near}.")
+
+
+def input_image(name: str, value) -> None:
+    if not isinstance(value, str):
+        fail(name, value, "needs a text value: empty, a local image file, or an http(s) URL")
+    if value and not value.startswith(("http://", "https://")) and not Path(value).expanduser().is_file():
+        fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
+
+
 def prompt_list(name: str, value) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(p, str) and p.strip() for p in value):
         fail(name, value, "needs a non-empty list of non-empty prompts", 'e.g. -y "prompts: [a cat, a dog]"')

@@ -70,6 +70,12 @@ RULES = {
     "hub_community_name": rules.community_name,
     "custom_revision": rules.custom_revision,
     "revision": rules.commit,
+    "t2v_model_id": _model,
+    "i2v_model_id": _model,
+    "num_frames": rules.num_frames,
+    "fps": lambda n, v: rules.whole(n, v, 1),
+    "input_image": rules.input_image,
+    "run_image_to_video": rules.flag,
 }
 
 

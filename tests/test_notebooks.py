@@ -223,3 +223,41 @@ def test_community_notebook_audits_before_each_load(executed):
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
     assert "refused: DIFFUSERS_DISABLE_REMOTE_CODE is set" in text["disable"]
+
+
+def test_video_notebook_writes_mp4s_with_their_records(executed, run_folder):
+    result, text = run_ok(executed, "07_video_pipelines.ipynb")
+    folder = run_folder / "07_video_pipelines"
+    videos = [folder / "image-to-video-seed42.mp4", folder / "text-to-video-seed42.mp4"]  # nbval may add "-1" copies
+    assert all(path.is_file() for path in videos)
+    from helpers import video
+
+    declared = papermill.inspect_notebook(str(result.notebook))
+    prompt = json.loads(declared["prompt"]["default"])
+    for path, pipeline in zip(videos, ("WanImageToVideoPipeline", "WanPipeline"), strict=True):
+        record = video.read_metadata(path)
+        assert record["pipeline"] == pipeline and record["parameters"]["prompt"] == prompt
+        assert len(video.read_frames(path)) == record["parameters"]["num_frames"] == record["video"]["frames"]
+    assert "refused: num_frames=80 is not valid" in text["guards"] and "NaN" in text["guards"]
+    preview = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "t2v-show")
+    assert {"image/gif", "text/html"} <= {key for o in preview.outputs for key in o.get("data", {})}
+
+
+def test_community_notebook_assembles_from_components_and_shows_the_broken_forms(executed):
+    _, text = run_ok(executed, "04_community_pipelines.ipynb")
+    assert text["assemble-audit"].count("sha256") == 3 and "importing runs 3 code file(s)" in text["assemble-audit"]
+    assert "KitRecordingDPMSolverScheduler" in text["assemble-load"] and "KitCountingUNet2DConditionModel" in text[
+        "assemble-load"]
+    assert "diffusers: TypeError:" in text["assemble-wrong"] and "the kit: device_map='cuda' is not valid" in text[
+        "assemble-wrong"]
+    assert "custom UNet ran" in text["assemble-build"] and "kept in float32: []" not in text["assemble-build"]
+    assert "the kit, before any code ran: device_map='cuda'" in text["from-pipe-device"]
+    assert "unexpected keyword argument 'device_map'" in text["from-pipe-device"]
+
+
+def test_load_notebook_shows_the_seed_dtype_dict_failing_and_explains_sequential_offload(executed):
+    _, text = run_ok(executed, "02_load_and_generate.ipynb")
+    assert "the kit, before loading: dtype=" in text["dtype-seed"]
+    assert "the first call failed: RuntimeError: mat1 and mat2 must have the same dtype" in text["dtype-seed"]
+    assert "sequential offload is not run" in text["sequential"] or "sequential CPU offload; peak VRAM" in text[
+        "sequential"]

@@ -33,7 +33,7 @@ def sizes():
 
 def test_every_shipped_component_matches_params_md(sizes):
     expected = {key: count for key, count in params_md().items() if key[0] in PIPELINES}
-    assert len(expected) == 15
+    assert len(expected) == 22  # 15 image components + 7 of the two Wan video pipelines
     measured = {(model, s.name): s.params for model, rows in sizes.items() for s in rows}
     assert measured == expected
 

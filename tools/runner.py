@@ -35,6 +35,8 @@ TINY_STAND_INS = {
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd-safety",
     "madebyollin/sdxl-vae-fp16-fix": "vae-alt",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan-t2v",
+    "Wan-AI/Wan2.2-I2V-A14B-Diffusers": "wan-i2v",
 }
 
 
@@ -57,6 +59,7 @@ def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
         "height": 32,
         "width": 32,
         "num_inference_steps": 2,
+        "num_frames": 5,
         "dtype": "float32",
         "device_map": "auto",
         "parallel_loading": True,

@@ -18,6 +18,8 @@ from .pipelines import (
     tiny_stable_diffusion,
     tiny_stable_diffusion_xl,
     tiny_vae,
+    tiny_wan_i2v,
+    tiny_wan_t2v,
 )
 
 BUILDERS = {
@@ -27,6 +29,8 @@ BUILDERS = {
     "sdxl": tiny_stable_diffusion_xl,
     "vae-alt": lambda seed=0: tiny_vae(seed + 100, force_upcast=False),
     "sd-components": tiny_stable_diffusion,
+    "wan-t2v": tiny_wan_t2v,
+    "wan-i2v": tiny_wan_i2v,
 }
 
 

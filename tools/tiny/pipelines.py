@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .tokenizers import build_clip_tokenizer, build_qwen_tokenizer
+from .tokenizers import build_clip_tokenizer, build_qwen_tokenizer, build_t5_tokenizer
 
 
 def _seeded(seed: int, factory):
@@ -204,4 +204,79 @@ def tiny_qwen_image(seed: int = 0):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         transformer=transformer,
+    )
+
+
+def tiny_umt5_encoder(tokenizer, seed: int = 0):
+    """The Wan text encoder's class (UMT5EncoderModel), two layers, d_model 32."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    config = UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0,
+    )
+    return _seeded(seed, lambda: UMT5EncoderModel(config).eval())
+
+
+def tiny_wan_vae(seed: int = 0):
+    """AutoencoderKLWan with the real scale factors (4 in time, 8 in space) and z_dim 16, but tiny widths."""
+    from diffusers import AutoencoderKLWan
+
+    return _seeded(seed, lambda: AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+    ))
+
+
+def tiny_wan_transformer(seed: int = 0, in_channels: int = 16, text_dim: int = 32):
+    """WanTransformer3DModel with the real patching (1, 2, 2) and qk norm, two layers of two heads."""
+    from diffusers import WanTransformer3DModel
+
+    return _seeded(seed, lambda: WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=in_channels,
+        out_channels=16, text_dim=text_dim, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ))
+
+
+def _wan_scheduler(flow_shift: float = 3.0):
+    """The scheduler diffusers' Wan conversion script ships: UniPC on flow sigmas."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift,
+    )
+
+
+def tiny_wan_t2v(seed: int = 0):
+    """Wan 2.1 text-to-video wiring (Wan-AI/Wan2.1-T2V-1.3B-Diffusers): UMT5 encoder, one transformer, Wan VAE."""
+    from diffusers import WanPipeline
+
+    tokenizer = build_t5_tokenizer()
+    text_encoder = tiny_umt5_encoder(tokenizer, seed)
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=tiny_wan_transformer(seed, text_dim=text_encoder.config.d_model),
+        vae=tiny_wan_vae(seed),
+        scheduler=_wan_scheduler(),
+    )
+
+
+def tiny_wan_i2v(seed: int = 0):
+    """Wan 2.2 image-to-video A14B wiring: two transformers (high noise, then low noise after boundary_ratio 0.9),
+    36 input channels (16 noise + 4 mask + 16 image latents), and no CLIP image encoder (2.2 dropped it)."""
+    from diffusers import WanImageToVideoPipeline
+
+    tokenizer = build_t5_tokenizer()
+    text_encoder = tiny_umt5_encoder(tokenizer, seed)
+    channels = 16 + 4 + 16
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae(seed),
+        scheduler=_wan_scheduler(),
+        transformer=tiny_wan_transformer(seed, in_channels=channels, text_dim=text_encoder.config.d_model),
+        transformer_2=tiny_wan_transformer(seed + 1, in_channels=channels, text_dim=text_encoder.config.d_model),
+        boundary_ratio=0.9,
     )

@@ -124,3 +124,39 @@ def build_qwen_tokenizer():
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
         model_max_length=32768,
     )
+
+
+# Letters and digits as pieces of their own, so any plain prompt tokenizes without <unk>.
+T5_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?():"
+
+
+def t5_vocab(words=PROMPT_WORDS) -> list[tuple[str, float]]:
+    """A Unigram vocab in the T5/UMT5 layout: <pad>=0, </s>=1, <unk>=2, then whole words, then characters.
+
+    Whole words (with the SentencePiece word-start mark "▁") score higher than characters, so each prompt
+    word is one token and anything else falls back to single characters.
+    """
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    seen = {piece for piece, _ in vocab}
+    for word in words:
+        piece = "▁" + word
+        if piece not in seen:
+            vocab.append((piece, -1.0))
+            seen.add(piece)
+    for char in T5_CHARACTERS + T5_CHARACTERS.upper():
+        for piece in (char, "▁" + char):
+            if piece not in seen:
+                vocab.append((piece, -10.0))
+                seen.add(piece)
+    return vocab
+
+
+def build_t5_tokenizer(model_max_length: int = 512):
+    """The UMT5 tokenizer's shape (Unigram, Metaspace, `</s>` appended), built from a word list offline.
+
+    The real google/umt5-xxl tokenizer needs its 256k-piece SentencePiece model from the Hub; transformers 5's
+    T5Tokenizer takes a (piece, score) list directly, so no sentencepiece package is needed.
+    """
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=t5_vocab(), extra_ids=0, model_max_length=model_max_length)

@@ -1,0 +1,159 @@
+"""Video: the tiny Wan pipelines, MP4 + sidecar saving, the frame guards, the Wan architectures, and the
+assembly guards notebook 04 shows (constructor given loading options, direct-import audit)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import papermill
+import pytest
+import torch
+from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
+from PIL import Image
+
+from helpers import community, loading, planning, validate, video
+from helpers.errors import InvalidParameterError, LocalPathNotFoundError
+from tools import runner
+from tools.tiny.tokenizers import PROMPT_WORDS, build_t5_tokenizer
+
+NOTEBOOK = runner.NOTEBOOKS / "07_video_pipelines.ipynb"
+
+
+def generate(pipe, **extra):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt="a red fox in the forest", num_inference_steps=2, height=32, width=32, num_frames=5,
+                generator=torch.Generator().manual_seed(0), **extra).frames[0]
+
+
+def test_tiny_wan_t2v_loads_with_from_pretrained_and_makes_frames(tiny):
+    pipe = DiffusionPipeline.from_pretrained(tiny["wan-t2v"])
+    assert type(pipe) is WanPipeline
+    assert type(pipe.text_encoder).__name__ == "UMT5EncoderModel"
+    assert (pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial) == (4, 8)  # the real factors
+    frames = generate(pipe)
+    assert frames.shape == (5, 32, 32, 3) and np.isfinite(frames).all()
+
+
+def test_tiny_wan_i2v_has_the_wan22_a14b_wiring(tiny):
+    pipe = DiffusionPipeline.from_pretrained(tiny["wan-i2v"])
+    assert type(pipe) is WanImageToVideoPipeline
+    assert pipe.transformer_2 is not None and pipe.image_encoder is None and pipe.config.boundary_ratio == 0.9
+    assert pipe.transformer.config.in_channels == 2 * pipe.vae.config.z_dim + pipe.vae_scale_factor_temporal
+    frames = generate(pipe, image=Image.new("RGB", (32, 32), "red"))
+    assert frames.shape == (5, 32, 32, 3)
+
+
+def test_t5_tokenizer_has_the_umt5_layout_and_whole_prompt_words():
+    tokenizer = build_t5_tokenizer()
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    ids = tokenizer("a red fox").input_ids
+    assert len(ids) == 4 and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in tokenizer("Zebra 42!").input_ids  # unknown words fall back to characters
+    assert all(len(tokenizer(word).input_ids) == 2 for word in PROMPT_WORDS)
+
+
+def frames(count=5, value=0.5):
+    return np.full((count, 16, 16, 3), value, dtype=np.float32)
+
+
+def test_save_video_writes_mp4_and_record_and_never_overwrites(tmp_path):
+    first = video.save_video(frames(), tmp_path, "clip", {"pipeline": "WanPipeline", "parameters": {"seed": 1}}, fps=8)
+    second = video.save_video(frames(value=0.2), tmp_path, "clip", {"parameters": {"seed": 2}}, fps=8)
+    assert (first.name, second.name) == ("clip.mp4", "clip-1.mp4")
+    assert video.read_metadata(first)["parameters"]["seed"] == 1
+    assert video.read_metadata(second)["parameters"]["seed"] == 2
+    assert video.read_metadata(first)["video"] == {"container": "mp4", "fps": 8, "frames": 5, "height": 16, "width": 16}
+    decoded = video.read_frames(first)
+    assert decoded.shape[0] == 5 and abs(decoded.mean() / 255 - 0.5) < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-1.json", "clip-1.mp4", "clip.json", "clip.mp4"]
+
+
+def test_a_taken_record_name_moves_the_pair_on(tmp_path):
+    (tmp_path / "clip.json").write_text("{}")  # someone else's file
+    saved = video.save_video(frames(), tmp_path, "clip")
+    assert saved.name == "clip-1.mp4" and (tmp_path / "clip.json").read_text() == "{}"
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+@pytest.mark.parametrize("bad, words", [(frames(value=np.nan), "NaN"), (frames(value=0.0), "black")])
+def test_wrong_frames_are_refused_and_nothing_is_left(tmp_path, bad, words):
+    with pytest.raises(video.BadVideoError, match=words):
+        video.save_video(bad, tmp_path, "clip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_preview_is_an_animated_gif_with_every_frame():
+    gif = video.animated_gif(np.linspace(0, 1, 5)[:, None, None, None] * np.ones((5, 8, 8, 3)), fps=10)
+    with Image.open(__import__("io").BytesIO(gif)) as image:
+        assert image.format == "GIF" and image.n_frames == 5
+
+
+@pytest.mark.parametrize("count, ok", [(1, True), (5, True), (81, True), (80, False), (0, False), (True, False)])
+def test_num_frames_must_be_4k_plus_1(count, ok):
+    if ok:
+        video.check_num_frames(WanPipeline, count)
+        validate.check({"num_frames": count})
+    else:
+        with pytest.raises(InvalidParameterError, match="num_frames"):
+            video.check_num_frames(WanPipeline, count)
+        with pytest.raises(InvalidParameterError, match="4k \\+ 1"):
+            validate.check({"num_frames": count})
+
+
+def test_input_image_rule(tmp_path):
+    picture = tmp_path / "start.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    validate.check({"input_image": str(picture)})
+    validate.check({"input_image": ""})
+    with pytest.raises(InvalidParameterError, match="input_image"):
+        validate.check({"input_image": str(tmp_path / "missing.png")})
+
+
+def test_notebook_defaults_are_the_real_wan_ids_and_get_tiny_stand_ins(tiny, tmp_path):
+    declared = papermill.inspect_notebook(str(NOTEBOOK))
+    assert json.loads(declared["t2v_model_id"]["default"]) == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert json.loads(declared["i2v_model_id"]["default"]) == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+    chosen = runner.headless_parameters(NOTEBOOK, tiny, tmp_path)
+    assert chosen["t2v_model_id"] == str(tiny["wan-t2v"]) and chosen["i2v_model_id"] == str(tiny["wan-i2v"])
+    assert (chosen["num_frames"] - 1) % 4 == 0
+
+
+@pytest.mark.parametrize("model_id, transformers, low, high", [
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", ["transformer"], 1.2e9, 1.5e9),  # "1.3B"
+    ("Wan-AI/Wan2.2-I2V-A14B-Diffusers", ["transformer", "transformer_2"], 13.5e9, 15e9),  # "A14B": 14B each
+])
+def test_planner_knows_the_wan_sizes(model_id, transformers, low, high):
+    sizes = {size.name: size for size in planning.component_sizes(model_id)}
+    assert sorted(sizes) == sorted(["text_encoder", "vae", *transformers])
+    assert all(low < sizes[name].params < high for name in transformers)
+    assert 5.5e9 < sizes["text_encoder"].params < 5.8e9  # the UMT5-XXL encoder (~5.7B)
+
+
+def test_constructor_loading_options_are_refused_with_the_fix():
+    from diffusers import StableDiffusionPipeline
+
+    with pytest.raises(InvalidParameterError, match="device_map.*pipe.to") as refused:
+        loading.check_constructor_arguments(StableDiffusionPipeline, unet=None, device_map="cuda")
+    assert refused.value.name == "device_map"
+    with pytest.raises(InvalidParameterError, match="torch_dtype"):
+        loading.check_constructor_arguments(StableDiffusionPipeline, torch_dtype=torch.float16)
+    loading.check_constructor_arguments(StableDiffusionPipeline, requires_safety_checker=False)  # a real argument
+
+
+def test_direct_import_audit_shows_hashes_and_refuses_changed_code(tmp_path, capsys):
+    code = tmp_path / "my_unet.py"
+    code.write_text("X = 1\n")
+    pinned = community.manifest(community.audit_imports([code], root=tmp_path))
+    assert "my_unet.py" in capsys.readouterr().out and list(pinned) == ["my_unet.py"]
+    code.write_text("X = 2\n")
+    with pytest.raises(community.RemoteCodeChanged):
+        community.audit_imports([code], root=tmp_path, pinned=pinned)
+    with pytest.raises(LocalPathNotFoundError):
+        community.audit_imports([tmp_path / "absent.py"])
+
+
+def test_weights_bytes_of_the_real_t2v_model_call_for_offload_on_a_t4():
+    weights = video.weights_bytes("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch.bfloat16)
+    assert 13 * 2**30 < weights < 14 * 2**30  # UMT5-XXL (~11.4 GB) + the 1.3B transformer (~2.8 GB) + VAE
+    assert weights * 1.2 > 15 * 10**9  # so notebook 07 keeps it in CPU RAM with model offload on a 15 GB T4
