@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where PyPI's torch would be a CUDA build
 
-.PHONY: install run test test-browser test-gpu bench bench-gpu lint strip tiny release clean
+.PHONY: install run test test-browser test-gpu bench bench-gpu lint strip tiny release golden clean
 
 ## install: create .venv with the pinned stack (CPU torch first where there is no NVIDIA GPU)
 install: $(STAMP)
@@ -65,6 +65,10 @@ strip: install
 ## release: set the kit version everywhere (helpers, notebooks, badges, README, CHANGELOG): make release VERSION=0.2.0
 release: install
 	$(PY) -m tools.release $(VERSION)
+
+## golden: rewrite tests/golden/load_plans.md (every shipped model x hardware profile); review the diff, commit it
+golden: install
+	KIT_REGENERATE_GOLDEN=1 $(PY) -m pytest tests/test_load_plan.py -q -k golden
 
 ## tiny: build the tiny random-weight models into .cache/tiny/
 tiny: install

@@ -33,3 +33,17 @@ class VersionMismatchError(KitError, ImportError):
 
 class ImportOrderError(KitError, RuntimeError):
     """A setting that must be made before a library is imported, made after it."""
+
+
+class PlanDoesNotFitError(KitError, RuntimeError):
+    """A load plan that does not fit the hardware: raised before any download. Carries the plan."""
+
+    def __init__(self, plan):
+        self.plan, self.reasons, self.alternatives = plan, list(plan.reasons), list(plan.alternatives)
+        lines = [f"{plan.model_id} does not fit {plan.hardware.name} as planned ({plan.summary()})."]
+        lines += [f"- {reason}" for reason in plan.reasons]
+        if plan.alternatives:
+            lines.append("Alternatives, best first:")
+            lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
+        lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
+        super().__init__("\n".join(lines))

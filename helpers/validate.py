@@ -20,6 +20,10 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", 
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
+# The load plan's choices (helpers.planning); "gguf:<file or URL>" is also a quantization.
+QUANTIZATIONS = ("auto", "none", "int8", "int4", "nf4")
+OFFLOADS = ("auto", "none", "model", "group", "sequential")
+HARDWARE_NAMES = ("auto", "colab-t4", "colab-l4", "colab-a100", "kaggle-2xt4", "a100-80", "cpu")
 
 
 def _fail(name, value, allowed, hint=""):
@@ -66,6 +70,20 @@ def _model(name, value, optional=False):
         sources.resolve_model_source(value)
     except KitError as error:
         _fail(name, value, str(error).split(" is not valid: ")[-1].rstrip("."))
+
+
+def _plannable_model(name, value, optional=False):
+    """plan_only=True: a shipped architecture's Hub id plans from the kit's own configs, cached or not."""
+    from .architectures import ROOT
+
+    if isinstance(value, str) and value.count("/") == 1 and (ROOT / value.replace("/", "--", 1)).is_dir():
+        return
+    _model(name, value, optional)
+
+
+def _quantization(name, value):
+    if not (isinstance(value, str) and value.startswith("gguf:") and len(value) > 5):
+        _choice(name, value, QUANTIZATIONS + ("gguf:<file or URL>",))
 
 
 def _prompt_list(name, value):
@@ -146,11 +164,24 @@ RULES = {
     "hub_community_name": _identifier,
     "custom_revision": _custom_revision,
     "revision": _commit,
+    "quantization": _quantization,
+    "offload": lambda n, v: _choice(n, v, OFFLOADS),
+    "hardware": lambda n, v: _choice(n, v, HARDWARE_NAMES),
+    "plan_only": _flag,
+    "force": _flag,
+}
+# With plan_only=True nothing is downloaded, so a model id needs only configs: these rules replace RULES'.
+PLAN_ONLY_RULES = {
+    "model_id": _plannable_model,
+    "vae_id": _plannable_model,
+    "safety_model_id": _plannable_model,
+    "components_repo": lambda n, v: _plannable_model(n, v, optional=True),
 }
 
 
 def check(namespace: dict) -> None:
     """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule."""
+    plan_only = namespace.get("plan_only") is True
     for name, rule in RULES.items():
         if name in namespace:
-            rule(name, namespace[name])
+            (PLAN_ONLY_RULES.get(name, rule) if plan_only else rule)(name, namespace[name])
