@@ -357,7 +357,8 @@ GGUF_BYTES = {"Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q5_0": 22 
               "Q4_0": 18 / 32, "Q3_K": 110 / 256, "Q2_K": 84 / 256, "F16": 2.0, "BF16": 2.0}
 OFFLOAD_CALLS = {
     "none": "", "model": "pipe.enable_model_cpu_offload()",
-    "group": 'pipe.enable_group_offload("cuda", offload_type="block_level", num_blocks_per_group=1, use_stream=True)',
+    "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, '
+             'use_stream=True)',
     "sequential": "pipe.enable_sequential_cpu_offload()",
 }
 DENOISERS = ("transformer", "unet", "prior", "decoder")
@@ -490,7 +491,7 @@ class LoadPlan:
         return "fits" if self.fits else "does not fit"
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def resolved_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
     @property
@@ -526,8 +527,10 @@ class LoadPlan:
         lines.append(f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}")
         lines.append(f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}")
         if hw.gpus:
-            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB of {max(hw.gpus):g} (activations at "
-                         f"{self.width}x{self.height}: {self.activation_bytes / GIB:.1f} GiB, the kit's estimate)")
+            busiest = " on the busiest GPU" if len(hw.gpus) > 1 else ""
+            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB{busiest} of {max(hw.gpus):g} "
+                         f"(activations at {self.width}x{self.height}: {self.activation_bytes / GIB:.1f} GiB, "
+                         "the kit's estimate)")
         lines.append(f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}")
         download = "unknown (configs only; the Hub cannot be asked)" if self.download_bytes is None else \
             f"{self.download_bytes / 1e9:.1f} GB"

@@ -176,3 +176,21 @@ def test_validate_accepts_the_new_parameters_and_plans_shipped_ids_offline(monke
 def test_local_folder_plans_with_no_download(tiny):
     plan = planning.plan_load(str(tiny["sdxl"]), "colab-t4")
     assert plan.fits and plan.download_bytes == 0 and plan.variant is None
+
+
+def test_resolve_dtype_auto_follows_this_machines_device(monkeypatch):
+    """Notebook 05's balanced cell and the data-parallel workers call resolve_dtype without a device: on a GPU
+    machine that must be half precision, not the float32 of the old device="cpu" default."""
+    import torch
+
+    from helpers import env, loading
+
+    assert loading.resolve_dtype("auto") is torch.float32  # this machine: CPU
+    ampere = env.Accelerator(0, "A100", 80.0, (8, 0), True)
+    turing = env.Accelerator(0, "T4", 14.7, (7, 5), False)
+    monkeypatch.setattr(env, "recommended_device", lambda: "cuda")
+    monkeypatch.setattr(env, "accelerators", lambda: [ampere])
+    assert loading.resolve_dtype("auto") is torch.bfloat16
+    monkeypatch.setattr(env, "accelerators", lambda: [turing])
+    assert loading.resolve_dtype("auto") is torch.float16
+    assert loading.resolve_dtype("auto", "cpu") is torch.float32  # an explicit device still decides
