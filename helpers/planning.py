@@ -408,7 +408,7 @@ _STATS: dict[str, list[ComponentStats]] = {}
 
 def component_stats(folder: Path) -> list[ComponentStats]:
     """Stats of every weighted component of the pipeline folder, built on the meta device (no weights)."""
-    key = str(Path(folder).resolve())
+    key = f"{Path(folder).resolve()}@{(Path(folder) / 'model_index.json').stat().st_mtime_ns}"
     if key in _STATS:
         return _STATS[key]
     index = json.loads((Path(folder) / "model_index.json").read_text())
@@ -824,11 +824,10 @@ def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, dev
         if small.fits:
             found.append(f"a smaller image (height=width=512): {small.summary()}")
     size = sum(s.params for s in stats)
-    for other in architectures.available():
-        if other == model_id or other not in STORAGE:
-            continue
-        other_stats = component_stats(architectures.folder(other))
-        if sum(s.params for s in other_stats) >= size:
+    others = {other: sum(s.params for s in component_stats(architectures.folder(other)))
+              for other in architectures.available() if other != model_id and other in STORAGE}
+    for other in sorted(others, key=others.get, reverse=True):  # the largest (most capable) smaller family first
+        if others[other] >= size:
             continue
         other_plan = plan_load(other, hw, height=height, width=width, alternatives=False)
         if other_plan.fits:
