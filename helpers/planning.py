@@ -349,9 +349,11 @@ STORAGE = {
 }
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
-# Weight bytes per parameter of a quantized Linear weight (the rest of the model keeps the compute dtype).
-# Shared with helpers.quantization: int8 = 1, int4 = 0.5, nf4 = 0.5 + ~1/32 for its block scales.
-QUANT_BYTES = {"int8": 1.0, "int4": 0.5, "nf4": 0.5 + 1 / 32}
+# Weight bytes per parameter of a quantized Linear weight, scales included (the rest keeps the compute dtype).
+# The same figures as helpers.quantization.weight_bytes_per_param (branch quant; call it once both are merged):
+# int8 = 1 (per-row scales are negligible); nf4 = 0.5 + a float32 absmax per block of 64 (bitsandbytes'
+# default, no double quantization); int4 (quanto) = 0.5 + a 2-byte scale and shift per group of 128.
+QUANT_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / 128, "nf4": 0.5 + 4 / 64}
 # GGUF files: bytes per weight by quantization type in the file name (llama.cpp block formats).
 GGUF_BYTES = {"Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q5_0": 22 / 32, "Q4_K": 144 / 256,
               "Q4_0": 18 / 32, "Q3_K": 110 / 256, "Q2_K": 84 / 256, "F16": 2.0, "BF16": 2.0}
