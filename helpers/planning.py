@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -420,12 +421,30 @@ def component_stats(folder: Path) -> list[ComponentStats]:
             continue
         if not (Path(folder) / name / "config.json").is_file():
             continue
-        module = architectures.build_from_config(spec[0], spec[1], Path(folder) / name, "meta", torch.bfloat16)
+        with _config_notes_hidden():
+            module = architectures.build_from_config(spec[0], spec[1], Path(folder) / name, "meta", torch.bfloat16)
         if not isinstance(module, torch.nn.Module):
             continue
         stats.append(_module_stats(name, spec[1], module))
     _STATS[key] = stats
     return stats
+
+
+@contextmanager
+def _config_notes_hidden():
+    """Config notes logged while building on the meta device (unused keys, rope renames) are about the config
+    files, not the plan; they show again, once, when the model is really loaded. Errors still show."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
 
 
 def _count(module) -> int:

@@ -21,11 +21,11 @@ from helpers import KIT_ROOT, architectures
 NOTEBOOK = KIT_ROOT / "notebooks" / "02_load_and_generate.ipynb"
 
 
-def papermill(tmp_path: Path, *parameters: str) -> tuple[subprocess.CompletedProcess, dict[str, list]]:
+def papermill(tmp_path: Path, *parameters: str, notebook: Path = NOTEBOOK) -> tuple[subprocess.CompletedProcess, dict]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "KIT_QUIET": "1"}
     env.pop("HF_TOKEN", None)
     out = tmp_path / "out.ipynb"
-    args = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(out), "--no-progress-bar", "-k", "python3"]
+    args = [sys.executable, "-m", "papermill", str(notebook), str(out), "--no-progress-bar", "-k", "python3"]
     for pair in zip(parameters[::2], parameters[1::2], strict=True):
         args += ["-p", *pair]
     done = subprocess.run(args, capture_output=True, text=True, cwd=KIT_ROOT, env=env, timeout=300)
@@ -70,3 +70,14 @@ def test_cpu_and_a_model_bigger_than_ram_stops_before_download_with_alternatives
     assert not cells["local"] and not cells["auto-class"]  # never reached
     assert not files_over(tmp_path / "hf", 100_000)
     assert json.loads((snapshot / "model_index.json").read_text())["_class_name"] == "QwenImagePipeline"
+
+
+def test_plan_only_in_the_multi_gpu_notebook_plans_two_t4s(tmp_path):
+    notebook = KIT_ROOT / "notebooks" / "05_multi_gpu_balanced.ipynb"
+    done, cells = papermill(tmp_path, "hardware", "kaggle-2xt4", "plan_only", "True", notebook=notebook)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = text(cells["load-plan"])
+    assert "on kaggle-2xt4: 2x Tesla T4" in plan and "device_map      'balanced'" in plan
+    assert "cuda:0" in plan and "cuda:1" in plan and "plan_only=True: stopping here" in plan
+    assert not cells["sizes"] and not cells["data-parallel"]  # skipped: nothing loaded, nothing launched
+    assert not files_over(tmp_path / "hf", 0)
