@@ -339,6 +339,11 @@ NOT_FP16_SAFE = {
 }
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
+
+def fp16_unsafe(pipeline_class: str) -> str:
+    """Why float16 breaks this pipeline family ("" when it is fp16-safe)."""
+    return next((why for prefix, why in NOT_FP16_SAFE.items() if pipeline_class.startswith(prefix)), "")
+
 # How shipped repos store their weights, so download bytes follow from params x stored dtype:
 # (dtype of the default files, the half-precision `variant` the repo also has, gated).
 # SD 1.5 and SDXL ship fp32 files plus an fp16 variant; Qwen-Image and FLUX.1-dev ship bf16 only.
@@ -584,7 +589,7 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
         dtype = str(dtype).removeprefix("torch.")
     from .validate import DTYPE_ALIASES
 
-    unsafe = next((why for prefix, why in NOT_FP16_SAFE.items() if family.startswith(prefix)), "")
+    unsafe = fp16_unsafe(family)
     notes, blocking = [], []
     if dtype == "auto":
         if not on_gpu:

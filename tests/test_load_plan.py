@@ -194,3 +194,16 @@ def test_resolve_dtype_auto_follows_this_machines_device(monkeypatch):
     monkeypatch.setattr(env, "accelerators", lambda: [turing])
     assert loading.resolve_dtype("auto") is torch.float16
     assert loading.resolve_dtype("auto", "cpu") is torch.float32  # an explicit device still decides
+
+
+def test_load_pipeline_auto_never_gives_fp16_to_an_unsafe_family(tiny, monkeypatch):
+    """On a T4 env.recommended_dtype says float16; a Qwen-Image pipeline must still load in bfloat16."""
+    import torch
+
+    from helpers import env, loading
+
+    monkeypatch.setattr(env, "recommended_dtype", lambda device=None, gpus=None: "float16")
+    qwen = loading.load_pipeline(str(tiny["qwen-image"]), dtype="auto", device_map=None)
+    assert set(loading.module_dtypes(qwen).values()) == {torch.bfloat16}
+    sd = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)  # fp16-safe: keeps float16
+    assert set(loading.module_dtypes(sd).values()) == {torch.float16}
