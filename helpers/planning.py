@@ -643,7 +643,18 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
-        return None, None
+        from .sources import hub_offline
+
+        if hub_offline():
+            return None, None
+        try:
+            total, variant = hub_download_bytes(model_id, [s.name for s in stats],
+                                                dtype != "float32" or quantization != "none", gguf=quantization)
+        except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
+            return None, None
+        if quantization.startswith("gguf:"):
+            total += sum(int(s.params * _gguf_bytes_per_weight(quantization)) for s in stats if s.name in DENOISERS)
+        return total, variant
     stored, variant, _ = STORAGE[model_id]
     use_variant = variant if variant and (dtype != "float32" or quantization != "none") else None
     size = DTYPE_BYTES["float16" if use_variant else stored]
@@ -654,6 +665,30 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
         else:
             total += s.params * size
     return total, use_variant
+
+
+def hub_download_bytes(model_id: str, components: list[str], half: bool, gguf: str = "none",
+                       revision: str | None = None) -> tuple[int, str | None]:
+    """(bytes, variant) of the weight files `from_pretrained` fetches for `components`, from the Hub's file list
+    (one metadata request, no download). With `half`, a component's fp16 variant files are counted where the
+    repo has them, as `variant="fp16"` would load them; otherwise its default files.
+    """
+    from huggingface_hub import HfApi, constants
+
+    info = HfApi(endpoint=constants.ENDPOINT).model_info(model_id, revision=revision, files_metadata=True)
+    files = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+    total, variant = 0, None
+    for name in components:
+        weights = {f: size for f, size in files.items() if f.startswith(f"{name}/") and f.endswith(".safetensors")}
+        fp16 = {f: size for f, size in weights.items() if ".fp16." in f}
+        default = {f: size for f, size in weights.items() if f not in fp16}
+        chosen = fp16 if half and fp16 else default or fp16
+        if half and fp16:
+            variant = "fp16"
+        if gguf.startswith("gguf:") and name in DENOISERS:
+            continue  # a GGUF file replaces the repo's denoiser weights (download_bytes adds its size)
+        total += sum(chosen.values())
+    return total, variant
 
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):

@@ -207,3 +207,50 @@ def test_load_pipeline_auto_never_gives_fp16_to_an_unsafe_family(tiny, monkeypat
     assert set(loading.module_dtypes(qwen).values()) == {torch.bfloat16}
     sd = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)  # fp16-safe: keeps float16
     assert set(loading.module_dtypes(sd).values()) == {torch.float16}
+
+
+def test_download_bytes_of_any_hub_repo_from_its_file_list(monkeypatch):
+    """A Hub stand-in on 127.0.0.1 answers the one metadata request; nothing is downloaded."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    siblings = [
+        {"rfilename": "model_index.json", "size": 500},
+        {"rfilename": "unet/diffusion_pytorch_model.safetensors", "size": 4_000},
+        {"rfilename": "unet/diffusion_pytorch_model.fp16.safetensors", "size": 2_000},
+        {"rfilename": "unet/diffusion_pytorch_model.bin", "size": 9_999},  # not read by from_pretrained
+        {"rfilename": "vae/diffusion_pytorch_model.safetensors", "size": 300},  # no fp16 variant: default files
+        {"rfilename": "text_encoder/model.safetensors", "size": 700},
+        {"rfilename": "text_encoder/model.fp16.safetensors", "size": 350},
+    ]
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            body = json.dumps({"id": "someone/model", "sha": "0" * 40, "siblings": siblings}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the autouse fixture's offline mode; this Hub is local
+        components = ["unet", "vae", "text_encoder"]
+        assert planning.hub_download_bytes("someone/model", components, half=True) == (2_000 + 300 + 350, "fp16")
+        assert planning.hub_download_bytes("someone/model", components, half=False) == (4_000 + 300 + 700, None)
+        gguf = planning.hub_download_bytes("someone/model", components, half=True, gguf="gguf:unet-Q4_K.gguf")
+        assert gguf == (300 + 350, "fp16")
+    finally:
+        server.shutdown()
+    assert asked and all(path.startswith("/api/models/someone/model") for path in asked)
