@@ -624,8 +624,16 @@ def _quantizable(stats: ComponentStats) -> bool:
     return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and stats.params >= LARGE_TEXT_ENCODER)
 
 
+def _local_gguf(quantization: str) -> Path | None:
+    """The GGUF file of "gguf:<path>" when it is already on this machine (its size is then exact)."""
+    path = Path(quantization.removeprefix("gguf:")).expanduser()
+    return path if quantization.startswith("gguf:") and path.is_file() else None
+
+
 def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> int:
     size = DTYPE_BYTES[dtype]
+    if _local_gguf(quantization):
+        return _local_gguf(quantization).stat().st_size  # the file holds the whole denoiser, as it stays in memory
     if quantization == "none":
         return stats.params * size
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
@@ -652,7 +660,7 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
                                                 dtype != "float32" or quantization != "none", gguf=quantization)
         except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
             return None, None
-        if quantization.startswith("gguf:"):
+        if quantization.startswith("gguf:") and not _local_gguf(quantization):
             total += sum(int(s.params * _gguf_bytes_per_weight(quantization)) for s in stats if s.name in DENOISERS)
         return total, variant
     stored, variant, _ = STORAGE[model_id]
@@ -661,7 +669,7 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     total = 0
     for s in stats:
         if quantization.startswith("gguf:") and s.name in DENOISERS:
-            total += int(s.params * _gguf_bytes_per_weight(quantization))
+            total += 0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization))
         else:
             total += s.params * size
     return total, use_variant

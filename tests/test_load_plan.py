@@ -254,3 +254,20 @@ def test_download_bytes_of_any_hub_repo_from_its_file_list(monkeypatch):
     finally:
         server.shutdown()
     assert asked and all(path.startswith("/api/models/someone/model") for path in asked)
+
+
+def test_gguf_transformer_sizes_from_the_file_name_or_the_local_file(tmp_path):
+    stats = {s.name: s for s in planning.component_stats(architectures.folder(FLUX))}
+    named = planning.plan_load(FLUX, "a100-80", quantization="gguf:flux1-dev-Q4_K_S.gguf", alternatives=False)
+    by = {c.name: c for c in named.components}
+    assert by["transformer"].backend == "gguf" and by["text_encoder_2"].quantization == "none"  # GGUF: one model
+    q4k = 144 / 256  # ggml's Q4_K block: 144 bytes per 256 weights
+    assert by["transformer"].bytes == int(stats["transformer"].linear_params * q4k
+                                          + 2 * (stats["transformer"].params - stats["transformer"].linear_params))
+    other = sum(2 * s.params for name, s in stats.items() if name != "transformer")
+    assert named.download_bytes == other + int(stats["transformer"].params * q4k)
+    local = tmp_path / "flux-Q8_0.gguf"
+    local.write_bytes(b"\0" * 123_456)
+    on_disk = planning.plan_load(FLUX, "a100-80", quantization=f"gguf:{local}", alternatives=False)
+    assert {c.name: c.bytes for c in on_disk.components}["transformer"] == 123_456
+    assert on_disk.download_bytes == other  # the local file is not downloaded again
