@@ -10,7 +10,7 @@ TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
 PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab lint strip tiny release clean
+.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab lint strip tiny release golden clean
 
 ## help: list the targets (from the `##` comments in this Makefile)
 help:
@@ -79,6 +79,10 @@ strip: install
 ## release: set the kit version everywhere (helpers, notebooks, badges, README, CHANGELOG): make release VERSION=0.2.0
 release: install
 	$(PY) -m tools.release $(VERSION)
+
+## golden: rewrite tests/golden/load_plans.md (every shipped model x hardware profile); review the diff, commit it
+golden: install
+	KIT_REGENERATE_GOLDEN=1 $(PY) -m pytest tests/test_load_plan.py -q -k golden
 
 ## tiny: build the tiny random-weight models into .cache/tiny/
 tiny: install

@@ -170,29 +170,6 @@ def hf_token_found() -> bool:
     return get_token() is not None
 
 
-# Weights at bf16 (GiB) and the largest single component, from shared/architectures/PARAMS.md.
-KNOWN_MODELS = {
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": (1.99, 1.60),
-    "stabilityai/stable-diffusion-xl-base-1.0": (6.46, 4.78),
-    "black-forest-labs/FLUX.1-dev": (31.42, 22.17),
-    "Qwen/Qwen-Image": (53.74, 38.06),
-}
-HEADROOM = 1.2  # activations, CUDA context and allocator slack on top of the weights
-
-
-def what_fits(memory_gib: float) -> dict[str, str]:
-    """For each known model at bf16: fits whole, fits with model CPU offload, or does not fit."""
-    verdicts = {}
-    for model, (total, largest) in KNOWN_MODELS.items():
-        if total * HEADROOM <= memory_gib:
-            verdicts[model] = f"fits ({total:.1f} GiB of weights)"
-        elif largest * HEADROOM <= memory_gib:
-            verdicts[model] = f"with enable_model_cpu_offload() (largest part {largest:.1f} GiB)"
-        else:
-            verdicts[model] = f"does not fit (largest part {largest:.1f} GiB)"
-    return verdicts
-
-
 @dataclass
 class Report:
     runtime: Runtime
@@ -233,6 +210,8 @@ def report() -> Report:
     """Everything a user needs to know before loading a model: versions, pins, hardware, token, cache."""
     import psutil
 
+    from . import planning
+
     runtime = detect_runtime()
     pinned = pins.load_pins()
     if runtime.hosted:
@@ -241,7 +220,6 @@ def report() -> Report:
     gpus = accelerators()
     device = recommended_device()
     ram_gib = psutil.virtual_memory().total / 2**30
-    memory = gpus[0].memory_gib if gpus else ram_gib
     return Report(
         runtime=runtime,
         python=platform.python_version(),
@@ -254,5 +232,5 @@ def report() -> Report:
         hf_token_found=hf_token_found(),
         hf_cache=_hub_constant("HF_HUB_CACHE"),
         parallel_loading=_diffusers_parallel_loading(),
-        fits=what_fits(memory),
+        fits=planning.what_fits(planning.detect_hardware()),
     )

@@ -38,3 +38,17 @@ class ModelNotCachedOfflineError(KitError, OSError):
 
 class VersionMismatchError(KitError, ImportError):
     """An installed package whose version differs from the kit's pin."""
+
+
+class PlanDoesNotFitError(KitError, RuntimeError):
+    """A load plan that does not fit the hardware: raised before any download. Carries the plan."""
+
+    def __init__(self, plan):
+        self.plan, self.reasons, self.alternatives = plan, list(plan.reasons), list(plan.alternatives)
+        lines = [f"{plan.model_id} does not fit {plan.hardware.name} as planned ({plan.summary()})."]
+        lines += [f"- {reason}" for reason in plan.reasons]
+        if plan.alternatives:
+            lines.append("Alternatives, best first:")
+            lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
+        lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
+        super().__init__("\n".join(lines))

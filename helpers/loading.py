@@ -29,8 +29,11 @@ TASKS = {"text2image": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING", "image2image": "AUTO
          "inpaint": "AUTO_INPAINT_PIPELINES_MAPPING"}
 
 
-def resolve_dtype(dtype, device: str = "cpu"):
-    """'auto' -> the best dtype for `device`; names -> torch dtypes; dicts resolved per component.
+def resolve_dtype(dtype, device: str | None = None):
+    """'auto' -> the best dtype for `device` (default: the device this machine computes on, so a GPU gets
+    half precision, not float32); names -> torch dtypes; dicts resolved per component.
+
+    Family rules (Qwen-Image and FLUX never in float16) live in the load plan: `planning.plan_load`.
 
     A dict must carry a "default" key: without it diffusers loads every unlisted component as fp32.
     """
@@ -131,7 +134,13 @@ def load_pipeline(
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision)
     resolved_map = resolve_device_map(device_map)
-    resolved_dtype = resolve_dtype(dtype, device_for(resolved_map))
+    # device_map=None: the caller places the pipeline (`.to(device)`), so "auto" is for this machine's device.
+    resolved_dtype = resolve_dtype(dtype, None if resolved_map is None else device_for(resolved_map))
+    if dtype == "auto" and resolved_dtype == torch.float16:
+        from .planning import fp16_unsafe
+
+        if fp16_unsafe(read_model_index(source, revision).get("_class_name", "")):
+            resolved_dtype = torch.bfloat16  # Qwen-Image and FLUX give black images in fp16 (planning.NOT_FP16_SAFE)
     passed = {name: value for name, value in kwargs.items() if isinstance(value, torch.nn.Module)}
     for name, component in passed.items():
         check_component(component_spec(source, name, revision), name, component)

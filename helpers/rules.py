@@ -21,6 +21,10 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", 
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
+# The load plan's choices (helpers.planning); "gguf:<file or URL>" is also a quantization.
+QUANTIZATIONS = ("auto", "none", "int8", "int4", "nf4")
+OFFLOADS = ("auto", "none", "model", "group", "sequential")
+HARDWARE_NAMES = ("auto", "colab-t4", "colab-l4", "colab-a100", "kaggle-2xt4", "a100-80", "cpu")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 CUSTOM_REVISION = re.compile(r"main|\d+\.\d+\.\d+")
 COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -85,6 +89,11 @@ def input_image(name: str, value) -> None:
         fail(name, value, "needs a text value: empty, a local image file, or an http(s) URL")
     if value and not value.startswith(("http://", "https://")) and not Path(value).expanduser().is_file():
         fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
+
+
+def quantization(name: str, value) -> None:
+    if not (isinstance(value, str) and value.startswith("gguf:") and len(value) > 5):
+        choice(name, value, QUANTIZATIONS + ("gguf:<file or URL>",))
 
 
 def prompt_list(name: str, value) -> None:

@@ -32,6 +32,15 @@ def _model(name, value, optional=False):
         raise InvalidParameterError(name, value, error.rule, error.fix) from None
 
 
+def _plannable_model(name, value, optional=False):
+    """plan_only=True: a shipped architecture's Hub id plans from the kit's own configs, cached or not."""
+    from .architectures import ROOT
+
+    if isinstance(value, str) and value.count("/") == 1 and (ROOT / value.replace("/", "--", 1)).is_dir():
+        return
+    _model(name, value, optional)
+
+
 def _custom_pipeline(name, value):
     try:
         rules.custom_pipeline_path(name, value)
@@ -76,6 +85,18 @@ RULES = {
     "fps": lambda n, v: rules.whole(n, v, 1),
     "input_image": rules.input_image,
     "run_image_to_video": rules.flag,
+    "quantization": rules.quantization,
+    "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS),
+    "hardware": lambda n, v: rules.choice(n, v, rules.HARDWARE_NAMES),
+    "plan_only": rules.flag,
+    "force": rules.flag,
+}
+# With plan_only=True nothing is downloaded, so a model id needs only configs: these rules replace RULES'.
+PLAN_ONLY_RULES = {
+    "model_id": _plannable_model,
+    "vae_id": _plannable_model,
+    "safety_model_id": _plannable_model,
+    "components_repo": lambda n, v: _plannable_model(n, v, optional=True),
 }
 
 
@@ -93,7 +114,7 @@ def unknown_parameters(namespace: dict) -> list[str]:
 
 
 # Parameters naming a model source: for a Hub id their rule imports huggingface_hub (id syntax, cache).
-MODEL_SOURCES = frozenset({"model_id", "vae_id", "safety_model_id", "components_repo"})
+MODEL_SOURCES = frozenset({"model_id", "vae_id", "safety_model_id", "components_repo", "t2v_model_id", "i2v_model_id"})
 STAGES = ("all", "before_install", "after_install")
 
 
@@ -118,8 +139,9 @@ def check(namespace: dict, stage: str = "all") -> None:
             close = difflib.get_close_matches(name, [n for n in RULES if n in namespace] or list(RULES), n=1)
             fix = f"Did you mean {close[0]!r}?" if close else "papermill --help-notebook NOTEBOOK lists the parameters."
             raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
+    plan_only = namespace.get("plan_only") is True
     for name, rule in RULES.items():
         if name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name])):
-            rule(name, namespace[name])
+            (PLAN_ONLY_RULES.get(name, rule) if plan_only else rule)(name, namespace[name])
     if stage != "after_install" and "strength" in namespace and "num_inference_steps" in namespace:
         rules.strength_and_steps(namespace["strength"], namespace["num_inference_steps"])

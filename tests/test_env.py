@@ -68,14 +68,20 @@ def test_configure_after_import_warns_that_it_has_no_effect(monkeypatch):
         env.configure(parallel_loading=True, quiet=True)
 
 
-def test_what_fits_uses_weights_and_largest_component():
-    small = env.what_fits(7.0)  # SDXL: 6.46 GiB x 1.2 headroom is over 7; its UNet (4.78 GiB) is not
-    assert small["stable-diffusion-v1-5/stable-diffusion-v1-5"].startswith("fits")
-    assert small["stabilityai/stable-diffusion-xl-base-1.0"].startswith("with enable_model_cpu_offload")
-    assert small["Qwen/Qwen-Image"].startswith("does not fit")
-    large = env.what_fits(48.0)  # FLUX 31.4 x 1.2 fits; Qwen-Image 53.7 x 1.2 does not, its 38.1 GiB transformer does
-    assert large["black-forest-labs/FLUX.1-dev"].startswith("fits")
-    assert large["Qwen/Qwen-Image"].startswith("with enable_model_cpu_offload")
+def test_what_fits_comes_from_the_one_planner_and_agrees_with_notebook_05():
+    from helpers import planning
+
+    gpu8 = planning.resolve_hardware({"gpus": [8], "ram_gib": 32, "disk_gb": 500, "bf16": True})
+    fits = planning.what_fits(gpu8)
+    sdxl = "stabilityai/stable-diffusion-xl-base-1.0"
+    # SDXL at bf16: 6.46 GiB of weights + 2.5 GiB of activations is over 8; its 4.78 GiB UNet alone is not.
+    assert "offload model" in fits[sdxl] and fits[sdxl].endswith(": fits")
+    sizes = planning.component_sizes(sdxl)
+    assert "enable_model_cpu_offload" in planning.smallest_setup(sizes, 8)  # notebook 05 says the same
+    assert fits["stable-diffusion-v1-5/stable-diffusion-v1-5"].startswith("bfloat16, quantization none, offload none")
+    assert not hasattr(env, "KNOWN_MODELS") and not hasattr(env, "what_fits")
+    report = env.report()
+    assert set(report.fits) == set(fits) and "fits?" in str(report)
 
 
 def test_token_presence_is_reported_never_its_value(monkeypatch):
