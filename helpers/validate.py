@@ -110,6 +110,19 @@ def _custom_revision(name, value):
         _fail(name, value, "a diffusers release like '0.41.0', or 'main'", hint)
 
 
+def _prompts_file(name, value):
+    """Empty (use `prompts`), or a .txt/.csv/.jsonl file read in full now: a bad row is named by its line."""
+    _text(name, value)
+    if value:
+        from .batch import PromptsFileError, read_prompts
+
+        try:
+            read_prompts(value)
+        except PromptsFileError as error:
+            _fail(name, value, str(error), "The columns: prompt, negative_prompt, seed, num_inference_steps, "
+                  "guidance_scale (see the README's prompts-file format).")
+
+
 def _commit(name, value):
     if not isinstance(value, str) or (value and not re.fullmatch(r"[0-9a-f]{40}", value)):
         _fail(name, value, "empty, or a full 40-character commit hash", "Branches and tags can move to new code.")
@@ -146,6 +159,11 @@ RULES = {
     "hub_community_name": _identifier,
     "custom_revision": _custom_revision,
     "revision": _commit,
+    "prompts_file": _prompts_file,
+    "seeds_per_prompt": lambda n, v: _whole(n, v, 1),
+    "resume": _flag,
+    "quantization": lambda n, v: _choice(n, v, ("auto", "none")),  # the fit planner adds its choices
+    "offload": lambda n, v: _choice(n, v, ("auto", "none")),
 }
 
 
