@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidParameterError, KitError
@@ -121,7 +121,8 @@ def read_prompts(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise PromptsFileError(path, n, f"is not valid JSON ({error.msg})") from None
             if not isinstance(values, dict):
-                raise PromptsFileError(path, n, f"needs a JSON object like {{\"prompt\": \"a cat\"}}, got {line[:60]!r}")
+                example = '{"prompt": "a cat"}'
+                raise PromptsFileError(path, n, f"needs a JSON object like {example}, got {line[:60]!r}")
             rows.append(_row(path, n, values))
     else:
         reader = csv.DictReader(text.splitlines(keepends=True))
@@ -211,8 +212,9 @@ def check_output_dir(output_dir: str | Path) -> Path:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise InvalidParameterError("output_dir", str(output_dir), f"needs a folder this process can write to "
-                                    f"({error.strerror or error})", "Choose another folder or fix its permissions.")
+        allowed = f"needs a folder this process can write to ({error.strerror or error})"
+        hint = "Choose another folder or fix its permissions."
+        raise InvalidParameterError("output_dir", str(output_dir), allowed, hint) from None
     return folder
 
 

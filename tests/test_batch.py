@@ -214,7 +214,7 @@ def test_sigkill_at_five_random_moments_then_resume(tiny, tmp_path):
     prompts_file.write_text("\n".join(KILL_PROMPTS) + "\n")
     rng = random.Random(int(os.environ.get("KIT_KILL_SEED", time.time_ns() % 10_000)))
     kills = []
-    for attempt in range(5):
+    for _ in range(5):
         done = len(manifest_lines(out))
         target = rng.randint(done, min(done + 8, 39))  # kill once this many are recorded (== done: during startup)
         run = start_batch(tiny["sd"], out, prompts_file)
@@ -268,7 +268,7 @@ def test_two_machine_ranks_give_the_same_ids_as_one_machine(tiny, tmp_path):
     """)
     common = ["--model_id", str(tiny["sd"]), "--prompts_file", str(prompts_file), "--seeds_per_prompt", "2",
               "--height", "32", "--width", "32", "--num_inference_steps", "1", "--dtype", "float32"]
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     env = {**os.environ, "KIT_QUIET": "1"}
     machines = [subprocess.Popen([*accelerate, "--machine_rank", str(rank), "-m", "helpers.batch", *common,
@@ -284,6 +284,6 @@ def test_two_machine_ranks_give_the_same_ids_as_one_machine(tiny, tmp_path):
     assert len(one) == 10 and len({e["id"] for e in one}) == 10
     assert sorted(e["id"] for e in two) == sorted(e["id"] for e in one)
     assert {e["rank"] for e in two} == {0, 1} and {e["rank"] for e in one} == {0}
-    for a, b in zip(sorted(two, key=lambda e: e["id"]), sorted(one, key=lambda e: e["id"])):
+    for a, b in zip(sorted(two, key=lambda e: e["id"]), sorted(one, key=lambda e: e["id"]), strict=True):
         assert a["file"] == b["file"] and a["seed"] == b["seed"]
     assert "10 images" in logs[0] and "rank 0: 5, rank 1: 5" in logs[0]
