@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -38,7 +39,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidParameterError, KitError
@@ -142,7 +142,7 @@ def read_prompts(path: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------- items
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Item:
     """One image to render: the call parameters, where they came from, and the id they hash to."""
 
@@ -344,7 +344,7 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
 
 # ---------------------------------------------------------------- one process's work
 
-@dataclass
+@dataclasses.dataclass
 class Job:
     """Everything a process needs: the items and how to load the model. Plain data (picklable)."""
 
@@ -354,7 +354,7 @@ class Job:
     dtype: str = "float32"
     quantization: str = "none"
     offload: str = "none"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 def _load(job: Job, device):
@@ -535,6 +535,7 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise InvalidParameterError("num_processes", num_processes, "needs a whole number >= 1")
     prepare(job, resume)
+    job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
     with ManifestLock(job.output_dir):
         repair(job.output_dir)
         if num_processes == 1:
@@ -543,8 +544,8 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
 
         with Progress(job, enabled=not env.quiet_mode()):
             notebook_launcher(run_process, (job, True, False), num_processes=num_processes)
-    return next(s for s in map(json.loads, (Path(job.output_dir) / RUNS).read_text().splitlines())
-                if s["run"] == job.run_id)
+    runs = [json.loads(line) for line in (Path(job.output_dir) / RUNS).read_text().splitlines() if line.strip()]
+    return next(summary for summary in reversed(runs) if summary["run"] == job.run_id)
 
 
 def main(argv: list[str] | None = None) -> int:

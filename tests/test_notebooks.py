@@ -203,3 +203,20 @@ def test_community_notebook_audits_before_each_load(executed):
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
     assert "refused: DIFFUSERS_DISABLE_REMOTE_CODE is set" in text["disable"]
+
+
+def test_batch_notebook_resumes_and_repairs(executed):
+    notebook = runner.NOTEBOOKS / "06_batch_generation.ipynb"
+    result, text = run_ok(executed, notebook.name)
+    defaults = papermill.inspect_notebook(str(notebook))
+    count = len(eval(defaults["prompts"]["default"])) * int(defaults["seeds_per_prompt"]["default"])
+    assert f"seeds: {count} items, 0 already in" in text["plan"]
+    assert f"{count} images in" in text["run"] and "from 2 process(es)" in text["run"]
+    assert f"skipped 0 already done, regenerated 0; {count} items" in text["run"]
+    assert "again:    0 images in" in text["resume"] and f"skipped {count} already done" in text["resume"]
+    assert "repaired: 2 images in" in text["resume"]
+    assert f"skipped {count - 2} already done, regenerated 2" in text["resume"]
+    assert f"{count} manifest lines for this batch, {count} distinct ids" in text["gallery"]
+    assert "largest pixel difference 0" in text["one-item"]
+    folder = result.executed.parent / result.executed.stem
+    assert len(list(folder.glob("*.png"))) == count
