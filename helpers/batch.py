@@ -568,12 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from . import validate
 
-    values = {k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")}
-    values["prompts"] = args.prompt or ["unused"]
-    validate.check(values)
-    rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
-    if not rows:
+    if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
+    validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
+    rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
     items = plan_items(args.model_id, rows, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed,
                        height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
                        guidance_scale=args.guidance_scale, dtype=args.dtype, quantization=args.quantization)

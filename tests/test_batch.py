@@ -287,3 +287,15 @@ def test_two_machine_ranks_give_the_same_ids_as_one_machine(tiny, tmp_path):
     for a, b in zip(sorted(two, key=lambda e: e["id"]), sorted(one, key=lambda e: e["id"]), strict=True):
         assert a["file"] == b["file"] and a["seed"] == b["seed"]
     assert "10 images" in logs[0] and "rank 0: 5, rank 1: 5" in logs[0]
+
+
+def test_the_command_line_checks_everything_before_loading(tiny, tmp_path):
+    bad = write(tmp_path / "p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "guidance_scale": "high"}\n')
+    args = ["--model_id", str(tiny["sd"]), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(InvalidParameterError, match=r"prompts_file=.*line 2: guidance_scale='high'"):
+        batch.main([*args, "--prompts_file", str(bad)])
+    with pytest.raises(InvalidParameterError, match="model_id='stabilityai/stable-diffusion-xl-base-1.0'.*cache"):
+        batch.main([*args[2:], "--model_id", "stabilityai/stable-diffusion-xl-base-1.0", "--prompt", "a cat"])
+    with pytest.raises(SystemExit):
+        batch.main(args)  # neither a file nor a prompt
+    assert not (tmp_path / "out").exists()
