@@ -14,7 +14,8 @@ What lands in `output_dir`:
   file because the manifest itself is replaced when it is compacted.)
 
 Resume: an id is done when its manifest line names a PNG that exists with the recorded sha256. Anything
-else (no line, a missing or changed PNG, leftovers in `.partial/`) is rendered again.
+else (no line, a missing or changed PNG, leftovers in `.partial/`) is rendered again, its new line appended;
+at the end of a run the lock holder compacts the manifest back to one line per id (atomic rewrite).
 
 Scale: `run_process` is the one function every process runs. It reads its rank and the world size from
 accelerate's `PartialState` and takes every `world`-th id of the sorted ids (`shard`), so processes and
@@ -502,6 +503,8 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
         with Progress(job, enabled=show) if state.is_main_process and progress is not False else _Nothing():
             counts = work(job, state.process_index, state.num_processes, state.device, pipe)
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
+        if lock is not None:
+            repair(job.output_dir)  # every process is done: drop the lines that re-rendered items superseded
         return summarize(job, ranks, time.perf_counter() - start) if state.is_main_process else None
     finally:
         if lock is not None:
@@ -539,11 +542,13 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
     with ManifestLock(job.output_dir):
         repair(job.output_dir)
         if num_processes == 1:
-            return run_process(job, locked_by_caller=True, pipe=pipe)
-        from accelerate import notebook_launcher
+            run_process(job, locked_by_caller=True, pipe=pipe)
+        else:
+            from accelerate import notebook_launcher
 
-        with Progress(job, enabled=not env.quiet_mode()):
-            notebook_launcher(run_process, (job, True, False), num_processes=num_processes)
+            with Progress(job, enabled=not env.quiet_mode()):
+                notebook_launcher(run_process, (job, True, False), num_processes=num_processes)
+        repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
     runs = [json.loads(line) for line in (Path(job.output_dir) / RUNS).read_text().splitlines() if line.strip()]
     return next(summary for summary in reversed(runs) if summary["run"] == job.run_id)
 

@@ -130,7 +130,7 @@ def test_shards_are_disjoint_cover_everything_and_ignore_order(world):
 # ---------------------------------------------------------------- manifest, lock, repair
 
 def test_repair_drops_torn_and_superseded_lines_and_partial_files(tmp_path):
-    (tmp_path / batch.PARTIAL).mkdir()
+    (tmp_path / batch.PARTIAL).mkdir(exist_ok=True)
     (tmp_path / batch.PARTIAL / "0-abc.png").write_bytes(b"\x89PNG half")
     lines = [{"id": "a", "file": "a.png", "sha256": "1"}, {"id": "b", "file": "b.png", "sha256": "2"},
              {"id": "a", "file": "a.png", "sha256": "3"}]
@@ -299,3 +299,31 @@ def test_the_command_line_checks_everything_before_loading(tiny, tmp_path):
     with pytest.raises(SystemExit):
         batch.main(args)  # neither a file nor a prompt
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_path):
+    """Every way a folder can be left behind, at once: a deleted PNG, a damaged PNG, a PNG whose manifest line
+    never got written (killed in between), a torn last manifest line and a leftover in .partial/."""
+    items = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox", "an owl", "an eel"]),
+                             **CALL)
+    job = batch.Job(str(tiny["sd"]), str(tmp_path), items)
+    first = batch.launch(job, 1)
+    assert (first["images"], first["skipped"], first["regenerated"]) == (5, 0, 0)
+    lines = manifest_lines(tmp_path)
+    deleted, damaged, unrecorded = (tmp_path / e["file"] for e in lines[:3])
+    deleted.unlink()
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    kept = [json.dumps(e) for e in lines if e["file"] != unrecorded.name]
+    (tmp_path / batch.MANIFEST).write_text("\n".join(kept) + '\n{"id": "torn')
+    (tmp_path / batch.PARTIAL).mkdir(exist_ok=True)
+    (tmp_path / batch.PARTIAL / "0-leftover.png").write_bytes(b"\x89PNG")
+
+    second = batch.launch(job, 1)
+    assert (second["images"], second["skipped"], second["regenerated"]) == (3, 2, 3)
+    assert second["run"] != first["run"]
+    final = manifest_lines(tmp_path)
+    assert sorted(e["id"] for e in final) == sorted(i.id for i in items)
+    assert all(batch.is_done(tmp_path, e) for e in final)
+    assert not list((tmp_path / batch.PARTIAL).glob("*"))
+    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert [r["images"] for r in map(json.loads, (tmp_path / batch.RUNS).read_text().splitlines())] == [5, 3]
