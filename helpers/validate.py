@@ -114,7 +114,7 @@ def _prompts_file(name, value):
     """Empty (use `prompts`), or a .txt/.csv/.jsonl file read in full now: a bad row is named by its line."""
     _text(name, value)
     if value:
-        from .batch import PromptsFileError, read_prompts
+        from .prompts_file import PromptsFileError, read_prompts
 
         try:
             read_prompts(value)
