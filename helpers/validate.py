@@ -41,6 +41,19 @@ def _plannable_model(name, value, optional=False):
     _model(name, value, optional)
 
 
+def _prompts_file(name, value):
+    """Empty (use `prompts`), or a .txt/.csv/.jsonl file read in full now: a bad row is named by its line."""
+    rules.text(name, value)
+    if value:
+        from .prompts_file import PromptsFileError, read_prompts
+
+        try:
+            read_prompts(value)
+        except PromptsFileError as error:
+            rules.fail(name, value, str(error), "The columns: prompt, negative_prompt, seed, num_inference_steps, "
+                       "guidance_scale (see the README's prompts-file format).")
+
+
 def _custom_pipeline(name, value):
     try:
         rules.custom_pipeline_path(name, value)
@@ -85,6 +98,9 @@ RULES = {
     "fps": lambda n, v: rules.whole(n, v, 1),
     "input_image": rules.input_image,
     "run_image_to_video": rules.flag,
+    "prompts_file": _prompts_file,
+    "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1),
+    "resume": rules.flag,
     "quantization": rules.quantization,
     "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS),
     "hardware": lambda n, v: rules.choice(n, v, rules.HARDWARE_NAMES),

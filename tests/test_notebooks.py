@@ -261,3 +261,20 @@ def test_load_notebook_shows_the_seed_dtype_dict_failing_and_explains_sequential
     assert "the first call failed: RuntimeError: mat1 and mat2 must have the same dtype" in text["dtype-seed"]
     assert "sequential offload is not run" in text["sequential"] or "sequential CPU offload; peak VRAM" in text[
         "sequential"]
+
+
+def test_batch_notebook_resumes_and_repairs(executed):
+    notebook = runner.NOTEBOOKS / "06_batch_generation.ipynb"
+    result, text = run_ok(executed, notebook.name)
+    defaults = papermill.inspect_notebook(str(notebook))
+    count = len(eval(defaults["prompts"]["default"])) * int(defaults["seeds_per_prompt"]["default"])
+    assert f"seeds: {count} items, 0 already in" in text["plan"]
+    assert f"{count} images in" in text["run"] and "from 2 process(es)" in text["run"]
+    assert f"skipped 0 already done, regenerated 0; {count} items" in text["run"]
+    assert "again:    0 images in" in text["resume"] and f"skipped {count} already done" in text["resume"]
+    assert "repaired: 2 images in" in text["resume"]
+    assert f"skipped {count - 2} already done, regenerated 2" in text["resume"]
+    assert f"{count} manifest lines for this batch, {count} distinct ids" in text["gallery"]
+    assert "largest pixel difference 0" in text["one-item"]
+    folder = result.executed.parent / result.executed.stem
+    assert len(list(folder.glob("*.png"))) == count

@@ -1,0 +1,104 @@
+"""Read a batch's prompts file: .txt (one prompt per line), .csv (with a header) or .jsonl (one object per line).
+
+Columns: `prompt`, and optionally `negative_prompt`, `seed`, `num_inference_steps`, `guidance_scale`. The
+whole file is read and checked before anything loads; a bad row raises `PromptsFileError` naming its line,
+and unknown columns are refused (a typo such as `negativ_prompt` would otherwise be ignored silently).
+Light to import (standard library only): `helpers.validate` uses it in the notebooks' first cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .errors import KitError
+
+COLUMNS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale")
+SUFFIXES = (".txt", ".csv", ".jsonl")
+
+
+class PromptsFileError(KitError, ValueError):
+    """A prompts file that cannot be read; `line` is the 1-based line of the bad row (0: the whole file)."""
+
+    def __init__(self, path, line: int, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{self.path}, line {line}" if line else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+def _row(path, line: int, values: dict) -> dict:
+    """Check one row's columns and types; return it with its line number."""
+    unknown = sorted(set(values) - set(COLUMNS))
+    if unknown:
+        raise PromptsFileError(path, line, f"unknown column(s) {unknown}; the columns are {', '.join(COLUMNS)}")
+    prompt = values.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptsFileError(path, line, f"needs a non-empty 'prompt', got {prompt!r}")
+    row = {"line": line, "prompt": prompt}
+    for name, kind, minimum in (("seed", int, 0), ("num_inference_steps", int, 1), ("guidance_scale", float, 0)):
+        value = values.get(name)
+        if value is None or value == "":
+            continue
+        try:
+            if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+                raise ValueError
+            number = kind(value)
+            if number < minimum or number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+        except (TypeError, ValueError):
+            wanted = "a whole number" if kind is int else "a number"
+            raise PromptsFileError(path, line, f"{name}={value!r} is not {wanted} >= {minimum}") from None
+        row[name] = number
+    negative = values.get("negative_prompt") or ""
+    if not isinstance(negative, str):
+        raise PromptsFileError(path, line, f"negative_prompt={negative!r} is not text")
+    row["negative_prompt"] = negative
+    return row
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """Every row of a prompts file, checked; a bad row raises `PromptsFileError` naming its line.
+
+    `.txt`: one prompt per line (blank lines skipped). `.csv` (with a header) and `.jsonl` (one object per
+    line): a `prompt` column, optionally `negative_prompt`, `seed`, `num_inference_steps`, `guidance_scale`.
+    """
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in SUFFIXES:
+        raise PromptsFileError(path, 0, f"needs a {', '.join(SUFFIXES)} file, got {path.suffix or 'no suffix'!r}")
+    if not path.is_file():
+        raise PromptsFileError(path, 0, "no such file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PromptsFileError(path, 0, f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    rows = []
+    kind = path.suffix.lower()
+    if kind == ".txt":
+        rows = [_row(path, n, {"prompt": line}) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    elif kind == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PromptsFileError(path, n, f"is not valid JSON ({error.msg})") from None
+            if not isinstance(values, dict):
+                example = '{"prompt": "a cat"}'
+                raise PromptsFileError(path, n, f"needs a JSON object like {example}, got {line[:60]!r}")
+            rows.append(_row(path, n, values))
+    else:
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        header = reader.fieldnames or []
+        if header and "prompt" not in header:
+            raise PromptsFileError(path, 1, f"the header {header} has no 'prompt' column")
+        for values in reader:
+            if None in values:
+                raise PromptsFileError(path, reader.line_num, f"has more fields than the header's {len(header)}")
+            if not any(v and v.strip() for v in values.values() if isinstance(v, str)):
+                continue
+            rows.append(_row(path, reader.line_num, {k: v for k, v in values.items() if v is not None}))
+    if not rows:
+        raise PromptsFileError(path, 0, "has no prompts")
+    return rows
