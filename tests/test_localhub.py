@@ -115,7 +115,7 @@ def test_hub_repo_as_custom_pipeline_is_pinned_and_audited(hub, tiny, capsys):
     commit = hub.pinned["previews"]
     with pytest.raises(LocalPathNotFoundError, match="custom_revision='<40-hex commit>'"):
         community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO)
-    with pytest.raises(community.RemoteCodeRefused, match="custom_revision='main' is not a full"):
+    with pytest.raises(community.RemoteCodeRefused, match="custom_revision='main' is not valid: needs a full"):
         community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO, custom_revision="main")
     assert not any(p.endswith("pipeline.py") for _, p, _ in hub.requests if PREVIEWS_REPO in p)  # refused first
 
