@@ -96,13 +96,6 @@ def local_hub_server(tiny):
     hub.stop()
 
 
-def hub_environment(url: str) -> dict[str, str]:
-    """What a process needs to use the local Hub: HF_ENDPOINT, online, and a refusing proxy for everything else
-    (urllib and httpx honour it: an attempt to reach PyPI or huggingface.co fails at once and is recorded)."""
-    return {"HF_ENDPOINT": url, "HF_HUB_OFFLINE": "0", "https_proxy": url, "http_proxy": url,
-            "HTTPS_PROXY": url, "HTTP_PROXY": url, "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
-
-
 @pytest.fixture
 def hub(local_hub_server, monkeypatch):
     """This test talks to the local Hub: HF_ENDPOINT points at it (set in the environment, and in the constants
@@ -112,7 +105,7 @@ def hub(local_hub_server, monkeypatch):
     from helpers import sources
 
     url = local_hub_server.url
-    for name, value in hub_environment(url).items():
+    for name, value in runner.hub_environment(url).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(constants, "ENDPOINT", url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
