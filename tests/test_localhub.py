@@ -211,3 +211,11 @@ def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny
     assert not [name for name in pushed if name.endswith(".py")]
     assert HUB_WRITER_TOKEN not in capsys.readouterr().out
     assert HfApi().whoami()["name"] == "kit-tester"
+
+
+def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny):
+    """Seed 001: DiffusionPipeline.from_pipe(pipeline_sd, custom_pipeline="lpw_stable_diffusion")."""
+    base = loading.load_pipeline(tiny["sd"], dtype="float32")
+    script = community.download_community_pipeline("lpw_stable_diffusion", "main")
+    lpw = community.from_pipe(base, script, pinned={script.name: sha256(script)})
+    assert type(lpw).__name__ == "KitPromptWeightingPipeline" and memory.shares_weights(base, lpw)
