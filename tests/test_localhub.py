@@ -213,9 +213,10 @@ def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny
     assert HfApi().whoami()["name"] == "kit-tester"
 
 
-def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny):
+def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny, tmp_path):
     """Seed 001: DiffusionPipeline.from_pipe(pipeline_sd, custom_pipeline="lpw_stable_diffusion")."""
     base = loading.load_pipeline(tiny["sd"], dtype="float32")
-    script = community.download_community_pipeline("lpw_stable_diffusion", "main")
+    cached = community.download_community_pipeline("lpw_stable_diffusion", "main")  # a blob in the HF cache
+    script = Path(shutil.copyfile(cached, tmp_path / "lpw_stable_diffusion.py"))  # a .py of our own to pass
     lpw = community.from_pipe(base, script, pinned={script.name: sha256(script)})
     assert type(lpw).__name__ == "KitPromptWeightingPipeline" and memory.shares_weights(base, lpw)
