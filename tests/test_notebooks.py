@@ -26,7 +26,7 @@ NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
 CANARY = "hf_KitCanary" + "Q" * 30  # every harness run sees this HF_TOKEN; it must appear in no output
 # Notebooks whose Hub cells run against the local Hub (tests/localhub.py): their real default Hub ids are
 # served by it (no tiny stand-in folders), and these parameters turn their Hub sections on.
-HUB_NOTEBOOKS = {"04_community_pipelines": {"publish_to_hub": True}}
+HUB_NOTEBOOKS = {"02_load_and_generate": {}, "04_community_pipelines": {"publish_to_hub": True}}
 
 
 @pytest.fixture(scope="session")
@@ -291,3 +291,12 @@ def test_community_notebook_runs_its_hub_paths_against_the_local_hub(executed, l
     asked = {path for _, path, _ in local_hub_server.requests}
     assert any(path.endswith("/lpw_stable_diffusion.py") for path in asked)  # by name, from the mirror
     assert local_hub_server.offbox == []  # nothing tried to reach PyPI or huggingface.co
+
+
+def test_load_and_generate_downloads_its_real_default_through_the_local_hub(executed, local_hub_server):
+    """Notebook 02 keeps model_id="Qwen/Qwen-Image": the local Hub serves it and the snapshot_download cell runs."""
+    result, text = run_ok(executed, "02_load_and_generate.ipynb")
+    assert "Qwen/Qwen-Image is in " in text["local"]
+    folder = Path(text["local"].split("Qwen/Qwen-Image is in ", 1)[1].strip())
+    assert (folder / "model_index.json").is_file() and (folder / "transformer").is_dir()
+    assert any(p.startswith("/api/models/Qwen/Qwen-Image/tree/") for _, p, _ in local_hub_server.requests)
