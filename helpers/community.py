@@ -1,15 +1,18 @@
 """Community pipelines and remote code, loaded only after the kit has shown what will run.
 
-diffusers executes Python from three places: a `custom_pipeline` (a local file or folder, or a
-community pipeline fetched by name), a repository's own pipeline class (`_class_name` as a list in
-model_index.json), and custom components (`["module", "Class"]` entries, or `auto_map` in a component's
-config). This module lists those files and their sha256 *before* anything runs, compares them with a
-pinned manifest when you have one, and refuses the unsafe forms:
+diffusers executes Python from three places: a `custom_pipeline` (a local file or folder, a Hub
+repository holding `pipeline.py`, or a community pipeline fetched by name), a repository's own pipeline
+class (`_class_name` as a list in model_index.json), and custom components (`["module", "Class"]`
+entries, or `auto_map` in a component's config). This module lists those files and their sha256
+*before* anything runs, compares them with a pinned manifest when you have one, and refuses the unsafe
+forms:
 
 * a local path that does not exist (diffusers would treat it as a Hub repo or a community name);
 * `trust_remote_code` for a Hub repo whose `revision` is not a full 40-hex commit (a branch can change
-  under you), unless `i_accept_unpinned_remote_code=True`;
-* a community pipeline by name while offline (diffusers asks PyPI with no timeout and would hang);
+  under you), unless `i_accept_unpinned_remote_code=True`; the same for a Hub-repo `custom_pipeline`
+  and its `custom_revision` (a Hub model repo holding no code is pinned at its current commit for you);
+* a community pipeline by name that is neither reachable nor cached (the kit fetches it from the
+  mirror itself: diffusers' own by-name path first asks PyPI with no timeout and can hang);
 * a `custom_revision` like "v0.41.0" (diffusers wants "0.41.0" or "main");
 * anything at all while DIFFUSERS_DISABLE_REMOTE_CODE is set.
 
@@ -76,8 +79,32 @@ def _refuse_if_disabled() -> None:
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
     """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root).
-    Never a Hub lookup: the rule is `rules.custom_pipeline_path`."""
-    return rules.custom_pipeline_path("custom_pipeline", path)
+    Never a Hub lookup: the rule is `rules.custom_pipeline_path`; a Hub repo id needs `custom_revision`."""
+    try:
+        return rules.custom_pipeline_path("custom_pipeline", path)
+    except LocalPathNotFoundError as error:
+        if not hub_repo_id(path):
+            raise
+        raise LocalPathNotFoundError(
+            error.rule, name=error.name, value=error.value,
+            fix=f"{error.fix} If you meant the Hub repository {str(path)!r} (holding pipeline.py), pass "
+                "custom_revision='<40-hex commit>' to pin the code you read.",
+        ) from None
+
+
+def hub_repo_id(custom_pipeline) -> str | None:
+    """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
+    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1:
+        return None
+    if any(c.exists() for c in rules.find_local(custom_pipeline)) or sources._looks_like_local_path(custom_pipeline):
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(custom_pipeline)
+    except HFValidationError:
+        return None
+    return custom_pipeline
 
 
 def _sha256(path: Path) -> str:
@@ -94,7 +121,25 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
         return Path(source) / name
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(source, name, revision=revision, local_files_only=loading.hub_offline()))
+    with sources.hub_access(source):
+        return Path(hf_hub_download(source, name, revision=revision, local_files_only=loading.hub_offline()))
+
+
+def hub_pipeline_files(repo_id: str, custom_revision: str | None) -> list[CodeFile]:
+    """What `custom_pipeline="<repo_id>", custom_revision=...` executes: the repo's pipeline.py and every file
+    it imports relatively (diffusers fetches those too), downloaded at that revision."""
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
+
+    files, queue, seen = [], ["pipeline.py"], set()
+    while queue:
+        name = queue.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _fetch(repo_id, name, custom_revision)
+        files.append(_code_file(f"custom_pipeline {repo_id}", name, path))
+        queue += [module.replace(".", "/") + ".py" for module in get_relative_imports(str(path))]
+    return files
 
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
@@ -153,18 +198,47 @@ def verify(files: list[CodeFile], pinned: dict[str, str]) -> None:
         raise RemoteCodeChanged(changes)
 
 
-def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False) -> None:
+def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False,
+                   name: str = "revision") -> None:
     """Remote code from the Hub runs only at a full commit hash: a branch or tag can be moved to new code."""
     if Path(model_id).is_dir() or i_accept_unpinned_remote_code:
         return
     try:
-        rules.commit("revision", revision, allow_empty=False)
+        rules.commit(name, revision, allow_empty=False)
     except InvalidParameterError as error:
         raise RemoteCodeRefused(
             f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load",
-            name="revision", value=revision,
+            name=name, value=revision,
             fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
         ) from None
+
+
+def _pin_if_codeless(model_id: str) -> str | None:
+    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin).
+
+    With trust_remote_code=True, diffusers would also run any code the repo gained later: loading at the
+    commit just checked keeps a plain model repo (weights only) from changing under a custom pipeline.
+    """
+    if loading.hub_offline():
+        return None
+    from huggingface_hub import model_info
+
+    with sources.hub_access(model_id):
+        commit = model_info(model_id).sha
+    if code_files(model_id, None, commit):
+        return None
+    print(f"note: {model_id} holds no code; loading it at its current commit {commit}")
+    return commit
+
+
+def _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code) -> str | None:
+    """The Hub repo id when `custom_pipeline` is one the caller chose knowingly (a custom_revision, or the
+    explicit acceptance of moving code); its revision checked like any remote code."""
+    repo_id = hub_repo_id(custom_pipeline) if custom_pipeline is not None else None
+    if repo_id is None or (custom_revision is None and not i_accept_unpinned_remote_code):
+        return None  # a local path (or the clear "not found" error from resolve_custom_pipeline)
+    check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
+    return repo_id
 
 
 def _audit(files: list[CodeFile], pinned: dict[str, str] | None, runner: str = "diffusers will execute") -> None:
@@ -180,8 +254,9 @@ class Audit:
 
     source: str | None  # the model to pass to from_pretrained: a resolved folder, or the Hub id
     revision: str | None  # the commit to pass (None for local folders, which diffusers ignores it for)
-    custom_pipeline: str | None  # the resolved file or folder to pass as custom_pipeline=
+    custom_pipeline: str | None  # the resolved file or folder, or the Hub repo id, to pass as custom_pipeline=
     files: list[CodeFile]
+    custom_revision: str | None = None  # the commit to pass as custom_revision= (a Hub repo custom_pipeline)
 
     @property
     def manifest(self) -> dict[str, str]:
@@ -189,41 +264,62 @@ class Audit:
 
 
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
-          pinned: dict[str, str] | None = None, i_accept_unpinned_remote_code: bool = False) -> Audit:
+          custom_revision: str | None = None, pinned: dict[str, str] | None = None,
+          i_accept_unpinned_remote_code: bool = False) -> Audit:
     """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run.
 
     Refuses the unsafe forms (see the module docstring), prints each file with its sha256, and compares them
     with `pinned` when given. Pass the returned `source`, `revision` and `custom_pipeline` to the diffusers
     call on the next line, so that what runs is exactly what was shown. `model_id=None` audits a
     `custom_pipeline` alone (for `from_pipe`).
+
+    `custom_pipeline` may be a Hub repo id holding pipeline.py ("user/repo"), pinned by
+    `custom_revision="<40-hex commit>"` as `revision` pins a Hub model's own code. A Hub model given
+    without `revision` that holds no code is pinned at its current commit (the returned `revision`).
     """
     _refuse_if_disabled()
-    resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
+    hub_pipeline = _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code)
+    if hub_pipeline is not None:
+        resolved, pipeline_files = hub_pipeline, hub_pipeline_files(hub_pipeline, custom_revision)
+    else:
+        resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
+        custom_revision = pipeline_files = None
     if model_id is None:
         if resolved is None:
             raise InvalidParameterError("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
-        script = Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py"
-        files = [_code_file("custom_pipeline", script.name, script)]
+        if pipeline_files is not None:
+            files = pipeline_files
+        else:
+            script = Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py"
+            files = [_code_file("custom_pipeline", script.name, script)]
         source = None
     else:
         source = loading.resolve_model_source(model_id, revision)
         if Path(source).is_dir() and revision:
             print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers ignores it too)")
             revision = None
+        if revision is None and not Path(source).is_dir() and not i_accept_unpinned_remote_code:
+            revision = _pin_if_codeless(source)
         check_revision(source, revision, i_accept_unpinned_remote_code)
-        files = code_files(source, resolved, revision)
+        if hub_pipeline is not None:
+            files = pipeline_files + code_files(source, None, revision)
+        else:
+            files = code_files(source, resolved, revision)
     _audit(files, pinned)
-    return Audit(source, revision or None, resolved, files)
+    return Audit(source, revision or None, resolved, files, custom_revision)
 
 
 def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, custom_pipeline=None,
-                              pinned: dict[str, str] | None = None, i_accept_unpinned_remote_code: bool = False,
-                              dtype="auto", device_map="auto", **kwargs):
+                              custom_revision: str | None = None, pinned: dict[str, str] | None = None,
+                              i_accept_unpinned_remote_code: bool = False, dtype="auto", device_map="auto",
+                              **kwargs):
     """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`."""
-    audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, pinned=pinned,
-                    i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
+    audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, custom_revision=custom_revision,
+                    pinned=pinned, i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
     if audited.custom_pipeline is not None:
         kwargs["custom_pipeline"] = audited.custom_pipeline
+    if audited.custom_revision is not None:
+        kwargs["custom_revision"] = audited.custom_revision
     return loading.load_pipeline(audited.source, dtype=dtype, device_map=device_map, revision=audited.revision,
                                  trust_remote_code=True, **kwargs)
 
@@ -253,38 +349,77 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
     return loading.load_component(folder, dtype=dtype, trust_remote_code=True)
 
 
-def from_pipe(pipe, custom_pipeline, *, pinned: dict[str, str] | None = None, dtype=None):
-    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`."""
+def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinned: dict[str, str] | None = None,
+              dtype=None, i_accept_unpinned_remote_code: bool = False):
+    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`.
+
+    A Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`, as in `audit`.
+    """
     from diffusers import DiffusionPipeline
 
-    audited = audit(custom_pipeline=custom_pipeline, pinned=pinned)
+    audited = audit(custom_pipeline=custom_pipeline, custom_revision=custom_revision, pinned=pinned,
+                    i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
+    extra = {"custom_revision": audited.custom_revision} if audited.custom_revision else {}
     return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=audited.custom_pipeline,
-                             trust_remote_code=True)
+                             trust_remote_code=True, **extra)
 
 
-def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
-                            pinned: dict[str, str] | None = None, dtype="auto", device_map="auto", **kwargs):
-    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first.
-
-    The kit downloads the file itself (the same file diffusers would fetch), shows its hash, then passes
-    the local copy as `custom_pipeline`, so what runs is exactly what was shown.
-    """
+def community_file(name: str, custom_revision: str | None = None) -> str:
+    """The mirror path diffusers fetches for `custom_pipeline=name, custom_revision=...`: "v0.42.1/name.py"
+    for a release (the installed one by default), "main/name.py" for "main"."""
     import diffusers
-    from huggingface_hub import hf_hub_download
 
-    _refuse_if_disabled()
     rules.community_name("name", name)
     if custom_revision is not None:
         rules.custom_revision("custom_revision", custom_revision)
-    if loading.hub_offline() or not sources.reachable("pypi.org"):
+    if custom_revision == "main":
+        return f"main/{name}.py"
+    return f"v{custom_revision or '.'.join(diffusers.__version__.split('.')[:3])}/{name}.py"
+
+
+def download_community_pipeline(name: str, custom_revision: str | None = None,
+                                mirror_revision: str | None = None) -> Path:
+    """`name` from the dataset diffusers/community-pipelines-mirror, in the Hugging Face cache (fetched through
+    HF_ENDPOINT with the Hub client's timeouts; the cached copy when offline).
+
+    diffusers' own by-name path asks PyPI for its release list first (urllib, no timeout; HF_HUB_OFFLINE does
+    not stop it) only to turn `custom_revision` into this same file name: the kit needs no PyPI.
+    `mirror_revision` pins the mirror itself at a commit (the file under v0.42.1/ can still be edited).
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    path = community_file(name, custom_revision)
+    offline = loading.hub_offline()
+    try:
+        with sources.hub_access(MIRROR, "dataset"):
+            return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
+                                        local_files_only=offline))
+    except LocalEntryNotFoundError:
+        if not offline:
+            raise
         raise ModelNotCachedOfflineError(
-            f"Community pipeline {name!r} needs the Hugging Face Hub and PyPI, and this machine is offline. "
-            "(diffusers would ask PyPI for its release list with no timeout and hang.) Run this online, or "
-            "download the file once and pass it as a local custom_pipeline."
-        )
-    version = custom_revision or "v" + ".".join(diffusers.__version__.split(".")[:3])
-    folder = version if version == "main" or version.startswith("v") else f"v{version}"
-    script = Path(hf_hub_download(MIRROR, f"{folder}/{name}.py", repo_type="dataset"))
+            f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be reached. "
+            "(diffusers' own by-name path would also ask PyPI for its release list with no timeout and hang.) "
+            "Run this online once, or pass a local copy of the file as custom_pipeline."
+        ) from None
+    except EntryNotFoundError:
+        raise InvalidParameterError(
+            "custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
+            "Pick a diffusers release that has this pipeline, or 'main'.",
+        ) from None
+
+
+def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
+                            mirror_revision: str | None = None, pinned: dict[str, str] | None = None,
+                            dtype="auto", device_map="auto", **kwargs):
+    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first.
+
+    The kit downloads the file itself (the same file diffusers would fetch for this `custom_revision`),
+    shows its hash, then passes a private copy as `custom_pipeline`, so what runs is exactly what was shown.
+    """
+    _refuse_if_disabled()
+    script = download_community_pipeline(name, custom_revision, mirror_revision)
     with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
         local = Path(private) / f"{name}.py"
         shutil.copyfile(script, local)
@@ -338,3 +473,31 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned: dict[str
         files.append(_code_file("direct import", name, path.resolve()))
     _audit(files, pinned, runner="importing runs")
     return files
+
+
+def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
+    """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
+    and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
+    folder = Path(sources.resolve_model_source(os.fspath(folder)))
+    index = loading.read_model_index(str(folder))
+    needed = []
+    if isinstance(index.get("_class_name"), list):
+        needed.append(f"{index['_class_name'][0]}.py")
+    needed += [f"{name}/{spec[0]}.py" for name, spec in index.items()
+               if not name.startswith("_") and isinstance(spec, list) and spec[0] not in KNOWN_LIBRARIES
+               and not _is_diffusers_pipeline_module(spec[0])]
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise LocalPathNotFoundError(
+            f"{str(folder)!r} names code that is not in it: {', '.join(missing)}. save_pretrained (and push_to_hub) "
+            "write weights and configs only; copy the code back with community.add_remote_code() before uploading."
+        )
+    files = code_files(str(folder))
+    print(report(files))
+    return files
+
+
+def _is_diffusers_pipeline_module(module: str) -> bool:
+    import diffusers.pipelines
+
+    return hasattr(diffusers.pipelines, module)

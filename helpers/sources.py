@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .env import truthy
-from .errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
+
+
+class HubAccessRefused(KitError, PermissionError):
+    """The Hub answered that this repository needs accepted terms or a token (gated or private)."""
 
 
 def _looks_like_local_path(model_id: str) -> bool:
@@ -25,21 +30,51 @@ def _looks_like_local_path(model_id: str) -> bool:
     return "/" in model_id and Path(model_id).parent.is_dir()
 
 
-def reachable(host: str, timeout: float = 3.0) -> bool:
-    """One TCP connect to `host`:443, bounded by `timeout` (a dropped network must not hang)."""
+def reachable(host: str, timeout: float = 3.0, port: int = 443) -> bool:
+    """One TCP connect to `host`:`port`, bounded by `timeout` (a dropped network must not hang)."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
 @cache
+def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
+    url = urlparse(endpoint)
+    return reachable(url.hostname, timeout, url.port or (80 if url.scheme == "http" else 443))
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint answers (asked once per process)."""
+    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror on another port) answers; asked once per endpoint."""
     from huggingface_hub import constants
 
-    return reachable(urlparse(constants.ENDPOINT).hostname, timeout)
+    return _endpoint_reachable(constants.ENDPOINT, timeout)
+
+
+hub_reachable.cache_clear = _endpoint_reachable.cache_clear  # tests and long sessions can ask again
+
+
+@contextmanager
+def hub_access(repo_id: str, repo_type: str = "model"):
+    """Turn the Hub's 401/403 for a gated or private repository into the kit's message (what to do, no token shown).
+
+    Everything else (a missing repo or file, a network error) passes through unchanged.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError
+
+    try:
+        yield
+    except GatedRepoError as error:
+        prefix = "" if repo_type == "model" else f"{repo_type}s/"
+        page = f"{constants.ENDPOINT}/{prefix}{repo_id}"
+        status = getattr(getattr(error, "response", None), "status_code", "401/403")
+        raise HubAccessRefused(
+            f"{repo_id!r} is gated: the Hub answered {status} and nothing was downloaded. Open {page}, log in and "
+            "accept its terms, then make your token available to this process (HF_TOKEN, `hf auth login`, or a "
+            "Colab secret named HF_TOKEN) and run this again. Or pick a model that is not gated."
+        ) from None
 
 
 def hub_offline() -> bool:
@@ -112,7 +147,9 @@ def read_model_index(source: str, revision: str | None = None) -> dict:
     else:
         from huggingface_hub import hf_hub_download
 
-        index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
+        with hub_access(source):
+            index = Path(hf_hub_download(source, "model_index.json", revision=revision,
+                                         local_files_only=hub_offline()))
     if not index.is_file():
         raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
     return json.loads(index.read_text())

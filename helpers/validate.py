@@ -81,6 +81,7 @@ RULES = {
     "install": rules.flag,
     "report_only": rules.flag,
     "enable_pag": rules.flag,
+    "publish_to_hub": rules.flag,
     "local_dir": rules.text,
     "hf_home": rules.text,
     "output_dir": rules.output_folder,

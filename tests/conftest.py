@@ -55,3 +55,64 @@ def simulated_cuda_host(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index=0: t4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: t4.name)
+
+
+# --- A local Hub on 127.0.0.1 (tests/localhub.py): the Hub paths run for real, never off this machine ---
+
+HUB_WRITER_TOKEN = "hf_LocalHubWriter" + "Z" * 20  # accepted for uploads and gated repos; never printed by the kit
+COMPONENTS_REPO = "kit-community/kit-components"  # a community-components repo, published at a fixed commit
+PREVIEWS_REPO = "kit-community/kit-previews"  # a Hub repo holding pipeline.py (custom_pipeline="<user>/<repo>")
+GATED_REPO = "black-forest-labs/FLUX.1-dev"  # gated on the real Hub too
+MIRROR = "diffusers/community-pipelines-mirror"
+HUB_MODELS = {"stable-diffusion-v1-5/stable-diffusion-v1-5": "sd-safety", "Qwen/Qwen-Image": "qwen-image"}
+
+
+@pytest.fixture(scope="session")
+def local_hub_server(tiny):
+    """One server per session with the tiny models under their real ids, a components repo at two commits
+    (the second changes its code), a Hub custom pipeline, the community mirror and a gated repo."""
+    import diffusers
+    from localhub import LocalHub
+
+    from helpers.community import COMMUNITY
+
+    hub = LocalHub(tokens={HUB_WRITER_TOKEN})
+    for repo_id, name in HUB_MODELS.items():
+        hub.add_folder(repo_id, tiny[name], message="tiny stand-in")
+    hub.pinned = {"components": hub.add_folder(COMPONENTS_REPO, tiny["sd-components"], message="publish")}
+    unet_code = (tiny["sd-components"] / "unet" / "kit_counting_unet.py").read_bytes()
+    hub.add_files(COMPONENTS_REPO, {"unet/kit_counting_unet.py": unet_code + b"\nCHANGED_AFTER_PIN = True\n"},
+                  message="a later change to the code")
+    hub.pinned["previews"] = hub.add_folder(PREVIEWS_REPO, COMMUNITY / "kit_previews", message="pipeline.py")
+    # Stand-in content: the kit's prompt-weighting pipeline under the name of diffusers' LPW community pipeline.
+    release = "v" + ".".join(diffusers.__version__.split(".")[:3])
+    weighting = (COMMUNITY / "kit_prompt_weighting.py").read_bytes()
+    hub.pinned["mirror"] = hub.add_files(MIRROR, {f"{release}/lpw_stable_diffusion.py": weighting,
+                                                  "main/lpw_stable_diffusion.py": weighting}, repo_type="dataset")
+    hub.repo(GATED_REPO, gated=True)
+    hub.add_files(GATED_REPO, {"model_index.json": b'{"_class_name": "FluxPipeline"}'})
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def hub(local_hub_server, monkeypatch):
+    """This test talks to the local Hub: HF_ENDPOINT points at it (set in the environment, and in the constants
+    huggingface_hub read when it was imported), the Hub is online, and nothing else can be reached."""
+    from huggingface_hub import constants, hf_api
+
+    from helpers import sources
+
+    url = local_hub_server.url
+    for name, value in runner.hub_environment(url).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_api.api, "endpoint", url)
+    sources.hub_reachable.cache_clear()
+    offbox_before = len(local_hub_server.offbox)
+    yield local_hub_server
+    sources.hub_reachable.cache_clear()
+    assert local_hub_server.offbox[offbox_before:] == [], "a request tried to leave the machine"

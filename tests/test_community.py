@@ -216,11 +216,24 @@ def test_only_helpers_community_passes_trust_remote_code():
     assert [name for name, source in sources.items() if passes_trust_remote_code(source)] == ["helpers/community.py"]
 
 
+def _in_order(body):
+    """Simple statements in execution order, entering if/for/while/with/try blocks (a guarded cell's audit and
+    call live inside `if ...:`); function and class bodies are left whole."""
+    for statement in body:
+        blocks = [getattr(statement, name, None) or [] for name in ("body", "orelse", "finalbody")]
+        blocks += [handler.body for handler in getattr(statement, "handlers", [])]
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) or not any(blocks):
+            yield statement
+        else:
+            for block in blocks:
+                yield from _in_order(block)
+
+
 def unaudited_remote_code_calls(cell_source: str) -> list[str]:
     """Calls passing trust_remote_code=True that do not take their model and custom_pipeline from a
     `X = community.audit(...)` made earlier in the same cell (with no other assignment to X between)."""
     problems, audits = [], set()
-    for statement in ast.parse(cell_source).body:
+    for statement in _in_order(ast.parse(cell_source).body):
         for node in ast.walk(statement):
             if not isinstance(node, ast.Call) or not any(
                     k.arg == "trust_remote_code" and getattr(k.value, "value", None) is True for k in node.keywords):
@@ -247,6 +260,10 @@ def test_notebooks_pass_trust_remote_code_only_right_after_an_audit():
     assert unaudited_remote_code_calls(audited.replace("a.source", "other"))  # another source than the audited one
     assert unaudited_remote_code_calls(audited.replace("a = community.audit(m, custom_pipeline=p)\n",
                                                        "a = community.audit(m)\na = something_else()\n"))
+    guarded = "if ok:\n    " + audited.replace("\n", "\n    ")
+    assert unaudited_remote_code_calls(guarded) == []  # audit and call inside the same guard
+    assert unaudited_remote_code_calls("if ok:\n    a = community.audit(m)\nelse:\n    a = other()\n"
+                                       "x = DiffusionPipeline.from_pretrained(a.source, trust_remote_code=True)")
     calls = 0
     for path in sorted(ROOT.glob("notebooks/*.ipynb")):
         for cell in nbformat.read(path, as_version=4).cells:

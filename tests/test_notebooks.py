@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+from conftest import HUB_MODELS
 from nbformat.v4 import new_code_cell, new_notebook
 
 from helpers import outputs
@@ -22,6 +24,9 @@ from tools import runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
 CANARY = "hf_KitCanary" + "Q" * 30  # every harness run sees this HF_TOKEN; it must appear in no output
+# Notebooks whose Hub cells run against the local Hub (tests/localhub.py): their real default Hub ids are
+# served by it (no tiny stand-in folders), and these parameters turn their Hub sections on.
+HUB_NOTEBOOKS = {"02_load_and_generate": {}, "04_community_pipelines": {"publish_to_hub": True}}
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +36,22 @@ def run_folder() -> Path:
 
 
 @pytest.fixture(scope="session")
-def executed(tiny, run_folder):
-    """Run each notebook at most once per session, on first request."""
+def executed(tiny, run_folder, local_hub_server):
+    """Run each notebook at most once per session, on first request; HUB_NOTEBOOKS against the local Hub."""
     results: dict[str, runner.Result] = {}
+    local_hub_server.tokens.add(CANARY)  # the canary token may publish, so it travels in real requests
 
     def run(notebook: Path, **overrides) -> runner.Result:
         key = notebook.stem + "".join(f"-{Path(str(v)).name}" for v in overrides.values())
         if key not in results:
-            parameters = {**runner.headless_parameters(notebook, tiny, run_folder / key), **overrides}
-            os.environ["HF_TOKEN"] = CANARY  # kernels inherit it; the autouse fixture removes it afterwards
-            try:
-                results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters)
-            finally:
-                del os.environ["HF_TOKEN"]
+            environment = {"HF_TOKEN": CANARY}  # kernels get it; it must appear in no output
+            served, hub_parameters = frozenset(), {}
+            if notebook.stem in HUB_NOTEBOOKS:
+                environment.update(runner.hub_environment(local_hub_server.url))
+                served, hub_parameters = frozenset(HUB_MODELS), HUB_NOTEBOOKS[notebook.stem]
+            parameters = {**runner.headless_parameters(notebook, tiny, run_folder / key, served),
+                          **hub_parameters, **overrides}
+            results[key] = runner.execute(notebook, run_folder / f"{key}.ipynb", parameters, environment)
         return results[key]
 
     return run
@@ -88,13 +96,16 @@ def test_some_notebook_keeps_reference_outputs():
 
 
 @pytest.mark.parametrize("notebook", COMPARED, ids=[n.stem for n in COMPARED])
-def test_executed_notebook_passes_nbval(executed, notebook):
+def test_executed_notebook_passes_nbval(executed, notebook, local_hub_server):
     result = executed(notebook)
     if result.error:
         pytest.skip(f"execution failed; reported by test_notebook_executes_headless: {result.error.cell}")
+    environment = {**os.environ, "HF_TOKEN": CANARY}  # nbval runs the cells again, in a kernel of its own
+    if notebook.stem in HUB_NOTEBOOKS:
+        environment.update(runner.hub_environment(local_hub_server.url))
     check = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(result.executed)],
-        capture_output=True, text=True, cwd=runner.ROOT,
+        capture_output=True, text=True, cwd=runner.ROOT, env=environment,
     )
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-2000:]
     assert " passed" in check.stdout
@@ -218,7 +229,7 @@ def test_community_notebook_audits_before_each_load(executed):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
-    assert "refused: custom_revision='v0.41.0'" in text["name"] and "skipped" in text["name"]
+    assert "refused: custom_revision='v0.41.0'" in text["name"]
     assert "after save_pretrained, .py files: none" in text["publish"]
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
@@ -278,3 +289,31 @@ def test_batch_notebook_resumes_and_repairs(executed):
     assert "largest pixel difference 0" in text["one-item"]
     folder = result.executed.parent / result.executed.stem
     assert len(list(folder.glob("*.png"))) == count
+
+
+def test_community_notebook_runs_its_hub_paths_against_the_local_hub(executed, local_hub_server):
+    """Notebook 04 with its real default ids, served by the local Hub: by name, publish, load back, pin."""
+    result, text = run_ok(executed, "04_community_pipelines.ipynb")
+    assert "skipped" not in text["name"]  # the by-name pipeline came from the mirror dataset
+    published = re.search(r"published kit-tester/kit-components at commit ([0-9a-f]{40})", text["hub-publish"])
+    assert published and local_hub_server.repo("kit-tester/kit-components").at(published[1]) is not None
+    assert f"KitComponentsPipeline from kit-tester/kit-components at {published[1][:10]}" in text["hub-load"]
+    assert "diffusers will execute 2 code file(s)" in text["hub-load"]
+    listing = text["hub-load"].split("snapshot_download -> ")[1]
+    assert "model_index.json" in listing and "unet" in listing and "pipeline_kit_components.py" in listing
+    assert "-> KitPreviewPipeline, previews at steps [" in text["hub-pipeline"]
+    assert "refused: custom_revision='main' is not valid" in text["hub-pipeline"]
+    pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
+    assert {"community-by-name-seed42.png", "components-from-hub-seed42.png", "previews-from-hub-seed42.png"} <= pngs
+    asked = {path for _, path, _ in local_hub_server.requests}
+    assert any(path.endswith("/lpw_stable_diffusion.py") for path in asked)  # by name, from the mirror
+    assert local_hub_server.offbox == []  # nothing tried to reach PyPI or huggingface.co
+
+
+def test_load_and_generate_downloads_its_real_default_through_the_local_hub(executed, local_hub_server):
+    """Notebook 02 keeps model_id="Qwen/Qwen-Image": the local Hub serves it and the snapshot_download cell runs."""
+    result, text = run_ok(executed, "02_load_and_generate.ipynb")
+    assert "Qwen/Qwen-Image is in " in text["local"]
+    folder = Path(text["local"].split("Qwen/Qwen-Image is in ", 1)[1].strip())
+    assert (folder / "model_index.json").is_file() and (folder / "transformer").is_dir()
+    assert any(p.startswith("/api/models/Qwen/Qwen-Image/tree/") for _, p, _ in local_hub_server.requests)

@@ -56,7 +56,7 @@ def test_each_notebooks_line_is_printed_as_it_finishes(tmp_path, monkeypatch, ca
     """make run: a notebook's line appears before the next notebook starts, not all at the end."""
     seen_before_second = []
 
-    def fake_run_all(notebooks, run_folder, tiny_dir, on_result=None):
+    def fake_run_all(notebooks, run_folder, tiny_dir, on_result=None, hub_endpoint=None):
         results = []
         for notebook in notebooks:
             if results:
@@ -79,3 +79,26 @@ def test_headless_kernels_print_no_tcp_encryption_warning(tmp_path, capfd):
     result = runner.execute(notebook, tmp_path / "out.ipynb", {})
     assert result.error is None
     assert "without encryption" not in capfd.readouterr().err
+
+
+def test_ids_a_local_hub_serves_keep_their_real_defaults(tiny):
+    declared = {"model_id": {"default": '"Qwen/Qwen-Image"'}, "vae_id": {"default": "'madebyollin/sdxl-vae-fp16-fix'"}}
+    assert runner.stand_ins(declared, tiny, served=frozenset({"Qwen/Qwen-Image"})) == {"vae_id": str(tiny["vae-alt"])}
+
+
+def test_kernel_environment_reaches_the_kernel_and_is_restored(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    before = dict(os.environ)
+    code = "import os\nprint(os.environ['HF_ENDPOINT'], os.environ['HF_HUB_OFFLINE'], os.environ['no_proxy'])"
+    notebook = new_notebook(cells=[new_code_cell(code)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "env.ipynb")
+    result = runner.execute(tmp_path / "env.ipynb", tmp_path / "out.ipynb", {},
+                            runner.hub_environment("http://127.0.0.1:9"))
+    assert result.error is None
+    printed = nbformat.read(result.executed, as_version=4).cells[-1].outputs[0]["text"]
+    assert printed.split() == ["http://127.0.0.1:9", "0", "127.0.0.1,localhost"]
+    assert dict(os.environ) == before  # this process's environment is as it was

@@ -12,6 +12,7 @@ import ast
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,15 +41,16 @@ TINY_STAND_INS = {
 }
 
 
-def stand_ins(declared: dict, tiny: dict[str, Path]) -> dict:
-    """Every parameter whose default is a known Hub id gets the matching tiny folder."""
+def stand_ins(declared: dict, tiny: dict[str, Path], served: frozenset[str] = frozenset()) -> dict:
+    """Every parameter whose default is a known Hub id gets the matching tiny folder, unless a local Hub
+    serves that id (`served`): then the notebook keeps its real default and downloads it."""
     chosen = {}
     for name, info in declared.items():
         try:
             default = ast.literal_eval(info["default"])
         except (ValueError, SyntaxError):
             continue
-        if isinstance(default, str) and default in TINY_STAND_INS:
+        if isinstance(default, str) and default in TINY_STAND_INS and default not in served:
             chosen[name] = str(tiny[TINY_STAND_INS[default]])
     return chosen
 
@@ -74,9 +76,37 @@ def declared_parameters(notebook: Path) -> dict:
     return papermill.inspect_notebook(str(notebook))
 
 
-def headless_parameters(notebook: Path, tiny: dict[str, Path], output_dir: Path) -> dict:
-    """The parameters a headless run injects: tiny stand-ins for Hub ids, then small sizes and steps."""
-    return {**stand_ins(declared_parameters(notebook), tiny), **tiny_parameters(tiny, output_dir)}
+def headless_parameters(notebook: Path, tiny: dict[str, Path], output_dir: Path,
+                        served: frozenset[str] = frozenset()) -> dict:
+    """The parameters a headless run injects: tiny stand-ins for Hub ids (except those a local Hub serves),
+    then small sizes and steps."""
+    return {**stand_ins(declared_parameters(notebook), tiny, served), **tiny_parameters(tiny, output_dir)}
+
+
+def hub_environment(endpoint: str) -> dict[str, str]:
+    """Kernel environment for a run against a Hub mirror or local stand-in at `endpoint` (HF_ENDPOINT, online).
+
+    Every proxy variable points at the same endpoint and only 127.0.0.1/localhost bypass it: a stand-in that
+    refuses to proxy (tests/localhub.py) makes any attempt to reach another host fail at once, visibly.
+    """
+    proxy = {name: endpoint for name in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY")}
+    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", **proxy,
+            "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+@contextmanager
+def environment_of_kernels(overrides: dict[str, str] | None):
+    """Kernels inherit os.environ when they start: set `overrides` for the run, then restore what was there."""
+    saved = {name: os.environ.get(name) for name in overrides or {}}
+    os.environ.update(overrides or {})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class NotebookFailed(RuntimeError):
@@ -118,18 +148,22 @@ def encrypted_kernel_manager():
     return EncryptedKernelManager
 
 
-def execute(notebook: Path, executed: Path, parameters: dict) -> Result:
-    """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error."""
+def execute(notebook: Path, executed: Path, parameters: dict, environment: dict[str, str] | None = None) -> Result:
+    """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error.
+
+    `environment` is added to the kernel's environment for this run only (e.g. `hub_environment(url)`).
+    """
     start = time.perf_counter()
     executed.parent.mkdir(parents=True, exist_ok=True)
     declared = declared_parameters(notebook)
     chosen = {name: value for name, value in parameters.items() if name in declared}
     try:
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters=chosen, cwd=str(notebook.parent),
-            kernel_name="python3", progress_bar=False, log_output=False,
-            kernel_manager_class=encrypted_kernel_manager(),
-        )
+        with environment_of_kernels(environment):
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters=chosen, cwd=str(notebook.parent),
+                kernel_name="python3", progress_bar=False, log_output=False,
+                kernel_manager_class=encrypted_kernel_manager(),
+            )
         error = None
     except PapermillExecutionError as failure:
         cell = _failing_cell(executed)
@@ -177,13 +211,16 @@ def report(result: Result, extra: str = "") -> None:
         print(f"       {result.error}", file=sys.stderr, flush=True)
 
 
-def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR, on_result=None) -> list[Result]:
+def run_all(notebooks: list[Path], run_folder: Path, tiny_dir: Path = TINY_DIR, on_result=None,
+            hub_endpoint: str | None = None) -> list[Result]:
+    """Every notebook on the tiny models; with `hub_endpoint`, their Hub cells talk to that Hub (a mirror)."""
     headless_environment()
     tiny = build_all(tiny_dir)
+    environment = hub_environment(hub_endpoint) if hub_endpoint else None
     results = []
     for notebook in notebooks:
         parameters = headless_parameters(notebook, tiny, run_folder / notebook.stem)
-        results.append(execute(notebook, run_folder / notebook.name, parameters))
+        results.append(execute(notebook, run_folder / notebook.name, parameters, environment))
         if on_result:
             on_result(results[-1])
     return results
@@ -248,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all in notebooks/)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where run folders are created")
     parser.add_argument("--tiny-dir", type=Path, default=TINY_DIR, help="tiny model cache")
+    parser.add_argument("--hub-endpoint", metavar="URL", help="run the Hub cells against this Hub (HF_ENDPOINT, "
+                        "e.g. a mirror); without it the kernels are offline and those cells explain why they skip")
     parser.add_argument("--real", action="store_true", help="run with the notebooks' own defaults (real models) "
                         "on CUDA GPUs; needs network or a warm HF cache")
     args = parser.parse_args(argv)
@@ -264,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_real(notebooks, run_folder,
                            on_result=lambda r: report(r, f"  peak VRAM GiB {peak_vram(r.executed)}"))
     else:
-        results = run_all(notebooks, run_folder, args.tiny_dir, on_result=report)
+        results = run_all(notebooks, run_folder, args.tiny_dir, on_result=report, hub_endpoint=args.hub_endpoint)
     from helpers.outputs import write_gallery
 
     print(f"run folder: {run_folder} (gallery: {write_gallery(run_folder)})")
