@@ -280,7 +280,7 @@ def render(pipe, job: Job, item: Item, rank: int) -> dict:
     if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
         raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN "
                            f"or nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of {job.dtype!r}.")
-    metadata = outputs.generation_metadata(pipe, job.model_id, **parameters, item_id=item.id, dtype=job.dtype,
+    metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.dtype,
                                            quantization=job.quantization)
     return save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
 

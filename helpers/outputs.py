@@ -39,6 +39,8 @@ def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
 
     parameters, inputs = {}, {}
     for name, value in call.items():
+        if name.startswith("callback"):
+            continue  # progress and guard hooks: how the call was watched, not what it made
         if isinstance(value, torch.Generator):
             parameters["seed"] = value.initial_seed()
         elif value is None or isinstance(value, str | int | float | bool) or (

@@ -246,9 +246,11 @@ def test_sigkill_at_five_random_moments_then_resume(tiny, tmp_path):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         with Image.open(path) as image:
             image.verify()
-        metadata = outputs.read_metadata(path)["parameters"]
+        metadata = outputs.read_metadata(path)
         item = by_id[entry["id"]]
-        assert (metadata["prompt"], metadata["seed"], metadata["item_id"]) == (item.prompt, item.seed, item.id)
+        parameters = metadata["parameters"]
+        assert (parameters["prompt"], parameters["seed"], metadata["context"]["item_id"]) == (item.prompt, item.seed,
+                                                                                            item.id)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
