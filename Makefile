@@ -14,12 +14,14 @@ TORCH_INDEX ?=  # e.g. https://download.pytorch.org/whl/cpu where PyPI's torch w
 ## install: create .venv with the pinned stack (CPU torch first where there is no NVIDIA GPU)
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-gpu.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
 		$(PY) -m pip install --quiet --disable-pip-version-check $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX)) \
 			"$(TORCH_CPU)"; fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-gpu.txt; fi
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusers-notebook-kit)" >/dev/null
 	touch $(STAMP)
