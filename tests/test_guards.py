@@ -183,3 +183,21 @@ def test_a_normal_image_is_saved_without_a_warning(tmp_path):
 
 def test_nan_in_a_float_array_is_reported():
     assert guards.image_problem(np.full((4, 4, 3), np.nan, dtype=np.float32)) == "NaN/inf pixels"
+
+
+def test_notebook_02_with_guidance_1e300_saves_no_normal_png(tiny, tmp_path):
+    """The reported failure, end to end: papermill + notebook 02 on the tiny model with guidance_scale=1e300.
+
+    Before the guards it saved black PNGs with normal metadata and exited 0; now the generate cell stops
+    with the cause, and no PNG is saved as a normal result.
+    """
+    from tools import runner
+
+    notebook = runner.NOTEBOOKS / "02_load_and_generate.ipynb"
+    runner.headless_environment()
+    output_dir = tmp_path / "images"
+    parameters = {**runner.headless_parameters(notebook, tiny, output_dir), "guidance_scale": 1e300}
+    result = runner.execute(notebook, tmp_path / "executed.ipynb", parameters)
+    assert result.error is not None and "NonFiniteLatentsError" in str(result.error), result.error
+    assert "guidance_scale=1e+300 is far out of range" in str(result.error)
+    assert [p.name for p in output_dir.rglob("*.png") if not p.stem.endswith("-blank")] == []
