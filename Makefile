@@ -44,11 +44,12 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-browser.txt
 	touch $(BROWSER_STAMP)
 
-## test-gpu: every notebook with its real defaults (Hub models, real sizes) on CUDA GPUs; skips without one
+## test-gpu: bitsandbytes on the tiny models (tests/gpu), then every notebook with its real defaults on CUDA GPUs; skips without one
 test-gpu: install
+	$(PY) -m pytest tests/gpu -q
 	$(PY) -m tools.runner --real
 
-## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports)
+## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports, quantized weight memory)
 bench: install
 	$(PY) bench/run.py
 

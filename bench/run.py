@@ -155,6 +155,12 @@ def bench_imports(repeats: int = 5) -> dict:
     return {"diffusers_s": median_of(runs, "diffusers"), "helpers_on_top_s": median_of(runs, "helpers_on_top")}
 
 
+def bench_quant_memory() -> list[dict]:
+    import quant_memory
+
+    return quant_memory.run()
+
+
 def chart(results: dict, path: Path) -> None:
     """Horizontal bars of each ratio against its baseline (1.0 = same as the baseline)."""
     from PIL import Image, ImageDraw
@@ -202,6 +208,10 @@ def markdown(results: dict) -> str:
     lines += ["", "## Import cost", "", f"`import diffusers` and `from diffusers import DiffusionPipeline`: "
               f"{imports['diffusers_s']:.2f} s; the helpers modules on top of it: {imports['helpers_on_top_s']:.3f} s.",
               ""]
+    if "quant_memory" in results:
+        import quant_memory
+
+        lines += quant_memory.markdown(results["quant_memory"])
     return "\n".join(lines)
 
 
@@ -224,7 +234,8 @@ def main() -> None:
                        ("load", lambda: bench_load(sd15, weight_files())),
                        ("from_pipe", bench_from_pipe),
                        ("notebooks", lambda: bench_notebooks(tiny, run_folder)),
-                       ("imports", bench_imports)):
+                       ("imports", bench_imports),
+                       ("quant_memory", bench_quant_memory)):
         step_start = time.perf_counter()
         results[name] = step()
         print(f"{name}: {time.perf_counter() - step_start:.0f} s", flush=True)
