@@ -333,25 +333,3 @@ def stored_bytes(module: torch.nn.Module) -> int:
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return sum(_tensor_bytes(t, seen) for t in tensors.values())
 
-
-def _leaves(tensor: torch.Tensor):
-    """The plain tensors behind `tensor` (quantized subclasses unwrapped)."""
-    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
-    if type(data) is not torch.Tensor and hasattr(data, "__tensor_flatten__"):
-        for name in data.__tensor_flatten__()[0]:
-            yield from _leaves(getattr(data, name))
-    else:
-        yield data
-
-
-def touch(module: torch.nn.Module) -> int:
-    """Read one element per 4 KiB page of every tensor `module` stores, so memory-mapped weights become
-    resident (for RSS measurements). Returns the number of tensors read."""
-    count = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        for leaf in _leaves(tensor):
-            if leaf.numel() and leaf.device.type == "cpu":
-                flat = leaf.reshape(-1).view(torch.uint8) if leaf.is_contiguous() else leaf.reshape(-1)
-                flat[::4096].sum()
-                count += 1
-    return count

@@ -153,6 +153,18 @@ def test_tiny_sd_generates_from_a_gguf_file_the_kit_writes(tiny, tmp_path, refer
     assert 0 < difference < 20, difference
 
 
+def test_tiny_qwen_image_generates_from_a_gguf_transformer(tiny, tmp_path):
+    from helpers import guards
+
+    file = write_denoiser_gguf(tiny["qwen-image"], tmp_path / "transformer-Q8_0.gguf")
+    components = quantization.gguf_component(str(tiny["qwen-image"]), f"gguf:{file}", dtype=torch.float32)
+    assert list(components) == ["transformer"]
+    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype="float32", device_map="cpu", **components)
+    assert any(type(w).__name__ == "GGUFParameter" for w in _linear_weights(pipe.transformer))
+    image = pipe(**generation.call_arguments(pipe, **CALL, negative_prompt="blurry")).images[0]
+    assert guards.image_problem(image) is None and np.asarray(image).std() > 1
+
+
 def test_gguf_file_that_does_not_exist_is_named(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no GGUF file at .*missing\.gguf"):
         quantization.gguf_component(str(tiny["sd"]), f"gguf:{tmp_path / 'missing.gguf'}")
