@@ -19,6 +19,9 @@ replace `nn.Linear` alone; bitsandbytes the same); convolutions, norms, biases a
 load dtype. `quantized_bytes(module, ...)` predicts a component's weight memory from that rule, which is
 what the planner needs and what `make bench` measures.
 
+quanto (int4 on any device) is deprecated in diffusers 0.42.1 (`QuantoConfig` warns a FutureWarning: removal
+in diffusers 1.0.0, no replacement named); it is the agreed CPU int4 backend until torchao's int4 runs on CPU.
+
 bitsandbytes (nf4, LLM.int8) needs a CUDA GPU: without one it is refused here, before any download,
 with the CPU alternative. Nothing here imports a backend until a config is built, so planning works
 where none is installed.

@@ -122,12 +122,13 @@ def _linear_weights(module):
     ("int4", "quanto", "WeightQBitsTensor|QBitsTensor|TinyGemmWeightQBitsTensor"),
 ])
 def test_tiny_sd_generates_quantized(tiny, tmp_path, reference, name, backend, weight_type):
-    config = quantization.pipeline_config(name, ["unet"], backend, device="cpu", dtype=torch.float32)
+    # the UNet through diffusers' config class, the text encoder through transformers' one
+    config = quantization.pipeline_config(name, ["unet", "text_encoder"], backend, device="cpu", dtype=torch.float32)
     pipe = loading.load_pipeline(str(tiny["sd"]), dtype="float32", device_map="cpu", quantization_config=config)
-    kinds = {type(w).__name__ for w in _linear_weights(pipe.unet)} | {
-        type(getattr(w, "data", w)).__name__ for w in _linear_weights(pipe.unet)}
-    assert kinds & set(weight_type.split("|")), kinds  # the UNet's Linear layers really are quantized
-    assert not {type(w).__name__ for w in _linear_weights(pipe.text_encoder)} - {"Parameter"}  # small: left alone
+    for component in (pipe.unet, pipe.text_encoder):
+        kinds = {type(w).__name__ for w in _linear_weights(component)}
+        assert kinds & set(weight_type.split("|")), kinds  # its Linear layers really are quantized
+    assert not {type(w).__name__ for w in _linear_weights(pipe.vae)} - {"Parameter"}  # not named: left alone
     meta = architectures.build_from_config("diffusers", "UNet2DConditionModel", tiny["sd"] / "unet", "meta")
     predicted = quantization.quantized_bytes(meta, name, backend, torch.float32)
     assert predicted == pytest.approx(quantization.stored_bytes(pipe.unet), rel=0.01)
