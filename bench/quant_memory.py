@@ -102,8 +102,8 @@ def markdown(rows: list[dict]) -> list[str]:
              "stored = bytes of every tensor the model holds (quantized tensors unwrapped into data + scales):",
              "what the prediction predicts. RSS = the process's RSS growth over the load with `disable_mmap=True`,",
              "after gc and malloc_trim (a cross-check by the OS); 'before trim' is the same right after the load.",
-             "Only `nn.Linear` weights are quantized: a UNet keeps its convolutions in bf16, so int8 saves far less",
-             "than half (a transformer such as Qwen-Image or FLUX is almost all Linear).", "",
+             "Only `nn.Linear` weights are quantized; convolutions stay bf16. By parameters the SD-1.5 UNet is 31%",
+             "Linear (int8 saves 16%), the SDXL UNet 87% (saves 43%), Qwen-Image's and FLUX's transformers 100%.", "",
              "| model | weights | predicted GiB | stored GiB | error | RSS growth GiB | error vs RSS "
              "| before trim GiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -114,5 +114,9 @@ def markdown(rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from datetime import date
+
     table = run()
+    (BENCH / "results").mkdir(exist_ok=True)
+    (BENCH / "results" / f"quant-{date.today().isoformat()}.json").write_text(json.dumps(table, indent=2))
     print("\n".join(markdown(table)))
