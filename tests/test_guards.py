@@ -117,6 +117,16 @@ def test_a_gated_pipeline_load_without_a_token(hub):
             DiffusionPipeline.from_pretrained("org/gated")
 
 
+def test_load_pipeline_says_what_to_do_for_a_gated_repo(hub, monkeypatch):
+    from helpers import sources
+
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)  # its probe dials port 443, not ours
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    with pytest.raises(guards.GatedModelError, match=r"(?s)'org/gated' is gated.*accept the licence") as caught:
+        loading.load_pipeline("org/gated", dtype="float32", device_map="cpu")
+    assert SECRET not in str(caught.value)
+
+
 def test_hub_errors_that_are_not_access_pass_through():
     with pytest.raises(FileNotFoundError), guards.hub_access("org/x"):
         raise FileNotFoundError("no such file")
