@@ -19,7 +19,7 @@ help:
 ## install: create .venv with the pinned stack (without an NVIDIA GPU: a CPU torch, announced before download)
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml tools/install_torch.py
+$(STAMP): requirements.txt requirements-gpu.txt pyproject.toml tools/install_torch.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "== torch: a CPU build unless there is an NVIDIA GPU (tools/install_torch.py says what it fetches)"
 	$(PY) tools/install_torch.py "$(TORCH_CPU)" "$(strip $(TORCH_INDEX))"
@@ -27,6 +27,8 @@ $(STAMP): requirements.txt pyproject.toml tools/install_torch.py
 	$(PIP) -r requirements.txt
 	@echo "== the kit itself (editable) and its Jupyter kernel"
 	$(PIP) --quiet --no-deps --no-build-isolation -e .
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "== GPU-only backends (requirements-gpu.txt: bitsandbytes)"; $(PIP) -r requirements-gpu.txt; fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusers-notebook-kit)" >/dev/null
 	touch $(STAMP)
 
@@ -52,11 +54,12 @@ $(BROWSER_STAMP): requirements-browser.txt $(STAMP)
 	$(PIP) -r requirements-browser.txt
 	touch $(BROWSER_STAMP)
 
-## test-gpu: every notebook with its real defaults (Hub models, real sizes) on CUDA GPUs; skips without one
+## test-gpu: bitsandbytes on the tiny models (tests/gpu), then every notebook with its real defaults on CUDA GPUs; skips without one
 test-gpu: install
+	$(PY) -m pytest tests/gpu -q
 	$(PY) -m tools.runner --real
 
-## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports)
+## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports, quantized weight memory)
 bench: install
 	PYTHONPATH=. $(PY) bench/run.py
 

@@ -276,6 +276,12 @@ def bench_imports(repeats: int = 5) -> dict:
     return {"diffusers_s": median_of(runs, "diffusers"), "helpers_on_top_s": median_of(runs, "helpers_on_top")}
 
 
+def bench_quant_memory() -> list[dict]:
+    import quant_memory
+
+    return quant_memory.run()
+
+
 def chart(results: dict, path: Path) -> None:
     """Horizontal bars of each ratio against its baseline (1.0 = same as the baseline)."""
     from PIL import Image, ImageDraw
@@ -321,10 +327,15 @@ def markdown(results: dict) -> str:
               + " | ".join(f"{r[p]:.1f}" for p in phases) + " |" for r in results["notebooks"]]
     imports = results["imports"]
     lines += ["", "## Import cost", "", f"`import diffusers` and `from diffusers import DiffusionPipeline`: "
-              f"{imports['diffusers_s']:.2f} s; the helpers modules on top of it: {imports['helpers_on_top_s']:.3f} s."]
+              f"{imports['diffusers_s']:.2f} s; the helpers modules on top of it: {imports['helpers_on_top_s']:.3f} s.",
+              ""]
     if "batch" in results:
         lines += batch_markdown(results["batch"])
-    return "\n".join([*lines, ""])
+    if "quant_memory" in results:
+        import quant_memory
+
+        lines += quant_memory.markdown(results["quant_memory"])
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -347,7 +358,8 @@ def main() -> None:
                        ("from_pipe", bench_from_pipe),
                        ("notebooks", lambda: bench_notebooks(tiny, run_folder)),
                        ("imports", bench_imports),
-                       ("batch", lambda: bench_batch(tiny, run_folder / "batch"))):
+                       ("batch", lambda: bench_batch(tiny, run_folder / "batch")),
+                       ("quant_memory", bench_quant_memory)):
         step_start = time.perf_counter()
         results[name] = step()
         print(f"{name}: {time.perf_counter() - step_start:.0f} s", flush=True)

@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from . import rules
+from . import guards, rules
 
 
 def size_multiple(pipe) -> int:
@@ -58,9 +58,16 @@ def call_arguments(
     seed: int,
     **extra,
 ) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device)."""
+    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
+
+    Where the pipeline takes `callback_on_step_end`, a `guards.FiniteLatents` check runs after each step (and
+    then any callback given in `extra`): NaN/inf latents stop the call with the likely cause and the fix.
+    """
     check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
     accepted = accepted_arguments(type(pipe))
+    if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
+        extra["callback_on_step_end"] = guards.FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
+                                                             then=extra.get("callback_on_step_end"))
     kwargs = dict(
         prompt=prompt,
         negative_prompt=negative_prompt or None,

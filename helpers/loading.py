@@ -129,6 +129,9 @@ def load_pipeline(
 ):
     """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
 
+    A gated repo (401/403) or running out of memory raises `guards.GatedModelError` /
+    `guards.KitOutOfMemoryError` with the fix (token and licence page; more offload, quantization).
+
     Returns the diffusers pipeline itself, its denoising progress bar set by the quiet policy.
     """
     _refuse_torch_dtype(kwargs)
@@ -153,7 +156,10 @@ def load_pipeline(
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
         kwargs["revision"] = revision
-    pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
+    from . import guards
+
+    with guards.hub_access(model_id), guards.out_of_memory("load"):  # 401/403 and OOM: say what to do next
+        pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
     pipe.set_progress_bar_config(disable=env.quiet_mode())
     return pipe
 

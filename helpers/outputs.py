@@ -7,6 +7,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -80,11 +81,19 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
 
     The file is written to a temporary name and then hard-linked into place, which fails instead
     of overwriting when the name was taken meanwhile: two writers never clobber each other, and
-    a run killed mid-write leaves no truncated PNG under a real name.
+    a run killed mid-write leaves no truncated PNG under a real name. An all-black image (NaN output, or
+    blanked by the safety checker) is saved as `stem-blank.png` with the reason in its metadata, and warned about.
     """
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = _safe_stem(stem)
+    from . import guards  # imports torch: only when saving
+
+    problem = guards.image_problem(image)
+    if problem:  # never saved as a normal result: a warning, "-blank" in the name, the reason in the metadata
+        message = guards.blank_image_message(problem, (metadata or {}).get("parameters"))
+        warnings.warn(guards.BlankImageWarning(message), stacklevel=2)
+        stem, metadata = f"{stem}-blank", {**(metadata or {}), "image_check": message}
     info = PngImagePlugin.PngInfo()
     info.add_text(METADATA_KEY, json.dumps(metadata or {}, default=str, sort_keys=True))
     handle, temp_name = tempfile.mkstemp(prefix=f".{stem}-", suffix=".png.tmp", dir=output_dir)

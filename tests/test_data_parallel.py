@@ -29,7 +29,7 @@ def test_two_processes_render_every_prompt_exactly_once(tiny, tmp_path):
 
 def save(folder, run_id, index):
     meta = {"parameters": {"prompt": PROMPTS[index]}, "context": {"run_id": run_id, "prompt_index": index}}
-    outputs.save_image(Image.new("RGB", (8, 8)), folder, f"prompt{index}", meta)
+    outputs.save_image(Image.new("RGB", (8, 8), "gray"), folder, f"prompt{index}", meta)
 
 
 def test_gather_refuses_missing_and_doubled_prompts(tmp_path):

@@ -70,8 +70,8 @@ def test_form_renders_headless_without_waiting(pipe):
 
 def test_gallery_lists_every_image_with_its_prompt(tmp_path):
     fox = {"parameters": {"prompt": "<b>fox</b>", "seed": 1}}
-    outputs.save_image(Image.new("RGB", (8, 8)), tmp_path / "a", "one", fox)
-    outputs.save_image(Image.new("RGB", (8, 8)), tmp_path, "two", {"parameters": {"prompt": "cat", "seed": 2}})
+    outputs.save_image(Image.new("RGB", (8, 8), "gray"), tmp_path / "a", "one", fox)
+    outputs.save_image(Image.new("RGB", (8, 8), "gray"), tmp_path, "two", {"parameters": {"prompt": "cat", "seed": 2}})
     page = outputs.write_gallery(tmp_path).read_text()
     assert page.count("<img ") == 2 and 'src="a/one.png"' in page and 'src="two.png"' in page
     assert "&lt;b&gt;fox&lt;/b&gt;" in page and "<b>fox</b>" not in page

@@ -1,0 +1,122 @@
+"""Predicted vs measured weight memory of real-sized UNets, unquantized (bf16) and quantized, on CPU.
+
+The SD-1.5 UNet (860M params) and the SDXL UNet (2.6B) are built once with random weights from the
+shipped configs and saved in bf16 under .cache/bench/quant/. Each case then loads one in a fresh process
+through diffusers' own path, `UNet2DConditionModel.from_pretrained(folder, dtype=torch.bfloat16,
+quantization_config=...)` with the config `helpers.quantization` builds (torchao int8 weight-only, quanto
+int8), and measures:
+  stored  the bytes of every tensor the model holds (parameters and buffers; a quantized tensor subclass is
+          unwrapped into the tensors it stores: data, scales, zero points): exact, what the prediction predicts;
+  rss     the process's RSS growth over the load (`disable_mmap=True`, after gc and glibc's malloc_trim), a
+          cross-check by the operating system; also the growth right after the load, before malloc_trim (what
+          the load's freed temporaries still hold in the heap).
+The prediction is `helpers.quantization.quantized_bytes` on the model built on the meta device.
+Run alone: `python bench/quant_memory.py`; `make bench` runs it as one section.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CACHE = ROOT / ".cache" / "bench" / "quant"
+MODELS = {"SD-1.5 UNet": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+          "SDXL UNet": "stabilityai/stable-diffusion-xl-base-1.0"}
+CASES = [("bf16", "none", None), ("torchao int8 weight-only", "int8", "torchao"), ("quanto int8", "int8", "quanto")]
+
+BUILD = r"""
+import sys, torch
+from helpers import architectures
+model, folder = sys.argv[1], sys.argv[2]
+architectures.build_component(model, "unet", device="cpu", dtype=torch.bfloat16).save_pretrained(folder)
+"""
+
+MEASURE = r"""
+import ctypes, gc, json, sys, psutil, torch
+from diffusers import UNet2DConditionModel
+from helpers import architectures, quantization
+model, folder, name, backend = sys.argv[1:5]
+backend = None if backend == "-" else backend
+config = None
+if name != "none":  # build the config (and import the backend) before the baseline RSS
+    config = quantization.pipeline_config(name, ["unet"], backend, device="cpu", dtype=torch.bfloat16)
+    config = config.quant_mapping["unet"]
+meta = architectures.build_component(model, "unet", "meta", torch.bfloat16)
+predicted = quantization.quantized_bytes(meta, name, backend, torch.bfloat16)
+del meta
+gc.collect()
+process = psutil.Process()
+before = process.memory_info().rss
+# disable_mmap: every weight is then a copy in anonymous memory; with the default mmap, unquantized weights
+# stay views of the file's pages and RSS counts what was read of the file, not what the model holds.
+unet = UNet2DConditionModel.from_pretrained(folder, dtype=torch.bfloat16, quantization_config=config,
+                                            disable_mmap=True)
+gc.collect()
+rss_after_load = process.memory_info().rss - before
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back the heap pages the load's temporaries left behind
+rss = process.memory_info().rss - before
+stored = quantization.stored_bytes(unet)
+print(json.dumps({"predicted": predicted, "stored": stored, "rss": rss, "rss_after_load": rss_after_load}))
+"""
+
+
+def _python(code: str, *args: str) -> dict:
+    env = {**os.environ, "KIT_QUIET": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode:
+        raise RuntimeError(result.stderr[-3000:])
+    lines = result.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def build(model_id: str) -> Path:
+    folder = CACHE / model_id.split("/")[-1]
+    if not (folder / "config.json").is_file():
+        _python(BUILD, model_id, str(folder))
+    return folder
+
+
+def run() -> list[dict]:
+    rows = []
+    for label, model_id in MODELS.items():
+        folder = build(model_id)
+        for case, name, backend in CASES:
+            result = _python(MEASURE, model_id, str(folder), name, backend or "-")
+            rows.append({"model": label, "case": case, **result,
+                         "error_stored": result["predicted"] / result["stored"] - 1,
+                         "error_rss": result["predicted"] / result["rss"] - 1})
+            print(f"  {label}, {case}: {rows[-1]}", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    gib = 2**30
+    lines = ["## Quantized weight memory: predicted vs measured (CPU, random weights at real size)", "",
+             "`helpers.quantization.quantized_bytes` (Linear weights quantized, everything else bf16) against the",
+             "UNet loaded by `UNet2DConditionModel.from_pretrained(..., quantization_config=...)` in a fresh process.",
+             "stored = bytes of every tensor the model holds (quantized tensors unwrapped into data + scales):",
+             "what the prediction predicts. RSS = the process's RSS growth over the load with `disable_mmap=True`,",
+             "after gc and malloc_trim (a cross-check by the OS); 'before trim' is the same right after the load.",
+             "Only `nn.Linear` weights are quantized; convolutions stay bf16. By parameters the SD-1.5 UNet is 31%",
+             "Linear (int8 saves 16%), the SDXL UNet 87% (saves 43%), Qwen-Image's and FLUX's transformers 100%.", "",
+             "| model | weights | predicted GiB | stored GiB | error | RSS growth GiB | error vs RSS "
+             "| before trim GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['case']} | {r['predicted'] / gib:.3f} | {r['stored'] / gib:.3f} | "
+              f"{r['error_stored']:+.1%} | {r['rss'] / gib:.3f} | {r['error_rss']:+.1%} | "
+              f"{r['rss_after_load'] / gib:.3f} |" for r in rows]
+    return lines + [""]
+
+
+if __name__ == "__main__":
+    from datetime import date
+
+    table = run()
+    (BENCH / "results").mkdir(exist_ok=True)
+    (BENCH / "results" / f"quant-{date.today().isoformat()}.json").write_text(json.dumps(table, indent=2))
+    print("\n".join(markdown(table)))

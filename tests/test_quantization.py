@@ -1,0 +1,186 @@
+"""Quantized loading on the tiny models, through the same calls the notebooks make.
+
+load_pipeline(..., quantization_config=quantization.pipeline_config(...)) -> generation.call_arguments ->
+pipe(**call) -> outputs.save_image, with each backend that runs on a CPU: torchao int8, quanto int8/int4,
+and GGUF (Q8_0 and Q4_0 files the kit writes itself). bitsandbytes needs a GPU: here only its decision and
+its refusal are tested; its generation runs in tests/test_quantization_gpu.py (make test-gpu).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import architectures, generation, loading, outputs, quantization
+from helpers.errors import InvalidParameterError
+from helpers.pins import REQUIREMENTS, load_pins
+from helpers.quantization import QuantizationUnavailableError
+from tools.tiny.gguf_file import write_denoiser_gguf
+
+CALL = dict(prompt="a photo of a cat", height=32, width=32, num_inference_steps=2, guidance_scale=4.0, seed=3)
+
+
+def _generate(pipe):
+    return np.asarray(pipe(**generation.call_arguments(pipe, **CALL)).images[0], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """The unquantized tiny SD image, in float32 (what every quantized run is compared with)."""
+    return _generate(loading.load_pipeline(str(tiny["sd"]), dtype="float32", device_map="cpu"))
+
+
+# --- names and decisions ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["fp8", "INT8", "", "gguf:", "gguf:model.safetensors", 8, None])
+def test_bad_names_are_refused_with_the_choices(value):
+    with pytest.raises(InvalidParameterError, match=r"quantization=.* is not valid"):
+        quantization.parse(value)
+
+
+def test_gguf_names_keep_their_source():
+    assert quantization.parse("gguf:https://huggingface.co/city96/x/blob/main/x-Q4_K_M.gguf") == (
+        "gguf", "https://huggingface.co/city96/x/blob/main/x-Q4_K_M.gguf")
+
+
+@pytest.mark.parametrize("name, device, backend", [
+    ("int8", "cpu", "torchao"), ("int4", "cpu", "quanto"), ("int8", "cuda", "bitsandbytes"),
+    ("nf4", "cuda", "bitsandbytes"), ("int4", "cuda", "quanto"), ("none", "cpu", None), ("gguf:x.gguf", "cpu", "gguf"),
+])
+def test_auto_backend_by_device(name, device, backend):
+    assert quantization.resolve_backend(name, "auto", device) == backend
+
+
+@pytest.mark.parametrize("name, backend", [("nf4", "auto"), ("int8", "bitsandbytes")])
+def test_bitsandbytes_is_refused_on_cpu_before_loading_with_the_cpu_alternative(name, backend):
+    with pytest.raises(QuantizationUnavailableError, match=r"needs a CUDA GPU.*On CPU use quantization='int8'"):
+        quantization.resolve_backend(name, backend, "cpu")
+    if not torch.cuda.is_available():  # this machine: pipeline_config refuses before importing anything heavy
+        with pytest.raises(QuantizationUnavailableError, match="bitsandbytes"):
+            quantization.pipeline_config(name, ["unet"], backend)
+
+
+def test_a_backend_that_lacks_the_precision_is_refused():
+    with pytest.raises(InvalidParameterError, match=r"the torchao backend offers int8"):
+        quantization.resolve_backend("int4", "torchao", "cpu")
+
+
+@pytest.mark.parametrize("name, device, package", [
+    ("int8", "cpu", "torchao"), ("int4", "cpu", "optimum-quanto"), ("nf4", "cuda", "bitsandbytes"),
+    ("int8", "cuda", "bitsandbytes"), ("gguf:x.gguf", "cpu", "gguf"),
+])
+def test_required_packages_are_the_pinned_backend_only(name, device, package):
+    pins = {**load_pins(), **load_pins(REQUIREMENTS.with_name("requirements-gpu.txt"))}
+    pin = pins.get(package)
+    assert pin is not None and str(pin.specifier).startswith("=="), f"{package} must be pinned exactly"
+    assert quantization.required_packages(name, "auto", device) == [str(pin)]
+    assert quantization.required_packages("none", "auto", device) == []
+
+
+def _params(model_id: str) -> dict[str, int]:
+    sizes = {}
+    for name, spec in architectures.model_index(model_id).items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+            continue
+        if (architectures.folder(model_id) / name / "config.json").is_file():
+            module = architectures.build_component(model_id, name, "meta")
+            sizes[name] = sum(p.numel() for p in module.parameters())
+    return sizes
+
+
+@pytest.mark.parametrize("model_id, expected", [
+    ("Qwen/Qwen-Image", ["text_encoder", "transformer"]),  # Qwen2.5-VL 8.3B and the 20.4B transformer
+    ("black-forest-labs/FLUX.1-dev", ["text_encoder_2", "transformer"]),  # T5-XXL 4.8B; CLIP-L stays
+    ("stabilityai/stable-diffusion-xl-base-1.0", ["unet"]),  # CLIP bigG (0.69B) is not big
+])
+def test_only_the_denoiser_and_big_text_encoders_are_quantized(model_id, expected):
+    assert sorted(quantization.default_components(_params(model_id))) == expected
+
+
+def test_the_planning_table():
+    assert quantization.BYTES_PER_PARAM == {"int8": 1.0, "int4": 0.5, "nf4": 0.5}
+    assert quantization.weight_bytes_per_param("nf4", "bitsandbytes") == 0.5 + 4 / 64
+    assert quantization.weight_bytes_per_param("int4", "quanto") == 0.5 + 4 / 128
+
+
+def test_gguf_is_not_a_pipeline_config():
+    with pytest.raises(InvalidParameterError, match="gguf_component"):
+        quantization.pipeline_config("gguf:x.gguf", ["unet"])
+
+
+# --- generation with each CPU backend ---------------------------------------------------------------------
+
+def _linear_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("name, backend, weight_type", [
+    ("int8", "torchao", "AffineQuantizedTensor|Int8Tensor|TorchAOBaseTensor"),
+    ("int8", "quanto", "WeightQBytesTensor|QBytesTensor"),
+    ("int4", "quanto", "WeightQBitsTensor|QBitsTensor|TinyGemmWeightQBitsTensor"),
+])
+def test_tiny_sd_generates_quantized(tiny, tmp_path, reference, name, backend, weight_type):
+    # the UNet through diffusers' config class, the text encoder through transformers' one
+    config = quantization.pipeline_config(name, ["unet", "text_encoder"], backend, device="cpu", dtype=torch.float32)
+    pipe = loading.load_pipeline(str(tiny["sd"]), dtype="float32", device_map="cpu", quantization_config=config)
+    for component in (pipe.unet, pipe.text_encoder):
+        kinds = {type(w).__name__ for w in _linear_weights(component)}
+        assert kinds & set(weight_type.split("|")), kinds  # its Linear layers really are quantized
+    assert not {type(w).__name__ for w in _linear_weights(pipe.vae)} - {"Parameter"}  # not named: left alone
+    meta = architectures.build_from_config("diffusers", "UNet2DConditionModel", tiny["sd"] / "unet", "meta")
+    predicted = quantization.quantized_bytes(meta, name, backend, torch.float32)
+    assert predicted == pytest.approx(quantization.stored_bytes(pipe.unet), rel=0.01)
+    image = _generate(pipe)
+    difference = np.abs(image - reference).mean()
+    assert 0 < difference < 20, difference  # the quantized UNet ran (not identical) and stays close to fp32
+    path = outputs.save_image(Image.fromarray(image.astype(np.uint8)), tmp_path, f"{name}-{backend}")
+    assert path.name == f"{name}-{backend}.png"
+
+
+@pytest.mark.parametrize("quant_type", ["Q8_0", "Q4_0"])
+def test_tiny_sd_generates_from_a_gguf_file_the_kit_writes(tiny, tmp_path, reference, quant_type):
+    import gguf
+
+    file = write_denoiser_gguf(tiny["sd"], tmp_path / f"unet-{quant_type}.gguf", quant_type)
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(file)).tensors}
+    assert {quant_type, "F32"} <= types  # Linear weights quantized, the rest kept in float
+    components = quantization.gguf_component(str(tiny["sd"]), f"gguf:{file}", dtype=torch.float32)
+    assert list(components) == ["unet"]
+    pipe = loading.load_pipeline(str(tiny["sd"]), dtype="float32", device_map="cpu", **components)
+    assert any(type(w).__name__ == "GGUFParameter" for w in _linear_weights(pipe.unet))
+    difference = np.abs(_generate(pipe) - reference).mean()
+    assert 0 < difference < 20, difference
+
+
+def test_tiny_qwen_image_generates_from_a_gguf_transformer(tiny, tmp_path):
+    from helpers import guards
+
+    file = write_denoiser_gguf(tiny["qwen-image"], tmp_path / "transformer-Q8_0.gguf")
+    components = quantization.gguf_component(str(tiny["qwen-image"]), f"gguf:{file}", dtype=torch.float32)
+    assert list(components) == ["transformer"]
+    pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype="float32", device_map="cpu", **components)
+    assert any(type(w).__name__ == "GGUFParameter" for w in _linear_weights(pipe.transformer))
+    image = pipe(**generation.call_arguments(pipe, **CALL, negative_prompt="blurry")).images[0]
+    assert guards.image_problem(image) is None and np.asarray(image).std() > 1
+
+
+def test_gguf_file_that_does_not_exist_is_named(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no GGUF file at .*missing\.gguf"):
+        quantization.gguf_component(str(tiny["sd"]), f"gguf:{tmp_path / 'missing.gguf'}")
+
+
+def test_quantized_bytes_match_what_torchao_stores():
+    """The prediction against torchao's own quantize_ (Linear weights only, as diffusers' quantizer does)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(320, 640), torch.nn.Conv2d(4, 8, 3), torch.nn.LayerNorm(640))
+
+    meta = model().to(torch.bfloat16)
+    quantized = model().to(torch.bfloat16)
+    quantize_(quantized, Int8WeightOnlyConfig())
+    assert quantization.quantized_bytes(meta, "int8", "torchao") == quantization.stored_bytes(quantized)
+    assert quantization.quantized_bytes(meta, "none", None) == quantization.stored_bytes(meta)
+    assert quantization.stored_bytes(quantized) < 0.6 * quantization.stored_bytes(meta)
