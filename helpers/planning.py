@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, rules
+from . import architectures, quantization, rules
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
+from .quantization import weight_bytes_per_param
 from .rules import HARDWARE_NAMES, OFFLOADS
 
 GIB = 2**30
@@ -348,22 +349,14 @@ STORAGE = {
 }
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
-# Weight bytes per parameter of a quantized Linear weight, scales included (the rest keeps the compute dtype).
-# The same figures as helpers.quantization.weight_bytes_per_param (branch quant; call it once both are merged):
-# int8 = 1 (per-row scales are negligible); nf4 = 0.5 + a float32 absmax per block of 64 (bitsandbytes'
-# default, no double quantization); int4 (quanto) = 0.5 + a 2-byte scale and shift per group of 128.
-QUANT_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / 128, "nf4": 0.5 + 4 / 64}
-# GGUF files: bytes per weight by quantization type in the file name (llama.cpp block formats).
-GGUF_BYTES = {"Q8_0": 34 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q5_0": 22 / 32, "Q4_K": 144 / 256,
-              "Q4_0": 18 / 32, "Q3_K": 110 / 256, "Q2_K": 84 / 256, "F16": 2.0, "BF16": 2.0}
 OFFLOAD_CALLS = {
     "none": "", "model": "pipe.enable_model_cpu_offload()",
     "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, '
              'use_stream=True)',
     "sequential": "pipe.enable_sequential_cpu_offload()",
 }
-DENOISERS = ("transformer", "unet", "prior", "decoder")
-LARGE_TEXT_ENCODER = 1_000_000_000  # params: text encoders this big are quantized with the denoiser
+DENOISERS = quantization.DENOISERS
+LARGE_TEXT_ENCODER = quantization.BIG_TEXT_ENCODER_PARAMS  # params: quantized with the denoiser
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads each safetensors shard into CPU memory (model_loading_utils.load_state_dict, map_location
 # "cpu"), then moves its tensors to the device: loading to a GPU peaks at about one shard of RAM. Shards are at
@@ -371,20 +364,21 @@ RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + d
 SHARD_BYTES = 10_000_000_000
 
 
-def quant_backend(quantization: str, on_gpu: bool) -> str:
-    """The library that implements a quantization name here (agreed with helpers.quantization)."""
-    if quantization.startswith("gguf:"):
+def quant_backend(name: str, on_gpu: bool) -> str:
+    """The library that implements a quantization name here: helpers.quantization's choice (never refused here:
+    the plan reports a GPU-only backend on a CPU profile as a blocking reason instead)."""
+    if name.startswith("gguf:"):
         return "gguf"
-    return {"int8": "bitsandbytes" if on_gpu else "torchao", "nf4": "bitsandbytes", "int4": "quanto"}.get(
-        quantization, "")
+    return {"int8": "bitsandbytes" if on_gpu else "torchao", "nf4": "bitsandbytes", "int4": "quanto"}.get(name, "")
 
 
-def _gguf_bytes_per_weight(quantization: str) -> float:
-    name = quantization.removeprefix("gguf:").upper()
-    for kind, size in GGUF_BYTES.items():
-        if kind in name:
+def _gguf_bytes_per_weight(name: str) -> float:
+    """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
+    upper = name.removeprefix("gguf:").upper()
+    for kind, size in quantization.GGUF_BYTES_PER_PARAM.items():
+        if kind in upper:
             return size
-    return GGUF_BYTES["Q4_K"]
+    return quantization.GGUF_BYTES_PER_PARAM["Q4_K"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -622,7 +616,7 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     if quantization == "none":
         return stats.params * size
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
-        QUANT_BYTES[quantization]
+        weight_bytes_per_param(quantization, quant_backend(quantization, on_gpu=True))
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
 

@@ -336,3 +336,17 @@ def stored_bytes(module: torch.nn.Module) -> int:
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return sum(_tensor_bytes(t, seen) for t in tensors.values())
 
+
+
+def plan_config(plan, device: str, dtype: torch.dtype):
+    """A load plan's quantization (`helpers.planning.LoadPlan`) as the `quantization_config=` for
+    `from_pretrained`: diffusers' `PipelineQuantizationConfig`, or None when nothing is quantized (or GGUF)."""
+    quantized = plan.quantized()
+    if not quantized or plan.quantization.startswith("gguf:"):
+        return None
+    return pipeline_config(plan.quantization, list(quantized), device=device, dtype=dtype)
+
+
+def plan_components(plan, model_id: str, dtype: torch.dtype) -> dict:
+    """The components a plan loads itself before `from_pretrained`: the GGUF denoiser, else nothing."""
+    return gguf_component(model_id, plan.quantization, dtype) if plan.quantization.startswith("gguf:") else {}

@@ -225,6 +225,10 @@ def test_form_is_displayed_at_the_end_of_load_and_generate(executed):
 
 def test_community_notebook_audits_before_each_load(executed):
     result, text = run_ok(executed, "04_community_pipelines.ipynb")
+    import tempfile
+
+    leftovers = [p.name for p in Path(tempfile.gettempdir()).glob("kit-*")]  # scratch model copies are removed
+    assert not [name for name in leftovers if name.startswith(("kit-04-", "kit-components-", "kit-tampered-"))]
     for cell in ("file", "folder", "repo-load", "component"):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
