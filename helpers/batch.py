@@ -117,7 +117,9 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
 
 def check_output_dir(output_dir: str | Path) -> Path:
     """Create `output_dir` if needed and prove it is writable (before anything loads): `rules.output_folder`."""
-    return rules.output_folder("output_dir", output_dir)
+    folder = rules.output_folder("output_dir", str(output_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 class ManifestLock:

@@ -180,6 +180,11 @@ def module_dtypes(pipe) -> dict[str, torch.dtype]:
     }
 
 
+def quantized_components(pipe) -> list[str]:
+    """Components loaded quantized (bitsandbytes, torchao, quanto, GGUF): diffusers marks them `is_quantized`."""
+    return [name for name, module in pipe.components.items() if getattr(module, "is_quantized", False)]
+
+
 def from_pipe_dtype(pipe, dtype=None):
     """The dtype to pass to `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own.
 
@@ -189,6 +194,14 @@ def from_pipe_dtype(pipe, dtype=None):
     if not isinstance(pipe, DiffusionPipeline):
         raise InvalidParameterError(
             "pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline", "Load one with from_pretrained."
+        )
+    quantized = quantized_components(pipe)
+    if quantized:
+        raise InvalidParameterError(
+            "pipe", type(pipe).__name__, f"its {', '.join(quantized)} is quantized, and from_pipe casts every shared "
+            "module with .to(dtype), which diffusers refuses for quantized models",
+            "Load the other task's class with from_pretrained(..., quantization_config=...) instead (a second copy "
+            "of the weights), or plan without quantization on a bigger machine.",
         )
     if dtype is not None:
         return resolve_dtype(dtype, str(pipe.device))

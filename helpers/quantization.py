@@ -132,17 +132,34 @@ def required_packages(quantization: str, backend: str = "auto", device: str | No
     return [str(pin) if pin is not None else package]
 
 
-def check_installed(quantization: str, backend: str = "auto", device: str | None = None) -> None:
-    """Raise before loading when the backend package is missing, naming the pip command."""
+def missing_packages(quantization: str, backend: str = "auto", device: str | None = None) -> list[str]:
+    """The pinned lines of what this choice needs and is not installed."""
     from importlib import metadata
 
     missing = []
     for requirement in required_packages(quantization, backend, device):
-        name = requirement.split("==")[0]
         try:
-            metadata.version(name)
+            metadata.version(requirement.split("==")[0])
         except metadata.PackageNotFoundError:
             missing.append(requirement)
+    return missing
+
+
+def install_missing(quantization: str, device: str | None = None) -> list[str]:
+    """In Colab or Kaggle, pip-install the one backend this choice needs when it is missing (nothing else: the
+    hosted install leaves every backend out). Elsewhere nothing is installed; `check_installed` says what to do."""
+    from . import env, install
+
+    missing = missing_packages(quantization, device=device)
+    if missing and env.detect_runtime().hosted:
+        install.pip_install(missing)
+        return missing
+    return []
+
+
+def check_installed(quantization: str, backend: str = "auto", device: str | None = None) -> None:
+    """Raise before loading when the backend package is missing, naming the pip command."""
+    missing = missing_packages(quantization, backend, device)
     if missing:
         raise QuantizationUnavailableError(
             f"quantization={quantization!r} needs {', '.join(missing)}, which is not installed. "
@@ -344,9 +361,13 @@ def plan_config(plan, device: str, dtype: torch.dtype):
     quantized = plan.quantized()
     if not quantized or plan.quantization.startswith("gguf:"):
         return None
+    install_missing(plan.quantization, device)  # Colab/Kaggle: only the backend this plan uses
     return pipeline_config(plan.quantization, list(quantized), device=device, dtype=dtype)
 
 
 def plan_components(plan, model_id: str, dtype: torch.dtype) -> dict:
     """The components a plan loads itself before `from_pretrained`: the GGUF denoiser, else nothing."""
-    return gguf_component(model_id, plan.quantization, dtype) if plan.quantization.startswith("gguf:") else {}
+    if not plan.quantization.startswith("gguf:"):
+        return {}
+    install_missing(plan.quantization)
+    return gguf_component(model_id, plan.quantization, dtype)

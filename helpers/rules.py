@@ -139,22 +139,25 @@ MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) an
 
 
 def output_folder(name: str, value) -> Path:
-    """A folder the kit can write images into: `~` expanded, not a file, created if missing, writable, with room.
+    """A folder the kit can write images into: `~` expanded, not a file, writable (or creatable), with room.
 
-    Checked by creating the folder and a temporary file in it (permission bits say little when running as root).
+    Checked by writing a temporary file in the folder, or in its nearest existing parent when it does not exist
+    yet (permission bits say little when running as root). Nothing is left behind, not even the folder.
     """
     text(name, value, allow_empty=False)
     folder = Path(value).expanduser()
     if folder.exists() and not folder.is_dir():
         fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         fail(name, value, f"cannot be written ({error.strerror or error})",
              "Choose a folder you can write to (in Colab, under /content or a mounted Drive).")
-    free = shutil.disk_usage(folder).free
+    free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
         fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
     return folder

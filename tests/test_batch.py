@@ -87,7 +87,7 @@ def test_the_validation_cell_rules(tmp_path):
         validate.check({"prompts_file": str(tmp_path / "missing.txt")})
     validate.check({"prompts_file": "", "seeds_per_prompt": 2, "resume": True, "quantization": "auto",
                     "offload": "none"})
-    for name, value in (("seeds_per_prompt", 0), ("resume", "yes"), ("quantization", "int8"), ("offload", "gpu")):
+    for name, value in (("seeds_per_prompt", 0), ("resume", "yes"), ("quantization", "int3"), ("offload", "gpu")):
         with pytest.raises(InvalidParameterError, match=f"{name}="):
             validate.check({name: value})
 

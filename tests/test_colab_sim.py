@@ -49,7 +49,7 @@ def test_old_diffusers_imported_first_restarts_once_with_its_reason_then_02_runs
     sim = colab_sim.build(tmp_path / "sim")
     sim.cache_model("Qwen/Qwen-Image", tiny["qwen-image"])  # the Hub id's files are the tiny model's
     notebook = runner.NOTEBOOKS / "02_load_and_generate.ipynb"
-    small = {name: value for name, value in runner.tiny_parameters(tiny, tmp_path / "out").items()
+    small = {name: value for name, value in runner.tiny_parameters(tmp_path / "out").items()
              if name in runner.declared_parameters(notebook)}
 
     first = colab_sim.execute(sim, notebook, tmp_path / "first.ipynb", small, before="import diffusers")

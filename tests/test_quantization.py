@@ -184,3 +184,25 @@ def test_quantized_bytes_match_what_torchao_stores():
     assert quantization.quantized_bytes(meta, "int8", "torchao") == quantization.stored_bytes(quantized)
     assert quantization.quantized_bytes(meta, "none", None) == quantization.stored_bytes(meta)
     assert quantization.stored_bytes(quantized) < 0.6 * quantization.stored_bytes(meta)
+
+
+@pytest.mark.parametrize("choice, backend", [("int8", "torchao"), ("int4", "quanto"), ("gguf", "gguf")])
+def test_notebook_02_loads_and_generates_quantized_through_its_literal_call(tiny, tmp_path, choice, backend):
+    """The notebook path: the plan picks the backend, `quantization_config=` (or the GGUF denoiser) goes into the
+    cell's own from_pretrained, the tiny SD generates, and the variants cell says why from_pipe is skipped."""
+    import nbformat
+
+    from tools import runner
+
+    value = f"gguf:{write_denoiser_gguf(tiny['sd'], tmp_path / 'unet-Q8_0.gguf')}" if choice == "gguf" else choice
+    notebook = runner.NOTEBOOKS / "02_load_and_generate.ipynb"
+    runner.headless_environment()
+    parameters = {**runner.headless_parameters(notebook, tiny, tmp_path / "images"), "model_id": str(tiny["sd"]),
+                  "quantization": value}
+    result = runner.execute(notebook, tmp_path / "executed.ipynb", parameters)
+    assert result.error is None, result.error
+    text = {c.id: "".join(o.get("text", "") for o in c.outputs) for c in nbformat.read(result.executed, 4).cells
+            if c.cell_type == "code"}
+    assert f"({backend})" in text["load-plan"]  # the plan names the backend it chose
+    assert "skipped: unet loaded quantized" in text["variants"]
+    assert list((tmp_path / "images").glob("text2image-seed*.png"))

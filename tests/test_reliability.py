@@ -78,6 +78,8 @@ BAD_PARAMETERS = [
     ("05", "gpu_memory_gib", ["15"], "each > 0"),
     ("05", "max_memory", [1], "needs a dict"),
     ("05", "dtype", "float8", "choose one of"),
+    ("06", "seeds_per_prompt", 0, "needs a whole number >= 1"),
+    ("06", "resume", "yes", "needs True or False"),
     ("07", "num_frames", 80, "needs 4k + 1 frames"),
     ("07", "num_frames", 0, "needs 4k + 1 frames"),
     ("07", "input_image", "no-such-picture.png", "needs an existing image file"),

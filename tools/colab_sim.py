@@ -79,7 +79,8 @@ dest, source = Path(sys.argv[-1]), Path({root!r})
 dest.mkdir(parents=True)
 for name in ("helpers", "community"):
     shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-shutil.copy(source / "requirements.txt", dest / "requirements.txt")
+for name in ("requirements.txt", "requirements-gpu.txt"):
+    shutil.copy(source / name, dest / name)
 '''
 
 

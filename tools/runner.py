@@ -55,8 +55,13 @@ def stand_ins(declared: dict, tiny: dict[str, Path], served: frozenset[str] = fr
     return chosen
 
 
-def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
-    """Small, fast values for the parameter names the notebooks share; each takes the ones it declares."""
+def tiny_parameters(output_dir: Path) -> dict:
+    """Small, fast values for the parameter names the notebooks share; each takes the ones it declares.
+
+    quantization "none": a real Hub id served by the local Hub is planned at its real size (Qwen-Image would be
+    quantized on this machine), but the tiny stand-in's weights are random and small; the quantized paths have
+    their own runs (tests/test_quantization.py, the Colab simulation).
+    """
     return {
         "height": 32,
         "width": 32,
@@ -69,6 +74,7 @@ def tiny_parameters(tiny: dict[str, Path], output_dir: Path) -> dict:
         "output_dir": str(output_dir),
         "install": False,
         "hf_home": "",
+        "quantization": "none",
     }
 
 
@@ -80,7 +86,7 @@ def headless_parameters(notebook: Path, tiny: dict[str, Path], output_dir: Path,
                         served: frozenset[str] = frozenset()) -> dict:
     """The parameters a headless run injects: tiny stand-ins for Hub ids (except those a local Hub serves),
     then small sizes and steps."""
-    return {**stand_ins(declared_parameters(notebook), tiny, served), **tiny_parameters(tiny, output_dir)}
+    return {**stand_ins(declared_parameters(notebook), tiny, served), **tiny_parameters(output_dir)}
 
 
 def hub_environment(endpoint: str) -> dict[str, str]:
