@@ -334,9 +334,11 @@ NOT_FP16_SAFE = {
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
 
-def fp16_unsafe(pipeline_class: str) -> str:
-    """Why float16 breaks this pipeline family ("" when it is fp16-safe)."""
-    return next((why for prefix, why in NOT_FP16_SAFE.items() if pipeline_class.startswith(prefix)), "")
+def fp16_unsafe(pipeline_class) -> str:
+    """Why float16 breaks this pipeline family ("" when it is fp16-safe). A repo with its own pipeline code
+    names it as [module, Class] in model_index.json: the class decides."""
+    name = pipeline_class[-1] if isinstance(pipeline_class, list | tuple) else str(pipeline_class or "")
+    return next((why for prefix, why in NOT_FP16_SAFE.items() if name.startswith(prefix)), "")
 
 # How shipped repos store their weights, so download bytes follow from params x stored dtype:
 # (dtype of the default files, the half-precision `variant` the repo also has, gated).

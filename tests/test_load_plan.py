@@ -185,7 +185,8 @@ def test_resolve_dtype_auto_follows_this_machines_device(monkeypatch):
 
     from helpers import env, loading
 
-    assert loading.resolve_dtype("auto") is torch.float32  # this machine: CPU
+    monkeypatch.setattr(env, "recommended_device", lambda: "cpu")
+    assert loading.resolve_dtype("auto") is torch.float32  # a CPU machine
     ampere = env.Accelerator(0, "A100", 80.0, (8, 0), True)
     turing = env.Accelerator(0, "T4", 14.7, (7, 5), False)
     monkeypatch.setattr(env, "recommended_device", lambda: "cuda")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-from helpers import loading, memory, sources
+from helpers import env, loading, memory, sources
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 
@@ -99,7 +99,8 @@ def test_cached_hub_id_resolves_offline(isolated_hub):
     assert loading.resolve_model_source("org/model") == "org/model"
 
 
-def test_load_pipeline_returns_the_diffusers_pipeline(tiny):
+def test_load_pipeline_returns_the_diffusers_pipeline(tiny, monkeypatch):
+    monkeypatch.setattr(env, "recommended_device", lambda: "cpu")  # "auto" is for this machine: pin a CPU one
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         pipe = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)  # CPU, also on a GPU host

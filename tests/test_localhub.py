@@ -72,7 +72,8 @@ def test_community_pipeline_by_name_with_custom_revision(hub, tiny, capsys):
     import diffusers
 
     release = ".".join(diffusers.__version__.split(".")[:3])
-    pipe = community.load_community_pipeline(SD, "lpw_stable_diffusion", custom_revision=release, dtype="float32")
+    pipe = community.load_community_pipeline(SD, "lpw_stable_diffusion", custom_revision=release, dtype="float32",
+                                             device_map=None)
     served = hub.repo(MIRROR, "dataset").head.files[f"v{release}/lpw_stable_diffusion.py"]
     assert f"sha256 {hashlib.sha256(served).hexdigest()}" in capsys.readouterr().out  # shown before it ran
     assert type(pipe).__name__ == "KitPromptWeightingPipeline"  # the stand-in content of the mirror
@@ -114,13 +115,14 @@ def test_hub_repo_as_custom_pipeline_is_pinned_and_audited(hub, tiny, capsys):
     """custom_pipeline="<user>/<repo>" (a repo holding pipeline.py) loads only at a full commit."""
     commit = hub.pinned["previews"]
     with pytest.raises(LocalPathNotFoundError, match="custom_revision='<40-hex commit>'"):
-        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO)
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO, device_map=None)
     with pytest.raises(community.RemoteCodeRefused, match="custom_revision='main' is not valid: needs a full"):
-        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO, custom_revision="main")
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO, custom_revision="main",
+                                            device_map=None)
     assert not any(p.endswith("pipeline.py") for _, p, _ in hub.requests if PREVIEWS_REPO in p)  # refused first
 
     pipe = community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=PREVIEWS_REPO, custom_revision=commit,
-                                               dtype="float32")
+                                               dtype="float32", device_map=None)
     expected = sha256(ROOT / "community" / "kit_previews" / "pipeline.py")
     assert f"sha256 {expected}" in capsys.readouterr().out
     assert type(pipe).__name__ == "KitPreviewPipeline"
@@ -138,11 +140,12 @@ def test_remote_code_runs_only_at_the_pinned_commit(hub, capsys):
     """Seed 001: from_pretrained("user/repo", trust_remote_code=True, revision="<commit>")."""
     pinned_commit = hub.pinned["components"]
     with pytest.raises(community.RemoteCodeRefused, match="revision='main'"):
-        community.load_remote_code_pipeline(COMPONENTS_REPO, revision="main")
+        community.load_remote_code_pipeline(COMPONENTS_REPO, revision="main", device_map=None)
     with pytest.raises(community.RemoteCodeRefused, match="revision='1234567'"):  # the seed's short hash
-        community.load_remote_code_pipeline(COMPONENTS_REPO, revision="1234567")
+        community.load_remote_code_pipeline(COMPONENTS_REPO, revision="1234567", device_map=None)
 
-    pipe = community.load_remote_code_pipeline(COMPONENTS_REPO, revision=pinned_commit, dtype="float32")
+    pipe = community.load_remote_code_pipeline(COMPONENTS_REPO, revision=pinned_commit, dtype="float32",
+                                               device_map=None)
     manifest = community.manifest(community.code_files(COMPONENTS_REPO, revision=pinned_commit))
     assert type(pipe).__name__ == "KitComponentsPipeline"
     assert not hasattr(sys.modules[type(pipe.unet).__module__], "CHANGED_AFTER_PIN")  # the pinned code ran
@@ -153,7 +156,7 @@ def test_remote_code_runs_only_at_the_pinned_commit(hub, capsys):
 
     head = hub.repo(COMPONENTS_REPO).head.oid
     with pytest.raises(community.RemoteCodeChanged, match="unet/kit_counting_unet.py"):
-        community.load_remote_code_pipeline(COMPONENTS_REPO, revision=head, pinned=manifest)
+        community.load_remote_code_pipeline(COMPONENTS_REPO, revision=head, pinned=manifest, device_map=None)
 
 
 def test_gated_repo_answers_401_and_the_kit_says_what_to_do(hub, monkeypatch):
@@ -164,7 +167,7 @@ def test_gated_repo_answers_401_and_the_kit_says_what_to_do(hub, monkeypatch):
         hf_hub_download(GATED_REPO, "model_index.json")
     assert raw.value.response.status_code == 401
     for call in (lambda: loading.read_model_index(GATED_REPO),
-                 lambda: community.load_remote_code_pipeline(GATED_REPO, revision="a" * 40)):
+                 lambda: community.load_remote_code_pipeline(GATED_REPO, revision="a" * 40, device_map=None)):
         with pytest.raises(sources.HubAccessRefused) as refused:
             call()
         message = str(refused.value)
@@ -199,7 +202,8 @@ def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny
     assert repo_id == "kit-tester/kit-components" and len(commit) == 40
     monkeypatch.delenv("HF_TOKEN")  # loading needs no token
 
-    pipe = community.load_remote_code_pipeline(repo_id, revision=commit, pinned=audited, dtype="float32")
+    pipe = community.load_remote_code_pipeline(repo_id, revision=commit, pinned=audited, dtype="float32",
+                                               device_map=None)
     assert "all files match the pinned manifest" in capsys.readouterr().out
     assert type(pipe).__name__ == "KitComponentsPipeline"
     assert small_call(pipe).unet_calls == pipe.num_timesteps
@@ -215,7 +219,7 @@ def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny
 
 def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny, tmp_path):
     """Seed 001: DiffusionPipeline.from_pipe(pipeline_sd, custom_pipeline="lpw_stable_diffusion")."""
-    base = loading.load_pipeline(tiny["sd"], dtype="float32")
+    base = loading.load_pipeline(tiny["sd"], dtype="float32", device_map=None)
     cached = community.download_community_pipeline("lpw_stable_diffusion", "main")  # a blob in the HF cache
     script = Path(shutil.copyfile(cached, tmp_path / "lpw_stable_diffusion.py"))  # a .py of our own to pass
     lpw = community.from_pipe(base, script, pinned={script.name: sha256(script)})

@@ -58,9 +58,10 @@ def stand_ins(declared: dict, tiny: dict[str, Path], served: frozenset[str] = fr
 def tiny_parameters(output_dir: Path) -> dict:
     """Small, fast values for the parameter names the notebooks share; each takes the ones it declares.
 
-    quantization "none": a real Hub id served by the local Hub is planned at its real size (Qwen-Image would be
-    quantized on this machine), but the tiny stand-in's weights are random and small; the quantized paths have
-    their own runs (tests/test_quantization.py, the Colab simulation).
+    quantization "none" and force: a real Hub id served by the local Hub is planned at its real size (on this
+    machine Qwen-Image in float32 does not fit, and would be quantized), but the stand-in's weights are tiny. The
+    plan's refusals and its quantized paths have their own runs (tests/test_plan_notebooks.py,
+    tests/test_quantization.py), on the same notebooks.
     """
     return {
         "height": 32,
@@ -75,6 +76,7 @@ def tiny_parameters(output_dir: Path) -> dict:
         "install": False,
         "hf_home": "",
         "quantization": "none",
+        "force": True,
     }
 
 
