@@ -38,6 +38,16 @@ def generate_shard(model_id: str, prompts: list[str], output_dir: str, run_id: s
                                    num_processes=state.num_processes)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for the processes' rendezvous: accelerate's fixed default (29500) makes
+    two runs on one machine (two notebooks, a test and a notebook) fail with "address already in use"."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: str, height: int, width: int,
            num_inference_steps: int, guidance_scale: float, seed: int, dtype: str) -> str:
     """Run `generate_shard` in `num_processes` processes (GPUs if present, else CPU over gloo); returns the run id."""
@@ -52,7 +62,7 @@ def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: st
     if num_processes == 1:
         generate_shard(*args)
     else:
-        notebook_launcher(generate_shard, args, num_processes=num_processes)
+        notebook_launcher(generate_shard, args, num_processes=num_processes, use_port=str(free_port()))
     return run_id
 
 

@@ -304,9 +304,12 @@ def test_the_command_line_checks_everything_before_loading(tiny, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_path):
+def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_path, monkeypatch):
     """Every way a folder can be left behind, at once: a deleted PNG, a damaged PNG, a PNG whose manifest line
     never got written (killed in between), a torn last manifest line and a leftover in .partial/."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # in this process: the CPU, on any host
     items = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox", "an owl", "an eel"]),
                              **CALL)
     job = batch.Job(str(tiny["sd"]), str(tmp_path), items)
