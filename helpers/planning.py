@@ -881,7 +881,8 @@ def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, dev
             continue
         other_plan = plan_load(other, hw, height=height, width=width, alternatives=False)
         if other_plan.fits:
-            found.append(f"a smaller model that fits here, model_id={other!r}: {other_plan.summary()}")
+            gated = " (gated: accept its licence on the Hub, then set HF_TOKEN)" if STORAGE[other][2] else ""
+            found.append(f"a smaller model that fits here, model_id={other!r}{gated}: {other_plan.summary()}")
     for name, profile in PROFILES.items():
         if profile == hw or not profile.gpus:
             continue

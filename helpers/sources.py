@@ -134,7 +134,8 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
             "it is not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE is set or the network "
             "is down)", name="model_id", value=model_id,
             fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
-                "that holds it.",
+                "that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
+                "downloads nothing).",
         )
     return model_id
 
