@@ -7,9 +7,10 @@ from tools import strip
 def dirty_notebook():
     nb = new_notebook()
     cell = new_code_cell("print(1)", execution_count=3, outputs=[new_output("stream", text="1\n")])
-    cell.metadata.update({"executionInfo": {"status": "ok"}, "outputId": "abc", "tags": ["parameters"]})
+    cell.metadata.update({"executionInfo": {"status": "ok"}, "outputId": "abc", "tags": ["parameters"],
+                          "some_future_editor_key": {"x": 1}})
     nb.cells = [cell]
-    nb.metadata.update({"papermill": {"duration": 1}, "kit": {"version": "0.1.0"}})
+    nb.metadata.update({"papermill": {"duration": 1}, "kit": {"version": "0.1.0"}, "vscode": {"interpreter": "x"}})
     return nb
 
 

@@ -12,19 +12,21 @@ from pathlib import Path
 
 import nbformat
 
-RUN_CELL_METADATA = ("execution", "executionInfo", "outputId", "papermill", "colab", "id", "scrolled", "collapsed")
-RUN_NOTEBOOK_METADATA = ("papermill", "widgets", "language_info")
+# Allowlists, as nbdev keeps them: whatever else an editor or a run adds (Colab's executionInfo and outputId,
+# papermill's timings, widget state, language_info, scrolled/collapsed...) never reaches a commit.
+KEPT_CELL_METADATA = ("tags",)  # "parameters", "skip-execution", "nbval-skip"
+KEPT_NOTEBOOK_METADATA = ("kernelspec", "accelerator", "colab", "kit")  # Colab's GPU choice, the kit's version
 
 
 def strip(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for cell in notebook.cells:
-        for key in RUN_CELL_METADATA:
-            cell.metadata.pop(key, None)
+        for key in [key for key in cell.metadata if key not in KEPT_CELL_METADATA]:
+            del cell.metadata[key]
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    for key in RUN_NOTEBOOK_METADATA:
-        notebook.metadata.pop(key, None)
+    for key in [key for key in notebook.metadata if key not in KEPT_NOTEBOOK_METADATA]:
+        del notebook.metadata[key]
     return notebook
 
 
