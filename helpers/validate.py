@@ -54,6 +54,10 @@ def _prompts_file(name, value):
                        "guidance_scale (see the README's prompts-file format).")
 
 
+def _optional_model(name, value):
+    _model(name, value, optional=True)
+
+
 def _custom_pipeline(name, value):
     try:
         rules.custom_pipeline_path(name, value)
@@ -65,7 +69,7 @@ RULES = {
     "model_id": _model,
     "vae_id": _model,
     "safety_model_id": _model,
-    "components_repo": lambda n, v: _model(n, v, optional=True),
+    "components_repo": _optional_model,
     "prompt": lambda n, v: rules.text(n, v, allow_empty=False),
     "negative_prompt": rules.text,
     "height": rules.size,
@@ -131,7 +135,7 @@ def unknown_parameters(namespace: dict) -> list[str]:
 
 
 # Parameters naming a model source: for a Hub id their rule imports huggingface_hub (id syntax, cache).
-MODEL_SOURCES = frozenset({"model_id", "vae_id", "safety_model_id", "components_repo", "t2v_model_id", "i2v_model_id"})
+MODEL_SOURCES = frozenset(name for name, rule in RULES.items() if rule in (_model, _optional_model))
 STAGES = ("all", "before_install", "after_install")
 
 
