@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -125,21 +126,55 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=loading.hub_offline()))
 
 
+def _with_relative_imports(role: str, name: str, fetch, local: bool) -> list[CodeFile]:
+    """`name` (a path in its folder or repository) and every file it imports relatively, recursively.
+
+    diffusers copies or downloads those next to the module, and they run when it is imported, so a
+    `from .helper import x` in pipeline.py makes helper.py part of what is shown, hashed and pinned.
+    `fetch(path)` gives the file on disk (from the folder, or downloaded at the audited revision).
+    From a `local` folder diffusers 0.42.1 copies only the files `name` imports directly, into one shared
+    folder (HF_MODULES_CACHE/diffusers_modules/local): a deeper import would run whatever another
+    pipeline left there, unaudited, so it is refused.
+    """
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
+
+    files, queue, seen = [], [(name, None)], set()
+    while queue:
+        current, importer = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        path = fetch(current)
+        if not Path(path).is_file():
+            raise LocalPathNotFoundError(
+                f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
+                "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run."
+            )
+        if local and importer is not None and importer != name:
+            raise RemoteCodeRefused(
+                f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
+                f"files {name} imports directly: it would import whatever another pipeline left in "
+                "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
+                f"import {current!r} directly in {name}, or merge it into {importer}."
+            )
+        files.append(_code_file(role if importer is None else f"{role}: imported by {importer}", current, Path(path)))
+        folder = posixpath.dirname(current)
+        queue += [(posixpath.join(folder, module.replace(".", "/") + ".py"), current)
+                  for module in sorted(get_relative_imports(str(path)))]
+    return files
+
+
 def hub_pipeline_files(repo_id: str, custom_revision: str | None) -> list[CodeFile]:
     """What `custom_pipeline="<repo_id>", custom_revision=...` executes: the repo's pipeline.py and every file
     it imports relatively (diffusers fetches those too), downloaded at that revision."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_imports
+    return _with_relative_imports(f"custom_pipeline {repo_id}", "pipeline.py",
+                                  lambda name: _fetch(repo_id, name, custom_revision), local=False)
 
-    files, queue, seen = [], ["pipeline.py"], set()
-    while queue:
-        name = queue.pop(0)
-        if name in seen:
-            continue
-        seen.add(name)
-        path = _fetch(repo_id, name, custom_revision)
-        files.append(_code_file(f"custom_pipeline {repo_id}", name, path))
-        queue += [module.replace(".", "/") + ".py" for module in get_relative_imports(str(path))]
-    return files
+
+def custom_pipeline_files(resolved: Path) -> list[CodeFile]:
+    """A local `.py` file or folder given as custom_pipeline: its script and what that imports relatively."""
+    folder, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
+    return _with_relative_imports("custom_pipeline", script, lambda name: folder / name, local=True)
 
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
@@ -147,14 +182,13 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
     """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
     files = []
     if custom_pipeline is not None:
-        resolved = resolve_custom_pipeline(custom_pipeline)
-        script = resolved if resolved.is_file() else resolved / "pipeline.py"
-        files.append(_code_file("custom_pipeline", script.name, script))
+        files += custom_pipeline_files(resolve_custom_pipeline(custom_pipeline))
     index = loading.read_model_index(source, revision)
+    fetch = lambda name: _fetch(source, name, revision)  # noqa: E731 - one source and revision for every file
+    local = Path(source).is_dir()
     if isinstance(index.get("_class_name"), list):
         module, class_name = index["_class_name"]
-        script = _fetch(source, f"{module}.py", revision)
-        files.append(_code_file(f"pipeline class {class_name}", f"{module}.py", script))
+        files += _with_relative_imports(f"pipeline class {class_name}", f"{module}.py", fetch, local)
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or spec[0] in KNOWN_LIBRARIES:
             continue
@@ -162,8 +196,7 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
 
         if hasattr(diffusers.pipelines, spec[0]):
             continue  # a diffusers pipeline module, e.g. ["stable_diffusion", "StableDiffusionSafetyChecker"]
-        file = f"{name}/{spec[0]}.py"
-        files.append(_code_file(f"{name} component {spec[1]}", file, _fetch(source, file, revision)))
+        files += _with_relative_imports(f"{name} component {spec[1]}", f"{name}/{spec[0]}.py", fetch, local)
     return files
 
 
@@ -173,8 +206,8 @@ def component_code_files(source: str, subfolder: str, revision: str | None = Non
     files = []
     for reference in sorted(set(config.get("auto_map", {}).values())):
         module = reference.rsplit(".", 1)[0]
-        file = f"{subfolder}/{module}.py"
-        files.append(_code_file(f"auto_map {reference}", file, _fetch(source, file, revision)))
+        files += _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{module}.py",
+                                        lambda name: _fetch(source, name, revision), Path(source).is_dir())
     return files
 
 
@@ -290,8 +323,7 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         if pipeline_files is not None:
             files = pipeline_files
         else:
-            script = Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py"
-            files = [_code_file("custom_pipeline", script.name, script)]
+            files = custom_pipeline_files(Path(resolved))
         source = None
     else:
         source = loading.resolve_model_source(model_id, revision)
@@ -399,7 +431,8 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
         if not offline:
             raise
         raise ModelNotCachedOfflineError(
-            f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be reached. "
+            f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
+            f"{sources.offline_reason()} "
             "(diffusers' own by-name path would also ask PyPI for its release list with no timeout and hang.) "
             "Run this online once, or pass a local copy of the file as custom_pipeline."
         ) from None

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
-from urllib.parse import urlparse
 
+from . import network
 from .env import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
@@ -30,29 +28,20 @@ def _looks_like_local_path(model_id: str) -> bool:
     return "/" in model_id and Path(model_id).parent.is_dir()
 
 
-def reachable(host: str, timeout: float = 3.0, port: int = 443) -> bool:
-    """One TCP connect to `host`:`port`, bounded by `timeout` (a dropped network must not hang)."""
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-@cache
-def _endpoint_reachable(endpoint: str, timeout: float) -> bool:
-    url = urlparse(endpoint)
-    return reachable(url.hostname, timeout, url.port or (80 if url.scheme == "http" else 443))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror on another port) answers; asked once per endpoint."""
+def hub_probe() -> network.HubProbe:
+    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers an HTTPS request now, and if not, why.
+    Asked once per endpoint; `hub_reachable.cache_clear()` asks again."""
     from huggingface_hub import constants
 
-    return _endpoint_reachable(constants.ENDPOINT, timeout)
+    return network.probe(constants.ENDPOINT)
 
 
-hub_reachable.cache_clear = _endpoint_reachable.cache_clear  # tests and long sessions can ask again
+def hub_reachable() -> bool:
+    """Whether the Hub endpoint answers (see hub_probe)."""
+    return hub_probe().ok
+
+
+hub_reachable.cache_clear = network.probe.cache_clear  # tests and long sessions can ask again
 
 
 @contextmanager
@@ -79,6 +68,13 @@ def hub_access(repo_id: str, repo_type: str = "model"):
 
 def hub_offline() -> bool:
     return truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
+
+
+def offline_reason() -> str:
+    """Why the kit treats the Hub as unavailable: HF_HUB_OFFLINE, or what the probe found (with the fix)."""
+    if truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return "HF_HUB_OFFLINE is set"
+    return hub_probe().explain()
 
 
 def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
@@ -131,8 +127,8 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     cached = any(_cached_file(model_id, name, revision) for name in candidates)
     if not cached and hub_offline():
         raise ModelNotCachedOfflineError(
-            "it is not in the local Hub cache and the Hub cannot be reached (HF_HUB_OFFLINE is set or the network "
-            "is down)", name="model_id", value=model_id,
+            f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
+            value=model_id,
             fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
                 "that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
                 "downloads nothing).",

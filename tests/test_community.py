@@ -271,3 +271,80 @@ def test_notebooks_pass_trust_remote_code_only_right_after_an_audit():
                 calls += passes_trust_remote_code(cell.source)
                 assert unaudited_remote_code_calls(cell.source) == [], (path.name, cell.id)
     assert calls >= 3  # notebook 04 shows from_pretrained with a file, from_pipe with a folder, and a repo
+
+
+def relative_import_folder(tmp_path: Path, marker: Path) -> Path:
+    """A custom pipeline folder whose pipeline.py imports two sibling helpers; the first writes `marker`."""
+    folder = tmp_path / "kit_relative_pipeline"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        "from diffusers import StableDiffusionPipeline\n\nfrom .rel_helper import TAG\nfrom .rel_deeper import DEPTH\n"
+        "\n\nclass KitRelativePipeline(StableDiffusionPipeline):\n    tag = TAG + DEPTH\n"
+    )
+    (folder / "rel_helper.py").write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\nTAG = 'helper'\n")
+    (folder / "rel_deeper.py").write_text("DEPTH = '+deeper'\n")
+    return folder
+
+
+def test_the_audit_follows_relative_imports_of_a_local_custom_pipeline(tiny, tmp_path, capsys):
+    """The helper a pipeline imports runs too: it is listed, hashed and pinned like the pipeline itself."""
+    marker = tmp_path / "ran.txt"
+    folder = relative_import_folder(tmp_path, marker)
+    audited = community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+    assert [f.name for f in audited.files] == ["pipeline.py", "rel_deeper.py", "rel_helper.py"]
+    assert audited.files[1].role == "custom_pipeline: imported by pipeline.py"
+    assert "will execute 3 code file(s)" in capsys.readouterr().out
+    pinned = audited.manifest
+    (folder / "rel_deeper.py").write_text("DEPTH = 'changed after you read it'\n")
+    with pytest.raises(community.RemoteCodeChanged) as refused:
+        community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder), pinned=pinned,
+                                            device_map=None)
+    assert list(refused.value.changes) == ["rel_deeper.py"]
+    assert not marker.exists()  # refused before any of it ran
+
+
+def test_an_unlisted_relatively_imported_file_fails_the_manifest(tiny, tmp_path):
+    folder = relative_import_folder(tmp_path, tmp_path / "ran.txt")
+    pinned = community.audit(str(tiny["sd"]), custom_pipeline=str(folder)).manifest
+    (folder / "rel_extra.py").write_text("X = 1\n")
+    (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text() + "from .rel_extra import X  # noqa\n")
+    with pytest.raises(community.RemoteCodeChanged) as refused:
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder), pinned=pinned)
+    assert refused.value.changes["rel_extra.py"] == (None, community._sha256(folder / "rel_extra.py"))
+    assert set(refused.value.changes) == {"pipeline.py", "rel_extra.py"}
+
+
+def test_a_missing_relative_import_is_named_before_anything_runs(tiny, tmp_path):
+    folder = relative_import_folder(tmp_path, tmp_path / "ran.txt")
+    (folder / "rel_deeper.py").unlink()
+    with pytest.raises(LocalPathNotFoundError, match=r"pipeline.py imports 'rel_deeper.py', which does not exist"):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+
+
+def test_a_nested_local_relative_import_is_refused_not_resolved_from_the_shared_cache(tiny, tmp_path):
+    """diffusers copies only direct imports of local code into one shared folder: a deeper one is refused."""
+    folder = relative_import_folder(tmp_path, tmp_path / "ran.txt")
+    (folder / "rel_helper.py").write_text("from .rel_deeper import DEPTH  # noqa\nTAG = 'helper'\n")
+    (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text().replace("from .rel_deeper import DEPTH",
+                                                                                    "DEPTH = ''"))
+    with pytest.raises(community.RemoteCodeRefused, match=r"rel_helper.py imports 'rel_deeper.py' relatively"):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+
+
+def test_the_audited_relative_helper_is_the_one_that_runs(tiny, tmp_path):
+    marker = tmp_path / "ran.txt"
+    folder = relative_import_folder(tmp_path, marker)
+    pipe = community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder), device_map=None)
+    assert type(pipe).__name__ == "KitRelativePipeline" and pipe.tag == "helper+deeper"
+    assert marker.read_text() == "ran\n"
+
+
+def test_the_audit_follows_relative_imports_of_a_components_repo(tiny, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny["sd-components"], copy)
+    unet_code = copy / "unet" / "kit_counting_unet.py"
+    unet_code.write_text("from .unet_helper import SCALE  # noqa\n" + unet_code.read_text())
+    (copy / "unet" / "unet_helper.py").write_text("SCALE = 1\n")
+    names = [f.name for f in community.code_files(str(copy))]
+    assert names == ["pipeline_kit_components.py", "unet/kit_counting_unet.py", "unet/unet_helper.py"]
+    assert [f.name for f in community.component_code_files(str(copy), "unet")][-1] == "unet/unet_helper.py"

@@ -1,0 +1,171 @@
+"""The Hub probe against hostile stand-ins on 127.0.0.1: each failure is bounded in time and named."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from helpers import network, sources
+from helpers.errors import ModelNotCachedOfflineError
+
+BOUND_S = network.PROBE_TIMEOUT_S + 3  # the probe's hard deadline, plus thread start-up
+
+
+@contextmanager
+def listener(serve=None):
+    """A TCP server on 127.0.0.1; `serve(connection)` runs for each accepted connection (None: never answer)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held, stop = [], threading.Event()
+
+    def loop():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            held.append(connection)
+            if serve:
+                threading.Thread(target=serve, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe(monkeypatch):
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    network.probe.cache_clear()
+    yield
+    network.probe.cache_clear()
+
+
+def timed_probe(endpoint: str) -> network.HubProbe:
+    start = time.monotonic()
+    verdict = network.probe(endpoint)
+    assert time.monotonic() - start < BOUND_S
+    return verdict
+
+
+def test_an_endpoint_that_accepts_and_never_answers_is_a_timeout_within_the_bound():
+    with listener() as port:
+        verdict = timed_probe(f"http://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem == "timeout"
+    assert "captive portal" in verdict.explain() and "HF_HUB_OFFLINE=1" in verdict.explain()
+
+
+def test_a_half_open_https_endpoint_is_a_timeout_not_a_hang():
+    with listener() as port:
+        verdict = timed_probe(f"https://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem in ("timeout", "tls"), verdict
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-days", "1", "-keyout", folder / "key.pem", "-out", folder / "cert.pem"],
+                   check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_a_tls_intercepting_endpoint_is_named_as_a_tls_failure(self_signed):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*self_signed)
+
+    def serve(connection):
+        try:
+            with context.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1024)
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        except (OSError, ssl.SSLError):
+            pass  # the client refuses the certificate: that is the point
+
+    with listener(serve) as port:
+        verdict = timed_probe(f"https://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem == "tls", verdict
+    assert "SSL_CERT_FILE" in verdict.explain() and "certificate" in verdict.detail.lower()
+
+
+def test_plain_http_spoken_on_the_https_port_is_a_tls_failure():
+    def serve(connection):
+        connection.recv(1024)
+        connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://portal.example/\r\n\r\n")
+
+    with listener(serve) as port:
+        verdict = timed_probe(f"https://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem == "tls", verdict
+
+
+def test_a_closed_port_is_refused_at_once():
+    probe_socket = socket.socket()
+    probe_socket.bind(("127.0.0.1", 0))
+    port = probe_socket.getsockname()[1]
+    probe_socket.close()  # nothing listens on it now
+    verdict = timed_probe(f"http://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem == "refused" and verdict.seconds < 3
+
+
+def test_an_unresolvable_name_is_a_dns_failure():
+    verdict = timed_probe("https://kit-probe.invalid")
+    assert not verdict.ok and verdict.problem in ("dns", "timeout"), verdict
+    assert verdict.problem == "dns" or "no answer" in verdict.detail
+
+
+def test_a_hung_dns_lookup_is_cut_at_the_deadline(monkeypatch):
+    """getaddrinfo has no timeout of its own; a resolver that never answers must not hang the kernel."""
+    real = socket.getaddrinfo
+
+    def hung(host, *args, **kwargs):
+        if host == "kit-hung.example":
+            time.sleep(60)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+    verdict = timed_probe("https://kit-hung.example")
+    assert not verdict.ok and verdict.problem == "dns", verdict
+
+
+def test_a_stalled_proxy_is_bounded(monkeypatch):
+    with listener() as port:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setattr("huggingface_hub.utils._http._GLOBAL_CLIENT", None)  # proxies are read at creation
+        verdict = timed_probe("https://kit-proxied.example")
+    assert not verdict.ok and verdict.problem in ("timeout", "proxy"), verdict
+
+
+def test_any_http_answer_counts_as_reachable():
+    def serve(connection):
+        connection.recv(1024)
+        connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    with listener(serve) as port:
+        verdict = timed_probe(f"http://127.0.0.1:{port}")
+    assert verdict.ok, verdict
+
+
+def test_an_uncached_hub_id_behind_a_stalled_endpoint_fails_fast_naming_the_cause(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with listener() as port:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")
+        start = time.monotonic()
+        with pytest.raises(ModelNotCachedOfflineError) as caught:
+            sources.resolve_model_source("someone/not-cached-anywhere")
+    assert time.monotonic() - start < BOUND_S
+    assert "nothing answered" in str(caught.value) and "HF_HUB_OFFLINE=1" in str(caught.value)
