@@ -105,6 +105,9 @@ def gpu_budgets(name: str, value) -> dict[int, int]:
     """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}; refuses what diffusers would misread."""
     if not isinstance(value, list | tuple) or not value or not all(_is_number(v) and v > 0 for v in value):
         fail(name, value, "needs a non-empty list of per-GPU budgets in GiB, each > 0", "e.g. [15, 15].")
+    if not all(MIN_GPU_BUDGET_GIB <= v <= MAX_GPU_BUDGET_GIB for v in value):
+        fail(name, value, f"needs per-GPU budgets in GiB, each from {MIN_GPU_BUDGET_GIB} to {MAX_GPU_BUDGET_GIB} "
+             "(below that no layer fits; above it no GPU exists)", "e.g. [15, 15] for two T4s.")
     return {index: int(budget * 2**30) for index, budget in enumerate(value)}
 
 
@@ -113,6 +116,8 @@ def memory_map(name: str, value) -> None:
         fail(name, value, 'needs a dict of per-GPU limits like {0: "14GiB", 1: "14GiB"} (empty: the plan\'s)')
 
 
+MIN_GPU_BUDGET_GIB = 0.01  # 10 MiB; smaller rounds to zero bytes per GPU
+MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
 MAX_SIDE = 8192  # pixels: beyond this no pipeline the kit teaches has been trained, and memory explodes
 MAX_GUIDANCE = 100.0  # far past any useful value; 1e300 overflows to NaN latents and a black image

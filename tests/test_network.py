@@ -5,45 +5,15 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from helpers import network, sources
 from helpers.errors import ModelNotCachedOfflineError
+from tools.hostile import free_port, listener
 
 BOUND_S = network.PROBE_TIMEOUT_S + 3  # the probe's hard deadline, plus thread start-up
-
-
-@contextmanager
-def listener(serve=None):
-    """A TCP server on 127.0.0.1; `serve(connection)` runs for each accepted connection (None: never answer)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held, stop = [], threading.Event()
-
-    def loop():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                continue
-            held.append(connection)
-            if serve:
-                threading.Thread(target=serve, args=(connection,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        for connection in held:
-            connection.close()
-        server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -96,28 +66,20 @@ def test_a_tls_intercepting_endpoint_is_named_as_a_tls_failure(self_signed):
         except (OSError, ssl.SSLError):
             pass  # the client refuses the certificate: that is the point
 
-    with listener(serve) as port:
+    with listener(serve=serve) as port:
         verdict = timed_probe(f"https://127.0.0.1:{port}")
     assert not verdict.ok and verdict.problem == "tls", verdict
     assert "SSL_CERT_FILE" in verdict.explain() and "certificate" in verdict.detail.lower()
 
 
 def test_plain_http_spoken_on_the_https_port_is_a_tls_failure():
-    def serve(connection):
-        connection.recv(1024)
-        connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://portal.example/\r\n\r\n")
-
-    with listener(serve) as port:
+    with listener("plain-http") as port:
         verdict = timed_probe(f"https://127.0.0.1:{port}")
     assert not verdict.ok and verdict.problem == "tls", verdict
 
 
 def test_a_closed_port_is_refused_at_once():
-    probe_socket = socket.socket()
-    probe_socket.bind(("127.0.0.1", 0))
-    port = probe_socket.getsockname()[1]
-    probe_socket.close()  # nothing listens on it now
-    verdict = timed_probe(f"http://127.0.0.1:{port}")
+    verdict = timed_probe(f"http://127.0.0.1:{free_port()}")
     assert not verdict.ok and verdict.problem == "refused" and verdict.seconds < 3
 
 
@@ -155,7 +117,7 @@ def test_any_http_answer_counts_as_reachable():
         connection.recv(1024)
         connection.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
 
-    with listener(serve) as port:
+    with listener(serve=serve) as port:
         verdict = timed_probe(f"http://127.0.0.1:{port}")
     assert verdict.ok, verdict
 

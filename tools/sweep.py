@@ -1,0 +1,392 @@
+"""The reliability sweep: hostile inputs to every notebook, each run headless as a user would run it.
+
+Every case is one papermill run of a real notebook on the tiny models, with one thing made hostile: a
+bad parameter, a damaged model folder, a Hub endpoint that stalls or speaks the wrong protocol, remote
+code that imports more than it shows, an unwritable place. Around each run the sweep checks what the
+kit promises, whatever the case: the run fails (never exit 0 on nonsense) within 30 s, with a message
+that names the problem; the executed notebook is kept; the user's files in `output_dir` are untouched;
+nothing is left in $TMPDIR; the HF_TOKEN canary never appears in the executed notebook.
+
+`make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`) writes the table;
+tests/test_reliability.py runs the same cases and asserts each promise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import hostile, runner
+from .tiny import build_all
+
+NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
+TIME_LIMIT_S = 30
+CANARY = "hf_KitSweepCanaryToken0123456789abcdef"
+USER_FILES = {"index.html": b"<html>the user's own page</html>\n", "notes.txt": b"mine, not the kit's\n"}
+
+# (notebook, parameter, bad value, text the error must contain besides the name and value)
+BAD_PARAMETERS = [
+    ("01", "install", "yes", "needs True or False"),
+    ("01", "report_only", 1, "needs True or False"),
+    ("01", "hf_home", 5, "needs a text value"),
+    ("02", "dtype", "fp8", "choose one of 'auto'"),
+    ("02", "dtype", "half", "choose one of 'auto'"),
+    ("02", "device_map", "cuda:1", "choose one of 'auto', 'cuda', 'balanced', 'cpu'"),
+    ("02", "device_map", "gpu", "choose one of"),
+    ("02", "num_inference_steps", 0, "needs a whole number >= 1"),
+    ("02", "num_inference_steps", -3, "needs a whole number >= 1"),
+    ("02", "num_inference_steps", "ten", "needs a whole number >= 1"),
+    ("02", "num_inference_steps", 2.5, "needs a whole number >= 1"),
+    ("02", "height", 30, "a multiple of 8. Try 32"),
+    ("02", "width", 0, "a multiple of 8"),
+    ("02", "height", -64, "a multiple of 8"),
+    ("02", "width", 1000.5, "a multiple of 8"),
+    ("02", "guidance_scale", -1, "needs a number >= 0"),
+    ("02", "guidance_scale", "high", "needs a number >= 0"),
+    ("02", "strength", 0, "needs a number > 0 and <= 1"),
+    ("02", "strength", 1.5, "needs a number > 0 and <= 1"),
+    ("02", "seed", -1, "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "seed", "abc", "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "seed", 2**64, "needs a whole number from 0 to 2**64 - 1"),
+    ("02", "height", 100000, "is larger than 8192 pixels"),
+    ("02", "guidance_scale", 1e300, "needs a number >= 0 and <= 100"),
+    ("02", "strength", 0.01, "strength x num_inference_steps must be >= 1"),
+    ("02", "output_dir", "../README.md", "is an existing file, not a folder"),
+    ("03", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
+    ("02", "model_id", "./missing-model", "does not exist"),
+    ("02", "model_id", "someone/not-cached", "not in the local Hub cache"),
+    ("02", "model_id", "", "give a Hub id"),
+    ("02", "model_id", "bad id!!", "not a valid Hub id"),
+    ("02", "prompt", "", "needs a non-empty text"),
+    ("02", "prompt", 1984, "needs a non-empty text"),
+    ("02", "output_dir", "", "needs a non-empty text"),
+    ("02", "parallel_loading", "no", "needs True or False"),
+    ("02", "local_dir", 3, "needs a text value"),
+    ("03", "scheduler", "Euler", "needs a scheduler class name"),
+    ("03", "vae_id", "./missing-vae", "does not exist"),
+    ("03", "safety_model_id", "bad id!!", "not a valid Hub id"),
+    ("03", "enable_pag", "true", "needs True or False"),
+    ("03", "dtype", "int8", "choose one of"),
+    ("04", "community_pipeline", "community/missing.py", "would treat a missing path as a Hub repo"),
+    ("04", "hub_community_name", "../evil", "needs a community pipeline name"),
+    ("04", "custom_revision", "v0.41.0", "Use '0.41.0'"),
+    ("04", "revision", "main", "a full 40-character commit hash"),
+    ("04", "components_repo", "./nope", "does not exist"),
+    ("04", "height", 513, "a multiple of 8"),
+    ("05", "prompts", [], "needs a non-empty list"),
+    ("05", "prompts", ["a cat", ""], "needs a non-empty list"),
+    ("05", "prompts", "a cat", "needs a non-empty list"),
+    ("05", "num_processes", 0, "needs a whole number >= 1"),
+    ("05", "gpu_memory_gib", [-1], "each > 0"),
+    ("05", "gpu_memory_gib", ["15"], "each > 0"),
+    ("05", "gpu_memory_gib", [1e-12], "each"),
+    ("05", "max_memory", [1], "needs a dict"),
+    ("05", "dtype", "float8", "choose one of"),
+    ("05", "output_dir", "../README.md", "is an existing file, not a folder"),
+    ("06", "seeds_per_prompt", 0, "needs a whole number >= 1"),
+    ("06", "resume", "yes", "needs True or False"),
+    ("06", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
+    ("06", "prompts_file", "no-such-prompts.txt", "does not exist"),
+    ("07", "num_frames", 80, "needs 4k + 1 frames"),
+    ("07", "num_frames", 0, "needs 4k + 1 frames"),
+    ("07", "input_image", "no-such-picture.png", "needs an existing image file"),
+    ("07", "fps", 0, "needs a whole number >= 1"),
+    ("07", "run_image_to_video", "yes", "needs True or False"),
+    ("07", "output_dir", "../README.md", "is an existing file, not a folder"),
+]
+
+# A misspelt parameter (papermill only warns, then runs the default): the kit names the closest declared one.
+MISSPELT = [("01", "hf_hom", "hf_home"), ("02", "num_inference_step", "num_inference_steps"),
+            ("03", "schedular", "scheduler"), ("04", "custom_revison", "custom_revision"),
+            ("05", "promts", "prompts"), ("06", "seeds_per_promt", "seeds_per_prompt"),
+            ("07", "num_frame", "num_frames")]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile run: `parameters` on top of the tiny headless ones, after `prepare(work, parameters)`
+    (which returns more overrides), with `environment` for the kernel and an optional network stand-in
+    whose port fills "{port}" in the environment. `expect`: text the error message must contain."""
+
+    notebook: str
+    label: str
+    expect: str
+    parameters: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    prepare: Callable[[Path, dict], dict] | None = None
+    server: str | None = None  # a tools.hostile listener kind
+    first_cell: bool = True  # the error must come from the first cell after the parameters
+
+
+def _hub_default(notebook: str, name: str) -> str:
+    return ast.literal_eval(runner.declared_parameters(NB[notebook])[name]["default"])
+
+
+def _network(notebook: str, name: str, label: str, expect: str, server: str | None, endpoint: str,
+             proxy: str = "") -> Case:
+    """`name` keeps the notebook's real Hub id (uncached), and the Hub is reached through `endpoint`."""
+    environment = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy,
+                   "https_proxy": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+    return Case(notebook, label, expect, {name: _hub_default(notebook, name)}, environment, server=server)
+
+
+HALF_OPEN, PLAIN_HTTP = "http://127.0.0.1:{port}", "https://127.0.0.1:{port}"
+NETWORK = [
+    _network("02", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
+    _network("02", "model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+    _network("02", "model_id", "Hub port closed", "nothing listens there", "closed", HALF_OPEN),
+    _network("02", "model_id", "Hub name does not resolve", "could not be resolved", None, "https://kit-sweep.invalid"),
+    _network("02", "model_id", "stalled HTTPS proxy", "cannot be reached", "half-open", "https://huggingface.co",
+             proxy="http://127.0.0.1:{port}"),
+    _network("03", "vae_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
+    _network("04", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
+    _network("05", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
+    _network("06", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
+    _network("07", "t2v_model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+]
+
+
+def _weights(folder: Path, component: str) -> Path:
+    return next((folder / component).glob("*.safetensors"))
+
+
+def _damaged(parameter: str, damage: Callable[[Path], object], file_only: bool = False):
+    """prepare(): a copy of the model folder the notebook was given as `parameter`, then `damage` applied."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        copy = work / "model"
+        shutil.copytree(parameters[parameter], copy)
+        given = damage(copy)
+        return {parameter: str(given if file_only else copy)}
+
+    return prepare
+
+
+def _index(folder: Path, text: str) -> None:
+    (folder / "model_index.json").write_text(text)
+
+
+def _denoiser(folder: Path) -> str:
+    return "transformer" if (folder / "transformer").is_dir() else "unet"
+
+
+FOLDERS = [
+    Case("02", "truncated weights", "is truncated", prepare=_damaged("model_id", lambda f: _weights(
+        f, "transformer").write_bytes(_weights(f, "transformer").read_bytes()[:1000]))),
+    Case("02", "0-byte weights", "too short to be a safetensors file", prepare=_damaged(
+        "model_id", lambda f: _weights(f, "vae").write_bytes(b""))),
+    Case("02", "garbage weights", "not a safetensors file", prepare=_damaged(
+        "model_id", lambda f: _weights(f, "transformer").write_bytes(b"garbage!" * 64))),
+    Case("02", "missing vae/", "but vae/ is missing", prepare=_damaged("model_id", lambda f: shutil.rmtree(f / "vae"))),
+    Case("02", "model_index.json invalid", "model_index.json is not valid JSON", prepare=_damaged(
+        "model_id", lambda f: _index(f, "{not json"))),
+    Case("02", "model_index.json is {}", "model_index.json has no _class_name", prepare=_damaged(
+        "model_id", lambda f: _index(f, "{}"))),
+    Case("02", "model_index.json is a list", "holds a list, not a JSON object", prepare=_damaged(
+        "model_id", lambda f: _index(f, "[1, 2]"))),
+    Case("02", "component config empty", "config.json is not valid JSON", prepare=_damaged(
+        "model_id", lambda f: (f / "vae" / "config.json").write_text(""))),
+    Case("02", "component without weights", "has a config.json but no weights", prepare=_damaged(
+        "model_id", lambda f: _weights(f, "vae").unlink())),
+    Case("02", "single .safetensors file as model_id", "from_single_file", prepare=_damaged(
+        "model_id", lambda f: _weights(f, "transformer"), file_only=True)),
+    Case("03", "pipeline folder as vae_id", "whole pipeline folder, not a VAE",
+         prepare=lambda work, parameters: {"vae_id": parameters["model_id"]}),
+    Case("03", "truncated model weights", "is truncated", prepare=_damaged("model_id", lambda f: _weights(
+        f, "unet").write_bytes(_weights(f, "unet").read_bytes()[:1000]))),
+    Case("04", "model_index.json is {}", "model_index.json has no _class_name", prepare=_damaged(
+        "model_id", lambda f: _index(f, "{}"))),
+    Case("05", "missing vae/", "but vae/ is missing", prepare=_damaged("model_id", lambda f: shutil.rmtree(f / "vae"))),
+    Case("06", "garbage weights", "not a safetensors file", prepare=_damaged(
+        "model_id", lambda f: _weights(f, "unet").write_bytes(b"garbage!" * 64))),
+    Case("07", "truncated weights", "is truncated", prepare=_damaged("t2v_model_id", lambda f: _weights(
+        f, "transformer").write_bytes(_weights(f, "transformer").read_bytes()[:1000]))),
+]
+
+
+def _nested_relative_import(work: Path, parameters: dict) -> dict:
+    """A custom pipeline folder whose helper imports another helper (diffusers would not copy the second)."""
+    folder = work / "kit_sweep_nested"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("from diffusers import StableDiffusionPipeline\n\nfrom .sweep_a import A\n\n\n"
+                                        "class KitSweepPipeline(StableDiffusionPipeline):\n    a = A\n")
+    (folder / "sweep_a.py").write_text("from .sweep_b import B\n\nA = B\n")
+    (folder / "sweep_b.py").write_text("B = 1\n")
+    return {"community_pipeline": str(folder)}
+
+
+REMOTE_CODE = [
+    Case("04", "custom pipeline with a nested relative import", "relatively, but from a local folder",
+         prepare=_nested_relative_import, first_cell=False),
+    Case("04", "DIFFUSERS_DISABLE_REMOTE_CODE=1", "DIFFUSERS_DISABLE_REMOTE_CODE is set",
+         environment={"DIFFUSERS_DISABLE_REMOTE_CODE": "1"}, first_cell=False),
+]
+
+
+def all_cases() -> list[Case]:
+    cases = [Case(nb, f"{name}={value!r}", expect, {name: value}) for nb, name, value, expect in BAD_PARAMETERS]
+    cases += [Case(nb, f"misspelt {typo}", f"Did you mean {right!r}", {typo: 2}) for nb, typo, right in MISSPELT]
+    return cases + NETWORK + FOLDERS + REMOTE_CODE
+
+
+CASES = all_cases()
+
+
+@dataclass
+class Outcome:
+    """What one case did: how it ended and whether any promise was broken."""
+
+    notebook: str
+    label: str
+    seconds: float
+    failed: bool
+    cell: str
+    message: str  # the error's first line
+    executed_kept: bool
+    lost: list[str]  # user files changed or removed, partial files left
+    leftovers: list[str]  # what stayed in the case's $TMPDIR
+    canary_leaked: bool
+
+    @property
+    def first_line(self) -> str:
+        return self.message.splitlines()[0] if self.message else ""
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def run_case(index: int, tiny: dict[str, str], root: str) -> Outcome:
+    """Run CASES[index] in its own folder, with its own $TMPDIR and a seeded output_dir, then check it."""
+    case = CASES[index]
+    work = Path(root) / f"{index:03d}"
+    temp, out = work / "tmp", work / "out"
+    temp.mkdir(parents=True)
+    out.mkdir()
+    for name, data in USER_FILES.items():
+        (out / name).write_bytes(data)
+    before = _digest(out)
+    notebook = NB[case.notebook]
+    parameters = runner.headless_parameters(notebook, {k: Path(v) for k, v in tiny.items()}, out)
+    if case.prepare:
+        parameters.update(case.prepare(work, parameters))
+    parameters.update(case.parameters)
+    server = hostile.listener(case.server) if case.server else nullcontext(0)
+    with server as port:
+        environment = {name: value.replace("{port}", str(port)) for name, value in case.environment.items()}
+        environment.update(TMPDIR=str(temp), HF_TOKEN=CANARY)
+        result = runner.execute(notebook, work / notebook.name, parameters, environment)
+    after = _digest(out) if out.is_dir() else {}
+    lost = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    lost += sorted(p.name for p in out.iterdir() if p.is_file() and p.stat().st_size == 0) if out.is_dir() else []
+    executed = result.executed
+    kept = executed.is_file() and executed.stat().st_size > 0
+    error = result.error
+    return Outcome(case.notebook, case.label, round(result.seconds, 1), error is not None,
+                   error.cell if error else "", error.error if error else "", kept, lost,
+                   sorted(p.name for p in temp.iterdir()), kept and CANARY in executed.read_text())
+
+
+def run_sweep(root: Path, workers: int = 2, cases: list[int] | None = None) -> list[Outcome]:
+    """Every case (or the `cases` indices), `workers` at a time; the tiny models are built first."""
+    tiny = {name: str(path) for name, path in build_all(runner.TINY_DIR).items()}
+    runner.headless_environment()
+    indices = list(range(len(CASES))) if cases is None else cases
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(run_case, indices, [tiny] * len(indices), [str(root)] * len(indices)))
+
+
+def problems(outcome: Outcome, case: Case) -> list[str]:
+    """Every promise this outcome breaks (empty: the case passed)."""
+    found = []
+    if not outcome.failed:
+        found.append("exit 0 on nonsense")
+    if outcome.seconds >= TIME_LIMIT_S:
+        found.append(f"took {outcome.seconds:.0f} s")
+    if outcome.failed and case.expect not in outcome.message:
+        found.append(f"message lacks {case.expect!r}")
+    if not outcome.executed_kept:
+        found.append("executed notebook missing")
+    if outcome.lost:
+        found.append(f"lost or partial: {', '.join(outcome.lost)}")
+    if outcome.leftovers:
+        found.append(f"left in $TMPDIR: {', '.join(outcome.leftovers)}")
+    if outcome.canary_leaked:
+        found.append("HF_TOKEN leaked")
+    return found
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """bench/RELIABILITY.md: one row per case, then the totals and the slowest case."""
+    rows = ["| # | notebook | case | time to fail (s) | message (first line) | executed notebook kept | lost, "
+            "overwritten or left in $TMPDIR | verdict |", "|---|---|---|---|---|---|---|---|"]
+    broken = 0
+    for number, (outcome, case) in enumerate(zip(outcomes, CASES, strict=True), start=1):
+        issues = problems(outcome, case)
+        broken += bool(issues)
+        message = outcome.first_line.replace("|", "\\|")[:160]
+        damage = ", ".join(outcome.lost + outcome.leftovers) or "nothing"
+        rows.append(f"| {number} | {outcome.notebook} | {case.label.replace('|', '/')} | {outcome.seconds:.1f} | "
+                    f"{message} | {'yes' if outcome.executed_kept else 'NO'} | {damage} | "
+                    f"{'; '.join(issues) or 'ok'} |")
+    slowest = max(outcomes, key=lambda o: o.seconds)
+    per_notebook = {nb: sum(o.notebook == nb for o in outcomes) for nb in sorted(NB)}
+    header = [
+        "# Reliability sweep", "",
+        "Written by `make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`); `make test` runs the same "
+        "cases (tests/test_reliability.py). Each case is one headless papermill run of a notebook on the tiny "
+        "models with one hostile input, its own $TMPDIR, an HF_TOKEN canary, and an output_dir seeded with the "
+        f"user's own `index.html` and `notes.txt`. Limit: {TIME_LIMIT_S} s per case.", "",
+        f"**Totals:** {len(outcomes)} cases ({', '.join(f'{nb}: {n}' for nb, n in per_notebook.items())}); "
+        f"{len(outcomes) - broken} ok, {broken} broken; "
+        f"{sum(not o.failed for o in outcomes)} exited 0, "
+        f"{sum(o.seconds >= TIME_LIMIT_S for o in outcomes)} over {TIME_LIMIT_S} s, "
+        f"{sum(bool(o.lost) for o in outcomes)} lost or overwrote a file, "
+        f"{sum(bool(o.leftovers) for o in outcomes)} left files in $TMPDIR, "
+        f"{sum(not o.executed_kept for o in outcomes)} without an executed notebook, "
+        f"{sum(o.canary_leaked for o in outcomes)} leaked the token. "
+        f"Slowest: {slowest.notebook} {slowest.label} ({slowest.seconds:.1f} s). "
+        f"Sum of case times: {sum(o.seconds for o in outcomes):.0f} s.", "",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="write the markdown table here (e.g. bench/RELIABILITY.md)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the outcomes as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="kit-sweep-") as root:
+        start = time.perf_counter()
+        outcomes = run_sweep(Path(root), args.workers)
+        print(f"{len(outcomes)} cases in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    text = table(outcomes)
+    if args.write:
+        write_atomically(args.write, text)
+    if args.json:
+        write_atomically(args.json, json.dumps([o.__dict__ for o in outcomes], indent=1))
+    print(text)
+    return 1 if any(problems(o, c) for o, c in zip(outcomes, CASES, strict=True)) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
