@@ -102,3 +102,39 @@ def test_kernel_environment_reaches_the_kernel_and_is_restored(tmp_path, monkeyp
     printed = nbformat.read(result.executed, as_version=4).cells[-1].outputs[0]["text"]
     assert printed.split() == ["http://127.0.0.1:9", "0", "127.0.0.1,localhost"]
     assert dict(os.environ) == before  # this process's environment is as it was
+
+
+def _throwaway(folder, name, *sources, parameters=None):
+    """A small notebook written for one test: an optional parameters cell, then one code cell per source."""
+    cells = [new_code_cell(parameters, metadata={"tags": ["parameters"]})] if parameters else []
+    cells += [new_code_cell(source) for source in sources]
+    for number, cell in enumerate(cells):
+        cell.id = f"{name}-{number}"
+    notebook = new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_exit_statuses_are_worded_by_cause():
+    from tools.kernel_death import cause, likely_out_of_memory
+
+    assert "out of memory" in cause(-9) and likely_out_of_memory(-9)
+    assert "crashed with SIGSEGV (signal 11)" in cause(-11) and not likely_out_of_memory(-11)
+    assert cause(3) == "the kernel process exited with status 3 while a cell was running"
+    assert "unknown" in cause(None) and likely_out_of_memory(None)
+
+
+def test_a_kernel_dead_before_any_cell_still_leaves_a_marked_copy(tmp_path):
+    """No executed copy from papermill and no started cell: the source is copied with a note on top."""
+    from tools.kernel_death import mark_running_cell
+
+    source = _throwaway(tmp_path, "never_started", "print(1)")
+    executed = tmp_path / "run" / "never_started.ipynb"
+    executed.parent.mkdir()
+    assert mark_running_cell(executed, source, "the kernel process was killed by SIGKILL") == \
+        "no cell (the kernel died before the first one ran)"
+    note = nbformat.read(executed, as_version=4).cells[0]
+    assert note.cell_type == "markdown" and "SIGKILL" in note.source
+    assert [path.name for path in executed.parent.iterdir()] == ["never_started.ipynb"]
