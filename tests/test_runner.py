@@ -155,6 +155,7 @@ def test_a_killed_kernel_is_reported_and_the_run_goes_on(tiny, tmp_path, monkeyp
     (error,) = [output for output in running.outputs if output.output_type == "error"]
     assert error.ename == "DeadKernelError" and "SIGKILL" in error.evalue
     assert running.metadata.papermill.status == "failed" and executed.metadata.papermill.exception is True
+    nbformat.validate(executed)
     assert next(cell for cell in executed.cells if cell.get("id") == "01_dies-3").metadata.papermill.status == "pending"
     survived = nbformat.read(run_folder / "03_survives.ipynb", as_version=4)
     assert "after-the-death.png" in survived.cells[-1].outputs[0].text
