@@ -1,3 +1,5 @@
+import os
+
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -102,3 +104,84 @@ def test_kernel_environment_reaches_the_kernel_and_is_restored(tmp_path, monkeyp
     printed = nbformat.read(result.executed, as_version=4).cells[-1].outputs[0]["text"]
     assert printed.split() == ["http://127.0.0.1:9", "0", "127.0.0.1,localhost"]
     assert dict(os.environ) == before  # this process's environment is as it was
+
+
+def _throwaway(folder, name, *sources, parameters=None):
+    """A small notebook written for one test: an optional parameters cell, then one code cell per source."""
+    cells = [new_code_cell(parameters, metadata={"tags": ["parameters"]})] if parameters else []
+    cells += [new_code_cell(source) for source in sources]
+    for number, cell in enumerate(cells):
+        cell.id = f"{name}-{number}"
+    notebook = new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_a_killed_kernel_is_reported_and_the_run_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    """The OOM killer's SIGKILL mid-cell: named (notebook, cell, cause), marked in the executed copy; the next
+    notebooks still run, the gallery is written, the exit code is non-zero. A cell that raises is reported as before."""
+    for name in ("KIT_QUIET", "HF_HUB_OFFLINE", "PYTHONWARNINGS"):  # main() sets these for the kernels
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    dies = _throwaway(folder, "01_dies", "print('loading')",
+                      "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does",
+                      "print('never reached')",
+                      parameters='model_id: str = "big/model"  # the model\nplan_only: bool = False  # plan and stop')
+    raises = _throwaway(folder, "02_raises", "raise ValueError('boom')")
+    survives = _throwaway(
+        folder, "03_survives",
+        "import pathlib\nfrom PIL import Image\npath = pathlib.Path(output_dir, 'after-the-death.png')\n"
+        "path.parent.mkdir(parents=True)\nImage.new('RGB', (8, 8), 'red').save(path)\nprint(path)",
+        parameters='output_dir: str = "out"  # where images go')
+    runs = tmp_path / "runs"
+
+    code = runner.main([str(dies), str(raises), str(survives), "--runs", str(runs), "--tiny-dir", str(runner.TINY_DIR)])
+
+    printed = capsys.readouterr()
+    assert code != 0
+    report = printed.err
+    death = report[report.index("01_dies.ipynb"):report.index("02_raises.ipynb")]
+    assert "code cell 3 (id 01_dies-2: 'import os, signal')" in death  # after the parameters and injected cells
+    assert "SIGKILL" in death and "out of memory" in death
+    assert "-p plan_only True" in death and "-p model_id" in death  # the notebook's own parameters
+    assert "02_raises.ipynb failed in code cell 1 (id 02_raises-0: \"raise ValueError('boom')\"): ValueError: boom" \
+        in report
+    (run_folder,) = runs.iterdir()
+    executed = nbformat.read(run_folder / "01_dies.ipynb", as_version=4)
+    running = next(cell for cell in executed.cells if cell.get("id") == "01_dies-2")
+    (error,) = [output for output in running.outputs if output.output_type == "error"]
+    assert error.ename == "DeadKernelError" and "SIGKILL" in error.evalue
+    assert running.metadata.papermill.status == "failed" and executed.metadata.papermill.exception is True
+    nbformat.validate(executed)
+    assert next(cell for cell in executed.cells if cell.get("id") == "01_dies-3").metadata.papermill.status == "pending"
+    survived = nbformat.read(run_folder / "03_survives.ipynb", as_version=4)
+    assert "after-the-death.png" in survived.cells[-1].outputs[0].text
+    assert "after-the-death.png" in (run_folder / "index.html").read_text()  # the gallery was still written
+    assert not [path.name for path in run_folder.rglob("*.tmp")]  # atomic writes left no temporary file
+    assert "ok     03_survives.ipynb" in printed.out
+
+
+def test_exit_statuses_are_worded_by_cause():
+    from tools.kernel_death import cause, likely_out_of_memory
+
+    assert "out of memory" in cause(-9) and likely_out_of_memory(-9)
+    assert "crashed with SIGSEGV (signal 11)" in cause(-11) and not likely_out_of_memory(-11)
+    assert cause(3) == "the kernel process exited with status 3 while a cell was running"
+    assert "unknown" in cause(None) and likely_out_of_memory(None)
+
+
+def test_a_kernel_dead_before_any_cell_still_leaves_a_marked_copy(tmp_path):
+    """No executed copy from papermill and no started cell: the source is copied with a note on top."""
+    from tools.kernel_death import mark_running_cell
+
+    source = _throwaway(tmp_path, "never_started", "print(1)")
+    executed = tmp_path / "run" / "never_started.ipynb"
+    executed.parent.mkdir()
+    assert mark_running_cell(executed, source, "the kernel process was killed by SIGKILL") == \
+        "no cell (the kernel died before the first one ran)"
+    note = nbformat.read(executed, as_version=4).cells[0]
+    assert note.cell_type == "markdown" and "SIGKILL" in note.source
+    assert [path.name for path in executed.parent.iterdir()] == ["never_started.ipynb"]

@@ -2,7 +2,8 @@
 
 Each notebook gets the tiny values for the parameters it declares (model ids -> local folders,
 small sizes, 2 steps, fp32, CPU), so a new notebook is picked up without editing this file.
-A failing notebook still writes its executed copy; the error names the notebook and the cell.
+A failing notebook still writes its executed copy; the error names the notebook and the cell. A kernel that
+dies (the out-of-memory killer) is reported with the cell it was running and the likely cause, and the run goes on.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from datetime import datetime
 from pathlib import Path
 
 import papermill
+from nbclient.exceptions import DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 from helpers import KIT_ROOT
 
+from . import kernel_death
 from .tiny import build_all
 
 ROOT = KIT_ROOT
@@ -128,6 +131,10 @@ class NotebookFailed(RuntimeError):
         return type(self), (self.notebook, self.executed, self.cell, self.error)
 
 
+class KernelDied(NotebookFailed):
+    """The kernel process ended mid-cell (killed by a signal, crashed, exited); `error` says how and what to try."""
+
+
 @dataclass
 class Result:
     notebook: Path
@@ -165,18 +172,30 @@ def execute(notebook: Path, executed: Path, parameters: dict, environment: dict[
     executed.parent.mkdir(parents=True, exist_ok=True)
     declared = declared_parameters(notebook)
     chosen = {name: value for name, value in parameters.items() if name in declared}
+    manager = kernel_death.watching(encrypted_kernel_manager())
     try:
         with environment_of_kernels(environment):
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=chosen, cwd=str(notebook.parent),
                 kernel_name="python3", progress_bar=False, log_output=False,
-                kernel_manager_class=encrypted_kernel_manager(),
+                kernel_manager_class=manager,
             )
         error = None
     except PapermillExecutionError as failure:
         cell = _failing_cell(executed)
         error = NotebookFailed(notebook, executed, cell, f"{failure.ename}: {failure.evalue}")
+    except DeadKernelError:
+        error = _kernel_died(notebook, executed, declared, manager.exit_status)
     return Result(notebook, executed, time.perf_counter() - start, error)
+
+
+def _kernel_died(notebook: Path, executed: Path, declared: dict, status: int | None) -> KernelDied:
+    """Mark the cell that was running in the executed copy and word the cause (with memory advice if likely)."""
+    message = kernel_death.cause(status)
+    if kernel_death.likely_out_of_memory(status):
+        message += "\n" + kernel_death.advice(declared)
+    cell = kernel_death.mark_running_cell(executed, notebook, message)
+    return KernelDied(notebook, executed, cell, message)
 
 
 def _failing_cell(executed: Path) -> str:
@@ -186,8 +205,7 @@ def _failing_cell(executed: Path) -> str:
     cells = [cell for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"]
     for number, cell in enumerate(cells, start=1):
         if any(output.output_type == "error" for output in cell.outputs):
-            first_line = next(iter(cell.source.strip().splitlines()), "")
-            return f"code cell {number} (id {cell.get('id')}: {first_line[:60]!r})"
+            return kernel_death.cell_label(number, cell)
     return "an unknown cell (no error output was saved)"
 
 
