@@ -447,13 +447,10 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
         if num_processes == 1:
             run_process(job, locked_by_caller=True, pipe=pipe)
         else:
-            from accelerate import notebook_launcher
-
             from . import data_parallel
 
             with Progress(job, enabled=not env.quiet_mode()):
-                notebook_launcher(run_process, (job, True, False), num_processes=num_processes,
-                                  use_port=str(data_parallel.free_port()))
+                data_parallel.launch_processes(run_process, (job, True, False), num_processes)
         repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
     runs = [json.loads(line) for line in (Path(job.output_dir) / RUNS).read_text().splitlines() if line.strip()]
     return next(summary for summary in reversed(runs) if summary["run"] == job.run_id)

@@ -9,7 +9,10 @@ depend on how many processes ran.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -48,11 +51,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextmanager
+def _private_tempdir():
+    """torch.distributed.elastic (under notebook_launcher) leaves torchelastic_* folders in $TMPDIR after
+    every launch; give it a private one for the launch, removed afterwards, so nothing is left behind."""
+    with tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
+        saved = os.environ.get("TMPDIR"), tempfile.tempdir
+        os.environ["TMPDIR"], tempfile.tempdir = private, private
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved[1]
+            if saved[0] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[0]
+
+
+def launch_processes(function, args: tuple, num_processes: int) -> None:
+    """`accelerate.notebook_launcher(function, args, num_processes)` on a free port and a private $TMPDIR."""
+    from accelerate import notebook_launcher
+
+    with _private_tempdir():
+        notebook_launcher(function, args, num_processes=num_processes, use_port=str(free_port()))
+
+
 def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: str, height: int, width: int,
            num_inference_steps: int, guidance_scale: float, seed: int, dtype: str) -> str:
     """Run `generate_shard` in `num_processes` processes (GPUs if present, else CPU over gloo); returns the run id."""
-    from accelerate import notebook_launcher
-
     from . import rules
 
     rules.prompt_list("prompts", prompts)
@@ -62,7 +88,7 @@ def launch(num_processes: int, model_id: str, prompts: list[str], output_dir: st
     if num_processes == 1:
         generate_shard(*args)
     else:
-        notebook_launcher(generate_shard, args, num_processes=num_processes, use_port=str(free_port()))
+        launch_processes(generate_shard, args, num_processes)
     return run_id
 
 

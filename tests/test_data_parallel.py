@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,12 @@ def test_two_processes_render_every_prompt_exactly_once(tiny, tmp_path):
         f"print(data_parallel.launch(2, {str(tiny['qwen-image'])!r}, {PROMPTS!r}, {str(tmp_path)!r},"
         " 32, 32, 2, 1.0, 5, 'float32'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TMPDIR": str(private_tmp)})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list(private_tmp.iterdir()) == []  # torchelastic_* folders went with the launch's private $TMPDIR
     run_id = result.stdout.strip().splitlines()[-1]
     images, metadata = data_parallel.gather(str(tmp_path), run_id, PROMPTS)
     assert [m["parameters"]["prompt"] for m in metadata] == PROMPTS

@@ -163,15 +163,18 @@ def encrypted_kernel_manager():
     return EncryptedKernelManager
 
 
-def execute(notebook: Path, executed: Path, parameters: dict, environment: dict[str, str] | None = None) -> Result:
+def execute(notebook: Path, executed: Path, parameters: dict, environment: dict[str, str] | None = None,
+            undeclared: dict | None = None) -> Result:
     """Run one notebook with papermill (cwd = its folder) into `executed`; never raises for a cell error.
 
-    `environment` is added to the kernel's environment for this run only (e.g. `hub_environment(url)`).
+    `parameters` the notebook does not declare are dropped (the shared tiny values); `undeclared` ones are
+    injected anyway, as papermill does with a misspelt `-p`. `environment` is added to the kernel's
+    environment for this run only (e.g. `hub_environment(url)`).
     """
     start = time.perf_counter()
     executed.parent.mkdir(parents=True, exist_ok=True)
     declared = declared_parameters(notebook)
-    chosen = {name: value for name, value in parameters.items() if name in declared}
+    chosen = {name: value for name, value in parameters.items() if name in declared} | (undeclared or {})
     manager = kernel_death.watching(encrypted_kernel_manager())
     try:
         with environment_of_kernels(environment):

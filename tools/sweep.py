@@ -91,14 +91,14 @@ BAD_PARAMETERS = [
     ("05", "num_processes", 0, "needs a whole number >= 1"),
     ("05", "gpu_memory_gib", [-1], "each > 0"),
     ("05", "gpu_memory_gib", ["15"], "each > 0"),
-    ("05", "gpu_memory_gib", [1e-12], "each"),
+    ("05", "gpu_memory_gib", [1e-12], "each from 0.01"),
     ("05", "max_memory", [1], "needs a dict"),
     ("05", "dtype", "float8", "choose one of"),
     ("05", "output_dir", "../README.md", "is an existing file, not a folder"),
     ("06", "seeds_per_prompt", 0, "needs a whole number >= 1"),
     ("06", "resume", "yes", "needs True or False"),
     ("06", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
-    ("06", "prompts_file", "no-such-prompts.txt", "does not exist"),
+    ("06", "prompts_file", "no-such-prompts.txt", "no such file"),
     ("07", "num_frames", 80, "needs 4k + 1 frames"),
     ("07", "num_frames", 0, "needs 4k + 1 frames"),
     ("07", "input_image", "no-such-picture.png", "needs an existing image file"),
@@ -282,12 +282,14 @@ def run_case(index: int, tiny: dict[str, str], root: str) -> Outcome:
     parameters = runner.headless_parameters(notebook, {k: Path(v) for k, v in tiny.items()}, out)
     if case.prepare:
         parameters.update(case.prepare(work, parameters))
-    parameters.update(case.parameters)
+    declared = runner.declared_parameters(notebook)
+    parameters.update({name: value for name, value in case.parameters.items() if name in declared})
+    undeclared = {name: value for name, value in case.parameters.items() if name not in declared}
     server = hostile.listener(case.server) if case.server else nullcontext(0)
     with server as port:
         environment = {name: value.replace("{port}", str(port)) for name, value in case.environment.items()}
         environment.update(TMPDIR=str(temp), HF_TOKEN=CANARY)
-        result = runner.execute(notebook, work / notebook.name, parameters, environment)
+        result = runner.execute(notebook, work / notebook.name, parameters, environment, undeclared)
     after = _digest(out) if out.is_dir() else {}
     lost = sorted(name for name, digest in before.items() if after.get(name) != digest)
     lost += sorted(p.name for p in out.iterdir() if p.is_file() and p.stat().st_size == 0) if out.is_dir() else []
