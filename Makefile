@@ -10,7 +10,7 @@ TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
 PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab lint strip tiny release golden clean
+.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab sweep lint strip tiny release golden clean
 
 ## help: list the targets (from the `##` comments in this Makefile)
 help:
@@ -39,6 +39,10 @@ run: install
 ## test: unit tests, notebook harness (papermill + nbval) and hygiene checks
 test: install
 	$(PY) -m pytest
+
+## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs it too
+sweep: install
+	$(PY) -m tools.sweep --write bench/RELIABILITY.md >/dev/null
 
 ## test-cuda-sim: the unit tests on a simulated CUDA host (torch reports one T4): tests that expect the CPU pin it
 test-cuda-sim: install

@@ -7,8 +7,10 @@ the first bytes of each weight file), never the weights themselves. Light: no to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
+from functools import cache
 from pathlib import Path
 
 from .errors import InvalidParameterError, LocalPathNotFoundError
@@ -81,6 +83,19 @@ def check_component(folder: Path, component: str, spec: list, name: str = "model
                 check_safetensors(weight, name)
 
 
+@cache
+def _diffusers_names() -> str:
+    spec = importlib.util.find_spec("diffusers")
+    return Path(spec.origin).read_text() if spec and spec.origin else ""
+
+
+def diffusers_exports(class_name: str) -> bool:
+    """Whether the installed diffusers exports `class_name`, read from its lazy import table (diffusers/__init__.py)
+    without importing it: parameter checks run before the import-time settings that must precede `import diffusers`."""
+    names = _diffusers_names()
+    return not names or f'"{class_name}"' in names
+
+
 def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
     """Check a pipeline folder's model_index.json and every component it names; returns the parsed index."""
     folder = Path(folder).expanduser()
@@ -92,6 +107,11 @@ def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
     if "_class_name" not in index:
         raise _broken(name, index_path, "model_index.json has no _class_name (the pipeline class)",
                       "Download the model again, or add the pipeline's class name.")
+    pipeline_class = index["_class_name"]
+    if isinstance(pipeline_class, str) and not diffusers_exports(pipeline_class):
+        raise _broken(name, index_path, f"model_index.json names the pipeline class {pipeline_class!r}, which the "
+                      "installed diffusers does not have", "Check the spelling against the model card, or upgrade "
+                      "the kit (a newer diffusers may have it); a custom class is written [\"module\", \"Class\"].")
     for component, spec in index.items():
         if component.startswith("_") or not isinstance(spec, list):
             continue  # diffusers reads the others as pipeline config values (e.g. requires_safety_checker)

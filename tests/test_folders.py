@@ -37,6 +37,9 @@ def test_a_good_folder_passes_and_returns_its_index(sd_copy):
     (lambda f: (f / "unet" / "config.json").write_text(""), "config.json is not valid JSON"),
     (lambda f: unet_weights(f).unlink(), "unet/ has a config.json but no weights"),
     (lambda f: (f / "model_index.json").write_text(json.dumps({
+        **json.loads((f / "model_index.json").read_text()), "_class_name": "StableDifusionPipeline"})),
+     "names the pipeline class 'StableDifusionPipeline', which the installed diffusers does not have"),
+    (lambda f: (f / "model_index.json").write_text(json.dumps({
         **json.loads((f / "model_index.json").read_text()), "unet": ["diffusers"]})),
      "entry 'unet' is ['diffusers'], not [library, Class]"),
 ])
@@ -63,3 +66,11 @@ def test_a_pipeline_folder_given_as_vae_id_points_at_its_vae(sd_copy):
 def test_a_folder_without_model_index_is_not_a_pipeline(tmp_path):
     with pytest.raises(LocalPathNotFoundError, match="has no model_index.json"):
         folders.check_pipeline_folder(tmp_path)
+
+
+def test_every_pipeline_class_the_tiny_models_use_is_known_and_a_typo_is_not(tiny):
+    for folder in tiny.values():
+        index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+        if isinstance(index.get("_class_name"), str):
+            assert folders.diffusers_exports(index["_class_name"]), folder
+    assert not folders.diffusers_exports("QwenImagePipelin")

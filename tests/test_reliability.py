@@ -2,131 +2,59 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 from PIL import Image
 
-from helpers import network, sources, validate
+from helpers import KIT_ROOT, network, sources, validate
 from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
-from tools import runner
+from tools import runner, sweep
 
-NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
-
-# (notebook, parameter, bad value, text the error must contain besides the name and value)
-BAD_PARAMETERS = [
-    ("01", "install", "yes", "needs True or False"),
-    ("01", "report_only", 1, "needs True or False"),
-    ("01", "hf_home", 5, "needs a text value"),
-    ("02", "dtype", "fp8", "choose one of 'auto'"),
-    ("02", "dtype", "half", "choose one of 'auto'"),
-    ("02", "device_map", "cuda:1", "choose one of 'auto', 'cuda', 'balanced', 'cpu'"),
-    ("02", "device_map", "gpu", "choose one of"),
-    ("02", "num_inference_steps", 0, "needs a whole number >= 1"),
-    ("02", "num_inference_steps", -3, "needs a whole number >= 1"),
-    ("02", "num_inference_steps", "ten", "needs a whole number >= 1"),
-    ("02", "num_inference_steps", 2.5, "needs a whole number >= 1"),
-    ("02", "height", 30, "a multiple of 8. Try 32"),
-    ("02", "width", 0, "a multiple of 8"),
-    ("02", "height", -64, "a multiple of 8"),
-    ("02", "width", 1000.5, "a multiple of 8"),
-    ("02", "guidance_scale", -1, "needs a number >= 0"),
-    ("02", "guidance_scale", "high", "needs a number >= 0"),
-    ("02", "strength", 0, "needs a number > 0 and <= 1"),
-    ("02", "strength", 1.5, "needs a number > 0 and <= 1"),
-    ("02", "seed", -1, "needs a whole number from 0 to 2**64 - 1"),
-    ("02", "seed", "abc", "needs a whole number from 0 to 2**64 - 1"),
-    ("02", "seed", 2**64, "needs a whole number from 0 to 2**64 - 1"),
-    ("02", "height", 100000, "is larger than 8192 pixels"),
-    ("02", "guidance_scale", 1e300, "needs a number >= 0 and <= 100"),
-    ("02", "strength", 0.01, "strength x num_inference_steps must be >= 1"),
-    ("02", "output_dir", "../README.md", "is an existing file, not a folder"),
-    ("03", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
-    ("02", "model_id", "./missing-model", "does not exist"),
-    ("02", "model_id", "someone/not-cached", "not in the local Hub cache"),
-    ("02", "model_id", "", "give a Hub id"),
-    ("02", "model_id", "bad id!!", "not a valid Hub id"),
-    ("02", "prompt", "", "needs a non-empty text"),
-    ("02", "output_dir", "", "needs a non-empty text"),
-    ("02", "parallel_loading", "no", "needs True or False"),
-    ("02", "local_dir", 3, "needs a text value"),
-    ("03", "scheduler", "Euler", "needs a scheduler class name"),
-    ("03", "vae_id", "./missing-vae", "does not exist"),
-    ("03", "safety_model_id", "bad id!!", "not a valid Hub id"),
-    ("03", "enable_pag", "true", "needs True or False"),
-    ("03", "dtype", "int8", "choose one of"),
-    ("04", "community_pipeline", "community/missing.py", "would treat a missing path as a Hub repo"),
-    ("04", "hub_community_name", "../evil", "needs a community pipeline name"),
-    ("04", "custom_revision", "v0.41.0", "Use '0.41.0'"),
-    ("04", "revision", "main", "a full 40-character commit hash"),
-    ("04", "components_repo", "./nope", "does not exist"),
-    ("04", "height", 513, "a multiple of 8"),
-    ("05", "prompts", [], "needs a non-empty list"),
-    ("05", "prompts", ["a cat", ""], "needs a non-empty list"),
-    ("05", "prompts", "a cat", "needs a non-empty list"),
-    ("05", "num_processes", 0, "needs a whole number >= 1"),
-    ("05", "gpu_memory_gib", [-1], "each > 0"),
-    ("05", "gpu_memory_gib", ["15"], "each > 0"),
-    ("05", "max_memory", [1], "needs a dict"),
-    ("05", "dtype", "float8", "choose one of"),
-    ("06", "seeds_per_prompt", 0, "needs a whole number >= 1"),
-    ("06", "resume", "yes", "needs True or False"),
-    ("07", "num_frames", 80, "needs 4k + 1 frames"),
-    ("07", "num_frames", 0, "needs 4k + 1 frames"),
-    ("07", "input_image", "no-such-picture.png", "needs an existing image file"),
-    ("07", "fps", 0, "needs a whole number >= 1"),
-    ("07", "run_image_to_video", "yes", "needs True or False"),
-]
-
-
-def run_bad(case):
-    """Tiny, valid values for everything (as the harness runs it), then the one bad value."""
-    notebook, name, value, _ = case
-    out = Path(os.environ["KIT_SWEEP_DIR"]) / f"{notebook}-{name}-{abs(hash(repr(value)))}.ipynb"
-    tiny = {name: Path(path) for name, path in json.loads(os.environ["KIT_SWEEP_TINY"]).items()}
-    parameters = {**runner.headless_parameters(NB[notebook], tiny, out.with_suffix("")), name: value}
-    start = time.perf_counter()
-    result = runner.execute(NB[notebook], out, parameters)
-    return result, time.perf_counter() - start
+NB = sweep.NB
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny):
-    os.environ["KIT_SWEEP_DIR"] = str(tmp_path_factory.mktemp("sweep"))
-    os.environ["KIT_SWEEP_TINY"] = json.dumps({name: str(path) for name, path in tiny.items()})
-    runner.headless_environment()
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        return dict(zip(range(len(BAD_PARAMETERS)), pool.map(run_bad, BAD_PARAMETERS), strict=True))
+def outcomes(tmp_path_factory):
+    """The whole sweep (tools/sweep.py, also `make sweep`), run once: every case, two at a time."""
+    return sweep.run_sweep(tmp_path_factory.mktemp("sweep"))
 
 
 def test_the_sweep_is_wide():
-    assert len(BAD_PARAMETERS) >= 40
-    assert {case[0] for case in BAD_PARAMETERS} == set(NB)
+    assert len(sweep.CASES) >= 80
+    assert {case.notebook for case in sweep.CASES} == set(NB)
+    assert len({(case.notebook, case.label) for case in sweep.CASES}) == len(sweep.CASES)  # each case once
 
 
-@pytest.mark.parametrize("index", range(len(BAD_PARAMETERS)),
-                         ids=[f"{c[0]}-{c[1]}={c[2]!r}" for c in BAD_PARAMETERS])
-def test_bad_parameter_fails_in_the_first_cell_with_a_clear_message(sweep, index):
-    notebook, name, value, expected = BAD_PARAMETERS[index]
-    result, seconds = sweep[index]
-    assert result.error is not None, f"{name}={value!r} was accepted"
-    parameters_cell = next(i for i, c in enumerate(nbformat.read(NB[notebook], as_version=4).cells)
-                           if "parameters" in c.metadata.get("tags", []))
-    first_after = next(c for c in nbformat.read(NB[notebook], as_version=4).cells[parameters_cell + 1:]
-                       if c.cell_type == "code")
-    assert f"(id {first_after.id}:" in result.error.cell
-    assert f"{name}={value!r}" in result.error.error and expected in result.error.error
-    assert seconds < 10
-    assert result.executed.is_file()
+@pytest.mark.parametrize("index", range(len(sweep.CASES)),
+                         ids=[f"{c.notebook}-{c.label}" for c in sweep.CASES])
+def test_hostile_case_fails_fast_clearly_and_harms_nothing(outcomes, index):
+    """Non-zero exit, within 30 s, the expected message; executed notebook kept; the user's files intact;
+    nothing left in $TMPDIR; no token in the output. Parameter cases fail in the first cell after the parameters."""
+    case, outcome = sweep.CASES[index], outcomes[index]
+    assert sweep.problems(outcome, case) == []
+    if case.first_cell:
+        cells = nbformat.read(NB[case.notebook], as_version=4).cells
+        parameters_cell = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+        first_after = next(c for c in cells[parameters_cell + 1:] if c.cell_type == "code")
+        assert f"(id {first_after.id}:" in outcome.cell
+    name, value = next(iter(case.parameters.items()), (None, None))
+    if name in sweep.runner.declared_parameters(NB[case.notebook]) and not case.server:
+        assert f"{name}={value!r}" in outcome.message  # names the parameter and the value
+
+
+def test_the_committed_table_covers_every_case_and_reports_none_broken():
+    """bench/RELIABILITY.md is written by `make sweep`; a case added since must be run and committed."""
+    text = (KIT_ROOT / "bench" / "RELIABILITY.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(sweep.CASES)
+    assert [row.split(" | ")[2] for row in rows] == [case.label.replace("|", "/") for case in sweep.CASES]
+    assert f"{len(sweep.CASES)} ok, 0 broken" in text
 
 
 def test_every_parameter_of_every_notebook_has_a_rule():

@@ -200,6 +200,9 @@ FOLDERS = [
         "model_id", lambda f: (f / "vae" / "config.json").write_text(""))),
     Case("02", "component without weights", "has a config.json but no weights", prepare=_damaged(
         "model_id", lambda f: _weights(f, "vae").unlink())),
+    Case("02", "unknown pipeline class", "which the installed diffusers does not have", prepare=_damaged(
+        "model_id", lambda f: _index(f, (f / "model_index.json").read_text().replace(
+            '"QwenImagePipeline"', '"QwenImagePipelineX"')))),
     Case("02", "single .safetensors file as model_id", "from_single_file", prepare=_damaged(
         "model_id", lambda f: _weights(f, "transformer"), file_only=True)),
     Case("03", "pipeline folder as vae_id", "whole pipeline folder, not a VAE",
@@ -338,7 +341,7 @@ def table(outcomes: list[Outcome]) -> str:
     for number, (outcome, case) in enumerate(zip(outcomes, CASES, strict=True), start=1):
         issues = problems(outcome, case)
         broken += bool(issues)
-        message = outcome.first_line.replace("|", "\\|")[:160]
+        message = outcome.first_line.replace("|", "\\|")[:300]
         damage = ", ".join(outcome.lost + outcome.leftovers) or "nothing"
         rows.append(f"| {number} | {outcome.notebook} | {case.label.replace('|', '/')} | {outcome.seconds:.1f} | "
                     f"{message} | {'yes' if outcome.executed_kept else 'NO'} | {damage} | "
