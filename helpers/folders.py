@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import struct
 from functools import cache
 from pathlib import Path
@@ -38,8 +39,8 @@ def read_json_object(path: Path, name: str = "model_id") -> dict:
     return data
 
 
-def check_safetensors(path: Path, name: str = "model_id") -> None:
-    """The first 8 bytes give the header length; the header must be JSON and fit in the file."""
+def check_safetensors(path: Path, name: str = "model_id") -> dict:
+    """The first 8 bytes give the header length; the header must be JSON and fit in the file. Returns it."""
     size = path.stat().st_size
     fix = "The download was interrupted or the file was replaced: download it again."
     if size < 8:
@@ -58,6 +59,25 @@ def check_safetensors(path: Path, name: str = "model_id") -> None:
     if ends and 8 + header_length + max(ends) > size:
         raise _broken(name, path, f"{path.name} is truncated: its header describes "
                       f"{8 + header_length + max(ends)} bytes, the file has {size}", fix)
+    return header
+
+
+def check_shapes(component_folder: Path, expected: dict[str, tuple], name: str = "model_id") -> None:
+    """Every tensor in the folder's .safetensors files that the config's model also has must have its shape.
+
+    A config.json from another model or version makes diffusers fail deep in loading, suggesting
+    `ignore_mismatched_sizes` (which would load random weights); this names the file, the tensor and the fix.
+    `expected`: {tensor name: shape} of the model built from config.json on the meta device.
+    """
+    for path in sorted(component_folder.glob("*.safetensors")):
+        header = check_safetensors(path, name)
+        for key, entry in header.items():
+            if key in expected and isinstance(entry, dict) and tuple(entry.get("shape", ())) != tuple(expected[key]):
+                raise _broken(name, path, f"{component_folder.name}/{path.name} holds {key} with shape "
+                              f"{list(entry['shape'])}, but {component_folder.name}/config.json builds "
+                              f"{list(expected[key])}: the config and the weights come from different models",
+                              "Download the model again (snapshot_download), or restore the matching config.json."
+                              " Do not pass ignore_mismatched_sizes: it would load random weights there.")
 
 
 def check_component(folder: Path, component: str, spec: list, name: str = "model_id") -> None:
@@ -121,6 +141,21 @@ def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
         if spec[1] is not None:
             check_component(folder, component, spec, name)
     return index
+
+
+IMAGE_CONDITIONED = re.compile(r"Img2Img|Inpaint|ImageToImage|ImageToVideo|VideoToVideo|Depth2Img|Upscale|"
+                               r"InstructPix2Pix|ImageVariation|Edit")
+
+
+def refuse_image_conditioned(index: dict, name: str, value) -> None:
+    """A folder whose pipeline needs an input image (an Inpaint or Img2Img class) given where the notebook starts
+    from a prompt alone: diffusers would load it, and the first call would fail asking for `image`."""
+    pipeline_class = index.get("_class_name")
+    if isinstance(pipeline_class, str) and IMAGE_CONDITIONED.search(pipeline_class):
+        raise InvalidParameterError(
+            name, value, f"holds a {pipeline_class}, which needs an input image; this notebook starts from a prompt",
+            "Pass the text-to-image (or text-to-video) folder of that model; the notebook builds the image-"
+            "conditioned variants from it with from_pipe.")
 
 
 def refuse_single_file(path: Path, name: str = "model_id") -> None:

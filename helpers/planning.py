@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, quantization, rules
+from . import architectures, folders, quantization, rules
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
 from .quantization import weight_bytes_per_param
 from .rules import HARDWARE_NAMES, OFFLOADS
@@ -419,9 +419,16 @@ def component_stats(folder: Path) -> list[ComponentStats]:
             module = architectures.build_from_config(spec[0], spec[1], Path(folder) / name, "meta", torch.bfloat16)
         if not isinstance(module, torch.nn.Module):
             continue
+        if not _quantized_checkpoint(Path(folder) / name):  # quantized weights have other shapes by design
+            folders.check_shapes(Path(folder) / name, {k: tuple(v.shape) for k, v in module.state_dict().items()})
         stats.append(_module_stats(name, spec[1], module))
     _STATS[key] = stats
     return stats
+
+
+def _quantized_checkpoint(component_folder: Path) -> bool:
+    config = json.loads((component_folder / "config.json").read_text())
+    return isinstance(config, dict) and "quantization_config" in config
 
 
 @contextmanager

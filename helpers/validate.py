@@ -14,6 +14,8 @@ from pathlib import Path
 from . import folders, rules, sources
 from .errors import InvalidParameterError, KitError
 
+TEXT_CONDITIONED = ("model_id", "t2v_model_id")  # the notebooks start these from a prompt alone
+
 
 def _model(name, value, optional=False):
     if optional and value == "":
@@ -25,7 +27,9 @@ def _model(name, value, optional=False):
             if name == "vae_id" and not (path / "config.json").is_file():
                 rules.fail(name, value, "is a whole pipeline folder, not a VAE",
                            f"Pass its VAE subfolder: {str(path / 'vae')!r}.")
-            folders.check_pipeline_folder(path, name)
+            index = folders.check_pipeline_folder(path, name)
+            if name in TEXT_CONDITIONED:
+                folders.refuse_image_conditioned(index, name, value)
     try:
         sources.resolve_model_source(value)
     except KitError as error:

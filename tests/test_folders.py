@@ -74,3 +74,33 @@ def test_every_pipeline_class_the_tiny_models_use_is_known_and_a_typo_is_not(tin
         if isinstance(index.get("_class_name"), str):
             assert folders.diffusers_exports(index["_class_name"]), folder
     assert not folders.diffusers_exports("QwenImagePipelin")
+
+
+def test_a_config_that_does_not_match_its_weights_is_named_in_the_plan(sd_copy):
+    """diffusers would fail deep in loading and suggest ignore_mismatched_sizes (random weights): the plan,
+    which builds each component from its config on the meta device, compares shapes with the file headers."""
+    from helpers import planning
+
+    config_path = sd_copy / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["latent_channels"] = config["latent_channels"] * 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(InvalidParameterError, match=r"vae/diffusion_pytorch_model.safetensors holds \S+ with shape "
+                                                    r"\[.*\], but vae/config.json builds \[.*\]") as error:
+        planning.plan_load(str(sd_copy), "cpu")
+    assert "ignore_mismatched_sizes" in error.value.fix and error.value.name == "model_id"
+
+
+def test_matching_configs_and_weights_pass_the_shape_check(tiny):
+    from helpers import planning
+
+    for name in ("sd", "qwen-image", "sdxl", "wan-t2v"):
+        assert planning.component_stats(tiny[name])  # every tiny model's shapes agree with its configs
+
+
+def test_an_image_conditioned_pipeline_where_a_prompt_starts_the_notebook_is_refused(sd_copy):
+    index = json.loads((sd_copy / "model_index.json").read_text())
+    (sd_copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+    with pytest.raises(InvalidParameterError, match="holds a StableDiffusionInpaintPipeline, which needs an input"):
+        validate.check({"model_id": str(sd_copy)})
+    validate.check({"safety_model_id": str(sd_copy)})  # only where the notebook starts from text

@@ -178,8 +178,10 @@ def _index(folder: Path, text: str) -> None:
     (folder / "model_index.json").write_text(text)
 
 
-def _denoiser(folder: Path) -> str:
-    return "transformer" if (folder / "transformer").is_dir() else "unet"
+def _bigger_latents(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    config["z_dim" if "z_dim" in config else "latent_channels"] *= 2
+    config_path.write_text(json.dumps(config))
 
 
 FOLDERS = [
@@ -203,6 +205,11 @@ FOLDERS = [
     Case("02", "unknown pipeline class", "which the installed diffusers does not have", prepare=_damaged(
         "model_id", lambda f: _index(f, (f / "model_index.json").read_text().replace(
             '"QwenImagePipeline"', '"QwenImagePipelineX"')))),
+    Case("02", "an Inpaint pipeline folder", "which needs an input image", prepare=_damaged(
+        "model_id", lambda f: _index(f, (f / "model_index.json").read_text().replace(
+            '"QwenImagePipeline"', '"QwenImageInpaintPipeline"')))),
+    Case("02", "config from another model (shapes differ)", "the config and the weights come from different",
+         prepare=_damaged("model_id", lambda f: _bigger_latents(f / "vae" / "config.json")), first_cell=False),
     Case("02", "single .safetensors file as model_id", "from_single_file", prepare=_damaged(
         "model_id", lambda f: _weights(f, "transformer"), file_only=True)),
     Case("03", "pipeline folder as vae_id", "whole pipeline folder, not a VAE",
