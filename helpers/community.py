@@ -281,6 +281,27 @@ def _audit(files: list[CodeFile], pinned: dict[str, str] | None, runner: str = "
         print("  all files match the pinned manifest")
 
 
+def forget_stale_module(script: Path) -> bool:
+    """Drop this kernel's `diffusers_modules.local.<file stem>` when it was loaded from a different file.
+
+    diffusers imports every local custom pipeline under that name and re-executes a later file of the same
+    name into the same module, so the old classes stay beside the new ones ("Multiple classes ... found", or
+    the old class). A folder's file is always pipeline.py. Pipelines already loaded keep their class.
+    """
+    import sys
+
+    from diffusers.utils.constants import HF_MODULES_CACHE
+
+    name = f"diffusers_modules.local.{script.stem}"
+    copy = Path(HF_MODULES_CACHE) / "diffusers_modules" / "local" / script.name
+    if name not in sys.modules or (copy.is_file() and copy.read_bytes() == script.read_bytes()):
+        return False
+    del sys.modules[name]
+    print(f"note: another {script.name} was loaded in this kernel; the kit drops that module so diffusers "
+          f"imports {script} afresh (pipelines already loaded keep their class)")
+    return True
+
+
 @dataclass(frozen=True)
 class Audit:
     """What an audit checked, and the exact values to pass to the diffusers call that follows it."""
@@ -338,6 +359,8 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         else:
             files = code_files(source, resolved, revision)
     _audit(files, pinned)
+    if resolved is not None and hub_pipeline is None:
+        forget_stale_module(Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py")
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 

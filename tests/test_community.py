@@ -80,6 +80,20 @@ def test_previews_share_weights_and_end_with_the_image(weighted):
         previewing("a cat", num_inference_steps=2, preview_every=0, height=32, width=32)
 
 
+def test_two_folders_with_pipeline_py_load_one_after_the_other(weighted, tiny, tmp_path):
+    """A folder's code is always pipeline.py: diffusers would run the second into the first one's module
+    ("Multiple classes ... found"); the audit drops the stale module, and the first pipeline keeps working."""
+    folder = tmp_path / "my_weighting"
+    folder.mkdir()
+    shutil.copyfile(ROOT / "community" / "kit_prompt_weighting.py", folder / "pipeline.py")
+    first = community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=str(folder), device_map=None)
+    previewing = community.from_pipe(first, "community/kit_previews")
+    again = community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=str(folder), device_map=None)
+    assert [type(p).__name__ for p in (first, previewing, again)] == [
+        "KitPromptWeightingPipeline", "KitPreviewPipeline", "KitPromptWeightingPipeline"]
+    assert first.encode_weighted("a (cat:1.2)").shape[1] == 77
+
+
 def test_components_repo_runs_its_own_code(tiny):
     pipe = community.load_remote_code_pipeline(tiny["sd-components"], device_map=None)
     assert type(pipe).__name__ == "KitComponentsPipeline"

@@ -322,3 +322,27 @@ def test_load_and_generate_downloads_its_real_default_through_the_local_hub(exec
     folder = Path(text["local"].split("Qwen/Qwen-Image is in ", 1)[1].strip())
     assert (folder / "model_index.json").is_file() and (folder / "transformer").is_dir()
     assert any(p.startswith("/api/models/Qwen/Qwen-Image/tree/") for _, p, _ in local_hub_server.requests)
+
+
+def test_community_notebook_takes_a_folder_as_community_pipeline(executed):
+    """The documented folder form of `community_pipeline`: the weighting checks say why they skip; the rest runs."""
+    result, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline="community/kit_previews")
+    assert "loaded KitPreviewPipeline" in text["file"]
+    assert "skipped: these checks need community/kit_prompt_weighting.py" in text["weights"]
+    assert "fox token scaled" not in text["weights"]
+    assert "KitPreviewPipeline: shares weights True" in text["folder"]
+    assert "-> KitPreviewPipeline, previews at steps [" in text["hub-pipeline"]
+    pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
+    assert "custom-pipeline-seed42.png" in pngs and "weighted-seed42.png" not in pngs
+
+
+def test_community_notebook_takes_the_weighting_pipeline_as_a_folder(executed, tmp_path_factory):
+    """A folder whose pipeline.py weights prompts: its checks run, and the kit's previews folder (also
+    pipeline.py) still loads after it in the same kernel."""
+    folder = tmp_path_factory.mktemp("folder-form") / "my_weighting"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text((runner.ROOT / "community" / "kit_prompt_weighting.py").read_text())
+    _, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline=str(folder))
+    assert "loaded KitPromptWeightingPipeline" in text["file"]
+    assert "fox token scaled by 1.500" in text["weights"]
+    assert "KitPreviewPipeline: shares weights True" in text["folder"]
