@@ -209,9 +209,11 @@ def custom_pipeline_path(name: str, value) -> Path:
     candidates = find_local(value) if isinstance(value, str | Path) and str(value) else []
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".py":
+            defines_pipeline_class(name, value, candidate.resolve())
             return candidate.resolve()
         if candidate.is_dir():
             if (candidate / "pipeline.py").is_file():
+                defines_pipeline_class(name, value, candidate.resolve() / "pipeline.py")
                 return candidate.resolve()
             raise LocalPathNotFoundError("the folder has no pipeline.py", name=name, value=str(candidate),
                                          fix="A custom pipeline folder holds pipeline.py.")
@@ -222,3 +224,27 @@ def custom_pipeline_path(name: str, value) -> Path:
         fix="diffusers would treat a missing path as a Hub repo or community pipeline name and run the code it "
             "downloads. For a community pipeline by name use community.load_community_pipeline().",
     )
+
+
+def defines_pipeline_class(name: str, value, script: Path) -> None:
+    """The file defines a class deriving from a `...Pipeline` (diffusers takes the one DiffusionPipeline
+    subclass it finds; with none it fails deep inside from_pretrained). Read with ast: nothing is run."""
+    import ast
+
+    try:
+        tree = ast.parse(script.read_bytes(), filename=str(script))
+    except (SyntaxError, ValueError) as error:
+        fail(name, value, f"{script} is not valid Python ({error})", "Fix the file, or pass another one.")
+    imported = {alias.asname or alias.name: (alias.name, node.level > 0) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    pipelines: set[str] = set()
+    for node in tree.body:
+        for base in getattr(node, "bases", []) if isinstance(node, ast.ClassDef) else []:
+            local = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+            original, relative = imported.get(local, (local, False))
+            if original.endswith("Pipeline") or local in pipelines or relative:
+                pipelines.add(node.name)
+    if not pipelines:
+        fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "
+             "such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
+             "class MyPipeline(StableDiffusionPipeline): ...")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import KIT_ROOT, community, loading, memory, rules, sources
+from helpers import KIT_ROOT, community, loading, memory, rules, sources, validate
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = KIT_ROOT
@@ -174,6 +174,40 @@ def test_hub_repo_is_audited_at_its_pinned_commit(tiny, isolated_hub):
 def test_missing_custom_pipeline_is_an_error_not_a_hub_lookup(tiny, path):
     with pytest.raises(LocalPathNotFoundError, match="diffusers would treat a missing path as a Hub repo"):
         community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=path, device_map=None)
+
+
+NO_PIPELINE = {
+    "helpers.py": "def helper():\n    return 1\n",
+    "imports_only.py": "from diffusers import StableDiffusionPipeline\n",  # diffusers skips its own classes
+    "broken.py": "class Oops(:\n",
+}
+
+
+@pytest.mark.parametrize("file", sorted(NO_PIPELINE))
+@pytest.mark.parametrize("form", ["file", "folder"])
+def test_custom_pipeline_without_a_pipeline_class_is_refused_before_loading(tiny, tmp_path, monkeypatch, file, form):
+    """diffusers would fail deep inside from_pretrained ('NoneType' object has no attribute '__name__')."""
+    script = tmp_path / (file if form == "file" else f"{Path(file).stem}/pipeline.py")
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(NO_PIPELINE[file])
+    given = str(script if form == "file" else script.parent)
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("loaded anyway"))
+    with pytest.raises(InvalidParameterError) as refused:
+        validate.check({"community_pipeline": given})
+    assert refused.value.name == "community_pipeline" and str(script) in refused.value.rule and refused.value.fix
+    with pytest.raises(InvalidParameterError, match=re.escape(str(script))):
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline=given, device_map=None)
+
+
+@pytest.mark.parametrize("source", [
+    "from diffusers import DiffusionPipeline as Base\nclass Mine(Base):\n    pass\n",
+    "import diffusers\nclass Mine(diffusers.StableDiffusionPipeline):\n    pass\n",
+    "from .base import Shared\nclass Mine(Shared):\n    pass\n",
+])
+def test_pipeline_classes_are_recognised_by_their_bases(tmp_path, source):
+    script = tmp_path / "mine.py"
+    script.write_text(source)
+    validate.check({"community_pipeline": str(script)})
 
 
 def test_relative_paths_resolve_from_the_kit_root_too(tmp_path, monkeypatch):
