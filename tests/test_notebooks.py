@@ -346,3 +346,16 @@ def test_community_notebook_takes_the_weighting_pipeline_as_a_folder(executed, t
     assert "loaded KitPromptWeightingPipeline" in text["file"]
     assert "fox token scaled by 1.500" in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
+
+
+def test_community_notebook_says_when_components_repo_holds_no_code(executed, tiny):
+    """A plain pipeline folder as components_repo: said, rendered under an honest label, and the code-only
+    cells skip with their reason."""
+    result, text = run_ok(executed, "04_community_pipelines.ipynb", components_repo=str(tiny["sd"]))
+    assert "diffusers will execute 0 code file(s)" in text["repo-load"]
+    assert f"note: {tiny['sd']} holds no custom code" in text["repo-load"]
+    assert "StableDiffusionPipeline with UNet2DConditionModel\n" in text["repo-load"]
+    assert "skipped: " in text["component"] and "skipped: " in text["tamper"]
+    assert "StableDiffusionPipeline from kit-tester/kit-components at " in text["hub-load"]
+    pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
+    assert "plain-repo-seed42.png" in pngs and "community-components-seed42.png" not in pngs
