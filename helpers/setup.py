@@ -40,15 +40,16 @@ def brief_kit_errors() -> bool:
     return True
 
 
-def prepare(namespace: dict, install: bool = True, **settings) -> Plan:
+def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, ...] = (), **settings) -> Plan:
     """Check `namespace` (the notebook's `globals()`), install what differs, apply `env.configure(**settings)`.
 
     install: False only checks the pins (Colab installs nothing).
+    pipeline_classes: the model families the notebook is written for (`validate.check`).
     settings: passed to `env.configure` (parallel_loading, hf_home, quiet).
     """
     brief_kit_errors()
-    validate.check(namespace, stage="before_install")
+    validate.check(namespace, stage="before_install", pipeline_classes=pipeline_classes)
     plan = ensure_pinned(install=install)
-    validate.check(namespace, stage="after_install")
+    validate.check(namespace, stage="after_install", pipeline_classes=pipeline_classes)
     env.configure(**settings)
     return plan

@@ -69,6 +69,27 @@ def _custom_pipeline(name, value):
         raise InvalidParameterError(name, value, error.rule, error.fix) from None
 
 
+def model_class(value):
+    """model_index.json's `_class_name`, nothing loaded: a local folder, a shipped architecture, or the Hub
+    (a few hundred bytes, after the install). None when there is no model_index.json (a component folder)."""
+    shipped = Path(__file__).parent / "architectures" / value.replace("/", "--", 1)  # no import: it loads torch
+    for index in (Path(value).expanduser() / "model_index.json", shipped / "model_index.json"):
+        if index.is_file():
+            return folders.read_json_object(index).get("_class_name")
+    if not sources.is_hub_id(value):
+        return None
+    return sources.read_model_index(value).get("_class_name")
+
+
+def pipeline_class(name, value, allowed) -> None:
+    """The notebook is written for these pipeline classes: another family would fail mid-notebook."""
+    found = model_class(value)
+    if isinstance(found, str) and found not in allowed:
+        rules.fail(name, value, f"its model_index.json names {found}; this notebook is written for "
+                   f"{' or '.join(allowed)}", "Use a model of that family (the parameters cell's default is one); "
+                   "notebook 02 loads any family.")
+
+
 RULES = {
     "model_id": _model,
     "vae_id": _model,
@@ -147,13 +168,14 @@ def _needs_hub(name: str, value) -> bool:
     return name in MODEL_SOURCES and sources.is_hub_id(value)
 
 
-def check(namespace: dict, stage: str = "all") -> None:
+def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...] = ()) -> None:
     """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule, and refuse names
     that are no parameter of any notebook (a typo papermill would only warn about).
 
     stage="before_install" runs every rule that imports none of the pinned packages (everything except
     Hub-id model sources; local folders are checked here), so a hosted runtime can still install without a
-    restart; stage="after_install" runs the rest; "all" runs both.
+    restart; stage="after_install" runs the rest; "all" runs both. `pipeline_classes`: the model_index
+    `_class_name`s the notebook is written for (model_id is refused when it names another).
     """
     import difflib
 
@@ -165,8 +187,14 @@ def check(namespace: dict, stage: str = "all") -> None:
             fix = f"Did you mean {close[0]!r}?" if close else "papermill --help-notebook NOTEBOOK lists the parameters."
             raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
     plan_only = namespace.get("plan_only") is True
+
+    def now(name):
+        return name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name]))
+
     for name, rule in RULES.items():
-        if name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name])):
+        if now(name):
             (PLAN_ONLY_RULES.get(name, rule) if plan_only else rule)(name, namespace[name])
+    if pipeline_classes and now("model_id"):
+        pipeline_class("model_id", namespace["model_id"], pipeline_classes)
     if stage != "after_install" and "strength" in namespace and "num_inference_steps" in namespace:
         rules.strength_and_steps(namespace["strength"], namespace["num_inference_steps"])

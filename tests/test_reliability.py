@@ -145,3 +145,23 @@ def test_unknown_names_ignore_what_the_setup_cell_defines():
                  "pathlib": a_module, "_i1": "x", "helpers": a_module}
     assert validate.unknown_parameters(namespace) == []
     assert validate.unknown_parameters({**namespace, "promt": "a dog"}) == ["promt"]
+
+
+def test_a_notebook_written_for_one_family_refuses_another_before_loading(tiny):
+    sd1 = ("StableDiffusionPipeline",)
+    with pytest.raises(InvalidParameterError, match="names StableDiffusionXLPipeline; this notebook is written for "
+                                                    "StableDiffusionPipeline") as refused:
+        validate.check({"model_id": str(tiny["sdxl"])}, stage="before_install", pipeline_classes=sd1)
+    assert refused.value.name == "model_id" and refused.value.fix
+    with pytest.raises(InvalidParameterError, match="names StableDiffusionXLPipeline"):  # a Hub id: shipped config
+        validate.pipeline_class("model_id", "stabilityai/stable-diffusion-xl-base-1.0", sd1)
+    validate.check({"model_id": str(tiny["sd"])}, pipeline_classes=sd1)
+    validate.check({"model_id": str(tiny["sdxl"])})  # notebooks that take any family
+
+
+def test_community_notebook_refuses_sdxl_in_its_setup_cell(tmp_path, tiny):
+    runner.headless_environment()
+    parameters = {**runner.headless_parameters(NB["04"], tiny, tmp_path / "out"), "model_id": str(tiny["sdxl"])}
+    result = runner.execute(NB["04"], tmp_path / "sdxl.ipynb", parameters)
+    assert result.error is not None and "(id setup:" in result.error.cell
+    assert "names StableDiffusionXLPipeline; this notebook is written for StableDiffusionPipeline" in result.error.error
