@@ -143,6 +143,39 @@ def strength_and_steps(strength: float, num_inference_steps: int) -> None:
 MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) and the gallery
 
 
+def nearest_existing(folder: Path) -> Path:
+    return next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` (or its nearest existing parent, when it does not exist yet) cannot be written, else None.
+    Checked by writing a temporary file: permission bits say little when running as root."""
+    existing = nearest_existing(folder)
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def cache_folder(name: str, value) -> None:
+    """Empty (the default cache), or a folder for the Hugging Face cache that can be written (created if missing)."""
+    text(name, value)
+    if not value:
+        return
+    folder = Path(value).expanduser()
+    if folder.exists() and not folder.is_dir():
+        fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
+    reason = unwritable(folder)
+    if reason:
+        fail(name, value, f"cannot be written ({reason}): downloads and the custom code diffusers runs go there",
+             "Choose a folder you can write to (in Colab, under /content or a mounted Drive), or leave it empty "
+             "for ~/.cache/huggingface.")
+
+
 def output_folder(name: str, value) -> Path:
     """A folder the kit can write images into: `~` expanded, not a file, writable (or creatable), with room.
 
@@ -153,16 +186,11 @@ def output_folder(name: str, value) -> Path:
     folder = Path(value).expanduser()
     if folder.exists() and not folder.is_dir():
         fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as error:
-        fail(name, value, f"cannot be written ({error.strerror or error})",
+    reason = unwritable(folder)
+    if reason:
+        fail(name, value, f"cannot be written ({reason})",
              "Choose a folder you can write to (in Colab, under /content or a mounted Drive).")
-    free = shutil.disk_usage(existing).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     if free < MIN_FREE_BYTES:
         fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
     return folder

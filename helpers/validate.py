@@ -112,7 +112,7 @@ RULES = {
     "enable_pag": rules.flag,
     "publish_to_hub": rules.flag,
     "local_dir": rules.text,
-    "hf_home": rules.text,
+    "hf_home": rules.cache_folder,
     "output_dir": rules.output_folder,
     "scheduler": rules.scheduler_name,
     "prompts": rules.prompt_list,

@@ -165,3 +165,12 @@ def test_community_notebook_refuses_sdxl_in_its_setup_cell(tmp_path, tiny):
     result = runner.execute(NB["04"], tmp_path / "sdxl.ipynb", parameters)
     assert result.error is not None and "(id setup:" in result.error.cell
     assert "names StableDiffusionXLPipeline; this notebook is written for StableDiffusionPipeline" in result.error.error
+
+
+def test_hf_home_must_be_a_folder_that_can_be_written(tmp_path):
+    validate.check({"hf_home": ""})  # the default cache
+    validate.check({"hf_home": str(tmp_path / "not" / "yet")})  # created later; its parent can be written
+    with pytest.raises(InvalidParameterError, match="cannot be written") as refused:
+        validate.check({"hf_home": "/sys/kit-hf-home"})  # /sys refuses writes even to root
+    assert refused.value.name == "hf_home" and "leave it empty" in refused.value.fix
+    assert not (tmp_path / "not").exists()
