@@ -78,6 +78,25 @@ def _refuse_if_disabled() -> None:
         )
 
 
+def check_modules_cache() -> None:
+    """diffusers copies each code file into HF_MODULES_CACHE (HF_HOME/modules) before running it; a folder it
+    cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
+    from diffusers.utils.constants import HF_MODULES_CACHE
+    from huggingface_hub import constants
+
+    from .errors import FolderNotWritableError
+
+    reason = rules.unwritable(Path(HF_MODULES_CACHE))
+    if reason:
+        name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
+        raise FolderNotWritableError(
+            f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
+            name=name, value=os.environ.get(name, constants.HF_HOME),
+            fix=f"Set {name} to a folder you can write to, then restart the kernel (notebook 01's hf_home sets "
+                "HF_HOME).",
+        )
+
+
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
     """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root).
     Never a Hub lookup: the rule is `rules.custom_pipeline_path`; a Hub repo id needs `custom_revision`."""
@@ -358,6 +377,8 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             files = pipeline_files + code_files(source, None, revision)
         else:
             files = code_files(source, resolved, revision)
+    if files:
+        check_modules_cache()
     _audit(files, pinned)
     if resolved is not None and hub_pipeline is None:
         forget_stale_module(Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py")
@@ -393,7 +414,10 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
     if Path(source).is_dir():
         revision = None
     check_revision(source, revision, i_accept_unpinned_remote_code)
-    _audit(component_code_files(source, subfolder, revision), pinned)
+    files = component_code_files(source, subfolder, revision)
+    if files:
+        check_modules_cache()
+    _audit(files, pinned)
     if Path(source).is_dir():
         folder = Path(source) / subfolder
     else:

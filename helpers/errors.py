@@ -32,6 +32,10 @@ class LocalPathNotFoundError(KitError, FileNotFoundError):
     """A local model path that does not exist (never silently turned into a Hub lookup)."""
 
 
+class FolderNotWritableError(KitError, PermissionError):
+    """A folder the kit or diffusers must write to cannot be written (e.g. a read-only HF_HOME)."""
+
+
 class ModelNotCachedOfflineError(KitError, OSError):
     """A Hub id that is not in the local cache while the Hub cannot be reached."""
 

@@ -249,6 +249,26 @@ def test_disable_remote_code_is_respected(tiny, monkeypatch):
         community.load_remote_code_component(tiny["sd-components"], "unet")
 
 
+def test_an_unwritable_modules_cache_is_refused_before_any_code_runs(tiny, monkeypatch):
+    """diffusers copies custom code into HF_MODULES_CACHE (HF_HOME/modules) and fails deep inside otherwise."""
+    from diffusers.utils import constants
+
+    from helpers.errors import FolderNotWritableError
+
+    monkeypatch.setattr(constants, "HF_MODULES_CACHE", "/sys/kit-hf-home/modules")  # /sys refuses even root
+    monkeypatch.setenv("HF_HOME", "/sys/kit-hf-home")
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("loaded anyway"))
+    with pytest.raises(FolderNotWritableError, match="copies custom code into /sys/kit-hf-home/modules") as no:
+        community.load_remote_code_pipeline(tiny["sd"], custom_pipeline="community/kit_prompt_weighting.py")
+    assert (no.value.name, no.value.value) == ("HF_HOME", "/sys/kit-hf-home") and "HF_HOME" in no.value.fix
+    with pytest.raises(FolderNotWritableError):
+        community.load_remote_code_component(tiny["sd-components"], "unet")
+    monkeypatch.setenv("HF_MODULES_CACHE", "/sys/kit-hf-home/modules")
+    with pytest.raises(FolderNotWritableError, match="^HF_MODULES_CACHE="):
+        community.audit(custom_pipeline="community/kit_previews")
+    assert community.audit(tiny["sd"]).files == []  # no code to copy: nothing is written there
+
+
 def passes_trust_remote_code(source: str) -> bool:
     """Whether any call in `source` passes trust_remote_code=True (docstrings and comments do not count)."""
     return any(

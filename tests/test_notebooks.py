@@ -27,6 +27,8 @@ CANARY = "hf_KitCanary" + "Q" * 30  # every harness run sees this HF_TOKEN; it m
 # Notebooks whose Hub cells run against the local Hub (tests/localhub.py): their real default Hub ids are
 # served by it (no tiny stand-in folders), and these parameters turn their Hub sections on.
 HUB_NOTEBOOKS = {"02_load_and_generate": {}, "04_community_pipelines": {"publish_to_hub": True}}
+# Notebooks whose kernels get a fresh TMPDIR of their own (`scratch(result)`): they must leave it empty.
+SCRATCH_CHECKED = {"04_community_pipelines"}
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +47,9 @@ def executed(tiny, run_folder, local_hub_server):
         key = notebook.stem + "".join(f"-{Path(str(v)).name}" for v in overrides.values())
         if key not in results:
             environment = {"HF_TOKEN": CANARY}  # kernels get it; it must appear in no output
+            if notebook.stem in SCRATCH_CHECKED:
+                (run_folder / f"{key}.tmp").mkdir()
+                environment["TMPDIR"] = str(run_folder / f"{key}.tmp")
             served, hub_parameters = frozenset(), {}
             if notebook.stem in HUB_NOTEBOOKS:
                 environment.update(runner.hub_environment(local_hub_server.url))
@@ -55,6 +60,11 @@ def executed(tiny, run_folder, local_hub_server):
         return results[key]
 
     return run
+
+
+def scratch(result: runner.Result) -> list[str]:
+    """What the run left in its own TMPDIR (SCRATCH_CHECKED notebooks)."""
+    return sorted(p.name for p in result.executed.with_suffix(".tmp").iterdir())
 
 
 def outputs_by_cell(path: Path) -> dict[str, str]:
@@ -225,11 +235,7 @@ def test_form_is_displayed_at_the_end_of_load_and_generate(executed):
 
 def test_community_notebook_audits_before_each_load(executed):
     result, text = run_ok(executed, "04_community_pipelines.ipynb")
-    import tempfile
-
-    started = result.executed.stat().st_mtime - result.seconds - 5  # what this run left, not older runs
-    leftovers = [p.name for p in Path(tempfile.gettempdir()).glob("kit-*") if p.stat().st_mtime >= started]
-    assert not [name for name in leftovers if name.startswith(("kit-04-", "kit-components-", "kit-tampered-"))]
+    assert scratch(result) == []  # the workspace (components repo, tampered copy, Hub snapshot) is gone
     for cell in ("file", "folder", "repo-load", "component"):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
@@ -359,3 +365,38 @@ def test_community_notebook_says_when_components_repo_holds_no_code(executed, ti
     assert "StableDiffusionPipeline from kit-tester/kit-components at " in text["hub-load"]
     pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
     assert "plain-repo-seed42.png" in pngs and "community-components-seed42.png" not in pngs
+
+
+def run_04(tmp_path: Path, tiny, environment: dict, notebook: Path = runner.NOTEBOOKS / "04_community_pipelines.ipynb"):
+    """Notebook 04 (or a copy) offline on the tiny models, its kernel with a fresh TMPDIR; returns (result, TMPDIR)."""
+    runner.headless_environment()
+    scratch_dir = tmp_path / "tmp"
+    scratch_dir.mkdir()
+    parameters = runner.headless_parameters(runner.NOTEBOOKS / "04_community_pipelines.ipynb", tiny, tmp_path / "out")
+    result = runner.execute(notebook, tmp_path / "executed.ipynb", parameters,
+                            {**environment, "TMPDIR": str(scratch_dir)})
+    return result, scratch_dir
+
+
+def test_community_notebook_refuses_an_unwritable_hf_home_before_loading(tiny, tmp_path):
+    """diffusers would fail 17 frames deep copying the code into HF_HOME/modules; the kit says it in one line."""
+    result, scratch_dir = run_04(tmp_path, tiny, {"HF_HOME": "/sys/kit-hf-home"})  # /sys: not writable, even by root
+    assert result.error is not None and "(id file:" in result.error.cell
+    assert result.error.error.startswith("FolderNotWritableError: HF_HOME='/sys/kit-hf-home' is not valid: cannot be "
+                                         "written (Permission denied): diffusers copies custom code into")
+    cell = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "file")
+    assert [len(o.traceback) for o in cell.outputs if o.output_type == "error"] == [1]  # the message, no frames
+    assert not any(scratch_dir.iterdir())
+
+
+def test_community_notebook_removes_its_scratch_copies_when_a_later_cell_fails(tiny, tmp_path):
+    notebook = nbformat.read(runner.NOTEBOOKS / "04_community_pipelines.ipynb", as_version=4)
+    after_tamper = next(i for i, c in enumerate(notebook.cells) if c.get("id") == "tamper") + 1
+    notebook.cells.insert(after_tamper, new_code_cell(
+        "assert len(list(Path(workspace.name).iterdir())) == 2  # the components repo and the tampered copy\n"
+        "raise RuntimeError('a later cell fails')"))
+    copy = tmp_path / "04_fails_late.ipynb"  # `helpers` is installed in the venv, community paths resolve from the kit
+    nbformat.write(notebook, copy)
+    result, scratch_dir = run_04(tmp_path, tiny, {}, notebook=copy)
+    assert result.error is not None and "RuntimeError: a later cell fails" in result.error.error
+    assert not any(scratch_dir.iterdir())
