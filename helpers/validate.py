@@ -9,6 +9,7 @@ checked again once it is loaded.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import folders, rules, sources
@@ -69,31 +70,42 @@ def _custom_pipeline(name, value):
         raise InvalidParameterError(name, value, error.rule, error.fix) from None
 
 
-def model_class(value):
-    """model_index.json's `_class_name`, nothing loaded: a local folder, a shipped architecture, or the Hub
-    (a few hundred bytes, after the install). None when there is no model_index.json (a component folder)."""
+def model_index(value) -> dict | None:
+    """A pipeline's model_index.json, nothing loaded: a local folder, a shipped architecture, or the Hub
+    (a few hundred bytes, after the install). None when there is none (a component folder)."""
     shipped = Path(__file__).parent / "architectures" / value.replace("/", "--", 1)  # no import: it loads torch
     for index in (Path(value).expanduser() / "model_index.json", shipped / "model_index.json"):
         if index.is_file():
-            return folders.read_json_object(index).get("_class_name")
-    if not sources.is_hub_id(value):
-        return None
-    return sources.read_model_index(value).get("_class_name")
+            return folders.read_json_object(index)
+    return sources.read_model_index(value) if sources.is_hub_id(value) else None
 
 
 def pipeline_class(name, value, allowed) -> None:
     """The notebook is written for these pipeline classes: another family would fail mid-notebook."""
-    found = model_class(value)
+    found = (model_index(value) or {}).get("_class_name")
     if isinstance(found, str) and found not in allowed:
         rules.fail(name, value, f"its model_index.json names {found}; this notebook is written for "
                    f"{' or '.join(allowed)}", "Use a model of that family (the parameters cell's default is one); "
                    "notebook 02 loads any family.")
 
 
+def _safety_model(name, value):
+    """A pipeline that ships a safety checker: without one, its images would be saved as filtered, unfiltered."""
+    _model(name, value)
+    index = model_index(value)
+    spec = (index or {}).get("safety_checker")
+    if not (isinstance(spec, list) and spec and spec[-1]):
+        found = ("it is no pipeline (no model_index.json)" if index is None else
+                 f"its model_index.json has safety_checker {json.dumps(spec)}" if "safety_checker" in index else
+                 "its model_index.json names none")
+        rules.fail(name, value, f"has no safety checker: {found}",
+                   "Pass a pipeline that ships one, e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5'.")
+
+
 RULES = {
     "model_id": _model,
     "vae_id": _model,
-    "safety_model_id": _model,
+    "safety_model_id": _safety_model,
     "components_repo": _optional_model,
     "prompt": lambda n, v: rules.text(n, v, allow_empty=False),
     "negative_prompt": rules.text,
@@ -160,7 +172,7 @@ def unknown_parameters(namespace: dict) -> list[str]:
 
 
 # Parameters naming a model source: for a Hub id their rule imports huggingface_hub (id syntax, cache).
-MODEL_SOURCES = frozenset(name for name, rule in RULES.items() if rule in (_model, _optional_model))
+MODEL_SOURCES = frozenset(name for name, rule in RULES.items() if rule in (_model, _optional_model, _safety_model))
 STAGES = ("all", "before_install", "after_install")
 
 

@@ -174,3 +174,18 @@ def test_hf_home_must_be_a_folder_that_can_be_written(tmp_path):
         validate.check({"hf_home": "/sys/kit-hf-home"})  # /sys refuses writes even to root
     assert refused.value.name == "hf_home" and "leave it empty" in refused.value.fix
     assert not (tmp_path / "not").exists()
+
+
+def test_a_safety_model_without_a_safety_checker_is_refused_before_anything_is_labelled(tmp_path, tiny):
+    validate.check({"safety_model_id": str(tiny["sd-safety"])})
+    for plain in ("sd", "sdxl", "vae-alt"):  # [null, null], no entry, no pipeline at all
+        with pytest.raises(InvalidParameterError, match="has no safety checker") as refused:
+            validate.check({"safety_model_id": str(tiny[plain])}, stage="before_install")
+        assert refused.value.name == "safety_model_id" and "ships one" in refused.value.fix
+    runner.headless_environment()
+    out = tmp_path / "out"
+    parameters = {**runner.headless_parameters(NB["03"], tiny, out), "safety_model_id": str(tiny["sd"])}
+    result = runner.execute(NB["03"], tmp_path / "03.ipynb", parameters)
+    assert result.error is not None and "(id setup:" in result.error.cell
+    assert "safety_model_id=" in result.error.error and "has no safety checker" in result.error.error
+    assert not list(out.glob("safety-checker-on*.png"))
