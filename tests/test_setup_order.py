@@ -8,6 +8,7 @@ then stops the cell (what follows the install is not under test here; the Colab 
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,12 @@ def test_hub_id_defaults_import_no_pinned_package_before_install(notebook):
 def test_local_folders_import_no_pinned_package_before_install(notebook, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')  # passes the folder check
+    index = {"_class_name": "StableDiffusionPipeline",
+             "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]}
+    (folder / "model_index.json").write_text(json.dumps(index))  # passes the folder check (and safety_model_id's)
+    (folder / "safety_checker").mkdir()
+    (folder / "safety_checker" / "config.json").write_text("{}")
+    (folder / "safety_checker" / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")  # no tensors
     (folder / "config.json").write_text("{}")  # and serves as a model folder (vae_id)
     declared = runner.declared_parameters(notebook)
     local = {name: str(folder) for name, info in declared.items()
