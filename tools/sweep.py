@@ -41,6 +41,8 @@ BAD_PARAMETERS = [
     ("01", "install", "yes", "needs True or False"),
     ("01", "report_only", 1, "needs True or False"),
     ("01", "hf_home", 5, "needs a text value"),
+    ("01", "hf_home", "/sys/kit-hf-home", "cannot be written (Permission denied)"),
+    ("01", "hf_home", "../README.md", "is an existing file, not a folder"),
     ("02", "dtype", "fp8", "choose one of 'auto'"),
     ("02", "dtype", "half", "choose one of 'auto'"),
     ("02", "device_map", "cuda:1", "choose one of 'auto', 'cuda', 'balanced', 'cpu'"),
@@ -80,6 +82,7 @@ BAD_PARAMETERS = [
     ("03", "enable_pag", "true", "needs True or False"),
     ("03", "dtype", "int8", "choose one of"),
     ("04", "community_pipeline", "community/missing.py", "would treat a missing path as a Hub repo"),
+    ("04", "community_pipeline", "helpers/rules.py", "defines no class deriving from DiffusionPipeline"),
     ("04", "hub_community_name", "../evil", "needs a community pipeline name"),
     ("04", "custom_revision", "v0.41.0", "Use '0.41.0'"),
     ("04", "revision", "main", "a full 40-character commit hash"),
@@ -218,6 +221,10 @@ FOLDERS = [
         f, "unet").write_bytes(_weights(f, "unet").read_bytes()[:1000]))),
     Case("04", "model_index.json is {}", "model_index.json has no _class_name", prepare=_damaged(
         "model_id", lambda f: _index(f, "{}"))),
+    Case("03", "plain SD pipeline as safety_model_id", "has no safety checker",
+         prepare=lambda work, parameters: {"safety_model_id": str(Path(parameters["model_id"]).parent / "sd")}),
+    Case("04", "SDXL pipeline as model_id", "names StableDiffusionXLPipeline; this notebook is written for",
+         prepare=lambda work, parameters: {"model_id": str(Path(parameters["model_id"]).parent / "sdxl")}),
     Case("05", "missing vae/", "but vae/ is missing", prepare=_damaged("model_id", lambda f: shutil.rmtree(f / "vae"))),
     Case("06", "garbage weights", "not a safetensors file", prepare=_damaged(
         "model_id", lambda f: _weights(f, "unet").write_bytes(b"garbage!" * 64))),
@@ -242,6 +249,8 @@ REMOTE_CODE = [
          prepare=_nested_relative_import, first_cell=False),
     Case("04", "DIFFUSERS_DISABLE_REMOTE_CODE=1", "DIFFUSERS_DISABLE_REMOTE_CODE is set",
          environment={"DIFFUSERS_DISABLE_REMOTE_CODE": "1"}, first_cell=False),
+    Case("04", "HF_HOME not writable", "diffusers copies custom code into /sys/kit-hf-home/modules",
+         environment={"HF_HOME": "/sys/kit-hf-home"}, first_cell=False),  # /sys refuses writes even to root
 ]
 
 
