@@ -98,9 +98,11 @@ def test_matching_configs_and_weights_pass_the_shape_check(tiny):
         assert planning.component_stats(tiny[name])  # every tiny model's shapes agree with its configs
 
 
-def test_an_image_conditioned_pipeline_where_a_prompt_starts_the_notebook_is_refused(sd_copy):
-    index = json.loads((sd_copy / "model_index.json").read_text())
-    (sd_copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
+def test_an_image_conditioned_pipeline_where_a_prompt_starts_the_notebook_is_refused(sd_copy, tiny):
+    safe_copy = shutil.copytree(tiny["sd-safety"], sd_copy.parent / "sd-safety")  # safety_model_id needs a checker
+    for folder in (sd_copy, safe_copy):
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionInpaintPipeline"}))
     with pytest.raises(InvalidParameterError, match="holds a StableDiffusionInpaintPipeline, which needs an input"):
         validate.check({"model_id": str(sd_copy)})
-    validate.check({"safety_model_id": str(sd_copy)})  # only where the notebook starts from text
+    validate.check({"safety_model_id": str(safe_copy)})  # only where the notebook starts from text
