@@ -116,6 +116,17 @@ def diffusers_exports(class_name: str) -> bool:
     return not names or f'"{class_name}"' in names
 
 
+def check_pipeline_class(folder: str | Path, name: str = "model_id") -> None:
+    """The folder's pipeline class is one the installed diffusers exports. Run after the pins are installed:
+    before, a hosted runtime's preinstalled (older) diffusers would refuse a class the pinned one has."""
+    index_path = Path(folder).expanduser() / "model_index.json"
+    pipeline_class = read_json_object(index_path, name).get("_class_name")
+    if isinstance(pipeline_class, str) and not diffusers_exports(pipeline_class):
+        raise _broken(name, index_path, f"model_index.json names the pipeline class {pipeline_class!r}, which the "
+                      "installed diffusers does not have", "Check the spelling against the model card, or upgrade "
+                      "the kit (a newer diffusers may have it); a custom class is written [\"module\", \"Class\"].")
+
+
 def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
     """Check a pipeline folder's model_index.json and every component it names; returns the parsed index."""
     folder = Path(folder).expanduser()
@@ -127,11 +138,6 @@ def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
     if "_class_name" not in index:
         raise _broken(name, index_path, "model_index.json has no _class_name (the pipeline class)",
                       "Download the model again, or add the pipeline's class name.")
-    pipeline_class = index["_class_name"]
-    if isinstance(pipeline_class, str) and not diffusers_exports(pipeline_class):
-        raise _broken(name, index_path, f"model_index.json names the pipeline class {pipeline_class!r}, which the "
-                      "installed diffusers does not have", "Check the spelling against the model card, or upgrade "
-                      "the kit (a newer diffusers may have it); a custom class is written [\"module\", \"Class\"].")
     for component, spec in index.items():
         if component.startswith("_") or not isinstance(spec, list):
             continue  # diffusers reads the others as pipeline config values (e.g. requires_safety_checker)

@@ -206,6 +206,11 @@ def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...]
     for name, rule in RULES.items():
         if now(name):
             (PLAN_ONLY_RULES.get(name, rule) if plan_only else rule)(name, namespace[name])
+    if stage != "before_install":  # the installed diffusers is the pinned one only now
+        for name in MODEL_SOURCES & namespace.keys():
+            value = namespace[name]
+            if isinstance(value, str) and value and (Path(value).expanduser() / "model_index.json").is_file():
+                folders.check_pipeline_class(value, name)
     if pipeline_classes and now("model_id"):
         pipeline_class("model_id", namespace["model_id"], pipeline_classes)
     if stage != "after_install" and "strength" in namespace and "num_inference_steps" in namespace:

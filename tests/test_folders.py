@@ -106,3 +106,12 @@ def test_an_image_conditioned_pipeline_where_a_prompt_starts_the_notebook_is_ref
     with pytest.raises(InvalidParameterError, match="holds a StableDiffusionInpaintPipeline, which needs an input"):
         validate.check({"model_id": str(sd_copy)})
     validate.check({"safety_model_id": str(safe_copy)})  # only where the notebook starts from text
+
+
+def test_the_pipeline_class_is_checked_only_after_the_install(sd_copy):
+    """Before the install a hosted runtime's preinstalled, older diffusers would refuse a class the pinned one has."""
+    index = json.loads((sd_copy / "model_index.json").read_text())
+    (sd_copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "PipelineOfANewerDiffusers"}))
+    validate.check({"model_id": str(sd_copy)}, stage="before_install")
+    with pytest.raises(InvalidParameterError, match="'PipelineOfANewerDiffusers', which the installed diffusers"):
+        validate.check({"model_id": str(sd_copy)}, stage="after_install")
