@@ -258,6 +258,30 @@ def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
     return {"allow_patterns": allow, "ignore_patterns": SKIPPED_FILES}
 
 
+def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
+    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads.
+
+    Without a variant: the pipeline's components, default weight files only. With one (the load plan's
+    `variant`, e.g. "fp16" for SD and SDXL in half precision), the repo's file list (one metadata request)
+    goes through diffusers' own variant selection, so the folder holds the variant's weights where a
+    component has them and its default weights where it has not, and never both copies.
+    """
+    patterns = pipeline_file_patterns(read_model_index(repo_id, revision))
+    if variant is None:
+        return patterns
+    from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
+    from huggingface_hub import model_info
+
+    from .sources import hub_access
+
+    with hub_access(repo_id):
+        files = {sibling.rfilename for sibling in model_info(repo_id, revision=revision).siblings or []}
+    other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
+    usable, _ = variant_compatible_siblings(files, variant=variant, ignore_patterns=other_formats)
+    weights = {f for f in files if ".safetensors" in f or ".bin" in f}
+    return {"allow_patterns": patterns["allow_patterns"], "ignore_patterns": other_formats + sorted(weights - usable)}
+
+
 # Config values that must agree for a component to fit the others: latent shape and scaling (VAE),
 # conditioning widths (denoiser, text encoders).
 INTERFACE_KEYS = (

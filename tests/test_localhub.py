@@ -224,3 +224,37 @@ def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny, tmp_path
     script = Path(shutil.copyfile(cached, tmp_path / "lpw_stable_diffusion.py"))  # a .py of our own to pass
     lpw = community.from_pipe(base, script, pinned={script.name: sha256(script)})
     assert type(lpw).__name__ == "KitPromptWeightingPipeline" and memory.shares_weights(base, lpw)
+
+
+def test_snapshot_patterns_follow_the_plans_variant(hub, tmp_path):
+    """SD and SDXL ship fp32 files plus an fp16 variant: the plan counts the variant in half precision, so
+    the snapshot must hold the variant's weights (not both copies) and from_pretrained(variant=) load them."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import snapshot_download
+    from safetensors.torch import load_file, save
+
+    head = hub.repo(SD).head.files
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    scratch = tmp_path / "unet.safetensors"
+    scratch.write_bytes(head[unet_file])
+    half = {name: tensor.half() for name, tensor in load_file(scratch).items()}
+    variant_file = "unet/diffusion_pytorch_model.fp16.safetensors"
+    commit = hub.add_files(SD, {variant_file: save(half)}, message="an fp16 variant of the UNet")
+    repo = hub.repo(SD)
+    try:
+        default = loading.snapshot_patterns(SD)
+        fp16 = loading.snapshot_patterns(SD, variant="fp16")
+        assert "*.fp16.*" in default["ignore_patterns"] and "*.fp16.*" not in fp16["ignore_patterns"]
+        assert unet_file in fp16["ignore_patterns"] and variant_file not in fp16["ignore_patterns"]
+        assert "vae/diffusion_pytorch_model.safetensors" not in fp16["ignore_patterns"]  # no vae variant: default
+        before = len(hub.requests)
+        folder = Path(snapshot_download(SD, local_dir=tmp_path / "sd", **fp16))
+        fetched = [path for _, path, _ in hub.requests[before:]]
+        assert any(path.endswith(variant_file) for path in fetched)
+        assert not any(path.endswith(unet_file) for path in fetched)
+        pipe = DiffusionPipeline.from_pretrained(folder, variant="fp16", dtype=torch.float32)
+    finally:
+        repo.commits.remove(next(c for c in repo.commits if c.oid == commit))
+    loaded = dict(pipe.unet.named_parameters())
+    name = next(key for key in half if key in loaded)
+    assert torch.equal(loaded[name].detach(), half[name].float())  # the fp16 file's values, as float32

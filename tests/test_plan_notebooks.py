@@ -81,3 +81,25 @@ def test_plan_only_in_the_multi_gpu_notebook_plans_two_t4s(tmp_path):
     assert "cuda:0" in plan and "cuda:1" in plan and "plan_only=True: stopping here" in plan
     assert not cells["sizes"] and not cells["data-parallel"]  # skipped: nothing loaded, nothing launched
     assert not files_over(tmp_path / "hf", 0)
+
+
+PLANNED_LOADS = {"02": ["auto-class", "specific", "dtype-load", "dtype-seed"], "03": ["vae"], "04": ["file"],
+                 "05": ["balanced"]}
+
+
+def test_every_load_of_the_planned_model_takes_the_plans_variant():
+    """The plan counts SD's and SDXL's fp16 files in half precision (download, disk, RAM): the literal
+    from_pretrained of that model must load the same files, so it passes variant=load_plan.variant."""
+    import ast
+
+    for number, cell_ids in PLANNED_LOADS.items():
+        notebook = next((KIT_ROOT / "notebooks").glob(f"{number}_*.ipynb"))
+        cells = {c.get("id"): c for c in nbformat.read(notebook, 4).cells}
+        for cell_id in cell_ids:
+            calls = [node for node in ast.walk(ast.parse(cells[cell_id].source)) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained"
+                     and node.args and ast.unparse(node.args[0]) in ("source", "audited.source")]
+            assert calls, f"{number} {cell_id}: no from_pretrained of the planned model"
+            for call in calls:
+                variant = {k.arg: ast.unparse(k.value) for k in call.keywords}.get("variant")
+                assert variant == "load_plan.variant", f"{number} {cell_id}: {ast.unparse(call)[:80]}"
