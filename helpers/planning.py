@@ -629,6 +629,17 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
 
+def cached_variant(model_id: str) -> str | None:
+    """"fp16" when the cached snapshot of `model_id` holds fp16 weight files (an earlier run downloaded the
+    variant): offline, the plan cannot ask the Hub, and loading must pick the files that are there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(model_id, "model_index.json")
+    if not isinstance(index, str):
+        return None
+    return "fp16" if any(Path(index).parent.glob("*/*.fp16.*")) else None
+
+
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
     """(bytes the plan downloads, variant) for the files this plan loads; 0 for a local folder.
@@ -641,11 +652,11 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if model_id not in STORAGE:
         from .sources import hub_offline
 
+        half = dtype != "float32" or quantization != "none"
         if hub_offline():
-            return None, None
+            return None, cached_variant(model_id) if half else None
         try:
-            total, variant = hub_download_bytes(model_id, [s.name for s in stats],
-                                                dtype != "float32" or quantization != "none", gguf=quantization)
+            total, variant = hub_download_bytes(model_id, [s.name for s in stats], half, gguf=quantization)
         except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
             return None, None
         if quantization.startswith("gguf:") and not _local_gguf(quantization):

@@ -272,3 +272,25 @@ def test_gguf_transformer_sizes_from_the_file_name_or_the_local_file(tmp_path):
     on_disk = planning.plan_load(FLUX, "a100-80", quantization=f"gguf:{local}", alternatives=False)
     assert {c.name: c.bytes for c in on_disk.components}["transformer"] == 123_456
     assert on_disk.download_bytes == other  # the local file is not downloaded again
+
+
+def test_offline_the_variant_comes_from_what_is_cached(tmp_path, monkeypatch):
+    """An earlier run downloaded the fp16 files only; offline, the plan says so, and loading picks them."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "models--someone--cached-model"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    (snapshot / "unet").mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    weights = snapshot / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"x")
+    assert planning.download_bytes("someone/cached-model", [], "float16", "none") == (None, None)
+    weights.rename(snapshot / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    assert planning.download_bytes("someone/cached-model", [], "float16", "none") == (None, "fp16")
+    assert planning.download_bytes("someone/cached-model", [], "float32", "none") == (None, None)
+    assert planning.download_bytes("someone/uncached-model", [], "float16", "none") == (None, None)
