@@ -155,8 +155,6 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool) -> list[Cod
     folder (HF_MODULES_CACHE/diffusers_modules/local): a deeper import would run whatever another
     pipeline left there, unaudited, so it is refused.
     """
-    from diffusers.utils.dynamic_modules_utils import get_relative_imports
-
     files, queue, seen = [], [(name, None)], set()
     while queue:
         current, importer = queue.pop(0)
@@ -179,8 +177,32 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool) -> list[Cod
         files.append(_code_file(role if importer is None else f"{role}: imported by {importer}", current, Path(path)))
         folder = posixpath.dirname(current)
         queue += [(posixpath.join(folder, module.replace(".", "/") + ".py"), current)
-                  for module in sorted(get_relative_imports(str(path)))]
+                  for module in sorted(_relative_imports(Path(path), current))]
     return files
+
+
+def _relative_imports(path: Path, name: str) -> list[str]:
+    """The modules `path` imports relatively, as diffusers finds them (a regex over its lines); a relative
+    import diffusers would not see, and so not copy (`from . import x`, `from .. import x`, `from.x import y`),
+    is refused: Python would import whatever another pipeline left in the shared modules folder."""
+    import ast
+
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
+
+    seen = set(get_relative_imports(str(path)))
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError) as error:
+        raise RemoteCodeRefused(f"{name} is not valid Python ({error}); nothing was run. Fix the file.") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
+            written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
+            raise RemoteCodeRefused(
+                f"{name} line {node.lineno}: `{written}` is a relative import diffusers does not copy with the "
+                "file, so Python would import whatever another pipeline left in HF_MODULES_CACHE/diffusers_modules"
+                "/local (code nobody audited), or fail. Nothing was run. Fix: write it as `from .module import "
+                "name` on its own line, with module.py next to the file.")
+    return sorted(seen)
 
 
 def hub_pipeline_files(repo_id: str, custom_revision: str | None) -> list[CodeFile]:
@@ -204,7 +226,7 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
         files += custom_pipeline_files(resolve_custom_pipeline(custom_pipeline))
     index = loading.read_model_index(source, revision)
     fetch = lambda name: _fetch(source, name, revision)  # noqa: E731 - one source and revision for every file
-    local = Path(source).is_dir()
+    local = True  # a Hub repo's own code is loaded from its snapshot folder too, as local files
     if isinstance(index.get("_class_name"), list):
         module, class_name = index["_class_name"]
         files += _with_relative_imports(f"pipeline class {class_name}", f"{module}.py", fetch, local)
@@ -226,7 +248,7 @@ def component_code_files(source: str, subfolder: str, revision: str | None = Non
     for reference in sorted(set(config.get("auto_map", {}).values())):
         module = reference.rsplit(".", 1)[0]
         files += _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{module}.py",
-                                        lambda name: _fetch(source, name, revision), Path(source).is_dir())
+                                        lambda name: _fetch(source, name, revision), True)
     return files
 
 
@@ -301,7 +323,8 @@ def _audit(files: list[CodeFile], pinned: dict[str, str] | None, runner: str = "
 
 
 def forget_stale_module(script: Path) -> bool:
-    """Drop this kernel's `diffusers_modules.local.<file stem>` when it was loaded from a different file.
+    """Drop this kernel's `diffusers_modules.local.<file stem>`, so diffusers imports the audited file afresh;
+    says so when the module came from a different file (returns True then).
 
     diffusers imports every local custom pipeline under that name and re-executes a later file of the same
     name into the same module, so the old classes stay beside the new ones ("Multiple classes ... found", or
@@ -313,9 +336,11 @@ def forget_stale_module(script: Path) -> bool:
 
     name = f"diffusers_modules.local.{script.stem}"
     copy = Path(HF_MODULES_CACHE) / "diffusers_modules" / "local" / script.name
-    if name not in sys.modules or (copy.is_file() and copy.read_bytes() == script.read_bytes()):
+    if name not in sys.modules:
         return False
-    del sys.modules[name]
+    del sys.modules[name]  # always: another kernel sharing HF_HOME may have rewritten the copy since
+    if copy.is_file() and copy.read_bytes() == script.read_bytes():
+        return False
     print(f"note: another {script.name} was loaded in this kernel; the kit drops that module so diffusers "
           f"imports {script} afresh (pipelines already loaded keep their class)")
     return True
@@ -380,8 +405,9 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     if files:
         check_modules_cache()
     _audit(files, pinned)
-    if resolved is not None and hub_pipeline is None:
-        forget_stale_module(Path(resolved) if Path(resolved).is_file() else Path(resolved) / "pipeline.py")
+    for file in files:  # the custom pipeline and every local module it imports
+        if file.role.startswith("custom_pipeline") and hub_pipeline is None:
+            forget_stale_module(file.path)
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,11 +52,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+_LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
+
+
 @contextmanager
 def _private_tempdir():
     """torch.distributed.elastic (under notebook_launcher) leaves torchelastic_* folders in $TMPDIR after
     every launch; give it a private one for the launch, removed afterwards, so nothing is left behind."""
-    with tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
+    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
         saved = os.environ.get("TMPDIR"), tempfile.tempdir
         os.environ["TMPDIR"], tempfile.tempdir = private, private
         try:

@@ -150,7 +150,7 @@ def check_pipeline_folder(folder: str | Path, name: str = "model_id") -> dict:
 
 
 IMAGE_CONDITIONED = re.compile(r"Img2Img|Inpaint|ImageToImage|ImageToVideo|VideoToVideo|Depth2Img|Upscale|"
-                               r"InstructPix2Pix|ImageVariation|Edit")
+                               r"InstructPix2Pix|ImageVariation|ImageEdit")  # not ModelEditing: prompt-only
 
 
 def refuse_image_conditioned(index: dict, name: str, value) -> None:

@@ -12,7 +12,6 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from functools import cache
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
@@ -25,6 +24,8 @@ FIXES = {
     "tls": "the TLS handshake failed (often a proxy that intercepts HTTPS with its own certificate): point "
            "SSL_CERT_FILE at your organisation's CA bundle, or use a mirror with HF_ENDPOINT",
     "proxy": "the proxy refused the request: check HTTPS_PROXY / NO_PROXY",
+    "offline": "it read HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE when it was imported: unset them and restart the "
+               "kernel to go online",
     "other": "check the network",
 }
 
@@ -59,6 +60,8 @@ def _classify(error: BaseException) -> tuple[str, str]:
     detail = text.splitlines()[0][:200]
     if any(isinstance(e, ssl.SSLError) for e in chain) or any(k in text for k in ("SSL", "TLS", "certificate")):
         return "tls", detail
+    if type(error).__name__ == "OfflineModeIsEnabled":
+        return "offline", "huggingface_hub is in offline mode"
     if isinstance(error, httpx2.ProxyError):
         return "proxy", detail
     if any(k in text for k in ("Name or service not known", "getaddrinfo", "nodename nor servname",
@@ -79,9 +82,26 @@ def _request(endpoint: str, timeout: float) -> None:
                           follow_redirects=False)
 
 
-@cache
+_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
+FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
+
+
 def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
-    """Send one HEAD request to `endpoint`; asked once per endpoint (cache_clear() to ask again)."""
+    """Whether `endpoint` answers one HEAD request; a success is remembered for the session, a failure
+    for FAILURE_TTL_S (probe.cache_clear() forgets both)."""
+    key = (endpoint, timeout)
+    if key in _ANSWERS:
+        asked, verdict = _ANSWERS[key]
+        if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
+            return verdict
+    _ANSWERS[key] = (time.monotonic(), _probe(endpoint, timeout))
+    return _ANSWERS[key][1]
+
+
+probe.cache_clear = _ANSWERS.clear
+
+
+def _probe(endpoint: str, timeout: float) -> HubProbe:
     outcome: dict = {}
 
     def attempt() -> None:

@@ -270,7 +270,7 @@ def defines_pipeline_class(name: str, value, script: Path) -> None:
         for base in getattr(node, "bases", []) if isinstance(node, ast.ClassDef) else []:
             local = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
             original, relative = imported.get(local, (local, False))
-            if original.endswith("Pipeline") or local in pipelines or relative:
+            if "Pipeline" in original or local in pipelines or relative:  # StableDiffusionPipelineSafe too
                 pipelines.add(node.name)
     if not pipelines:
         fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "

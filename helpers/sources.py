@@ -66,14 +66,19 @@ def hub_access(repo_id: str, repo_type: str = "model"):
         ) from None
 
 
+def offline_by_setting() -> bool:
+    """HF_HUB_OFFLINE (or, as huggingface_hub reads it, TRANSFORMERS_OFFLINE when HF_HUB_OFFLINE is unset)."""
+    return truthy(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
 def hub_offline() -> bool:
-    return truthy(os.environ.get("HF_HUB_OFFLINE")) or not hub_reachable()
+    return offline_by_setting() or not hub_reachable()
 
 
 def offline_reason() -> str:
     """Why the kit treats the Hub as unavailable: HF_HUB_OFFLINE, or what the probe found (with the fix)."""
-    if truthy(os.environ.get("HF_HUB_OFFLINE")):
-        return "HF_HUB_OFFLINE is set"
+    if offline_by_setting():
+        return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
     return hub_probe().explain()
 
 

@@ -70,19 +70,38 @@ def _custom_pipeline(name, value):
         raise InvalidParameterError(name, value, error.rule, error.fix) from None
 
 
-def model_index(value) -> dict | None:
+def model_index(value, name: str = "model_id") -> dict | None:
     """A pipeline's model_index.json, nothing loaded: a local folder, a shipped architecture, or the Hub
     (a few hundred bytes, after the install). None when there is none (a component folder)."""
     shipped = Path(__file__).parent / "architectures" / value.replace("/", "--", 1)  # no import: it loads torch
     for index in (Path(value).expanduser() / "model_index.json", shipped / "model_index.json"):
         if index.is_file():
             return folders.read_json_object(index)
-    return sources.read_model_index(value) if sources.is_hub_id(value) else None
+    if not sources.is_hub_id(value):
+        return None
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return sources.read_model_index(value)
+    except RemoteEntryNotFoundError:  # a repository without model_index.json: a single model, not a pipeline
+        return None
+    except LocalEntryNotFoundError as error:
+        raise InvalidParameterError(name, value, "its model_index.json is not in the local Hub cache and the Hub "
+                                    f"cannot be used: {sources.offline_reason()}",
+                                    "Download the whole model once while online (snapshot_download).") from error
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise InvalidParameterError(name, value, "the Hub has no such repository (or it is private)",
+                                    "Check the id on huggingface.co; for a private one, log in (HF_TOKEN).") from error
 
 
 def pipeline_class(name, value, allowed) -> None:
     """The notebook is written for these pipeline classes: another family would fail mid-notebook."""
-    found = (model_index(value) or {}).get("_class_name")
+    found = (model_index(value, name) or {}).get("_class_name")
     if isinstance(found, str) and found not in allowed:
         rules.fail(name, value, f"its model_index.json names {found}; this notebook is written for "
                    f"{' or '.join(allowed)}", "Use a model of that family (the parameters cell's default is one); "
@@ -92,7 +111,7 @@ def pipeline_class(name, value, allowed) -> None:
 def _safety_model(name, value):
     """A pipeline that ships a safety checker: without one, its images would be saved as filtered, unfiltered."""
     _model(name, value)
-    index = model_index(value)
+    index = model_index(value, name)
     spec = (index or {}).get("safety_checker")
     if not (isinstance(spec, list) and spec and spec[-1]):
         found = ("it is no pipeline (no model_index.json)" if index is None else

@@ -203,6 +203,8 @@ def test_custom_pipeline_without_a_pipeline_class_is_refused_before_loading(tiny
     "from diffusers import DiffusionPipeline as Base\nclass Mine(Base):\n    pass\n",
     "import diffusers\nclass Mine(diffusers.StableDiffusionPipeline):\n    pass\n",
     "from .base import Shared\nclass Mine(Shared):\n    pass\n",
+    "from diffusers import StableDiffusionPipelineSafe\nclass Mine(StableDiffusionPipelineSafe):\n    pass\n",
+    "from diffusers import LEditsPPPipelineStableDiffusion as L\nclass Mine(L):\n    pass\n",
 ])
 def test_pipeline_classes_are_recognised_by_their_bases(tmp_path, source):
     script = tmp_path / "mine.py"
@@ -416,3 +418,47 @@ def test_the_audit_follows_relative_imports_of_a_components_repo(tiny, tmp_path)
     names = [f.name for f in community.code_files(str(copy))]
     assert names == ["pipeline_kit_components.py", "unet/kit_counting_unet.py", "unet/unet_helper.py"]
     assert [f.name for f in community.component_code_files(str(copy), "unet")][-1] == "unet/unet_helper.py"
+
+
+@pytest.mark.parametrize("line", ["from . import rel_helper", "from .. import rel_helper",
+                                  "from.sub import x", "from .sub import x  # noqa"])
+def test_relative_imports_diffusers_would_not_copy_are_refused(tiny, tmp_path, line):
+    """diffusers finds relative imports with a regex over lines; forms it misses are not copied with the file,
+    and Python would import whatever another pipeline left in the shared modules folder."""
+    folder = relative_import_folder(tmp_path, tmp_path / "ran.txt")
+    (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text() + f"\n{line}\n")
+    (folder / "sub.py").write_text("x = 1\n")
+    if line.startswith("from .sub"):  # the regex sees this one: it is listed, not refused
+        assert "sub.py" in [f.name for f in community.audit(str(tiny["sd"]), custom_pipeline=str(folder)).files]
+        return
+    with pytest.raises(community.RemoteCodeRefused, match=r"pipeline.py line \d+: `from \.+(rel_helper|sub)? import"):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+
+
+def test_a_repos_own_code_refuses_nested_relative_imports_hub_or_local(tiny, tmp_path):
+    """diffusers loads a repository's pipeline class and components from its (snapshot) folder as local files,
+    copying only their direct imports, so the nested rule applies to Hub repos too."""
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny["sd-components"], copy)
+    unet_code = copy / "unet" / "kit_counting_unet.py"
+    unet_code.write_text("from .unet_helper import SCALE  # noqa\n" + unet_code.read_text())
+    (copy / "unet" / "unet_helper.py").write_text("from .unet_deeper import SCALE  # noqa\n")
+    (copy / "unet" / "unet_deeper.py").write_text("SCALE = 1\n")
+    with pytest.raises(community.RemoteCodeRefused, match="unet/unet_helper.py imports 'unet/unet_deeper.py'"):
+        community.code_files(str(copy))
+
+
+def test_two_folders_with_same_named_helpers_each_run_their_own(tiny, tmp_path):
+    """Two custom pipeline folders, each with pipeline.py and helper.py, loaded one after the other in one process:
+    the second must get its own helper, not the module the first left in sys.modules."""
+    pipes = []
+    for value in ("first", "second"):
+        folder = tmp_path / value
+        folder.mkdir()
+        (folder / "pipeline.py").write_text(
+            "from diffusers import StableDiffusionPipeline\n\nfrom .kit_same_helper import VALUE\n\n\n"
+            f"class Kit{value.title()}Pipeline(StableDiffusionPipeline):\n    value = VALUE\n")
+        (folder / "kit_same_helper.py").write_text(f"VALUE = {value!r}\n")
+        pipes.append(community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder),
+                                                         device_map=None))
+    assert [pipe.value for pipe in pipes] == ["first", "second"]

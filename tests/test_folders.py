@@ -115,3 +115,10 @@ def test_the_pipeline_class_is_checked_only_after_the_install(sd_copy):
     validate.check({"model_id": str(sd_copy)}, stage="before_install")
     with pytest.raises(InvalidParameterError, match="'PipelineOfANewerDiffusers', which the installed diffusers"):
         validate.check({"model_id": str(sd_copy)}, stage="after_install")
+
+
+def test_prompt_only_classes_are_not_taken_for_image_conditioned(sd_copy):
+    index = json.loads((sd_copy / "model_index.json").read_text())
+    (sd_copy / "model_index.json").write_text(json.dumps({**index,
+                                                           "_class_name": "StableDiffusionModelEditingPipeline"}))
+    validate.check({"model_id": str(sd_copy)})

@@ -258,3 +258,15 @@ def test_snapshot_patterns_follow_the_plans_variant(hub, tmp_path):
     loaded = dict(pipe.unet.named_parameters())
     name = next(key for key in half if key in loaded)
     assert torch.equal(loaded[name].detach(), half[name].float())  # the fp16 file's values, as float32
+
+
+def test_safety_model_id_hub_answers_become_parameter_errors(hub):
+    """A repo without model_index.json (a standalone checker) is no pipeline; a missing repo is named as such,
+    never a raw huggingface_hub traceback from the setup cell."""
+    from helpers import validate
+
+    hub.add_files("someone/standalone-checker", {"config.json": b"{}", "model.safetensors": b"x"})
+    with pytest.raises(InvalidParameterError, match="safety_model_id='someone/standalone-checker'.*no pipeline"):
+        validate.check({"safety_model_id": "someone/standalone-checker"})
+    with pytest.raises(InvalidParameterError, match="no such repository"):
+        validate.model_index("someone/never-created", "safety_model_id")

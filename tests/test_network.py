@@ -131,3 +131,22 @@ def test_an_uncached_hub_id_behind_a_stalled_endpoint_fails_fast_naming_the_caus
             sources.resolve_model_source("someone/not-cached-anywhere")
     assert time.monotonic() - start < BOUND_S
     assert "nothing answered" in str(caught.value) and "HF_HUB_OFFLINE=1" in str(caught.value)
+
+
+def test_a_failure_is_asked_again_after_a_while_a_success_is_kept(monkeypatch):
+    """The message tells the user to fix the portal or proxy: once fixed, the kit must see it."""
+    with listener() as port:
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setattr(network, "PROBE_TIMEOUT_S", 0.5)
+        first = network.probe(endpoint, 0.5)
+        assert not first.ok and network.probe(endpoint, 0.5) is first  # within the TTL: the same answer
+        monkeypatch.setattr(network, "FAILURE_TTL_S", 0.0)
+        assert network.probe(endpoint, 0.5) is not first
+
+
+def test_transformers_offline_counts_as_huggingface_hub_reads_it(monkeypatch):
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert sources.offline_by_setting() and sources.hub_offline()
+    assert "TRANSFORMERS_OFFLINE" in sources.offline_reason()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # huggingface_hub: HF_HUB_OFFLINE wins when it is set
+    assert not sources.offline_by_setting()

@@ -387,6 +387,7 @@ def table(outcomes: list[Outcome]) -> str:
 def write_atomically(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         handle.write(text)
+    os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it 0600; a committed table is world-readable
     os.replace(handle.name, path)
 
 
