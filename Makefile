@@ -40,7 +40,7 @@ run: install
 test: install
 	$(PY) -m pytest
 
-## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs it too
+## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs a third
 sweep: install
 	$(PY) -m tools.sweep --write bench/RELIABILITY.md >/dev/null
 

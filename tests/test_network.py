@@ -20,15 +20,20 @@ BOUND_S = network.PROBE_TIMEOUT_S + 3  # the probe's hard deadline, plus thread 
 def fresh_probe(monkeypatch):
     for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported (CI sets it): these tests are an online kernel.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     network.probe.cache_clear()
     yield
     network.probe.cache_clear()
 
 
+SHORT_S = 1.0  # the probe's per-phase timeout in these tests (the default is checked in the last one)
+
+
 def timed_probe(endpoint: str) -> network.HubProbe:
     start = time.monotonic()
-    verdict = network.probe(endpoint)
-    assert time.monotonic() - start < BOUND_S
+    verdict = network.probe(endpoint, SHORT_S)
+    assert time.monotonic() - start < SHORT_S + 3  # the hard deadline (timeout + 2), plus thread start-up
     return verdict
 
 
@@ -150,3 +155,11 @@ def test_transformers_offline_counts_as_huggingface_hub_reads_it(monkeypatch):
     assert "TRANSFORMERS_OFFLINE" in sources.offline_reason()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # huggingface_hub: HF_HUB_OFFLINE wins when it is set
     assert not sources.offline_by_setting()
+
+
+def test_huggingface_hubs_own_offline_mode_is_named_with_the_restart(monkeypatch):
+    """HF_HUB_OFFLINE read when huggingface_hub was imported keeps it offline for the kernel's life."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with listener() as port:
+        verdict = timed_probe(f"http://127.0.0.1:{port}")
+    assert not verdict.ok and verdict.problem == "offline" and "restart the kernel" in verdict.explain()

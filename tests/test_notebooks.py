@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-from conftest import HUB_MODELS
+from conftest import COMPONENTS_REPO, HUB_MODELS
 from nbformat.v4 import new_code_cell, new_notebook
 
 from helpers import outputs
@@ -330,34 +330,39 @@ def test_load_and_generate_downloads_its_real_default_through_the_local_hub(exec
     assert any(p.startswith("/api/models/Qwen/Qwen-Image/tree/") for _, p, _ in local_hub_server.requests)
 
 
-def test_community_notebook_takes_a_folder_as_community_pipeline(executed):
-    """The documented folder form of `community_pipeline`: the weighting checks say why they skip; the rest runs."""
-    result, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline="community/kit_previews")
+def test_community_notebook_takes_a_folder_as_community_pipeline_and_a_hub_components_repo(executed,
+                                                                                           local_hub_server):
+    """The documented folder form of `community_pipeline`: the weighting checks say why they skip; the rest runs.
+    In the same run, components_repo is a Hub id pinned at a commit: loaded, its component alone, and the
+    tampered copy (made from its code at that commit) refused."""
+    pin = local_hub_server.pinned["components"]
+    result, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline="community/kit_previews",
+                          components_repo=COMPONENTS_REPO, revision=pin)
     assert "loaded KitPreviewPipeline" in text["file"]
     assert "skipped: these checks need community/kit_prompt_weighting.py" in text["weights"]
     assert "fox token scaled" not in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
-    assert "-> KitPreviewPipeline, previews at steps [" in text["hub-pipeline"]
+    assert "KitComponentsPipeline with KitCountingUNet2DConditionModel: the UNet ran" in text["repo-load"]
+    assert "KitCountingUNet2DConditionModel" in text["component"]
+    assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
+    assert f"skipped: {COMPONENTS_REPO} is already a Hub repository" in text["hub-publish"]
     pngs = {p.name for p in (result.executed.parent / result.executed.stem).glob("*.png")}
     assert "custom-pipeline-seed42.png" in pngs and "weighted-seed42.png" not in pngs
 
 
-def test_community_notebook_takes_the_weighting_pipeline_as_a_folder(executed, tmp_path_factory):
+def test_community_notebook_takes_the_weighting_pipeline_as_a_folder_and_a_plain_components_repo(
+        executed, tiny, tmp_path_factory):
     """A folder whose pipeline.py weights prompts: its checks run, and the kit's previews folder (also
-    pipeline.py) still loads after it in the same kernel."""
+    pipeline.py) still loads after it in the same kernel. In the same run, a plain pipeline folder as
+    components_repo: said, rendered under an honest label, and the code-only cells skip with their reason."""
     folder = tmp_path_factory.mktemp("folder-form") / "my_weighting"
     folder.mkdir()
     (folder / "pipeline.py").write_text((runner.ROOT / "community" / "kit_prompt_weighting.py").read_text())
-    _, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline=str(folder))
+    result, text = run_ok(executed, "04_community_pipelines.ipynb", community_pipeline=str(folder),
+                          components_repo=str(tiny["sd"]))
     assert "loaded KitPromptWeightingPipeline" in text["file"]
     assert "fox token scaled by 1.500" in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
-
-
-def test_community_notebook_says_when_components_repo_holds_no_code(executed, tiny):
-    """A plain pipeline folder as components_repo: said, rendered under an honest label, and the code-only
-    cells skip with their reason."""
-    result, text = run_ok(executed, "04_community_pipelines.ipynb", components_repo=str(tiny["sd"]))
     assert "diffusers will execute 0 code file(s)" in text["repo-load"]
     assert f"note: {tiny['sd']} holds no custom code" in text["repo-load"]
     assert "StableDiffusionPipeline with UNet2DConditionModel\n" in text["repo-load"]

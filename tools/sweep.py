@@ -8,13 +8,15 @@ that names the problem; the executed notebook is kept; the user's files in `outp
 nothing is left in $TMPDIR; the HF_TOKEN canary never appears in the executed notebook.
 
 `make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`) writes the table;
-tests/test_reliability.py runs the same cases and asserts each promise.
+tests/test_reliability.py runs one case of each (notebook, kind), or all with KIT_SWEEP=all, and asserts each
+promise.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -131,6 +133,7 @@ class Case:
     prepare: Callable[[Path, dict], dict] | None = None
     server: str | None = None  # a tools.hostile listener kind
     first_cell: bool = True  # the error must come from the first cell after the parameters
+    kind: str = ""  # parameter, misspelt, network, folder or environment (set by all_cases)
 
 
 def _hub_default(notebook: str, name: str) -> str:
@@ -153,6 +156,11 @@ NETWORK = [
     _network("02", "model_id", "Hub name does not resolve", "could not be resolved", None, "https://kit-sweep.invalid"),
     _network("02", "model_id", "stalled HTTPS proxy", "cannot be reached", "half-open", "https://huggingface.co",
              proxy="http://127.0.0.1:{port}"),
+    # 03-06: the fast TLS failure first (make test runs the first case of each notebook and kind), then half-open
+    _network("03", "vae_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+    _network("04", "model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+    _network("05", "model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+    _network("06", "model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
     _network("03", "vae_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
     _network("04", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
     _network("05", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
@@ -255,12 +263,27 @@ REMOTE_CODE = [
 
 
 def all_cases() -> list[Case]:
-    cases = [Case(nb, f"{name}={value!r}", expect, {name: value}) for nb, name, value, expect in BAD_PARAMETERS]
-    cases += [Case(nb, f"misspelt {typo}", f"Did you mean {right!r}", {typo: 2}) for nb, typo, right in MISSPELT]
-    return cases + NETWORK + FOLDERS + REMOTE_CODE
+    cases = [Case(nb, f"{name}={value!r}", expect, {name: value}, kind="parameter")
+             for nb, name, value, expect in BAD_PARAMETERS]
+    cases += [Case(nb, f"misspelt {typo}", f"Did you mean {right!r}", {typo: 2}, kind="misspelt")
+              for nb, typo, right in MISSPELT]
+    for kind, group in (("network", NETWORK), ("folder", FOLDERS), ("environment", REMOTE_CODE)):
+        cases += [dataclasses.replace(case, kind=kind) for case in group]
+    return cases
 
 
 CASES = all_cases()
+
+
+def representative() -> list[int]:
+    """The first case of each (notebook, kind): what `make test` runs (about a third of the sweep, every class
+    on every notebook that has it); `make sweep` runs them all and writes the table."""
+    chosen, seen = [], set()
+    for index, case in enumerate(CASES):
+        if (case.notebook, case.kind) not in seen:
+            seen.add((case.notebook, case.kind))
+            chosen.append(index)
+    return chosen
 
 
 @dataclass
@@ -366,8 +389,9 @@ def table(outcomes: list[Outcome]) -> str:
     per_notebook = {nb: sum(o.notebook == nb for o in outcomes) for nb in sorted(NB)}
     header = [
         "# Reliability sweep", "",
-        "Written by `make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`); `make test` runs the same "
-        "cases (tests/test_reliability.py). Each case is one headless papermill run of a notebook on the tiny "
+        "Written by `make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`); `make test` runs one case "
+        "of each notebook and kind (tests/test_reliability.py; `KIT_SWEEP=all` runs all). Each case is one "
+        "headless papermill run of a notebook on the tiny "
         "models with one hostile input, its own $TMPDIR, an HF_TOKEN canary, and an output_dir seeded with the "
         f"user's own `index.html` and `notes.txt`. Limit: {TIME_LIMIT_S} s per case.", "",
         f"**Totals:** {len(outcomes)} cases ({', '.join(f'{nb}: {n}' for nb, n in per_notebook.items())}); "
