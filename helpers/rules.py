@@ -161,19 +161,26 @@ def unwritable(folder: Path) -> str | None:
     return None
 
 
-def cache_folder(name: str, value) -> None:
-    """Empty (the default cache), or a folder for the Hugging Face cache that can be written (created if missing)."""
-    text(name, value)
-    if not value:
-        return
+def writable_folder(name: str, value, purpose: str = "", alternative: str = "") -> Path:
+    """`value` with `~` expanded: not a file, and writable (or creatable); `purpose` and `alternative` extend the
+    message and the fix."""
     folder = Path(value).expanduser()
     if folder.exists() and not folder.is_dir():
         fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
     reason = unwritable(folder)
     if reason:
-        fail(name, value, f"cannot be written ({reason}): downloads and the custom code diffusers runs go there",
-             "Choose a folder you can write to (in Colab, under /content or a mounted Drive), or leave it empty "
-             "for ~/.cache/huggingface.")
+        fail(name, value, f"cannot be written ({reason}){purpose}",
+             f"Choose a folder you can write to (in Colab, under /content or a mounted Drive){alternative}.")
+    return folder
+
+
+def cache_folder(name: str, value) -> None:
+    """Empty (the default cache), or a folder for the Hugging Face cache that can be written (created if missing)."""
+    text(name, value)
+    if not value:
+        return
+    writable_folder(name, value, ": downloads and the custom code diffusers runs go there",
+                    ", or leave it empty for ~/.cache/huggingface")
 
 
 def output_folder(name: str, value) -> Path:
@@ -183,13 +190,7 @@ def output_folder(name: str, value) -> Path:
     yet (permission bits say little when running as root). Nothing is left behind, not even the folder.
     """
     text(name, value, allow_empty=False)
-    folder = Path(value).expanduser()
-    if folder.exists() and not folder.is_dir():
-        fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
-    reason = unwritable(folder)
-    if reason:
-        fail(name, value, f"cannot be written ({reason})",
-             "Choose a folder you can write to (in Colab, under /content or a mounted Drive).")
+    folder = writable_folder(name, value)
     free = shutil.disk_usage(nearest_existing(folder)).free
     if free < MIN_FREE_BYTES:
         fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
