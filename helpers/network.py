@@ -44,8 +44,9 @@ class HubProbe:
         """One sentence for an error message: what failed, how long it took, and what to do."""
         if self.ok:
             return f"{self.endpoint} answered in {self.seconds:.1f} s"
+        cache_only = "" if self.problem == "offline" else " To work from the local cache only, set HF_HUB_OFFLINE=1."
         return (f"{self.endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
-                f"{FIXES[self.problem]}. To work from the local cache only, set HF_HUB_OFFLINE=1.")
+                f"{FIXES[self.problem]}.{cache_only}")
 
 
 def _classify(error: BaseException) -> tuple[str, str]:
