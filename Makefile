@@ -8,7 +8,7 @@ BROWSER_STAMP := $(VENV)/.browser-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
-PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
+PIP := $(PY) -m pip install --disable-pip-version-check --no-compile --progress-bar on  # modules compile on first import
 
 .PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab sweep lint strip tiny release golden clean
 
@@ -40,7 +40,7 @@ run: install
 test: install
 	$(PY) -m pytest
 
-## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs a third
+## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs a subset
 sweep: install
 	$(PY) -m tools.sweep --write bench/RELIABILITY.md >/dev/null
 

@@ -20,7 +20,7 @@ from tools import runner, sweep
 NB = sweep.NB
 
 
-# `make test` runs one case of each (notebook, kind); KIT_SWEEP=all runs all of them, as `make sweep` does
+# `make test` runs a representative subset; KIT_SWEEP=all runs all of them, as `make sweep` does
 # (which also writes bench/RELIABILITY.md, checked below to cover every case with none broken).
 SELECTED = list(range(len(sweep.CASES))) if os.environ.get("KIT_SWEEP") == "all" else sweep.representative()
 
@@ -35,9 +35,9 @@ def test_the_sweep_is_wide():
     assert len(sweep.CASES) >= 80
     assert {case.notebook for case in sweep.CASES} == set(NB)
     assert len({(case.notebook, case.label) for case in sweep.CASES}) == len(sweep.CASES)  # each case once
-    kinds = {(case.notebook, case.kind) for case in sweep.CASES}
-    assert {(sweep.CASES[i].notebook, sweep.CASES[i].kind) for i in sweep.representative()} == kinds
-    assert {kind for _, kind in kinds} == {"parameter", "misspelt", "network", "folder", "environment"}
+    subset = [sweep.CASES[i] for i in sweep.representative()]
+    assert {case.kind for case in subset} == {"parameter", "misspelt", "network", "folder", "environment"}
+    assert {case.notebook for case in subset if case.kind == "parameter"} == set(NB)  # every first cell
 
 
 @pytest.mark.parametrize("index", SELECTED, ids=[f"{sweep.CASES[i].notebook}-{sweep.CASES[i].label}" for i in SELECTED])

@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     print(f"torch: {decision.message}", flush=True)
     if decision.source is None or not decision.source.resolved:
         return 0
-    return subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar", "on",
+    return subprocess.run([sys.executable, "-m", "pip", "install", "--progress-bar", "on", "--no-compile",
                            *decision.source.pip_args, requirement]).returncode
 
 
