@@ -395,3 +395,33 @@ def check_constructor_arguments(pipeline_class, **kwargs) -> None:
                 "Build the pipeline from its components, then move and cast it: pipe = pipe.to('cuda', "
                 "torch.float16). (device_map= and dtype= belong to from_pretrained.)",
             )
+
+
+def plan_kwargs(load_plan, source: str) -> dict:
+    """The `from_pretrained` keyword arguments a LoadPlan implies: dtype, device_map, variant, and
+    `quantization_config` or GGUF-loaded components when the plan quantizes. One function for every notebook."""
+    from . import quantization
+
+    dtype = load_plan.resolved_dtype
+    kwargs = {"dtype": dtype, "device_map": load_plan.device_map, "variant": load_plan.variant}
+    config = quantization.plan_config(load_plan, load_plan.device, dtype)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    kwargs.update(quantization.plan_components(load_plan, source, dtype))
+    return kwargs
+
+
+def apply_offload(pipe, load_plan) -> str:
+    """Apply the plan's offload after the load (it needs a GPU); returns what was done, to print."""
+    if load_plan.offload == "none":
+        return "offload: none (the plan keeps every component where it loaded)"
+    if not torch.cuda.is_available():
+        return f"offload: the plan's {load_plan.offload!r} offload needs a CUDA GPU; none here, so not applied"
+    if load_plan.offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif load_plan.offload == "group":
+        pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=True)
+    else:
+        pipe.enable_sequential_cpu_offload()
+    return f"offload: {load_plan.offload} -> {load_plan.offload_call}"

@@ -107,3 +107,17 @@ def measure():
     delta.ram_mb = after.ram_mb - before.ram_mb
     if after.cuda_mb is not None:
         delta.cuda_mb = after.cuda_mb - before.cuda_mb
+
+
+def module_dtypes(pipe):
+    """Each component's dtype (moves here from loading in the restructuring)."""
+    from .loading import module_dtypes as _module_dtypes
+
+    return _module_dtypes(pipe)
+
+
+def quantized_components(pipe):
+    """The components loaded quantized (moves here from loading in the restructuring)."""
+    from .loading import quantized_components as _quantized_components
+
+    return _quantized_components(pipe)

@@ -517,6 +517,13 @@ class LoadPlan:
         return getattr(torch, self.dtype)
 
     @property
+    def device(self) -> str:
+        """Where the weights compute: "cuda" for a GPU plan (device_map "cuda"/"balanced", or offload), else "cpu"."""
+        if self.device_map in ("cuda", "balanced") or (self.offload != "none" and self.hardware.gpus):
+            return "cuda"
+        return self.device_map or "cpu"
+
+    @property
     def offload_call(self) -> str:
         return OFFLOAD_CALLS[self.offload]
 
