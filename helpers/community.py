@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import KIT_ROOT, loading, rules, sources
-from .env import truthy
+from .rules import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 COMMUNITY = KIT_ROOT / "community"

@@ -140,7 +140,7 @@ def load_pipeline(
     # device_map=None: the caller places the pipeline (`.to(device)`), so "auto" is for this machine's device.
     resolved_dtype = resolve_dtype(dtype, None if resolved_map is None else device_for(resolved_map))
     if dtype == "auto" and resolved_dtype == torch.float16:
-        from .planning import fp16_unsafe
+        from .rules import fp16_unsafe
 
         if fp16_unsafe(read_model_index(source, revision).get("_class_name", "")):
             resolved_dtype = torch.bfloat16  # Qwen-Image and FLUX give black images in fp16 (planning.NOT_FP16_SAFE)

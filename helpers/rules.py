@@ -21,10 +21,34 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", 
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
-# The load plan's choices (helpers.planning); "gguf:<file or URL>" is also a quantization.
-QUANTIZATIONS = ("auto", "none", "int8", "int4", "nf4")
 OFFLOADS = ("auto", "none", "model", "group", "sequential")
-HARDWARE_NAMES = ("auto", "colab-t4", "colab-l4", "colab-a100", "kaggle-2xt4", "a100-80", "cpu")
+TRUE_VALUES = {"1", "true", "yes", "on"}  # huggingface_hub's _is_true, diffusers' ENV_VARS_TRUE_VALUES
+
+# Quantization names ("gguf:<file or URL>" too): only the denoiser and big text encoders are quantized.
+NAMES = ("none", "int8", "int4", "nf4")
+DENOISERS = ("transformer", "unet", "prior", "decoder")
+BIG_TEXT_ENCODER_PARAMS = 1_000_000_000
+
+# The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept.
+BACKENDS = {
+    # transformers/utils/import_utils.py:166 BITSANDBYTES_MIN_VERSION = "0.46.1" (diffusers' bnb_quantizer: 0.43.3)
+    "bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
+    # diffusers/quantizers/quantization_config.py:647 `if not is_torchao_version(">=", "0.15.0")`;
+    # transformers/utils/import_utils.py:173 TORCHAO_MIN_VERSION = "0.15.0"
+    "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
+    # diffusers/quantizers/quanto/quanto_quantizer.py:60 `if not is_optimum_quanto_version(">=", "0.2.6")`
+    "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
+    # diffusers/quantizers/gguf/gguf_quantizer.py:58 `is_gguf_version("<", "0.10.0")`;
+    # transformers/utils/import_utils.py:169 GGUF_MIN_VERSION = "0.10.0"
+    "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"},
+}
+
+# Families whose activations overflow float16 (NaN latents, black images): never planned in fp16.
+NOT_FP16_SAFE = {
+    "QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
+    "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)",
+}
+FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 COMMIT = re.compile(r"[0-9a-f]{40}")
 CUSTOM_REVISION = re.compile(r"main|\d+\.\d+\.\d+")
 COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -34,13 +58,37 @@ def fail(name: str, value, rule: str, fix: str = ""):
     raise InvalidParameterError(name, value, rule, fix)
 
 
+def truthy(value: str | None) -> bool:
+    """An environment flag as huggingface_hub and diffusers read it ("1", "true", "yes", "on")."""
+    return (value or "").strip().lower() in TRUE_VALUES
+
+
+def fp16_unsafe(pipeline_class) -> str:
+    """Why float16 breaks this pipeline family ("" when it is fp16-safe). A repo with its own pipeline code
+    names it as [module, Class] in model_index.json: the class decides."""
+    name = pipeline_class[-1] if isinstance(pipeline_class, list | tuple) else str(pipeline_class or "")
+    return next((why for prefix, why in NOT_FP16_SAFE.items() if name.startswith(prefix)), "")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def whole(name: str, value, minimum: int) -> None:
+def whole(name: str, value, minimum: int, maximum: int | None = None, fix: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        fail(name, value, f"needs a whole number >= {minimum}")
+        fail(name, value, f"needs a whole number >= {minimum}" + (f" and <= {maximum}" if maximum else ""), fix)
+    if maximum is not None and value > maximum:
+        fail(name, value, f"is over the limit of {maximum}", fix)
+
+
+def steps(name: str, value) -> None:
+    """Denoising steps: 1 to MAX_STEPS (schedulers train on 1000 timesteps; more only repeats them)."""
+    whole(name, value, 1, MAX_STEPS, f"Use at most {MAX_STEPS} (typical: 20-50).")
+
+
+def batch_items(name: str, count: int) -> None:
+    """A batch of at most MAX_BATCH_ITEMS images (prompts x seeds), refused before any work starts."""
+    whole(name, count, 1, MAX_BATCH_ITEMS, f"Split the batch: at most {MAX_BATCH_ITEMS:,} items per run.")
 
 
 def number(name: str, value, low: float, high: float = math.inf, low_open: bool = False, fix: str = "") -> None:
@@ -78,6 +126,8 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
 
 def num_frames(name: str, value) -> None:
     """Wan's VAE packs 4 frames into one latent: 4k + 1 frames (diffusers would round silently)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_FRAMES:
+        fail(name, value, f"is over the limit of {MAX_FRAMES} frames", "Try 81 (about 5 s at 16 fps).")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (value - 1) % 4:
         near = max(1, round((value - 1) / 4) * 4 + 1) if _is_number(value) else 81
         fail(name, value, "needs 4k + 1 frames (1, 5, 9, ..., 81): Wan's VAE packs 4 frames into one latent",
@@ -91,9 +141,23 @@ def input_image(name: str, value) -> None:
         fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
 
 
+def parse_quantization(quantization, name: str = "quantization") -> tuple[str, str | None]:
+    """("int8", None), ("gguf", "<file or URL>"), ("auto", None) ...; a clear error for anything else."""
+    if isinstance(quantization, str) and quantization.startswith("gguf:"):
+        source = quantization[len("gguf:"):].strip()
+        if not source:
+            fail(name, quantization, "gguf needs a file or URL after the colon",
+                 'e.g. "gguf:qwen-image-Q4_K_M.gguf" or "gguf:https://huggingface.co/.../x.gguf".')
+        if not source.split("?")[0].lower().endswith(".gguf"):
+            fail(name, quantization, "the gguf source must be a .gguf file or URL")
+        return "gguf", source
+    if quantization not in ("auto", *NAMES):
+        fail(name, quantization, f"choose one of {', '.join(map(repr, ('auto', *NAMES)))} or 'gguf:<file or URL>'")
+    return quantization, None
+
+
 def quantization(name: str, value) -> None:
-    if not (isinstance(value, str) and value.startswith("gguf:") and len(value) > 5):
-        choice(name, value, QUANTIZATIONS + ("gguf:<file or URL>",))
+    parse_quantization(value, name)
 
 
 def prompt_list(name: str, value) -> None:
@@ -121,6 +185,9 @@ MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
 MAX_SIDE = 8192  # pixels: beyond this no pipeline the kit teaches has been trained, and memory explodes
 MAX_GUIDANCE = 100.0  # far past any useful value; 1e300 overflows to NaN latents and a black image
+MAX_STEPS = 1000  # the timesteps schedulers are trained on
+MAX_FRAMES = 1000  # about a minute of video at 16 fps, far past what a GPU holds
+MAX_BATCH_ITEMS = 100_000  # images in one batch run
 
 
 def seed(name: str, value) -> None:

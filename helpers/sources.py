@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import network
-from .env import truthy
+from .rules import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import folders, rules, sources
+from . import env, folders, rules, sources
 from .errors import InvalidParameterError, KitError
 
 TEXT_CONDITIONED = ("model_id", "t2v_model_id")  # the notebooks start these from a prompt alone
@@ -130,7 +130,7 @@ RULES = {
     "negative_prompt": rules.text,
     "height": rules.size,
     "width": rules.size,
-    "num_inference_steps": lambda n, v: rules.whole(n, v, 1),
+    "num_inference_steps": rules.steps,
     "num_processes": lambda n, v: rules.whole(n, v, 1),
     "seed": rules.seed,
     "guidance_scale": rules.guidance,
@@ -164,7 +164,7 @@ RULES = {
     "resume": rules.flag,
     "quantization": rules.quantization,
     "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS),
-    "hardware": lambda n, v: rules.choice(n, v, rules.HARDWARE_NAMES),
+    "hardware": lambda n, v: rules.choice(n, v, env.HARDWARE_NAMES),
     "plan_only": rules.flag,
     "force": rules.flag,
 }
