@@ -89,7 +89,7 @@ release: install
 
 ## golden: rewrite tests/golden/load_plans.md (every shipped model x hardware profile); review the diff, commit it
 golden: install
-	KIT_REGENERATE_GOLDEN=1 $(PY) -m pytest tests/test_load_plan.py -q -k golden
+	KIT_REGENERATE_GOLDEN=1 $(PY) -m pytest tests/test_planning.py -q -k golden
 
 ## tiny: build the tiny random-weight models into .cache/tiny/
 tiny: install

@@ -10,7 +10,7 @@ int8), and measures:
   rss     the process's RSS growth over the load (`disable_mmap=True`, after gc and glibc's malloc_trim), a
           cross-check by the operating system; also the growth right after the load, before malloc_trim (what
           the load's freed temporaries still hold in the heap).
-The prediction is `helpers.quantization.quantized_bytes` on the model built on the meta device.
+The prediction is `helpers.planning.quantized_bytes` on the model built on the meta device.
 Run alone: `python bench/quant_memory.py`; `make bench` runs it as one section.
 """
 
@@ -39,7 +39,8 @@ architectures.build_component(model, "unet", device="cpu", dtype=torch.bfloat16)
 MEASURE = r"""
 import ctypes, gc, json, sys, psutil, torch
 from diffusers import UNet2DConditionModel
-from helpers import architectures, quantization
+from bench.quant_memory import stored_bytes
+from helpers import architectures, planning, quantization
 model, folder, name, backend = sys.argv[1:5]
 backend = None if backend == "-" else backend
 config = None
@@ -47,7 +48,7 @@ if name != "none":  # build the config (and import the backend) before the basel
     config = quantization.pipeline_config(name, ["unet"], backend, device="cpu", dtype=torch.bfloat16)
     config = config.quant_mapping["unet"]
 meta = architectures.build_component(model, "unet", "meta", torch.bfloat16)
-predicted = quantization.quantized_bytes(meta, name, backend, torch.bfloat16)
+predicted = planning.quantized_bytes(meta, name, backend, torch.bfloat16)
 del meta
 gc.collect()
 process = psutil.Process()
@@ -60,9 +61,34 @@ gc.collect()
 rss_after_load = process.memory_info().rss - before
 ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand back the heap pages the load's temporaries left behind
 rss = process.memory_info().rss - before
-stored = quantization.stored_bytes(unet)
+stored = stored_bytes(unet)
 print(json.dumps({"predicted": predicted, "stored": stored, "rss": rss, "rss_after_load": rss_after_load}))
 """
+
+
+def _tensor_bytes(tensor, seen: set) -> int:
+    """Bytes a tensor stores, unwrapping quantized subclasses (`__tensor_flatten__`) into their inner tensors."""
+    import torch
+
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name), seen) for name in names)
+    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+    if type(data) not in (torch.Tensor, torch.nn.Parameter) and hasattr(data, "__tensor_flatten__"):
+        return _tensor_bytes(data, seen)
+    storage = data.untyped_storage()
+    key = (storage.data_ptr(), storage.nbytes())
+    if key in seen or data.device.type == "meta":
+        return 0 if key in seen else data.numel() * data.element_size()
+    seen.add(key)
+    return storage.nbytes()
+
+
+def stored_bytes(module) -> int:
+    """Measured bytes of every parameter and buffer `module` holds (shared storage once): the weight memory."""
+    seen: set = set()
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(_tensor_bytes(t, seen) for t in tensors.values())
 
 
 def _python(code: str, *args: str) -> dict:
@@ -97,7 +123,7 @@ def run() -> list[dict]:
 def markdown(rows: list[dict]) -> list[str]:
     gib = 2**30
     lines = ["## Quantized weight memory: predicted vs measured (CPU, random weights at real size)", "",
-             "`helpers.quantization.quantized_bytes` (Linear weights quantized, everything else bf16) against the",
+             "`helpers.planning.quantized_bytes` (Linear weights quantized, everything else bf16) against the",
              "UNet loaded by `UNet2DConditionModel.from_pretrained(..., quantization_config=...)` in a fresh process.",
              "stored = bytes of every tensor the model holds (quantized tensors unwrapped into data + scales):",
              "what the prediction predicts. RSS = the process's RSS growth over the load with `disable_mmap=True`,",

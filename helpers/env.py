@@ -232,7 +232,7 @@ def report() -> Report:
         hf_token_found=hf_token_found(),
         hf_cache=_hub_constant("HF_HUB_CACHE"),
         parallel_loading=_diffusers_parallel_loading(),
-        fits=planning.what_fits(planning.detect_hardware()),
+        fits=planning.what_fits(detect_hardware()),
     )
 
 

@@ -56,3 +56,7 @@ class PlanDoesNotFitError(KitError, RuntimeError):
             lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
         lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
         super().__init__("\n".join(lines))
+
+
+class QuantizationUnavailableError(KitError, RuntimeError):
+    """A quantization choice this machine cannot run (a GPU-only backend without a GPU, a missing or old package)."""

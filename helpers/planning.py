@@ -1,24 +1,18 @@
-"""Will it fit? The kit's one fit engine: sizes from configs alone, hardware profiles, the LoadPlan.
+"""Will it fit? The kit's one fit engine: sizes from configs alone, quantized bytes, the LoadPlan.
 
 `plan_load(model_id, hardware=...)` decides, before a byte of weights is downloaded, each component's
 dtype, quantization and placement, the offload mode, and predicts peak VRAM, peak RAM during load,
-download bytes and free disk, with a verdict, its reasons and ranked alternatives. `plan_balanced`
-predicts diffusers' own `device_map="balanced"` placement (tested against diffusers' functions).
+download bytes and free disk, with a verdict, its reasons and ranked alternatives.
 
-Sizes come from instantiating each component on the `meta` device: no weights are read. Two sizes
-are kept: the exact one (parameters x bytes, tied weights once: what the weights really take) and
-diffusers' own estimate (accelerate's init_empty_weights plus buffers), because `plan_balanced`
-predicts what diffusers will do and diffusers places components by its estimate.
-
-The placement rule is diffusers' `_assign_components_to_devices` (0.42.1): components largest first,
-GPUs largest first, visited in a zig-zag cycle (0, 1, 1, 0, ...); a component bigger than the current
-GPU's remaining budget goes to the CPU without advancing the cycle, and diffusers' map keeps only the
-last such component.
+Sizes come from building each component once on the `meta` device (no weights), cached per
+architecture. Two sizes are kept: the exact one (parameters x bytes, tied weights once) and diffusers'
+own estimate (accelerate's init_empty_weights, buffers included), because `plan_balanced` predicts
+`device_map="balanced"` with diffusers' own placement function, which places components by that estimate.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, folders, quantization, rules
+from . import architectures, folders, hub, rules
+from .env import GIB, PROFILES, Hardware, resolve_hardware
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
-from .quantization import weight_bytes_per_param
-from .rules import HARDWARE_NAMES, OFFLOADS
-
-GIB = 2**30
+from .rules import BIG_TEXT_ENCODER_PARAMS, DENOISERS, DTYPE_ALIASES, FP16_FIX_VAE, OFFLOADS, backend_for, fp16_unsafe
 
 # Memory a program can use on common GPUs (GiB): the card's total as torch reports it, less ~0.5 GiB
 # for the CUDA context. Budgets for planning, not measurements.
@@ -43,6 +35,7 @@ COMMON_SETUPS = {
     "1x A100-80": [78.7],
     "2x A100-80": [78.7, 78.7],
 }
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -52,6 +45,26 @@ class ComponentSize:
     params: int
     bytes: int  # exact: parameters x bytes per element at the chosen dtype
     diffusers_bytes: int  # what diffusers' balanced placement uses (init_empty_weights, buffers included)
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    """Parameter counts that decide memory under each dtype, quantization and offload mode."""
+
+    name: str
+    class_name: str
+    params: int
+    linear_params: int  # nn.Linear weights: what int8/int4/nf4 quantize
+    block_params: int  # the largest block of a ModuleList (what one group of group offloading holds)
+    outside_params: int  # params outside every ModuleList (one more group)
+    leaf_params: int  # the largest leaf module (what sequential offload holds)
+    estimate_numel: int = 0  # floating tensors as diffusers counts them (T5's tie broken, buffers included)
+    estimate_fixed_bytes: int = 0  # integer and bool buffers, which keep their dtype
+
+    def sizes(self, dtype: str) -> ComponentSize:
+        size = DTYPE_BYTES[dtype]
+        return ComponentSize(self.name, self.class_name, self.params, self.params * size,
+                             self.estimate_numel * size + self.estimate_fixed_bytes)
 
 
 def config_folder(model_id: str) -> Path:
@@ -71,46 +84,115 @@ def config_folder(model_id: str) -> Path:
         return architectures.folder(model_id)
     from huggingface_hub import snapshot_download
 
-    from .loading import hub_offline, resolve_model_source
-
-    resolve_model_source(model_id)  # a clear error for a bad id, a missing path, or an uncached id offline
+    hub.resolve_model_source(model_id)  # a clear error for a bad id, a missing path, or an uncached id offline
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
-                                  local_files_only=hub_offline()))
+                                  local_files_only=hub.hub_offline()))
 
 
-def _diffusers_estimate(library: str, class_name: str, directory: Path, dtype: torch.dtype) -> int:
+def component_stats(folder: Path) -> list[ComponentStats]:
+    """Stats of every weighted component of the pipeline folder, built once per architecture on the meta device."""
+    folder = Path(folder).resolve()
+    configs = [folder / "model_index.json", *sorted(folder.glob("*/config.json"))]
+    return _walk(str(folder), tuple(p.stat().st_mtime_ns for p in configs))
+
+
+@functools.cache
+def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
+    stats = []
+    for name, spec in hub.read_model_index(folder).items():
+        directory = Path(folder) / name
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+            continue
+        if not (directory / "config.json").is_file():
+            continue  # schedulers, tokenizers and processors hold no weights
+        module = _build_empty(spec[0], spec[1], directory)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        if not _quantized_checkpoint(directory):  # quantized weights have other shapes by design
+            folders.check_shapes(directory, {k: tuple(v.shape) for k, v in module.state_dict().items()})
+        stats.append(_module_stats(name, spec[1], module))
+    return stats
+
+
+def _build_empty(library: str, class_name: str, directory: Path):
+    """The module as diffusers builds it to place it (accelerate's init_empty_weights)."""
     import accelerate
-    from accelerate.utils import compute_module_sizes
 
     from .diffusers_logs import without_empty_fp32_notes
 
-    with accelerate.init_empty_weights(), without_empty_fp32_notes():
-        module = architectures._instantiate(library, class_name, directory).to(dtype=dtype)
-    return compute_module_sizes(module, dtype=dtype)[""]
+    with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
+        return architectures.instantiate(library, class_name, directory)
+
+
+def _quantized_checkpoint(component_folder: Path) -> bool:
+    import json
+
+    config = json.loads((component_folder / "config.json").read_text())
+    return isinstance(config, dict) and "quantization_config" in config
+
+
+@contextmanager
+def _config_notes_hidden():
+    """Config notes logged while building on the meta device (unused keys, rope renames) are about the config
+    files, not the plan; they show again, once, when the model is really loaded. Errors still show."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
+    from accelerate.utils import named_module_tensors
+
+    numel, fixed = 0, 0
+    for _, tensor in named_module_tensors(module, recurse=True):  # before re-tying: what diffusers counts
+        if tensor.is_floating_point():
+            numel += tensor.numel()
+        else:
+            fixed += tensor.numel() * tensor.element_size()
+    if hasattr(module, "tie_weights"):
+        module.tie_weights()  # init_empty_weights breaks T5's tied embedding; the real load ties it
+    params = _count(module)
+    linear = sum(m.weight.numel() for m in {id(m.weight): m for m in module.modules()
+                                              if isinstance(m, torch.nn.Linear)}.values())
+    lists = [sub for sub in module.modules() if isinstance(sub, torch.nn.ModuleList)]
+    block = max((_count(child) for sub in lists for child in sub), default=0)
+    nested = {id(inner) for outer in lists for inner in outer.modules() if inner is not outer}
+    in_lists = sum(_count(sub) for sub in lists if id(sub) not in nested)
+    leaf = max((sum(p.numel() for p in sub.parameters(recurse=False)) for sub in module.modules()), default=0)
+    return ComponentStats(name, class_name, params, linear, block, max(params - in_lists, 0), leaf, numel, fixed)
+
+
+def dtype_name(dtype) -> str:
+    """A dtype as the plan names it ("auto": half precision, as on a GPU)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype == "auto":
+        return "bfloat16"
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_ALIASES:
+        return DTYPE_ALIASES[dtype.lower()]
+    raise InvalidParameterError("dtype", dtype, "choose 'auto', 'float32', 'float16' or 'bfloat16'")
 
 
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
-    """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order)."""
-    from .loading import resolve_dtype
+    """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order).
 
-    dtype = resolve_dtype(dtype, "cuda")
-    folder = config_folder(model_id)
-    index = json.loads((folder / "model_index.json").read_text())
-    sizes = []
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        library, class_name = spec
-        if not (folder / name / "config.json").is_file():
-            continue  # schedulers, tokenizers and processors hold no weights
-        component_dtype = dtype.get(name, dtype["default"]) if isinstance(dtype, dict) else dtype
-        module = architectures.build_from_config(library, class_name, folder / name, "meta", component_dtype)
-        if not isinstance(module, torch.nn.Module):
-            continue
-        params = sum(p.numel() for p in module.parameters())
-        exact = sum(p.numel() * p.element_size() for p in module.parameters())
-        estimate = _diffusers_estimate(library, class_name, folder / name, component_dtype)
-        sizes.append(ComponentSize(name, class_name, params, exact, estimate))
+    `dtype`: a name, or a dict of names per component with a "default" key."""
+    if isinstance(dtype, dict) and "default" not in dtype:
+        raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key')
+    per = {k: dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict) else {"default": dtype_name(dtype)}
+    sizes = [s.sizes(per.get(s.name, per["default"])) for s in component_stats(config_folder(model_id))]
     return sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
 
 
@@ -120,10 +202,7 @@ def parse_budgets(gpu_memory_gib) -> dict[int, int]:
 
 
 def activation_headroom(height: int, width: int) -> int:
-    """The kit's rule of thumb for denoiser activations beside the weights: 1 GiB + 1.5 GiB per megapixel.
-
-    An estimate (attention via SDPA grows linearly with the latent tokens), not a measurement.
-    """
+    """The kit's rule of thumb for denoiser activations beside the weights: 1 GiB + 1.5 GiB per megapixel."""
     return int((1.0 + 1.5 * height * width / 2**20) * GIB)
 
 
@@ -142,35 +221,28 @@ class DevicePlan:
 
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
-    """Predict device_map="balanced" (same rule as diffusers) and say where it goes wrong."""
+    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it, and where it goes wrong.
+
+    diffusers places whole components, largest first, on the GPUs (largest budget first) in a zig-zag cycle;
+    a component too big for the GPU whose turn it is goes to the CPU, and its map keeps only the last such one.
+    """
+    from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
+
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
     gpus = dict(sorted(budgets.items(), key=lambda item: item[1], reverse=True))
-    cycle = list(gpus) + list(gpus)[::-1]
-    remaining = dict(gpus)
-    placement: dict[str, int | str] = {}
-    overflow: list[str] = []
-    position = 0
-    for size in ordered:
-        device = cycle[position % len(cycle)]
-        if size.diffusers_bytes > remaining[device]:
-            placement[size.name] = "cpu"
-            overflow.append(size.name)
-        else:
-            placement[size.name] = device
-            remaining[device] -= size.diffusers_bytes
-            position += 1
-    diffusers_map = {name: device for name, device in placement.items() if device != "cpu"}
-    if overflow:
-        diffusers_map[overflow[-1]] = "cpu"
-    plan = DevicePlan(budgets, placement, diffusers_map, {d: budgets[d] - remaining[d] for d in budgets})
-    by_name = {size.name: size for size in sizes}
-    for name in overflow:
+    mapping = _assign_components_to_devices({s.name: s.diffusers_bytes for s in ordered}, gpus)
+    diffusers_map = {name: device for device, names in mapping.items() for name in names}
+    placement = {s.name: diffusers_map.get(s.name, "cpu") for s in ordered}
+    overflow = [s for s in ordered if placement[s.name] == "cpu"]
+    used = {d: sum(s.diffusers_bytes for s in ordered if placement[s.name] == d) for d in budgets}
+    plan = DevicePlan(budgets, placement, diffusers_map, used)
+    for size in overflow:
         plan.warnings.append(
-            f"{name} ({by_name[name].diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
+            f"{size.name} ({size.diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
             "runs it on the CPU, slowly. Prefer enable_model_cpu_offload(), or more GPU memory."
         )
     if len(overflow) > 1:
-        dropped = ", ".join(overflow[:-1])
+        dropped = ", ".join(s.name for s in overflow[:-1])
         plan.warnings.append(
             f"diffusers records only the last overflowing component in hf_device_map: {dropped} will be missing "
             "from it (diffusers 0.42.1 overwrites its 'cpu' entry)."
@@ -178,9 +250,10 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     headroom = activation_headroom(height, width)
     if ordered and placement[ordered[0].name] != "cpu":
         device = placement[ordered[0].name]
-        if remaining[device] < headroom:
+        remaining = budgets[device] - used[device]
+        if remaining < headroom:
             plan.warnings.append(
-                f"GPU {device} keeps {remaining[device] / GIB:.1f} GiB beside {ordered[0].name}; activations at "
+                f"GPU {device} keeps {remaining / GIB:.1f} GiB beside {ordered[0].name}; activations at "
                 f"{width}x{height} need about {headroom / GIB:.1f} GiB (the kit's estimate). Lower the resolution "
                 "or give that GPU more room."
             )
@@ -235,242 +308,115 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
 
 
 # ---------------------------------------------------------------------------------------------------
-# Hardware: named profiles, detection, explicit figures
+# Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype
 # ---------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Hardware:
-    """What a plan is made for. GPU figures are usable GiB (the card less ~0.5 GiB of CUDA context)."""
-
-    name: str
-    gpus: tuple[float, ...]  # usable GiB per GPU; () for a CPU-only machine
-    ram_gib: float  # system RAM the process can fill
-    disk_bytes: int  # free disk for the Hub cache
-    bf16: bool = True  # native bfloat16 (compute capability 8.0+: Ampere, Ada, Hopper)
-    gpu_name: str = ""
-
-    def describe(self) -> str:
-        if self.gpus:
-            count = f"{len(self.gpus)}x " if len(self.gpus) > 1 else ""
-            gpu = (f"{count}{self.gpu_name or 'GPU'} {self.gpus[0]:g} GiB usable"
-                   f"{'' if self.bf16 else ', no native bf16'}")
-        else:
-            gpu = "no GPU"
-        return f"{self.name}: {gpu}; RAM {self.ram_gib:g} GiB; disk {self.disk_bytes / 1e9:.0f} GB free"
-
-
-# Named hardware. Figures are what these machines commonly report (they change; hardware="auto" measures
-# yours). T4: a 15 GB card, torch sees ~14.7 GiB, ~14.2-14.7 GiB usable; no native bf16 (sm_75).
-# Colab free tier: 12.7 GiB RAM, ~78 GB free disk.
-PROFILES: dict[str, Hardware] = {
-    "colab-t4": Hardware("colab-t4", (14.2,), 12.7, 78_000_000_000, bf16=False, gpu_name="Tesla T4"),
-    # L4 (24 GB, ~21.5 GiB usable), A100 40/80 GB: native bf16. RAM and disk: Colab's usual L4/A100 runtimes and a
-    # typical 80 GB cloud VM; approximate.
-    "colab-l4": Hardware("colab-l4", (21.5,), 51.0, 200_000_000_000, gpu_name="NVIDIA L4"),
-    "colab-a100": Hardware("colab-a100", (39.0,), 83.5, 200_000_000_000, gpu_name="A100-SXM4-40GB"),
-    # Kaggle: 2x T4, ~29 GiB RAM, ~73 GB of disk in all (only /kaggle/working's 20 GB is kept after a session).
-    "kaggle-2xt4": Hardware("kaggle-2xt4", (14.2, 14.2), 29.0, 73_000_000_000, bf16=False, gpu_name="Tesla T4"),
-    "a100-80": Hardware("a100-80", (78.7,), 117.0, 500_000_000_000, gpu_name="A100-SXM4-80GB"),
-    "cpu": Hardware("cpu", (), 16.0, 100_000_000_000),  # a 16 GB machine without a GPU (laptop-class)
+BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
+# Block scales beside the data, per parameter: bitsandbytes nf4 keeps one float32 absmax per block of 64
+# (diffusers' default, no double quantization); quanto int4 a scale and a shift (2 bytes each) per group.
+BLOCK_SCALE_BYTES_PER_PARAM = {("nf4", "bitsandbytes"): 4 / 64}
+GROUP_SIZE = {("int4", "quanto"): 128}
+# GGUF block layouts (bytes per block / parameters per block) of the types diffusers 0.42.1 reads:
+# ggml's own table (gguf.GGML_QUANT_SIZES), copied so planning needs no gguf install.
+GGUF_BYTES_PER_PARAM = {
+    "F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 34 / 32, "Q5_0": 22 / 32, "Q5_1": 24 / 32, "Q4_0": 18 / 32,
+    "Q4_1": 20 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q4_K": 144 / 256, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
 }
 
 
-def detect_hardware(cache_dir: str | None = None) -> Hardware:
-    """This machine: its CUDA GPUs (less 0.5 GiB each), available RAM, free disk where the Hub cache is."""
-    import shutil
-
-    import psutil
-
-    from . import env
-
-    gpus = env.accelerators()
-    if cache_dir is None:
-        from huggingface_hub import constants
-
-        cache_dir = constants.HF_HUB_CACHE
-    place = Path(cache_dir)
-    while not place.exists() and place != place.parent:
-        place = place.parent
-    return Hardware(
-        "this machine", tuple(round(g.memory_gib - 0.5, 1) for g in gpus),
-        round(psutil.virtual_memory().available / GIB, 1), shutil.disk_usage(place).free,
-        bf16=bool(gpus) and all(g.bf16 for g in gpus), gpu_name=gpus[0].name if gpus else "",
-    )
+def weight_bytes_per_param(quantization: str, backend: str) -> float:
+    """Bytes a quantized Linear weight takes per parameter, block scales included: the planner's figure."""
+    name, _ = rules.parse_quantization(quantization)
+    group = GROUP_SIZE.get((name, backend))
+    group_scales = 2 * 2 / group if group else 0.0  # a scale and a shift per group, 2 bytes each
+    return BYTES_PER_PARAM[name] + BLOCK_SCALE_BYTES_PER_PARAM.get((name, backend), 0.0) + group_scales
 
 
-def resolve_hardware(hardware="auto") -> Hardware:
-    """"auto" (this machine), a profile name, a Hardware, or a dict of figures:
-    {"gpus": [15], "ram_gib": 12.7, "disk_gb": 78, "bf16": False}."""
-    if isinstance(hardware, Hardware):
-        return hardware
-    if hardware == "auto":
-        return detect_hardware()
-    if isinstance(hardware, str) and hardware in PROFILES:
-        return PROFILES[hardware]
-    if isinstance(hardware, dict):
-        try:
-            gpus = tuple(float(g) for g in hardware.get("gpus", ()))
-            return Hardware("custom", gpus, float(hardware["ram_gib"]), int(float(hardware["disk_gb"]) * 1e9),
-                            bf16=bool(hardware.get("bf16", True)))
-        except (KeyError, TypeError, ValueError):
-            pass
-    raise InvalidParameterError(
-        "hardware", hardware, f"choose one of {', '.join(repr(h) for h in HARDWARE_NAMES)}",
-        'or give figures: {"gpus": [15], "ram_gib": 12.7, "disk_gb": 78, "bf16": False}.',
-    )
+def _quanto_group_size(in_features: int) -> int | None:
+    """optimum-quanto's int4 group size for a Linear (QModuleMixin.__init__): 128, lowered by 32 until it divides."""
+    group = 128
+    if in_features <= group:
+        return None
+    while in_features % group and group > 32:
+        group -= 32
+    return group if in_features % group == 0 else None
+
+
+def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
+    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out.
+
+    - torchao `Int8WeightOnlyConfig` (Int8Tensor): int8 data, a float32 scale and an int8 zero point per row;
+    - quanto int8: int8 data, a scale per row (load dtype), and the module's input/output scale buffers;
+    - quanto int4: packed 4-bit data, a scale and a shift per group (per row without a group size), buffers;
+    - bitsandbytes nf4: packed 4-bit data and a float32 absmax per block of 64; LLM.int8: a float32 scale per row.
+    """
+    name, _ = rules.parse_quantization(quantization)
+    numel = rows * cols
+    if backend == "torchao":
+        return numel + rows * 5
+    if backend == "quanto" and name == "int8":
+        return numel + rows * dtype_bytes + 2 * dtype_bytes
+    if backend == "quanto" and name == "int4":
+        group = _quanto_group_size(cols)
+        groups = numel // group if group else rows
+        return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
+    if backend == "bitsandbytes" and name == "nf4":
+        return math.ceil(numel / 2) + math.ceil(numel / 64) * 4
+    if backend == "bitsandbytes" and name == "int8":
+        return numel + rows * 4
+    return math.ceil(numel * weight_bytes_per_param(quantization, backend))
+
+
+def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
+                    dtype: torch.dtype = torch.bfloat16) -> int:
+    """Predicted weight bytes of `module` (built on the meta device is enough) after quantized loading:
+    Linear weights take `linear_weight_bytes` (data and scales); everything else stays at `dtype`."""
+    dtype_bytes = torch.empty((), dtype=dtype).element_size()
+    name, _ = rules.parse_quantization(quantization)
+    total = 0
+    counted: set[int] = set()
+    for submodule in module.modules():
+        for param_name, param in submodule.named_parameters(recurse=False):
+            if id(param) in counted:
+                continue
+            counted.add(id(param))
+            if name != "none" and backend and isinstance(submodule, torch.nn.Linear) and param_name == "weight":
+                total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
+            else:
+                total += param.numel() * dtype_bytes
+    return total
+
+
+def _gguf_bytes_per_weight(name: str) -> float:
+    """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
+    upper = name.removeprefix("gguf:").upper()
+    return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
 
 
 # ---------------------------------------------------------------------------------------------------
-# Precision rules per family, and how each repo stores its weights
+# The LoadPlan
 # ---------------------------------------------------------------------------------------------------
-
-# Families whose activations overflow float16 (NaN latents, black images): never planned in fp16.
-NOT_FP16_SAFE = {
-    # Qwen-Image: fp16 gives NaN/black images; Comfy-Org/ComfyUI#10751.
-    "QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
-    # FLUX: fp16 gives black images / NaNs; huggingface/diffusers#9096.
-    "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)",
-}
-FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
-
-
-def fp16_unsafe(pipeline_class) -> str:
-    """Why float16 breaks this pipeline family ("" when it is fp16-safe). A repo with its own pipeline code
-    names it as [module, Class] in model_index.json: the class decides."""
-    name = pipeline_class[-1] if isinstance(pipeline_class, list | tuple) else str(pipeline_class or "")
-    return next((why for prefix, why in NOT_FP16_SAFE.items() if name.startswith(prefix)), "")
 
 # How shipped repos store their weights, so download bytes follow from params x stored dtype:
 # (dtype of the default files, the half-precision `variant` the repo also has, gated).
-# SD 1.5 and SDXL ship fp32 files plus an fp16 variant; Qwen-Image and FLUX.1-dev ship bf16 only.
 STORAGE = {
     "Qwen/Qwen-Image": ("bfloat16", None, False),
     "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
     "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
     "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False),
 }
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
 OFFLOAD_CALLS = {
     "none": "", "model": "pipe.enable_model_cpu_offload()",
     "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, '
              'use_stream=True)',
     "sequential": "pipe.enable_sequential_cpu_offload()",
 }
-DENOISERS = quantization.DENOISERS
-LARGE_TEXT_ENCODER = quantization.BIG_TEXT_ENCODER_PARAMS  # params: quantized with the denoiser
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads each safetensors shard into CPU memory (model_loading_utils.load_state_dict, map_location
 # "cpu"), then moves its tensors to the device: loading to a GPU peaks at about one shard of RAM. Shards are at
-# most 10 GB (save_pretrained's default max_shard_size; FLUX.1-dev's transformer shards are ~10 GB).
+# most 10 GB (save_pretrained's default max_shard_size).
 SHARD_BYTES = 10_000_000_000
 
-
-def quant_backend(name: str, on_gpu: bool) -> str:
-    """The library that implements a quantization name here: helpers.quantization's choice (never refused here:
-    the plan reports a GPU-only backend on a CPU profile as a blocking reason instead)."""
-    if name.startswith("gguf:"):
-        return "gguf"
-    return {"int8": "bitsandbytes" if on_gpu else "torchao", "nf4": "bitsandbytes", "int4": "quanto"}.get(name, "")
-
-
-def _gguf_bytes_per_weight(name: str) -> float:
-    """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
-    upper = name.removeprefix("gguf:").upper()
-    for kind, size in quantization.GGUF_BYTES_PER_PARAM.items():
-        if kind in upper:
-            return size
-    return quantization.GGUF_BYTES_PER_PARAM["Q4_K"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Per-component statistics from configs (meta device, cached)
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ComponentStats:
-    """Parameter counts that decide memory under each quantization and offload mode."""
-
-    name: str
-    class_name: str
-    params: int
-    linear_params: int  # nn.Linear weights: what int8/int4/nf4 quantize
-    block_params: int  # the largest block of a ModuleList (what one group of group offloading holds)
-    outside_params: int  # params outside every ModuleList (one more group)
-    leaf_params: int  # the largest leaf module (what sequential offload holds)
-
-
-_STATS: dict[str, list[ComponentStats]] = {}
-
-
-def component_stats(folder: Path) -> list[ComponentStats]:
-    """Stats of every weighted component of the pipeline folder, built on the meta device (no weights)."""
-    key = f"{Path(folder).resolve()}@{(Path(folder) / 'model_index.json').stat().st_mtime_ns}"
-    if key in _STATS:
-        return _STATS[key]
-    index = json.loads((Path(folder) / "model_index.json").read_text())
-    stats = []
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        if not (Path(folder) / name / "config.json").is_file():
-            continue
-        with _config_notes_hidden():
-            module = architectures.build_from_config(spec[0], spec[1], Path(folder) / name, "meta", torch.bfloat16)
-        if not isinstance(module, torch.nn.Module):
-            continue
-        if not _quantized_checkpoint(Path(folder) / name):  # quantized weights have other shapes by design
-            folders.check_shapes(Path(folder) / name, {k: tuple(v.shape) for k, v in module.state_dict().items()})
-        stats.append(_module_stats(name, spec[1], module))
-    _STATS[key] = stats
-    return stats
-
-
-def _quantized_checkpoint(component_folder: Path) -> bool:
-    config = json.loads((component_folder / "config.json").read_text())
-    return isinstance(config, dict) and "quantization_config" in config
-
-
-@contextmanager
-def _config_notes_hidden():
-    """Config notes logged while building on the meta device (unused keys, rope renames) are about the config
-    files, not the plan; they show again, once, when the model is really loaded. Errors still show."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
-
-
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
-    params = _count(module)
-    seen = set()
-    linear = 0
-    for sub in module.modules():
-        if isinstance(sub, torch.nn.Linear) and id(sub.weight) not in seen:
-            seen.add(id(sub.weight))
-            linear += sub.weight.numel()
-    lists = [sub for sub in module.modules() if isinstance(sub, torch.nn.ModuleList)]
-    block = max((_count(child) for sub in lists for child in sub), default=0)
-    nested = {id(inner) for outer in lists for inner in outer.modules() if inner is not outer}
-    in_lists = sum(_count(sub) for sub in lists if id(sub) not in nested)
-    leaf = max((sum(p.numel() for p in sub.parameters(recurse=False)) for sub in module.modules()), default=0)
-    return ComponentStats(name, class_name, params, linear, block, max(params - in_lists, 0), leaf)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The LoadPlan
-# ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class ComponentPlan:
@@ -572,18 +518,16 @@ class LoadPlan:
 
 
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
-    """(compute dtype, notes, blocking reasons) for a pipeline family on this hardware.
+    """(compute dtype, notes, blocking reasons) for a pipeline family on this hardware: the kit's one "auto" policy.
 
     GPU with native bf16: bf16. T4 (no native bf16): fp16 for fp16-safe families; for the others bf16,
     which runs emulated on a T4 (it works, more slowly), because fp16 gives black images and fp32 doubles the
-    weights. CPU: fp32, because fp16/bf16 matmuls on CPU are 80-125x slower (measured on the pinned stack).
+    weights. CPU: fp32, because fp16/bf16 matmuls run far slower there.
     """
     if isinstance(dtype, dict):
         dtype = dtype.get("default", "auto")
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    from .rules import DTYPE_ALIASES
-
     unsafe = fp16_unsafe(family)
     notes, blocking = [], []
     if dtype == "auto":
@@ -616,7 +560,7 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
 
 def _quantizable(stats: ComponentStats) -> bool:
     """Only the denoiser and large text encoders are quantized (small ones gain little and lose quality)."""
-    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and stats.params >= LARGE_TEXT_ENCODER)
+    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and stats.params >= BIG_TEXT_ENCODER_PARAMS)
 
 
 def _local_gguf(quantization: str) -> Path | None:
@@ -632,7 +576,7 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     if quantization == "none":
         return stats.params * size
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
-        weight_bytes_per_param(quantization, quant_backend(quantization, on_gpu=True))
+        weight_bytes_per_param(quantization, backend_for(quantization, on_gpu=True))
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
 
@@ -657,13 +601,11 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
-        from .sources import hub_offline
-
         half = dtype != "float32" or quantization != "none"
-        if hub_offline():
+        if hub.hub_offline():
             return None, cached_variant(model_id) if half else None
         try:
-            total, variant = hub_download_bytes(model_id, [s.name for s in stats], half, gguf=quantization)
+            total, variant = hub_download_bytes(model_id, half, gguf=quantization)
         except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
             return None, None
         if quantization.startswith("gguf:") and not _local_gguf(quantization):
@@ -681,28 +623,23 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     return total, use_variant
 
 
-def hub_download_bytes(model_id: str, components: list[str], half: bool, gguf: str = "none",
-                       revision: str | None = None) -> tuple[int, str | None]:
-    """(bytes, variant) of the weight files `from_pretrained` fetches for `components`, from the Hub's file list
-    (one metadata request, no download). With `half`, a component's fp16 variant files are counted where the
-    repo has them, as `variant="fp16"` would load them; otherwise its default files.
-    """
-    from huggingface_hub import HfApi, constants
+def hub_download_bytes(model_id: str, half: bool, gguf: str = "none", revision: str | None = None) -> tuple[
+        int, str | None]:
+    """(bytes, variant) of the files `from_pretrained` fetches: `hub.weight_files`, diffusers' own selection.
 
-    info = HfApi(endpoint=constants.ENDPOINT).model_info(model_id, revision=revision, files_metadata=True)
-    files = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
-    total, variant = 0, None
-    for name in components:
-        weights = {f: size for f, size in files.items() if f.startswith(f"{name}/") and f.endswith(".safetensors")}
-        fp16 = {f: size for f, size in weights.items() if ".fp16." in f}
-        default = {f: size for f, size in weights.items() if f not in fp16}
-        chosen = fp16 if half and fp16 else default or fp16
-        if half and fp16:
-            variant = "fp16"
-        if gguf.startswith("gguf:") and name in DENOISERS:
-            continue  # a GGUF file replaces the repo's denoiser weights (download_bytes adds its size)
-        total += sum(chosen.values())
-    return total, variant
+    With `half`, the repo's fp16 variant where it has one (as `variant="fp16"` loads it); a GGUF file replaces
+    the denoiser's files (download_bytes adds its size).
+    """
+    files, variant = hub.weight_files(model_id, variant=None, revision=revision), None
+    if half:
+        try:
+            fp16 = hub.weight_files(model_id, variant="fp16", revision=revision)
+        except ValueError:  # diffusers: no fp16 variant files in this repo at all
+            fp16 = files
+        if fp16 != files:
+            files, variant = fp16, "fp16"
+    replaced = tuple(f"{name}/" for name in DENOISERS) if gguf.startswith("gguf:") else ()
+    return sum(size for name, size in files.items() if not name.startswith(replaced)), variant
 
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
@@ -742,7 +679,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         if quant.startswith("gguf:") and s.name not in DENOISERS:
             quant = "none"  # a GGUF file holds one model: the transformer
         components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant,
-                                        quant_backend(quant, on_gpu) if quant != "none" else "", "", 0))
+                                        backend_for(quant, on_gpu), "", 0))
         components[-1].bytes = _component_bytes(s, dtype, quant)
     total = sum(c.bytes for c in components)
     largest = max((c.bytes for c in components), default=0)
@@ -848,7 +785,7 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
     rules.choice("offload", offload, OFFLOADS)
     rules.choice("device_map", device_map, rules.DEVICE_MAPS)
     folder = config_folder(model_id)
-    family = json.loads((folder / "model_index.json").read_text())["_class_name"]
+    family = hub.read_model_index(str(folder))["_class_name"]
     stats = component_stats(folder)
     on_gpu = bool(hw.gpus) and device_map != "cpu"
     if device_map in ("cuda", "balanced") and not hw.gpus:
@@ -923,22 +860,23 @@ def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, dev
 # ---------------------------------------------------------------------------------------------------
 
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
+SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
     """Call right after printing the plan, before anything is downloaded.
 
-    plan_only=True: the notebook stops here, successfully: every later cell of this kernel is skipped (it runs
-    as an empty cell), so papermill exits 0 having downloaded no weights. Cells that mention `plan_only` (the
-    parameters and this one) still run: set plan_only = False and rerun this cell to go on.
-    Otherwise, a plan that does not fit raises PlanDoesNotFitError (reasons and alternatives) unless
-    force=True; papermill still writes the executed notebook with the plan printed.
+    plan_only=True: the notebook stops here, successfully: every later cell of this kernel prints one
+    "skipped: plan_only=True ..." line instead of running, so papermill exits 0 having downloaded no weights.
+    Cells that mention `plan_only` (the parameters and this one) still run: set plan_only = False and rerun
+    this cell to go on. Otherwise, a plan that does not fit raises PlanDoesNotFitError (reasons and
+    alternatives) unless force=True; papermill still writes the executed notebook with the plan printed.
     """
     _skip_later_cells(False)
     if plan_only:
         _skip_later_cells(True)
-        print("plan_only=True: stopping here; nothing was downloaded. The remaining cells are skipped in this "
-              "kernel (set plan_only = False and rerun this cell to continue).")
+        print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
+              "running (set plan_only = False and rerun this cell to continue).")
         return
     if not plan.fits:
         if not force:
@@ -947,11 +885,11 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
 
 
 def _skip_cell(lines: list[str]) -> list[str]:
-    return lines if any(PLAN_ONLY_KEEP in line for line in lines) else []
+    return lines if any(PLAN_ONLY_KEEP in line for line in lines) else [f"print({SKIPPED!r})\n"]
 
 
 def _skip_later_cells(on: bool) -> None:
-    """Install or remove the IPython input transformer that empties later cells (no-op outside IPython)."""
+    """Install or remove the IPython input transformer that replaces later cells (no-op outside IPython)."""
     try:
         from IPython import get_ipython
     except ImportError:

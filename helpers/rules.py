@@ -29,6 +29,9 @@ NAMES = ("none", "int8", "int4", "nf4")
 DENOISERS = ("transformer", "unet", "prior", "decoder")
 BIG_TEXT_ENCODER_PARAMS = 1_000_000_000
 
+# The backend that runs each quantization by default: (on a CUDA GPU, on CPU). nf4 exists only in bitsandbytes.
+AUTO_BACKENDS = {"nf4": ("bitsandbytes", "bitsandbytes"), "int8": ("bitsandbytes", "torchao"),
+                 "int4": ("quanto", "quanto")}
 # The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept.
 BACKENDS = {
     # transformers/utils/import_utils.py:166 BITSANDBYTES_MIN_VERSION = "0.46.1" (diffusers' bnb_quantizer: 0.43.3)
@@ -158,6 +161,14 @@ def parse_quantization(quantization, name: str = "quantization") -> tuple[str, s
 
 def quantization(name: str, value) -> None:
     parse_quantization(value, name)
+
+
+def backend_for(quantization, on_gpu: bool) -> str:
+    """The library that runs a quantization choice by default ("" for "none" and "auto")."""
+    kind, _ = parse_quantization(quantization)
+    if kind == "gguf":
+        return "gguf"
+    return AUTO_BACKENDS[kind][0 if on_gpu else 1] if kind in AUTO_BACKENDS else ""
 
 
 def prompt_list(name: str, value) -> None:

@@ -3,7 +3,8 @@ import warnings
 
 import pytest
 
-from helpers import env
+from helpers import env, rules
+from helpers.errors import InvalidParameterError
 
 
 @pytest.mark.parametrize("environ, modules, name, ci", [
@@ -71,7 +72,7 @@ def test_configure_after_import_warns_that_it_has_no_effect(monkeypatch):
 def test_what_fits_comes_from_the_one_planner_and_agrees_with_notebook_05():
     from helpers import planning
 
-    gpu8 = planning.resolve_hardware({"gpus": [8], "ram_gib": 32, "disk_gb": 500, "bf16": True})
+    gpu8 = env.resolve_hardware({"gpus": [8], "ram_gib": 32, "disk_gb": 500, "bf16": True})
     fits = planning.what_fits(gpu8)
     sdxl = "stabilityai/stable-diffusion-xl-base-1.0"
     # SDXL at bf16: 6.46 GiB of weights + 2.5 GiB of activations is over 8; its 4.78 GiB UNet alone is not.
@@ -103,3 +104,66 @@ def test_report_lists_versions_and_pins():
 
     here = "cuda" if torch.cuda.is_available() else "cpu"  # a CUDA host (or KIT_SIMULATE_CUDA=1) reports its GPU
     assert f"device         {here} (dtype " in text
+
+
+# --- the core rules (helpers/rules.py) and hardware profiles ------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), ("on", True), ("yes", True),
+                                             ("0", False), ("", False), (None, False), ("enabled", False)])
+def test_truthy_reads_flags_as_huggingface_hub_does(value, expected):
+    from huggingface_hub.constants import _is_true
+
+    assert rules.truthy(value) is expected
+    assert _is_true(value) is expected  # the same answer as huggingface_hub's own reader
+
+
+def test_fp16_unsafe_families_by_pipeline_class():
+    assert "#10751" in rules.fp16_unsafe("QwenImagePipeline")
+    assert "#9096" in rules.fp16_unsafe(["pipeline", "FluxPipeline"])  # a repo's own code: the class decides
+    assert rules.fp16_unsafe("StableDiffusionXLPipeline") == "" and rules.fp16_unsafe(None) == ""
+
+
+@pytest.mark.parametrize("rule, name, value, message", [
+    (rules.steps, "num_inference_steps", 1001, "is over the limit of 1000"),
+    (rules.steps, "num_inference_steps", 0, "needs a whole number >= 1 and <= 1000"),
+    (rules.num_frames, "num_frames", 1001, "is over the limit of 1000 frames"),
+    (rules.num_frames, "num_frames", 10**9 + 1, "is over the limit of 1000 frames"),
+    (rules.batch_items, "prompts", 100_001, "is over the limit of 100000"),
+])
+def test_upper_bounds_name_the_bound(rule, name, value, message):
+    with pytest.raises(InvalidParameterError, match=f"{name}={value!r} is not valid: {message}"):
+        rule(name, value)
+
+
+def test_values_at_the_bounds_pass():
+    rules.steps("num_inference_steps", 1000)
+    rules.num_frames("num_frames", 997)  # 4k + 1 below the bound
+    rules.batch_items("prompts", 100_000)
+
+
+def test_backend_minimums_are_what_the_pinned_libraries_require():
+    from diffusers.utils import import_utils  # noqa: F401 - the pinned stack is importable here
+    from transformers.utils import import_utils as transformers_imports
+
+    assert rules.BACKENDS["bitsandbytes"]["min"] == transformers_imports.BITSANDBYTES_MIN_VERSION
+    assert rules.BACKENDS["torchao"]["min"] == transformers_imports.TORCHAO_MIN_VERSION
+    assert rules.BACKENDS["gguf"]["min"] == transformers_imports.GGUF_MIN_VERSION
+    import inspect
+
+    from diffusers.quantizers.quanto import quanto_quantizer
+
+    assert f'is_optimum_quanto_version(">=", "{rules.BACKENDS["quanto"]["min"]}")' in inspect.getsource(quanto_quantizer)
+
+
+def test_hardware_names_are_the_profiles():
+    assert env.HARDWARE_NAMES[0] == "auto" and set(env.HARDWARE_NAMES[1:]) == set(env.PROFILES)
+    figures = env.resolve_hardware({"gpus": [15], "ram_gib": 12.7, "disk_gb": 78, "bf16": False})
+    assert figures.gpus == (15.0,) and figures.disk_bytes == 78_000_000_000 and not figures.bf16
+    for bad in ["colab-t5", {"gpus": [15]}, 3]:
+        with pytest.raises(InvalidParameterError, match="hardware=.*choose one of 'auto', 'colab-t4'"):
+            env.resolve_hardware(bad)
+
+
+def test_this_machine_is_measured(tmp_path):
+    here = env.detect_hardware(str(tmp_path / "not" / "there"))  # a cache folder not made yet: its parent's disk
+    assert here.name == "this machine" and here.ram_gib > 0 and here.disk_bytes > 0

@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import architectures, generation, loading, outputs, quantization
-from helpers.errors import InvalidParameterError
-from helpers.pins import REQUIREMENTS, load_pins
-from helpers.quantization import QuantizationUnavailableError
+from bench.quant_memory import stored_bytes
+from helpers import architectures, generation, loading, outputs, planning, quantization, rules
+from helpers.errors import InvalidParameterError, QuantizationUnavailableError
 from tools.tiny.gguf_file import write_denoiser_gguf
 
 CALL = dict(prompt="a photo of a cat", height=32, width=32, num_inference_steps=2, guidance_scale=4.0, seed=3)
@@ -37,11 +36,11 @@ def reference(tiny):
 @pytest.mark.parametrize("value", ["fp8", "INT8", "", "gguf:", "gguf:model.safetensors", 8, None])
 def test_bad_names_are_refused_with_the_choices(value):
     with pytest.raises(InvalidParameterError, match=r"quantization=.* is not valid"):
-        quantization.parse(value)
+        rules.parse_quantization(value)
 
 
 def test_gguf_names_keep_their_source():
-    assert quantization.parse("gguf:https://huggingface.co/city96/x/blob/main/x-Q4_K_M.gguf") == (
+    assert rules.parse_quantization("gguf:https://huggingface.co/city96/x/blob/main/x-Q4_K_M.gguf") == (
         "gguf", "https://huggingface.co/city96/x/blob/main/x-Q4_K_M.gguf")
 
 
@@ -67,42 +66,33 @@ def test_a_backend_that_lacks_the_precision_is_refused():
         quantization.resolve_backend("int4", "torchao", "cpu")
 
 
-@pytest.mark.parametrize("name, device, package", [
-    ("int8", "cpu", "torchao"), ("int4", "cpu", "optimum-quanto"), ("nf4", "cuda", "bitsandbytes"),
-    ("int8", "cuda", "bitsandbytes"), ("gguf:x.gguf", "cpu", "gguf"),
-])
-def test_required_packages_are_the_pinned_backend_only(name, device, package):
-    pins = {**load_pins(), **load_pins(REQUIREMENTS.with_name("requirements-gpu.txt"))}
-    pin = pins.get(package)
-    assert pin is not None and str(pin.specifier).startswith("=="), f"{package} must be pinned exactly"
-    assert quantization.required_packages(name, "auto", device) == [str(pin)]
-    assert quantization.required_packages("none", "auto", device) == []
+def test_a_missing_backend_and_a_too_old_one_are_told_apart(tmp_path, monkeypatch):
+    """A distribution laid out as pip installs it, first on sys.path: importlib.metadata finds it there."""
+    from importlib.util import find_spec
+
+    if find_spec("bitsandbytes") is None:
+        with pytest.raises(QuantizationUnavailableError, match=r"needs bitsandbytes, which is not installed.*"
+                                                               r"pip install 'bitsandbytes==0\.50\.2'"):
+            quantization.check_installed("nf4", "bitsandbytes", "cuda")
+    quantization.check_installed("gguf:x.gguf")  # the pinned gguf is installed: no error
+    old = tmp_path / "gguf-0.9.0.dist-info"
+    old.mkdir()
+    (old / "METADATA").write_text("Metadata-Version: 2.1\nName: gguf\nVersion: 0.9.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(QuantizationUnavailableError, match=r"needs gguf >= 0\.10\.0, but 0\.9\.0 is installed "
+                                                           r"\(too old"):
+        quantization.check_installed("gguf:x.gguf")
 
 
-def _params(model_id: str) -> dict[str, int]:
-    sizes = {}
-    for name, spec in architectures.model_index(model_id).items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        if (architectures.folder(model_id) / name / "config.json").is_file():
-            module = architectures.build_component(model_id, name, "meta")
-            sizes[name] = sum(p.numel() for p in module.parameters())
-    return sizes
+def test_importing_the_module_imports_no_backend():
+    import subprocess
+    import sys
 
-
-@pytest.mark.parametrize("model_id, expected", [
-    ("Qwen/Qwen-Image", ["text_encoder", "transformer"]),  # Qwen2.5-VL 8.3B and the 20.4B transformer
-    ("black-forest-labs/FLUX.1-dev", ["text_encoder_2", "transformer"]),  # T5-XXL 4.8B; CLIP-L stays
-    ("stabilityai/stable-diffusion-xl-base-1.0", ["unet"]),  # CLIP bigG (0.69B) is not big
-])
-def test_only_the_denoiser_and_big_text_encoders_are_quantized(model_id, expected):
-    assert sorted(quantization.default_components(_params(model_id))) == expected
-
-
-def test_the_planning_table():
-    assert quantization.BYTES_PER_PARAM == {"int8": 1.0, "int4": 0.5, "nf4": 0.5}
-    assert quantization.weight_bytes_per_param("nf4", "bitsandbytes") == 0.5 + 4 / 64
-    assert quantization.weight_bytes_per_param("int4", "quanto") == 0.5 + 4 / 128
+    code = ("import sys, helpers.quantization, helpers.rules; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchao', 'optimum', 'bitsandbytes', 'gguf', "
+            "'torch', 'diffusers')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]" and "Failed to load" not in done.stderr
 
 
 def test_gguf_is_not_a_pipeline_config():
@@ -130,8 +120,8 @@ def test_tiny_sd_generates_quantized(tiny, tmp_path, reference, name, backend, w
         assert kinds & set(weight_type.split("|")), kinds  # its Linear layers really are quantized
     assert not {type(w).__name__ for w in _linear_weights(pipe.vae)} - {"Parameter"}  # not named: left alone
     meta = architectures.build_from_config("diffusers", "UNet2DConditionModel", tiny["sd"] / "unet", "meta")
-    predicted = quantization.quantized_bytes(meta, name, backend, torch.float32)
-    assert predicted == pytest.approx(quantization.stored_bytes(pipe.unet), rel=0.01)
+    predicted = planning.quantized_bytes(meta, name, backend, torch.float32)
+    assert predicted == pytest.approx(stored_bytes(pipe.unet), rel=0.01)
     image = _generate(pipe)
     difference = np.abs(image - reference).mean()
     assert 0 < difference < 20, difference  # the quantized UNet ran (not identical) and stays close to fp32
@@ -181,9 +171,9 @@ def test_quantized_bytes_match_what_torchao_stores():
     meta = model().to(torch.bfloat16)
     quantized = model().to(torch.bfloat16)
     quantize_(quantized, Int8WeightOnlyConfig())
-    assert quantization.quantized_bytes(meta, "int8", "torchao") == quantization.stored_bytes(quantized)
-    assert quantization.quantized_bytes(meta, "none", None) == quantization.stored_bytes(meta)
-    assert quantization.stored_bytes(quantized) < 0.6 * quantization.stored_bytes(meta)
+    assert planning.quantized_bytes(meta, "int8", "torchao") == stored_bytes(quantized)
+    assert planning.quantized_bytes(meta, "none", None) == stored_bytes(meta)
+    assert stored_bytes(quantized) < 0.6 * stored_bytes(meta)
 
 
 @pytest.mark.parametrize("choice, backend", [("int8", "torchao"), ("int4", "quanto"), ("gguf", "gguf")])

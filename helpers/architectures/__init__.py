@@ -59,10 +59,11 @@ def build_from_config(library: str, class_name: str, directory: Path, device: st
 
     with torch.device(device), _default_dtype(dtype), without_empty_fp32_notes():
         # transformers models take their dtype from the config, so cast to the one asked for.
-        return _instantiate(library, class_name, directory).to(dtype)
+        return instantiate(library, class_name, directory).to(dtype)
 
 
-def _instantiate(library: str, class_name: str, directory: Path):
+def instantiate(library: str, class_name: str, directory: Path):
+    """`library.class_name` from the config in `directory`, on whatever device and init context is active."""
     if class_name == "StableDiffusionSafetyChecker":
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPConfig
