@@ -12,7 +12,6 @@ import platform
 import sys
 import warnings
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 from . import pins

@@ -560,7 +560,8 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
 
 def _quantizable(stats: ComponentStats) -> bool:
     """Only the denoiser and large text encoders are quantized (small ones gain little and lose quality)."""
-    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and stats.params >= BIG_TEXT_ENCODER_PARAMS)
+    big = stats.params >= BIG_TEXT_ENCODER_PARAMS
+    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and big)
 
 
 def _local_gguf(quantization: str) -> Path | None:

@@ -152,7 +152,8 @@ def test_backend_minimums_are_what_the_pinned_libraries_require():
 
     from diffusers.quantizers.quanto import quanto_quantizer
 
-    assert f'is_optimum_quanto_version(">=", "{rules.BACKENDS["quanto"]["min"]}")' in inspect.getsource(quanto_quantizer)
+    check = f'is_optimum_quanto_version(">=", "{rules.BACKENDS["quanto"]["min"]}")'
+    assert check in inspect.getsource(quanto_quantizer)
 
 
 def test_hardware_names_are_the_profiles():

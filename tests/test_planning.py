@@ -15,8 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import architectures, env, hub, planning, validate
-from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError, PlanDoesNotFitError
+from helpers import architectures, env, planning, validate
+from helpers.errors import (
+    InvalidParameterError,
+    LocalPathNotFoundError,
+    ModelNotCachedOfflineError,
+    PlanDoesNotFitError,
+)
 
 GIB = planning.GIB
 GOLDEN = Path(__file__).parent / "golden" / "load_plans.md"
@@ -39,11 +44,6 @@ def params_md() -> dict[tuple[str, str], int]:
         if match:
             rows[(match.group(1).replace("--", "/", 1), match.group(2))] = int(match.group(3).replace(",", ""))
     return rows
-
-
-@pytest.fixture(scope="module")
-def sizes():
-    return {model: planning.component_sizes(model, "bfloat16") for model in PIPELINES}
 
 
 def test_every_shipped_component_matches_params_md(sizes):
