@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import KIT_ROOT, loading, rules, sources
-from .rules import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from .rules import truthy
 
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import network
-from .rules import truthy
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from .rules import truthy
 
 
 class HubAccessRefused(KitError, PermissionError):
