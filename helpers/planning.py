@@ -71,7 +71,7 @@ def config_folder(model_id: str) -> Path:
         return architectures.folder(model_id)
     from huggingface_hub import snapshot_download
 
-    from .loading import hub_offline, resolve_model_source
+    from .hub import hub_offline, resolve_model_source
 
     resolve_model_source(model_id)  # a clear error for a bad id, a missing path, or an uncached id offline
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
@@ -93,7 +93,7 @@ def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
     """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order)."""
     from .loading import resolve_dtype
 
-    dtype = resolve_dtype(dtype, "cuda")
+    dtype = resolve_dtype(dtype)
     folder = config_folder(model_id)
     index = json.loads((folder / "model_index.json").read_text())
     sizes = []
@@ -657,7 +657,7 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
-        from .sources import hub_offline
+        from .hub import hub_offline
 
         half = dtype != "float32" or quantization != "none"
         if hub_offline():

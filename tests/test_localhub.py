@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import COMPONENTS_REPO, GATED_REPO, HUB_WRITER_TOKEN, MIRROR, PREVIEWS_REPO
 
-from helpers import community, loading, memory, sources
-from helpers.errors import InvalidParameterError, LocalPathNotFoundError
+from helpers import community, loading, memory
+from helpers import hub as kit_hub
+from helpers.errors import GatedModelError, InvalidParameterError, LocalPathNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -52,8 +53,8 @@ def test_snapshot_download_takes_only_the_pipelines_files(hub, tmp_path):
     repo = hub.repo("Qwen/Qwen-Image")
     decoyed = hub.add_files("Qwen/Qwen-Image", decoys, message="files a pipeline never loads")
     try:
-        index = loading.read_model_index("Qwen/Qwen-Image")
-        patterns = loading.pipeline_file_patterns(index)
+        index = kit_hub.read_model_index("Qwen/Qwen-Image")
+        patterns = kit_hub.pipeline_file_patterns(index)
         folder = Path(snapshot_download("Qwen/Qwen-Image", local_dir=tmp_path / "qwen", **patterns))
     finally:
         repo.commits.remove(next(c for c in repo.commits if c.oid == decoyed))
@@ -166,15 +167,15 @@ def test_gated_repo_answers_401_and_the_kit_says_what_to_do(hub, monkeypatch):
     with pytest.raises(GatedRepoError) as raw:
         hf_hub_download(GATED_REPO, "model_index.json")
     assert raw.value.response.status_code == 401
-    for call in (lambda: loading.read_model_index(GATED_REPO),
+    for call in (lambda: kit_hub.read_model_index(GATED_REPO),
                  lambda: community.load_remote_code_pipeline(GATED_REPO, revision="a" * 40, device_map=None)):
-        with pytest.raises(sources.HubAccessRefused) as refused:
+        with pytest.raises(GatedModelError) as refused:
             call()
         message = str(refused.value)
-        assert "is gated" in message and "401" in message and "accept its terms" in message
-        assert f"{hub.url}/{GATED_REPO}" in message and "HF_TOKEN" in message
+        assert "is gated" in message and "401" in message and "accept the licence" in message
+        assert f"{hub.url}/{GATED_REPO}" in message and "HF_TOKEN" in message and "hf auth login" in message
     monkeypatch.setenv("HF_TOKEN", HUB_WRITER_TOKEN)  # a token whose owner accepted the terms
-    assert loading.read_model_index(GATED_REPO)["_class_name"] == "FluxPipeline"
+    assert kit_hub.read_model_index(GATED_REPO)["_class_name"] == "FluxPipeline"
 
 
 def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny, tmp_path, monkeypatch, capsys):
@@ -242,8 +243,8 @@ def test_snapshot_patterns_follow_the_plans_variant(hub, tmp_path):
     commit = hub.add_files(SD, {variant_file: save(half)}, message="an fp16 variant of the UNet")
     repo = hub.repo(SD)
     try:
-        default = loading.snapshot_patterns(SD)
-        fp16 = loading.snapshot_patterns(SD, variant="fp16")
+        default = kit_hub.snapshot_patterns(SD)
+        fp16 = kit_hub.snapshot_patterns(SD, variant="fp16")
         assert "*.fp16.*" in default["ignore_patterns"] and "*.fp16.*" not in fp16["ignore_patterns"]
         assert unet_file in fp16["ignore_patterns"] and variant_file not in fp16["ignore_patterns"]
         assert "vae/diffusion_pytorch_model.safetensors" not in fp16["ignore_patterns"]  # no vae variant: default
