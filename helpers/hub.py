@@ -194,16 +194,17 @@ def offline_reason() -> str:
 
 def _hub_status(error: BaseException) -> tuple[int | None, bool]:
     """(HTTP status, gated?) of a refusal anywhere in the exception's cause/context chain; (None, False) if none.
-    A RepositoryNotFoundError (the Hub's 401 for a missing repo too) is no refusal: it passes through."""
+    A RepositoryNotFoundError that is not gated (the Hub's 401 for a missing repo too) passes through."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, HfHubHTTPError) and not isinstance(error, RepositoryNotFoundError):
-            status = getattr(getattr(error, "response", None), "status_code", None)
-            if isinstance(error, GatedRepoError) or status in (401, 403):
-                return status, isinstance(error, GatedRepoError)
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, GatedRepoError):
+            return status, True
+        if isinstance(error, HfHubHTTPError) and not isinstance(error, RepositoryNotFoundError) and status in (401, 403):
+            return status, False
         error = error.__cause__ or error.__context__
     return None, False
 

@@ -163,3 +163,48 @@ def test_huggingface_hubs_own_offline_mode_is_named_with_the_restart(monkeypatch
     with listener() as port:
         verdict = timed_probe(f"http://127.0.0.1:{port}")
     assert not verdict.ok and verdict.problem == "offline" and "restart the kernel" in verdict.explain()
+
+
+# --- secrets never printed (issue 22: a token inside HF_ENDPOINT was printed in the kit's own message) -----------
+
+CANARY = "canary0123456789SECRET"
+
+
+@pytest.mark.parametrize("text", [
+    f"http://user:{CANARY}@127.0.0.1:8080/api", f"https://{CANARY}@mirror.example/", f"https://h/x?token={CANARY}",
+    f"https://h/x?revision=main&key={CANARY}", f"https://h/x?a=1;sig={CANARY}", f"https://h/x?signature={CANARY}",
+    f"https://h/x?password={CANARY}&b=2", f"https://h/x?access_token={CANARY}", f"https://h/x?X-Amz-Signature={CANARY}",
+    f"the token hf_{CANARY} was set", f"Authorization: Bearer {CANARY}",
+])
+def test_redact_hides_each_kind_of_secret(text):
+    from helpers.errors import redact
+
+    hidden = redact(text)
+    assert CANARY not in hidden and "***" in hidden
+
+
+def test_redact_keeps_what_is_no_secret():
+    from helpers.errors import redact
+
+    plain = "http://127.0.0.1:8080/api/models?revision=main&recursive=true (hf_hub_download, monkey business)"
+    assert redact(plain) == plain
+
+
+def test_every_kit_error_message_is_redacted():
+    from helpers.errors import InvalidParameterError, KitError
+
+    error = InvalidParameterError("model_id", f"https://u:{CANARY}@h/x", f"see hf_{CANARY}", f"?token={CANARY}")
+    assert CANARY not in str(error) and CANARY not in repr(error) and CANARY not in error.rule + error.fix
+    assert CANARY not in str(KitError(f"HF_ENDPOINT=http://kit:{CANARY}@mirror/"))
+
+
+def test_a_token_inside_hf_endpoint_is_not_printed_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with listener("closed") as port:
+        endpoint = f"http://kit:{CANARY}@127.0.0.1:{port}/?token={CANARY}"
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+        with pytest.raises(ModelNotCachedOfflineError) as caught:
+            hub.resolve_model_source("someone/not-cached-anywhere")
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and CANARY not in message
+    assert CANARY not in hub.gated_message("org/gated", 401, True)
