@@ -203,7 +203,8 @@ def _hub_status(error: BaseException) -> tuple[int | None, bool]:
         status = getattr(getattr(error, "response", None), "status_code", None)
         if isinstance(error, GatedRepoError):
             return status, True
-        if isinstance(error, HfHubHTTPError) and not isinstance(error, RepositoryNotFoundError) and status in (401, 403):
+        refused = status in (401, 403) and isinstance(error, HfHubHTTPError)
+        if refused and not isinstance(error, RepositoryNotFoundError):
             return status, False
         error = error.__cause__ or error.__context__
     return None, False
