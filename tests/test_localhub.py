@@ -271,3 +271,26 @@ def test_safety_model_id_hub_answers_become_parameter_errors(hub):
         validate.check({"safety_model_id": "someone/standalone-checker"})
     with pytest.raises(InvalidParameterError, match="no such repository"):
         validate.model_index("someone/never-created", "safety_model_id")
+
+
+def test_weight_files_are_the_files_the_snapshot_downloads(hub, tmp_path, monkeypatch):
+    """The plan sizes `hub.weight_files`; the download fetches what `snapshot_patterns` selects: the same files,
+    with and without the plan's variant, online (the Hub's file metadata) and offline (the cached snapshot)."""
+    from huggingface_hub import snapshot_download
+
+    variant_file = "unet/diffusion_pytorch_model.fp16.safetensors"
+    commit = hub.add_files(SD, {variant_file: b"x" * 1234, "onnx/model.onnx": b"never"}, message="variant, onnx")
+    repo = hub.repo(SD)
+    try:
+        for variant in (None, "fp16"):
+            sizes = kit_hub.weight_files(SD, variant=variant)
+            cache = tmp_path / f"cache-{variant}"
+            folder = Path(snapshot_download(SD, cache_dir=cache, **kit_hub.snapshot_patterns(SD, variant=variant)))
+            got = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+            assert sizes == got and (variant_file in got) == (variant == "fp16") and "onnx/model.onnx" not in got
+            with monkeypatch.context() as offline:
+                offline.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+                offline.setattr(kit_hub, "hub_reachable", lambda: False)
+                assert kit_hub.weight_files(SD, variant=variant) == got  # offline: the cached snapshot's files
+    finally:
+        repo.commits.remove(next(c for c in repo.commits if c.oid == commit))
