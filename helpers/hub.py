@@ -5,7 +5,9 @@ Standard library only at import: the parameter checks use it before the pinned p
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -18,6 +20,7 @@ from . import folders
 from .env import truthy
 from .errors import (
     GatedModelError,
+    HubRequestError,
     InvalidParameterError,
     LocalPathNotFoundError,
     ModelNotCachedOfflineError,
@@ -190,36 +193,45 @@ def offline_reason() -> str:
     return hub_probe().explain()
 
 
-# --- a refused download: gated or private repositories -----------------------------------------------------------
+# --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    found = []
+    while error is not None and error not in found and len(found) < 10:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
 
 def _hub_status(error: BaseException) -> tuple[int | None, bool]:
-    """(HTTP status, gated?) of a refusal anywhere in the exception's cause/context chain; (None, False) if none.
+    """(HTTP status, gated?) of a refusal (a gated repo, a 403) anywhere in the chain; (None, False) if none.
     A RepositoryNotFoundError that is not gated (the Hub's 401 for a missing repo too) passes through."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if isinstance(error, GatedRepoError):
+    for cause in _chain(error):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, GatedRepoError):
             return status, True
-        refused = status in (401, 403) and isinstance(error, HfHubHTTPError)
-        if refused and not isinstance(error, RepositoryNotFoundError):
+        if status == 403 and isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError):
             return status, False
-        error = error.__cause__ or error.__context__
     return None, False
+
+
+def _token_state() -> str:
+    from huggingface_hub import get_token
+
+    return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
 
 
 def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str = "model") -> str:
     """What to do about a refused download: the licence page, HF_TOKEN, `hf auth login`. Never the token."""
-    from huggingface_hub import constants, get_token
+    from huggingface_hub import constants
 
     prefix = "" if repo_type == "model" else f"{repo_type}s/"
     page = redact(f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}")
-    token = "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
     what = "is gated" if gated else "refused access"
     return (
-        f"{repo_id!r} {what} (HTTP {status or '401/403'}; {token}); nothing was downloaded. To download it:\n"
+        f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download it:\n"
         f"  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
         "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the "
         "HF_TOKEN environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), "
@@ -229,16 +241,100 @@ def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str 
     )
 
 
+def _where(error: BaseException) -> tuple[str, str]:
+    """(host, file) of the request behind a Hub error, for a one-line message."""
+    from urllib.parse import unquote
+
+    try:
+        response = getattr(error, "response", None)
+        url = response.request.url if response is not None else error.request.url
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without its request
+        return "the Hub", "a file"
+    path = unquote(url.path)
+    if "/resolve/" in path:
+        repo, rest = path.strip("/").split("/resolve/", 1)
+        path = f"{repo}/{rest.split('/', 1)[-1]}"
+    return redact(f"{url.host}:{url.port}" if url.port else url.host), path.strip("/")
+
+
+def _failure(error: BaseException) -> str | None:
+    """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    for cause in _chain(error):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
+            host, file = _where(cause)
+            if status == 401:
+                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): the token is not valid. "
+                        "Fix: make a read token at https://huggingface.co/settings/tokens, set HF_TOKEN (or run "
+                        "`hf auth login`) and restart the kernel.")
+            if status == 429:
+                wait = cause.response.headers.get("Retry-After")
+                return (f"The Hub at {host} rate-limited {file} (HTTP 429{f', retry after {wait} s' if wait else ''})."
+                        " Fix: wait and run again; logged-in requests (HF_TOKEN) get a higher limit.")
+            if status >= 500:
+                return (f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your setup). Fix: "
+                        "run again in a few minutes (https://status.huggingface.co), or use a mirror (HF_ENDPOINT).")
+        if isinstance(cause, httpx2.RemoteProtocolError):
+            host, file = _where(cause)
+            return (f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). Fix: run again; "
+                    "huggingface_hub resumes what it has.")
+    return None
+
+
+LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
+
+
+class _LongRateLimitWait(logging.Filter):
+    """Stops huggingface_hub's retry loop before it sleeps when the Hub asks for a longer wait than allowed;
+    lets through only what the logger showed before."""
+
+    def __init__(self, shown_from: int):
+        super().__init__()
+        self.shown_from = shown_from
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
+        if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
+            raise HubRequestError(
+                f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, Retry-After); "
+                f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
+                "logged-in requests (HF_TOKEN) get a higher limit.")
+        return record.levelno >= self.shown_from
+
+
 @contextmanager
-def hub_access(repo_id: str, repo_type: str = "model"):
-    """Re-raise a 401/403 from the Hub inside the block as GatedModelError with the fix; the rest passes through."""
+def _no_long_rate_limit_waits():
+    target = logging.getLogger("huggingface_hub.utils._http")
+    previous = target.level
+    guard = _LongRateLimitWait(target.getEffectiveLevel())
+    target.addFilter(guard)
+    target.setLevel(min(target.getEffectiveLevel(), logging.WARNING))
     try:
         yield
+    finally:
+        target.removeFilter(guard)
+        target.setLevel(previous)
+
+
+@contextmanager
+def hub_access(repo_id: str, repo_type: str = "model"):
+    """Re-raise, inside the block, a gated or private repo's 401/403 as GatedModelError (licence page, token),
+    and a refused token, a rate limit, a server error or a cut download as a one-line HubRequestError naming
+    the host and the file. A long Retry-After is refused, not slept out. The rest (a missing file) passes."""
+    try:
+        with _no_long_rate_limit_waits():
+            yield
     except Exception as error:
         status, gated = _hub_status(error)
-        if status is None and not gated:
+        if status is not None or gated:
+            raise GatedModelError(gated_message(repo_id, status, gated, repo_type)) from None
+        failure = _failure(error)
+        if failure is None:
             raise
-        raise GatedModelError(gated_message(repo_id, status, gated, repo_type)) from None
+        raise HubRequestError(failure) from None
 
 
 # --- where a model comes from ------------------------------------------------------------------------------------

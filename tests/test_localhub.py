@@ -294,3 +294,94 @@ def test_weight_files_are_the_files_the_snapshot_downloads(hub, tmp_path, monkey
                 assert kit_hub.weight_files(SD, variant=variant) == got  # offline: the cached snapshot's files
     finally:
         repo.commits.remove(next(c for c in repo.commits if c.oid == commit))
+
+
+# --- the Hub failing (issue 22): one line naming host and file, never a deep traceback or a silent wait ---------
+
+def _serve_instead(monkeypatch, target: str, answer):
+    """The local Hub answers `target` (a file path in any repo) with `answer(handler, head)`; the rest as usual."""
+    import localhub
+
+    original = localhub._Handler._resolve
+
+    def resolve(self, repo_type, repo_id, revision, path, head):
+        if path == target and answer(self, head) is not None:
+            return None
+        return original(self, repo_type, repo_id, revision, path, head)
+
+    monkeypatch.setattr(localhub._Handler, "_resolve", resolve)
+
+
+def _fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+
+
+def _status(status: int, message: str, headers: dict | None = None, on_head: bool = True):
+    import localhub
+
+    def answer(handler, head):
+        if head and not on_head:
+            return None  # the metadata request succeeds; the download gets the error
+        if headers:
+            handler._send(status, b'{"error": "%s"}' % message.encode(), {"X-Error-Message": message, **headers},
+                          head=head)
+            return True
+        raise localhub.HubError(status, None, message)
+
+    return answer
+
+
+@pytest.mark.parametrize("status, message, expected", [
+    (503, "Service Unavailable", "failed on {file} (HTTP 503: a server error, not your setup)"),
+    (401, "Invalid credentials in Authorization header", "refused {file} (HTTP 401; no Hugging Face token was found)"),
+])
+def test_a_server_error_or_a_refused_token_is_one_line_naming_host_and_file(hub, tmp_path, monkeypatch, status,
+                                                                              message, expected):
+    from helpers.errors import HubRequestError
+
+    _fresh_cache(monkeypatch, tmp_path)
+    _serve_instead(monkeypatch, "model_index.json", _status(status, message))
+    with pytest.raises(HubRequestError) as caught:
+        kit_hub.read_model_index(SD)
+    text = str(caught.value)
+    host = hub.url.removeprefix("http://")
+    assert f"The Hub at {host} " in text and expected.format(file=f"{SD}/model_index.json") in text
+    assert "\n" not in text and "Fix:" in text
+
+
+def test_a_cut_download_is_one_line_naming_host_and_file(hub, tmp_path, monkeypatch):
+    from helpers.errors import HubRequestError
+
+    def cut(handler, head):
+        if head:
+            return None
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True  # the body never comes: the connection closes under the client
+        return True
+
+    _fresh_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)  # huggingface_hub's 1 s between its 5 resumes
+    _serve_instead(monkeypatch, "model_index.json", cut)
+    with pytest.raises(HubRequestError, match=rf"The download of {SD}/model_index.json from "
+                       rf"{hub.url.removeprefix('http://')} was cut \(.*\)\. Fix: run again"):
+        kit_hub.read_model_index(SD)
+
+
+def test_a_long_retry_after_is_refused_not_slept_out(hub, tmp_path, monkeypatch):
+    from helpers.errors import HubRequestError
+
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    _fresh_cache(monkeypatch, tmp_path)
+    _serve_instead(monkeypatch, "model_index.json",
+                   _status(429, "Too Many Requests", {"Retry-After": "3600"}, on_head=False))
+    with pytest.raises(HubRequestError, match=r"asks to wait 3601 s \(HTTP 429, Retry-After\).*Fix: run again later"):
+        kit_hub.read_model_index(SD)
+    assert slept == []  # refused before huggingface_hub's sleep
+    _serve_instead(monkeypatch, "model_index.json", _status(429, "Too Many Requests", {"Retry-After": "2"}))
+    with pytest.raises(HubRequestError, match=r"rate-limited .*/model_index.json \(HTTP 429, retry after 2 s\)"):
+        kit_hub.read_model_index(SD)  # a short wait is huggingface_hub's to retry; then one line, not a traceback
+    assert slept and all(seconds <= 3 for seconds in slept)
