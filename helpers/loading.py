@@ -51,13 +51,9 @@ def resolve_dtype(dtype):
 
 
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
-    """Map the kit's device_map values onto the strings diffusers accepts; None means load on CPU.
-
-    None in, None out: no device map, for callers that place the pipeline with `.to()` themselves.
-
-    diffusers accepts only "balanced", the accelerator name and "cpu". It rejects "auto", dicts and
-    "cuda:1", and "balanced" on a machine without GPUs silently loads everything on CPU.
-    """
+    """The kit's device_map values as the strings diffusers accepts ("balanced", the accelerator, "cpu"); None
+    means load on CPU (None in, None out: the caller places the pipeline with `.to()`). diffusers rejects "auto",
+    dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
     if gpu_count is None:
         gpu_count = torch.cuda.device_count()
     if device_map is None:
@@ -115,15 +111,8 @@ def _refuse_torch_dtype(kwargs: dict) -> None:
         )
 
 
-def load_pipeline(
-    model_id: str,
-    pipeline_class=DiffusionPipeline,
-    *,
-    dtype="auto",
-    device_map="auto",
-    revision: str | None = None,
-    **kwargs,
-):
+def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="auto", device_map="auto",
+                  revision: str | None = None, **kwargs):
     """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
 
     dtype="auto" takes the load plan's dtype. A gated repo (401/403) or running out of memory raises

@@ -83,10 +83,9 @@ def safe_stem(stem: str) -> str:
 def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: dict | None = None) -> Path:
     """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk.
 
-    The file is written to a temporary name and then hard-linked into place, which fails instead
-    of overwriting when the name was taken meanwhile: two writers never clobber each other, and
-    a run killed mid-write leaves no truncated PNG under a real name. An all-black image (NaN output, or
-    blanked by the safety checker) is saved as `stem-blank.png` with the reason in its metadata, and warned about.
+    Written under a temporary name, then hard-linked into place (which fails rather than overwrite), so two
+    writers never clobber each other and a killed run leaves no truncated PNG. An all-black image is saved as
+    `stem-blank.png` with the reason in its metadata, and warned about.
     """
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
