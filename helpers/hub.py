@@ -479,7 +479,11 @@ def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[s
     from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
 
     other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
-    usable, _ = variant_compatible_siblings(set(files), variant=variant, ignore_patterns=other_formats)
+    try:
+        usable, _ = variant_compatible_siblings(set(files), variant=variant, ignore_patterns=other_formats)
+    except ValueError:  # diffusers' from_pretrained(variant=) fails the same way
+        raise InvalidParameterError("variant", variant, "the repository has no weight files of this variant",
+                                    "Load without a variant (variant=None): its default weights.") from None
     weights = {f for f in files if ".safetensors" in f or ".bin" in f}
     return {"allow_patterns": patterns["allow_patterns"], "ignore_patterns": other_formats + sorted(weights - usable)}
 

@@ -292,6 +292,8 @@ def test_weight_files_are_the_files_the_snapshot_downloads(hub, tmp_path, monkey
                 offline.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
                 offline.setattr(kit_hub, "hub_reachable", lambda: False)
                 assert kit_hub.weight_files(SD, variant=variant) == got  # offline: the cached snapshot's files
+        with pytest.raises(InvalidParameterError, match=r"variant='bf16' is not valid: the repository has no weight"):
+            kit_hub.weight_files(SD, variant="bf16")  # as from_pretrained(variant="bf16") would fail
     finally:
         repo.commits.remove(next(c for c in repo.commits if c.oid == commit))
 
