@@ -190,3 +190,17 @@ def test_snapshot_patterns_take_only_the_pipeline(tiny):
     patterns = hub.pipeline_file_patterns(hub.read_model_index(str(tiny["sd"])))
     assert {"model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*"} <= set(patterns["allow_patterns"])
     assert "*.fp16.*" in patterns["ignore_patterns"] and "*.onnx" in patterns["ignore_patterns"]
+
+
+def test_load_pipeline_auto_takes_the_plans_dtype(tiny, monkeypatch):
+    """dtype="auto" is the load plan's choice: planned for a T4 (no native bf16), an fp16-safe family gets
+    float16 and Qwen-Image bfloat16 (float16 gives it black images), as notebooks get from the plan."""
+    import functools
+
+    from helpers import planning
+
+    monkeypatch.setattr(planning, "plan_load", functools.partial(planning.plan_load, hardware="colab-t4"))
+    qwen = loading.load_pipeline(str(tiny["qwen-image"]), dtype="auto", device_map=None)
+    sd = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)
+    assert set(memory.module_dtypes(qwen).values()) == {torch.bfloat16}
+    assert set(memory.module_dtypes(sd).values()) == {torch.float16}
