@@ -267,9 +267,11 @@ def _failure(error: BaseException) -> str | None:
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
             host, file = _where(cause)
             if status == 401:
-                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): the token is not valid. "
-                        "Fix: make a read token at https://huggingface.co/settings/tokens, set HF_TOKEN (or run "
-                        "`hf auth login`) and restart the kernel.")
+                sent = _token_state().startswith("a ")
+                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): "
+                        f"{'the token is not valid' if sent else 'it asks for a token'}. Fix: make a read token at "
+                        "https://huggingface.co/settings/tokens, set HF_TOKEN (or run `hf auth login`) and restart "
+                        "the kernel.")
             if status == 429:
                 wait = cause.response.headers.get("Retry-After")
                 return (f"The Hub at {host} rate-limited {file} (HTTP 429{f', retry after {wait} s' if wait else ''})."
