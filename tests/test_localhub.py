@@ -335,7 +335,8 @@ def _status(status: int, message: str, headers: dict | None = None, on_head: boo
 
 @pytest.mark.parametrize("status, message, expected", [
     (503, "Service Unavailable", "failed on {file} (HTTP 503: a server error, not your setup)"),
-    (401, "Invalid credentials in Authorization header", "refused {file} (HTTP 401; no Hugging Face token was found): it asks for a token"),
+    (401, "Invalid credentials in Authorization header",
+     "refused {file} (HTTP 401; no Hugging Face token was found): it asks for a token"),
 ])
 def test_a_server_error_or_a_refused_token_is_one_line_naming_host_and_file(hub, tmp_path, monkeypatch, status,
                                                                               message, expected):
