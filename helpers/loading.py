@@ -115,19 +115,21 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
                   revision: str | None = None, **kwargs):
     """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
 
-    dtype="auto" takes the load plan's dtype. A gated repo (401/403) or running out of memory raises
-    `GatedModelError` / `KitOutOfMemoryError` with the fix (token and licence page; more offload, quantization).
+    dtype="auto" takes the load plan's dtype policy (`planning.choose_dtype`). A gated repo (401/403) or running
+    out of memory raises `GatedModelError` / `KitOutOfMemoryError` with the fix (token and licence page; more
+    offload, quantization).
 
     Returns the diffusers pipeline itself, its denoising progress bar set by the quiet policy.
     """
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision)
     resolved_map = resolve_device_map(device_map)
-    if dtype == "auto":  # the plan's choice for this machine and family (never float16 for Qwen-Image or FLUX)
+    if dtype == "auto":  # the plan's dtype policy for this family and machine (never float16 for Qwen-Image, FLUX)
         from . import planning
 
-        dtype = planning.plan_load(source, dtype="auto", quantization="none", offload="none",
-                                   device_map=device_map or "auto", alternatives=False).resolved_dtype
+        hardware = planning.resolve_hardware("auto")
+        family = read_model_index(source, revision).get("_class_name", "")
+        dtype = planning.choose_dtype(family, "auto", hardware, bool(hardware.gpus) and resolved_map != "cpu")[0]
     resolved_dtype = resolve_dtype(dtype)
     passed = {name: value for name, value in kwargs.items() if isinstance(value, torch.nn.Module)}
     for name, component in passed.items():

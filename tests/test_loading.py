@@ -195,11 +195,10 @@ def test_snapshot_patterns_take_only_the_pipeline(tiny):
 def test_load_pipeline_auto_takes_the_plans_dtype(tiny, monkeypatch):
     """dtype="auto" is the load plan's choice: planned for a T4 (no native bf16), an fp16-safe family gets
     float16 and Qwen-Image bfloat16 (float16 gives it black images), as notebooks get from the plan."""
-    import functools
-
     from helpers import planning
 
-    monkeypatch.setattr(planning, "plan_load", functools.partial(planning.plan_load, hardware="colab-t4"))
+    t4 = planning.resolve_hardware("colab-t4")
+    monkeypatch.setattr(planning, "resolve_hardware", lambda hardware="auto": t4)
     qwen = loading.load_pipeline(str(tiny["qwen-image"]), dtype="auto", device_map=None)
     sd = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)
     assert set(memory.module_dtypes(qwen).values()) == {torch.bfloat16}
