@@ -38,7 +38,7 @@ with memory.measure() as grew:
         variant = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
     else:
         variant = loading.from_pipe(StableDiffusionImg2ImgPipeline, pipe)
-dtypes = sorted({str(d) for d in loading.module_dtypes(pipe).values()})
+dtypes = sorted({str(d) for d in memory.module_dtypes(pipe).values()})
 print(json.dumps({"size": size, "mode": mode, "weights_mb": weights_mb, "rss_growth_mb": grew.ram_mb,
                   "fraction_of_weights": grew.ram_mb / weights_mb, "source_dtypes_after": dtypes}))
 """

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import KIT_ROOT, loading, rules, sources
+from . import KIT_ROOT, hub, loading, rules
 from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
 from .rules import truthy
 
@@ -116,7 +116,7 @@ def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
     if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1:
         return None
-    if any(c.exists() for c in rules.find_local(custom_pipeline)) or sources._looks_like_local_path(custom_pipeline):
+    if any(c.exists() for c in rules.find_local(custom_pipeline)) or hub._looks_like_local_path(custom_pipeline):
         return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -141,7 +141,7 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
         return Path(source) / name
     from huggingface_hub import hf_hub_download
 
-    with sources.hub_access(source):
+    with hub.hub_access(source):
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=loading.hub_offline()))
 
 
@@ -297,7 +297,7 @@ def _pin_if_codeless(model_id: str) -> str | None:
         return None
     from huggingface_hub import model_info
 
-    with sources.hub_access(model_id):
+    with hub.hub_access(model_id):
         commit = model_info(model_id).sha
     if code_files(model_id, None, commit):
         return None
@@ -497,7 +497,7 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     path = community_file(name, custom_revision)
     offline = loading.hub_offline()
     try:
-        with sources.hub_access(MIRROR, "dataset"):
+        with hub.hub_access(MIRROR, "dataset"):
             return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
                                         local_files_only=offline))
     except LocalEntryNotFoundError:
@@ -505,7 +505,7 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
             raise
         raise ModelNotCachedOfflineError(
             f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
-            f"{sources.offline_reason()} "
+            f"{hub.offline_reason()} "
             "(diffusers' own by-name path would also ask PyPI for its release list with no timeout and hang.) "
             "Run this online once, or pass a local copy of the file as custom_pipeline."
         ) from None
@@ -584,7 +584,7 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned: dict[str
 def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
     """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
     and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
-    folder = Path(sources.resolve_model_source(os.fspath(folder)))
+    folder = Path(hub.resolve_model_source(os.fspath(folder)))
     index = loading.read_model_index(str(folder))
     needed = []
     if isinstance(index.get("_class_name"), list):

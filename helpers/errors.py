@@ -1,24 +1,44 @@
-"""The kit's exceptions. Each subclasses the builtin a caller would expect to catch.
+"""Every exception the kit raises, and `redact`, which keeps secrets out of their messages.
 
-Every error carries its parts as fields, not only as text: `name` (the parameter, when there is one),
-`value` (what was given), `rule` (what is allowed or what went wrong) and `fix` (what to do). The message
-is built from them by one rule: say what was wrong, quote the bad value, then give the fix. Code that
-re-reports an error under another parameter name uses the fields, never the message text.
+Each error subclasses the builtin a caller would expect to catch and carries its parts as fields:
+`name` (the parameter, when there is one), `value` (what was given), `rule` (what is allowed or what went
+wrong) and `fix` (what to do). The message is built from them by one rule: what was wrong, the bad value,
+then the fix. Code that re-reports an error under another parameter name uses the fields, never the text.
+Standard library only: this module is imported before anything is installed.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
+
 _NO_VALUE = object()
+
+_SECRETS = (
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#]+@"), r"\1***@"),  # URL userinfo
+    (re.compile(r"(?i)([?&;][\w.-]*(?:token|key|sig|signature|password|passwd|secret|credential)[\w.-]*=)"
+                r"[^&;#\s'\"]+"), r"\1***"),  # credential-like query values
+    (re.compile(r"(?i)\b(bearer\s+)[\w.~+/-]+=*"), r"\1***"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "***"),  # Hugging Face tokens, anywhere
+)
+
+
+def redact(text: str) -> str:
+    """`text` with URL passwords, credential-like query values and Hugging Face tokens replaced by ***."""
+    text = str(text)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class KitError(Exception):
     """Base class of every error the kit raises itself."""
 
     def __init__(self, rule: str = "", *, name: str | None = None, value=_NO_VALUE, fix: str = ""):
-        self.name, self.rule, self.fix = name, rule, fix
+        self.name, self.rule, self.fix = name, redact(rule), redact(fix)
         self.value = None if value is _NO_VALUE else value
         head = f"{name}={value!r} is not valid: {rule}." if name is not None and value is not _NO_VALUE else rule
-        super().__init__(f"{head} {fix}".strip())
+        super().__init__(redact(f"{head} {fix}".strip()))
 
 
 class InvalidParameterError(KitError, ValueError):
@@ -42,6 +62,43 @@ class ModelNotCachedOfflineError(KitError, OSError):
 
 class VersionMismatchError(KitError, ImportError):
     """An installed package whose version differs from the kit's pin."""
+
+
+class GatedModelError(KitError, PermissionError):
+    """The Hub refused a download (401/403): a gated repo whose licence is not accepted, or no or a bad token."""
+
+
+class HubRequestError(KitError, ConnectionError):
+    """The Hub failed a request (a refused token, a server error, a cut download, a long rate limit)."""
+
+
+class NonFiniteLatentsError(KitError, FloatingPointError):
+    """The denoising loop produced NaN or inf latents: the image would be black or noise."""
+
+
+class NotAnImageError(KitError, ValueError):
+    """A file named like an image that PIL cannot read."""
+
+
+class BlankImageWarning(UserWarning):
+    """An all-black image was saved (marked in its metadata): NaN output, or the safety checker blanked it."""
+
+
+warnings.simplefilter("always", BlankImageWarning)  # every blank image is reported, not only the first
+
+
+def __getattr__(name: str):
+    """`KitOutOfMemoryError` is still a `torch.OutOfMemoryError`, so it is made on first use (no torch at import)."""
+    if name != "KitOutOfMemoryError":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import torch
+
+    class KitOutOfMemoryError(KitError, torch.OutOfMemoryError):
+        """Out of memory, with the next options; still a torch.OutOfMemoryError for code that catches that."""
+
+    KitOutOfMemoryError.__module__, KitOutOfMemoryError.__qualname__ = __name__, name
+    globals()[name] = KitOutOfMemoryError
+    return KitOutOfMemoryError
 
 
 class PlanDoesNotFitError(KitError, RuntimeError):

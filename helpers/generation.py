@@ -11,7 +11,9 @@ import inspect
 
 import torch
 
-from . import guards, rules
+from . import rules
+from .errors import NonFiniteLatentsError
+from .outputs import likely_cause
 
 
 def size_multiple(pipe) -> int:
@@ -60,13 +62,13 @@ def call_arguments(
 ) -> dict:
     """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
 
-    Where the pipeline takes `callback_on_step_end`, a `guards.FiniteLatents` check runs after each step (and
+    Where the pipeline takes `callback_on_step_end`, a `FiniteLatents` check runs after each step (and
     then any callback given in `extra`): NaN/inf latents stop the call with the likely cause and the fix.
     """
     check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
     accepted = accepted_arguments(type(pipe))
     if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
-        extra["callback_on_step_end"] = guards.FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
+        extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
                                                              then=extra.get("callback_on_step_end"))
     kwargs = dict(
         prompt=prompt,
@@ -84,3 +86,26 @@ def call_arguments(
     else:
         kwargs["guidance_scale"] = guidance_scale
     return {name: value for name, value in kwargs.items() if name in accepted and value is not None}
+
+
+# Temporary home (core-hub branch): the families branch moves FiniteLatents here for good.
+class FiniteLatents:
+    """A `callback_on_step_end` that stops denoising at the first step whose latents hold NaN or inf.
+
+    Wraps an existing callback (progress bars) so both run. Costs one `isfinite` per step.
+    """
+
+    def __init__(self, guidance_scale: float | None = None, dtype: torch.dtype | None = None, then=None):
+        self.guidance_scale, self.dtype, self.then = guidance_scale, dtype, then
+
+    def __call__(self, pipe, step, timestep, callback_kwargs):
+        latents = callback_kwargs.get("latents")
+        if isinstance(latents, torch.Tensor) and not bool(torch.isfinite(latents).all()):
+            dtype = self.dtype or latents.dtype
+            raise NonFiniteLatentsError(
+                f"The latents became NaN/inf at denoising step {step + 1}: the image would come out black or as "
+                f"noise, so nothing was saved. Likely cause: {likely_cause(self.guidance_scale, dtype)}"
+            )
+        if self.then is not None:
+            return self.then(pipe, step, timestep, callback_kwargs)
+        return callback_kwargs

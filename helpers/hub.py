@@ -1,4 +1,507 @@
-"""Where a model comes from: local folder, shipped configs, or the Hub (being consolidated from sources/network)."""
+"""Where a model comes from (a local folder, the kit's shipped configs, the Hub) and whether the Hub can be used now.
 
-from .loading import pipeline_file_patterns, snapshot_patterns  # noqa: F401  (moves here in the restructuring)
-from .sources import hub_offline, hub_reachable, read_model_index, resolve_model_source  # noqa: F401
+Standard library only at import: the parameter checks use it before the pinned packages are installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import folders
+from .env import truthy
+from .errors import (
+    GatedModelError,
+    HubRequestError,
+    InvalidParameterError,
+    LocalPathNotFoundError,
+    ModelNotCachedOfflineError,
+    redact,
+)
+
+SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package imports torch: only for a shipped id
+
+# --- can the Hub be reached: one bounded HTTPS request, DNS included --------------------------------------------
+# A TCP connect is not enough (a captive portal or a stalled proxy accepts and never answers, and huggingface_hub
+# then retries for minutes), so a real request goes through huggingface_hub's own client, in a thread with a hard
+# deadline: a DNS lookup is bounded by no socket timeout. Any HTTP answer counts as reachable.
+
+PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
+FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
+
+FIXES = {
+    "dns": "the name could not be resolved: check the network, or HF_ENDPOINT if you set it",
+    "refused": "nothing listens there: check HF_ENDPOINT, or your proxy settings (HTTPS_PROXY)",
+    "timeout": "a connection was accepted but nothing answered (a captive portal, a stalled proxy or firewall): "
+               "log in to the network's portal, or fix HTTPS_PROXY / NO_PROXY",
+    "tls": "the TLS handshake failed (often a proxy that intercepts HTTPS with its own certificate): point "
+           "SSL_CERT_FILE at your organisation's CA bundle, or use a mirror with HF_ENDPOINT",
+    "proxy": "the proxy refused the request: check HTTPS_PROXY / NO_PROXY",
+    "offline": "it read HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE when it was imported: unset them and restart the "
+               "kernel to go online",
+    "other": "check the network",
+}
+
+
+@dataclass(frozen=True)
+class HubProbe:
+    """The probe's verdict: `ok`, or which step failed (`problem`, a key of FIXES) and what was said."""
+
+    endpoint: str
+    ok: bool
+    seconds: float
+    problem: str = ""
+    detail: str = ""
+
+    def explain(self) -> str:
+        """One sentence for an error message: what failed, how long it took, and what to do."""
+        endpoint = redact(self.endpoint)
+        if self.ok:
+            return f"{endpoint} answered in {self.seconds:.1f} s"
+        cache_only = "" if self.problem == "offline" else " To work from the local cache only, set HF_HUB_OFFLINE=1."
+        return redact(f"{endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
+                      f"{FIXES[self.problem]}.{cache_only}")
+
+
+def _classify(error: BaseException) -> tuple[str, str]:
+    """(problem, detail) from an httpx exception and the OS or TLS error behind it."""
+    import httpx2
+
+    chain, cause = [], error
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e))) or type(error).__name__
+    detail = text.splitlines()[0][:200]
+    if any(isinstance(e, ssl.SSLError) for e in chain) or any(k in text for k in ("SSL", "TLS", "certificate")):
+        return "tls", detail
+    if type(error).__name__ == "OfflineModeIsEnabled":
+        return "offline", "huggingface_hub is in offline mode"
+    if isinstance(error, httpx2.ProxyError):
+        return "proxy", detail
+    if any(k in text for k in ("Name or service not known", "getaddrinfo", "nodename nor servname",
+                               "Temporary failure in name resolution", "No address associated")):
+        return "dns", detail
+    if isinstance(error, httpx2.TimeoutException) or any(isinstance(e, TimeoutError) for e in chain):
+        return "timeout", detail
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "refused", detail
+    return "other", detail
+
+
+def _request(endpoint: str, timeout: float) -> None:
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    get_session().request("HEAD", endpoint.rstrip("/") + "/api/models", timeout=httpx2.Timeout(timeout),
+                          follow_redirects=False)
+
+
+_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
+
+
+def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
+    """Whether `endpoint` answers one HEAD request; a success is remembered for the session, a failure
+    for FAILURE_TTL_S (probe.cache_clear() forgets both)."""
+    key = (endpoint, timeout)
+    if key in _ANSWERS:
+        asked, verdict = _ANSWERS[key]
+        if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
+            return verdict
+    _ANSWERS[key] = (time.monotonic(), _probe(endpoint, timeout))
+    return _ANSWERS[key][1]
+
+
+probe.cache_clear = _ANSWERS.clear
+
+
+def _probe(endpoint: str, timeout: float) -> HubProbe:
+    outcome: dict = {}
+
+    def attempt() -> None:
+        try:
+            _request(endpoint, timeout)
+            outcome["ok"] = True
+        except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
+            outcome["error"] = error
+
+    start = time.monotonic()
+    worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + 2)
+    seconds = time.monotonic() - start
+    if outcome.get("ok"):
+        return HubProbe(endpoint, True, seconds)
+    if "error" in outcome:
+        return HubProbe(endpoint, False, seconds, *_classify(outcome["error"]))
+    return HubProbe(endpoint, False, seconds, "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout",
+                    f"no answer within {timeout + 2:.0f} s")
+
+
+def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
+    """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
+    import socket
+
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            pass
+        done.set()
+
+    threading.Thread(target=lookup, daemon=True).start()
+    return not done.wait(wait)
+
+
+def hub_probe() -> HubProbe:
+    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now, and if not, why."""
+    from huggingface_hub import constants
+
+    return probe(constants.ENDPOINT)
+
+
+def hub_reachable() -> bool:
+    return hub_probe().ok
+
+
+hub_reachable.cache_clear = probe.cache_clear  # tests and long sessions can ask again
+
+
+def offline_by_setting() -> bool:
+    """HF_HUB_OFFLINE (or, as huggingface_hub reads it, TRANSFORMERS_OFFLINE when HF_HUB_OFFLINE is unset)."""
+    return truthy(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def hub_offline() -> bool:
+    return offline_by_setting() or not hub_reachable()
+
+
+def offline_reason() -> str:
+    """Why the kit treats the Hub as unavailable: HF_HUB_OFFLINE, or what the probe found (with the fix)."""
+    if offline_by_setting():
+        return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    return hub_probe().explain()
+
+
+# --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+    found = []
+    while error is not None and error not in found and len(found) < 10:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _hub_status(error: BaseException) -> tuple[int | None, bool]:
+    """(HTTP status, gated?) of a refusal (a gated repo, a 403) anywhere in the chain; (None, False) if none.
+    A RepositoryNotFoundError that is not gated (the Hub's 401 for a missing repo too) passes through."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    for cause in _chain(error):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, GatedRepoError):
+            return status, True
+        if status == 403 and isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError):
+            return status, False
+    return None, False
+
+
+def _token_state() -> str:
+    from huggingface_hub import get_token
+
+    return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
+
+
+def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str = "model") -> str:
+    """What to do about a refused download: the licence page, HF_TOKEN, `hf auth login`. Never the token."""
+    from huggingface_hub import constants
+
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    page = redact(f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}")
+    what = "is gated" if gated else "refused access"
+    return (
+        f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download it:\n"
+        f"  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
+        "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the "
+        "HF_TOKEN environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), "
+        "or run `hf auth login` in a terminal.\n"
+        "  3. Restart the kernel and run again. Never paste the token into a notebook cell. "
+        "Or pick a model that is not gated."
+    )
+
+
+def _where(error: BaseException) -> tuple[str, str]:
+    """(host, file) of the request behind a Hub error, for a one-line message."""
+    from urllib.parse import unquote
+
+    try:
+        response = getattr(error, "response", None)
+        url = response.request.url if response is not None else error.request.url
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without its request
+        return "the Hub", "a file"
+    path = unquote(url.path)
+    if "/resolve/" in path:
+        repo, rest = path.strip("/").split("/resolve/", 1)
+        path = f"{repo}/{rest.split('/', 1)[-1]}"
+    return redact(f"{url.host}:{url.port}" if url.port else url.host), path.strip("/")
+
+
+def _failure(error: BaseException) -> str | None:
+    """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    for cause in _chain(error):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
+            host, file = _where(cause)
+            if status == 401:
+                sent = _token_state().startswith("a ")
+                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): "
+                        f"{'the token is not valid' if sent else 'it asks for a token'}. Fix: make a read token at "
+                        "https://huggingface.co/settings/tokens, set HF_TOKEN (or run `hf auth login`) and restart "
+                        "the kernel.")
+            if status == 429:
+                wait = cause.response.headers.get("Retry-After")
+                return (f"The Hub at {host} rate-limited {file} (HTTP 429{f', retry after {wait} s' if wait else ''})."
+                        " Fix: wait and run again; logged-in requests (HF_TOKEN) get a higher limit.")
+            if status >= 500:
+                return (f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your setup). Fix: "
+                        "run again in a few minutes (https://status.huggingface.co), or use a mirror (HF_ENDPOINT).")
+        if isinstance(cause, httpx2.RemoteProtocolError):
+            host, file = _where(cause)
+            return (f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). Fix: run again; "
+                    "huggingface_hub resumes what it has.")
+    return None
+
+
+LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
+
+
+class _LongRateLimitWait(logging.Filter):
+    """Stops huggingface_hub's retry loop before it sleeps when the Hub asks for a longer wait than allowed;
+    lets through only what the logger showed before."""
+
+    def __init__(self, shown_from: int):
+        super().__init__()
+        self.shown_from = shown_from
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
+        if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
+            raise HubRequestError(
+                f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, Retry-After); "
+                f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
+                "logged-in requests (HF_TOKEN) get a higher limit.")
+        return record.levelno >= self.shown_from
+
+
+@contextmanager
+def _no_long_rate_limit_waits():
+    target = logging.getLogger("huggingface_hub.utils._http")
+    previous = target.level
+    guard = _LongRateLimitWait(target.getEffectiveLevel())
+    target.addFilter(guard)
+    target.setLevel(min(target.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        target.removeFilter(guard)
+        target.setLevel(previous)
+
+
+@contextmanager
+def hub_access(repo_id: str, repo_type: str = "model"):
+    """Re-raise, inside the block, a gated or private repo's 401/403 as GatedModelError (licence page, token),
+    and a refused token, a rate limit, a server error or a cut download as a one-line HubRequestError naming
+    the host and the file. A long Retry-After is refused, not slept out. The rest (a missing file) passes."""
+    try:
+        with _no_long_rate_limit_waits():
+            yield
+    except Exception as error:
+        status, gated = _hub_status(error)
+        if status is not None or gated:
+            raise GatedModelError(gated_message(repo_id, status, gated, repo_type)) from None
+        failure = _failure(error)
+        if failure is None:
+            raise
+        raise HubRequestError(failure) from None
+
+
+# --- where a model comes from ------------------------------------------------------------------------------------
+
+def _looks_like_local_path(model_id: str) -> bool:
+    if model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1:
+        return True
+    if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
+        return True
+    # "models/tiny" where ./models exists is a mistyped local folder, not a Hub id.
+    return "/" in model_id and Path(model_id).parent.is_dir()
+
+
+def is_hub_id(model_id) -> bool:
+    """Whether resolving `model_id` would consult huggingface_hub: a string that is neither an existing
+    folder nor a local-looking path (those are checked without importing anything heavy)."""
+    if isinstance(model_id, os.PathLike):
+        model_id = os.fspath(model_id)
+    if not isinstance(model_id, str) or not model_id.strip():
+        return False
+    return not Path(model_id).expanduser().is_dir() and not _looks_like_local_path(model_id)
+
+
+def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except HFValidationError:
+        return None  # not a repo id: resolve_model_source says why
+    return found if isinstance(found, str) else None
+
+
+def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
+    """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
+
+    diffusers treats any path that does not exist as a Hub id; here a missing local path is an
+    error, and an uncached Hub id on an offline machine fails at once instead of after retries.
+    """
+    if isinstance(model_id, os.PathLike):
+        model_id = os.fspath(model_id)
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
+            raise LocalPathNotFoundError(
+                "the local folder has no model_index.json (pipeline) or config.json (model)", name="model_id",
+                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.",
+            )
+        return str(path.resolve())
+    if _looks_like_local_path(model_id):
+        raise LocalPathNotFoundError(
+            f"the local path does not exist (resolved to {str(path.resolve())!r})", name="model_id", value=model_id,
+            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.",
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError as error:
+        raise InvalidParameterError("model_id", model_id, "not a valid Hub id or existing folder", str(error)) from None
+    candidates = ("model_index.json", "config.json", f"{subfolder}/config.json" if subfolder else "config.json")
+    if not any(_cached_file(model_id, name, revision) for name in candidates) and hub_offline():
+        raise ModelNotCachedOfflineError(
+            f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
+            value=model_id,
+            fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
+                "that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
+                "downloads nothing).",
+        )
+    return model_id
+
+
+def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
+    """The pipeline's model_index.json, the one reader for every caller: a local folder's; for a Hub id the cached
+    copy, else the Hub's (a few hundred bytes; a gated repo says what to do), else offline the kit's shipped copy.
+    prefer_shipped: the shipped copy answers first, without a request (parameter checks, plans from configs)."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if is_hub_id(source):
+        shipped = revision is None and (SHIPPED / source.replace("/", "--", 1) / "model_index.json").is_file()
+        cached = None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision)
+        if cached:
+            return folders.read_json_object(Path(cached))
+        if shipped and (prefer_shipped or hub_offline()):
+            from . import architectures
+
+            return architectures.model_index(source)
+    source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
+    if Path(source).is_dir():
+        index = Path(source) / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        with hub_access(source):
+            index = Path(hf_hub_download(source, "model_index.json", revision=revision,
+                                         local_files_only=hub_offline()))
+    if not index.is_file():
+        raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
+    return folders.read_json_object(index)
+
+
+# --- which files a pipeline download fetches ---------------------------------------------------------------------
+
+# Weight formats and variants from_pretrained does not read by default: skipping them keeps a
+# snapshot to what the pipeline loads (an SDXL repo holds fp32, fp16, ONNX and Flax copies).
+SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
+
+
+def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
+    """`allow_patterns`/`ignore_patterns` for `snapshot_download` of exactly the pipeline's components."""
+    components = [name for name, spec in model_index.items() if not name.startswith("_") and isinstance(spec, list)]
+    allow = ["model_index.json", "*.py", *(f"{name}/*" for name in components)]
+    return {"allow_patterns": allow, "ignore_patterns": SKIPPED_FILES}
+
+
+def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
+    """{filename: bytes} of a Hub repo: its file metadata (one request), or offline the cached snapshot's files."""
+    if hub_offline():
+        index = _cached_file(repo_id, "model_index.json", revision)
+        if index is None:
+            raise ModelNotCachedOfflineError(f"its file list is not in the local Hub cache: {offline_reason()}",
+                                             name="model_id", value=repo_id,
+                                             fix="Download it once while online (snapshot_download).")
+        snapshot = Path(index).parent
+        return {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in snapshot.rglob("*") if p.is_file()}
+    from huggingface_hub import HfApi, constants
+
+    with hub_access(repo_id):
+        info = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, revision=revision, files_metadata=True)
+    return {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+
+
+def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[str]]:
+    """With a variant, diffusers' own selection: the variant's weights where a component has them, else its
+    default weights, never both copies."""
+    patterns = pipeline_file_patterns(model_index)
+    if variant is None:
+        return patterns
+    from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
+
+    other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
+    try:
+        usable, _ = variant_compatible_siblings(set(files), variant=variant, ignore_patterns=other_formats)
+    except ValueError:  # diffusers' from_pretrained(variant=) fails the same way
+        raise InvalidParameterError("variant", variant, "the repository has no weight files of this variant",
+                                    "Load without a variant (variant=None): its default weights.") from None
+    weights = {f for f in files if ".safetensors" in f or ".bin" in f}
+    return {"allow_patterns": patterns["allow_patterns"], "ignore_patterns": other_formats + sorted(weights - usable)}
+
+
+def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
+    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads (the load
+    plan's `variant`); a variant costs one metadata request for the repo's file list."""
+    index = read_model_index(repo_id, revision)
+    return _patterns(index, repo_files(repo_id, revision) if variant else (), variant)
+
+
+def weight_files(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, int]:
+    """{repo filename: bytes} of exactly the files `snapshot_patterns(repo_id, variant)` downloads (weights,
+    configs, code), so a plan sizes the download it gets."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = repo_files(repo_id, revision)
+    patterns = _patterns(read_model_index(repo_id, revision), files, variant)
+    return {name: files[name] for name in filter_repo_objects(sorted(files), **patterns)}

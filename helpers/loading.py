@@ -1,14 +1,14 @@
-"""Thin guards around `DiffusionPipeline.from_pretrained` and `from_pipe`.
+"""Thin guards around `DiffusionPipeline.from_pretrained` and `from_pipe`, and the out-of-memory guard.
 
-Each function resolves the kit's friendly values ("auto" dtype and device map), checks what
-diffusers would otherwise get wrong silently or with a deep traceback, then makes the real
-diffusers call and returns the real diffusers pipeline.
+Each function checks what diffusers would otherwise get wrong silently or with a deep traceback, then
+makes the real diffusers call and returns the real diffusers pipeline.
 """
 
 from __future__ import annotations
 
+import gc
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -16,24 +16,20 @@ from diffusers import DiffusionPipeline
 
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
-from .errors import InvalidParameterError
+from .errors import InvalidParameterError, KitError
+from .hub import hub_access, hub_offline, read_model_index, resolve_model_source
+from .memory import module_dtypes, quantized_components
 from .rules import DEVICE_MAPS, DTYPE_ALIASES
-from .sources import hub_offline, hub_reachable, read_model_index, resolve_model_source
-
-__all__ = ["hub_offline", "hub_reachable", "read_model_index", "resolve_model_source"]  # re-exported for notebooks
 
 DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_ALIASES.items()}
-DTYPE_CHOICES = "'auto', 'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
+DTYPE_CHOICES = "'float32', 'float16', 'bfloat16' (or a dict of those per component with a 'default' key)"
 DEVICE_MAP_CHOICES = (*DEVICE_MAPS, None)
 TASKS = {"text2image": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING", "image2image": "AUTO_IMAGE2IMAGE_PIPELINES_MAPPING",
          "inpaint": "AUTO_INPAINT_PIPELINES_MAPPING"}
 
 
-def resolve_dtype(dtype, device: str | None = None):
-    """'auto' -> the best dtype for `device` (default: the device this machine computes on, so a GPU gets
-    half precision, not float32); names -> torch dtypes; dicts resolved per component.
-
-    Family rules (Qwen-Image and FLUX never in float16) live in the load plan: `planning.plan_load`.
+def resolve_dtype(dtype):
+    """A dtype name (or a per-component dict of names) -> torch dtypes. "auto" is the load plan's to decide.
 
     A dict must carry a "default" key: without it diffusers loads every unlisted component as fp32.
     """
@@ -45,22 +41,19 @@ def resolve_dtype(dtype, device: str | None = None):
                 "dtype", dtype, 'a per-component dict needs a "default" key',
                 'Without it diffusers loads every unlisted component as float32. Add "default": "bfloat16" (say).',
             )
-        return {name: resolve_dtype(value, device) for name, value in dtype.items()}
-    if dtype == "auto":
-        return DTYPES[env.recommended_dtype(device)]
+        return {name: resolve_dtype(value) for name, value in dtype.items()}
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
-    raise InvalidParameterError("dtype", dtype, f"choose one of {DTYPE_CHOICES}")
+    if dtype == "auto":
+        raise InvalidParameterError("dtype", dtype, "'auto' is decided by the load plan, not here",
+                                    "Pass load_plan.resolved_dtype (planning.plan_load(model_id, ...)).")
+    raise InvalidParameterError("dtype", dtype, f"choose one of 'auto', {DTYPE_CHOICES}")
 
 
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
-    """Map the kit's device_map values onto the strings diffusers accepts; None means load on CPU.
-
-    None in, None out: no device map, for callers that place the pipeline with `.to()` themselves.
-
-    diffusers accepts only "balanced", the accelerator name and "cpu". It rejects "auto", dicts and
-    "cuda:1", and "balanced" on a machine without GPUs silently loads everything on CPU.
-    """
+    """The kit's device_map values as the strings diffusers accepts ("balanced", the accelerator, "cpu"); None
+    means load on CPU (None in, None out: the caller places the pipeline with `.to()`). diffusers rejects "auto",
+    dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
     if gpu_count is None:
         gpu_count = torch.cuda.device_count()
     if device_map is None:
@@ -118,32 +111,26 @@ def _refuse_torch_dtype(kwargs: dict) -> None:
         )
 
 
-def load_pipeline(
-    model_id: str,
-    pipeline_class=DiffusionPipeline,
-    *,
-    dtype="auto",
-    device_map="auto",
-    revision: str | None = None,
-    **kwargs,
-):
+def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="auto", device_map="auto",
+                  revision: str | None = None, **kwargs):
     """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
 
-    A gated repo (401/403) or running out of memory raises `guards.GatedModelError` /
-    `guards.KitOutOfMemoryError` with the fix (token and licence page; more offload, quantization).
+    dtype="auto" takes the load plan's dtype policy (`planning.choose_dtype`). A gated repo (401/403) or running
+    out of memory raises `GatedModelError` / `KitOutOfMemoryError` with the fix (token and licence page; more
+    offload, quantization).
 
     Returns the diffusers pipeline itself, its denoising progress bar set by the quiet policy.
     """
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision)
     resolved_map = resolve_device_map(device_map)
-    # device_map=None: the caller places the pipeline (`.to(device)`), so "auto" is for this machine's device.
-    resolved_dtype = resolve_dtype(dtype, None if resolved_map is None else device_for(resolved_map))
-    if dtype == "auto" and resolved_dtype == torch.float16:
-        from .rules import fp16_unsafe
+    if dtype == "auto":  # the plan's dtype policy for this family and machine (never float16 for Qwen-Image, FLUX)
+        from . import planning
 
-        if fp16_unsafe(read_model_index(source, revision).get("_class_name", "")):
-            resolved_dtype = torch.bfloat16  # Qwen-Image and FLUX give black images in fp16 (planning.NOT_FP16_SAFE)
+        hardware = planning.resolve_hardware("auto")
+        family = read_model_index(source, revision).get("_class_name", "")
+        dtype = planning.choose_dtype(family, "auto", hardware, bool(hardware.gpus) and resolved_map != "cpu")[0]
+    resolved_dtype = resolve_dtype(dtype)
     passed = {name: value for name, value in kwargs.items() if isinstance(value, torch.nn.Module)}
     for name, component in passed.items():
         check_component(component_spec(source, name, revision), name, component)
@@ -156,9 +143,7 @@ def load_pipeline(
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
         kwargs["revision"] = revision
-    from . import guards
-
-    with guards.hub_access(model_id), guards.out_of_memory("load"):  # 401/403 and OOM: say what to do next
+    with hub_access(model_id), out_of_memory("load"):  # 401/403 and OOM: say what to do next
         pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
     pipe.set_progress_bar_config(disable=env.quiet_mode())
     return pipe
@@ -169,20 +154,6 @@ def _has_weights(spec) -> bool:
     if not isinstance(spec, list) or spec[1] is None:
         return False
     return not any(word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
-
-
-def module_dtypes(pipe) -> dict[str, torch.dtype]:
-    """The dtype of every torch module of a pipeline, by component name."""
-    return {
-        name: next(module.parameters()).dtype
-        for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
-    }
-
-
-def quantized_components(pipe) -> list[str]:
-    """Components loaded quantized (bitsandbytes, torchao, quanto, GGUF): diffusers marks them `is_quantized`."""
-    return [name for name, module in pipe.components.items() if getattr(module, "is_quantized", False)]
 
 
 def from_pipe_dtype(pipe, dtype=None):
@@ -203,8 +174,8 @@ def from_pipe_dtype(pipe, dtype=None):
             "Load the other task's class with from_pretrained(..., quantization_config=...) instead (a second copy "
             "of the weights), or plan without quantization on a bigger machine.",
         )
-    if dtype is not None:
-        return resolve_dtype(dtype, str(pipe.device))
+    if dtype not in (None, "auto"):  # "auto": keep the source's (it was loaded with the plan's dtype)
+        return resolve_dtype(dtype)
     current = module_dtypes(pipe)
     distinct = set(current.values())
     if len(distinct) > 1:
@@ -244,42 +215,6 @@ def task_variant(pipe, task: str):
 
     mapping = getattr(auto_pipeline, TASKS[task])
     return auto_pipeline._get_task_class(mapping, type(pipe).__name__, throw_error_if_not_exist=False)
-
-
-# Weight formats and variants from_pretrained does not read by default: skipping them keeps a
-# snapshot to what the pipeline loads (an SDXL repo holds fp32, fp16, ONNX and Flax copies).
-SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
-
-
-def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
-    """`allow_patterns`/`ignore_patterns` for `snapshot_download` of exactly the pipeline's components."""
-    components = [name for name, spec in model_index.items() if not name.startswith("_") and isinstance(spec, list)]
-    allow = ["model_index.json", "*.py", *(f"{name}/*" for name in components)]
-    return {"allow_patterns": allow, "ignore_patterns": SKIPPED_FILES}
-
-
-def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
-    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads.
-
-    Without a variant: the pipeline's components, default weight files only. With one (the load plan's
-    `variant`, e.g. "fp16" for SD and SDXL in half precision), the repo's file list (one metadata request)
-    goes through diffusers' own variant selection, so the folder holds the variant's weights where a
-    component has them and its default weights where it has not, and never both copies.
-    """
-    patterns = pipeline_file_patterns(read_model_index(repo_id, revision))
-    if variant is None:
-        return patterns
-    from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
-    from huggingface_hub import model_info
-
-    from .sources import hub_access
-
-    with hub_access(repo_id):
-        files = {sibling.rfilename for sibling in model_info(repo_id, revision=revision).siblings or []}
-    other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
-    usable, _ = variant_compatible_siblings(files, variant=variant, ignore_patterns=other_formats)
-    weights = {f for f in files if ".safetensors" in f or ".bin" in f}
-    return {"allow_patterns": patterns["allow_patterns"], "ignore_patterns": other_formats + sorted(weights - usable)}
 
 
 # Config values that must agree for a component to fit the others: latent shape and scaling (VAE),
@@ -346,7 +281,7 @@ def check_swap(pipe, name: str, component) -> None:
 
 
 def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
-    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks.
+    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's).
 
     The path is passed as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1.
     """
@@ -360,8 +295,9 @@ def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision
         kwargs["subfolder"] = subfolder
     if revision is not None:
         kwargs["revision"] = revision
-    device = device_for(resolve_device_map("auto"))
-    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype, device), **kwargs)
+    if dtype == "auto":  # a single component has no family rule: this machine's compute dtype
+        dtype = env.recommended_dtype(device_for(resolve_device_map("auto")))
+    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)
 
 
 def scheduler_class(pipe, name: str):
@@ -425,3 +361,47 @@ def apply_offload(pipe, load_plan) -> str:
     else:
         pipe.enable_sequential_cpu_offload()
     return f"offload: {load_plan.offload} -> {load_plan.offload_call}"
+
+
+# --- out of memory -------------------------------------------------------------------------------------------------
+
+DEFAULT_OPTIONS = {
+    "load": ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
+             "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
+             "a smaller model family that fits (see the plan's alternatives)"],
+    "generation": ["a smaller size: lower height/width (activations grow with the pixel count)",
+                   "more offload: offload='model', and pipe.vae.enable_tiling() for the decode",
+                   "fewer images per call (num_images_per_prompt=1)"],
+}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's torch.OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "not enough memory" in text
+
+
+@contextmanager
+def out_of_memory(stage: str = "load", options: list[str] | None = None):
+    """Re-raise an out-of-memory error inside the block (CUDA's, the CPU allocator's RuntimeError, Python's
+    MemoryError) as a KitOutOfMemoryError listing what to try next: the plan's `options` (best first) when
+    there is a plan, else the kit's general ones for `stage` ("load" or "generation")."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
+        if isinstance(error, KitError) or not _is_out_of_memory(error):
+            raise
+        from .errors import KitOutOfMemoryError
+
+        choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise KitOutOfMemoryError(
+            f"Out of memory during {stage} ({first_line}). Try next, in this order:\n"
+            + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(choices, 1))
+            + "\nRestart the kernel first if memory stays taken (del pipe; gc.collect() frees most of it)."
+        ) from None

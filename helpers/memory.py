@@ -109,15 +109,15 @@ def measure():
         delta.cuda_mb = after.cuda_mb - before.cuda_mb
 
 
-def module_dtypes(pipe):
-    """Each component's dtype (moves here from loading in the restructuring)."""
-    from .loading import module_dtypes as _module_dtypes
+def module_dtypes(pipe) -> dict[str, torch.dtype]:
+    """The dtype of every torch module of a pipeline, by component name."""
+    return {
+        name: next(module.parameters()).dtype
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
+    }
 
-    return _module_dtypes(pipe)
 
-
-def quantized_components(pipe):
-    """The components loaded quantized (moves here from loading in the restructuring)."""
-    from .loading import quantized_components as _quantized_components
-
-    return _quantized_components(pipe)
+def quantized_components(pipe) -> list[str]:
+    """Components loaded quantized (bitsandbytes, torchao, quanto, GGUF): diffusers marks them `is_quantized`."""
+    return [name for name, module in pipe.components.items() if getattr(module, "is_quantized", False)]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from . import __version__
+from .errors import BlankImageWarning, NotAnImageError
 
 METADATA_KEY = "diffusers-notebook-kit"
 
@@ -69,7 +72,8 @@ def save_generated(image: Image.Image, pipe, model_id: str, call: dict, output_d
     return save_image(image, output_dir, name if seed is None else f"{name}-seed{seed}", metadata)
 
 
-def _safe_stem(stem: str) -> str:
+def safe_stem(stem: str) -> str:
+    """`stem` reduced to letters, digits, '.', '_' and '-' (at most 80), safe as a file name anywhere."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
     if not stem:
         raise ValueError("An image name must contain letters or digits; got an empty name after cleaning.")
@@ -79,20 +83,17 @@ def _safe_stem(stem: str) -> str:
 def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: dict | None = None) -> Path:
     """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk.
 
-    The file is written to a temporary name and then hard-linked into place, which fails instead
-    of overwriting when the name was taken meanwhile: two writers never clobber each other, and
-    a run killed mid-write leaves no truncated PNG under a real name. An all-black image (NaN output, or
-    blanked by the safety checker) is saved as `stem-blank.png` with the reason in its metadata, and warned about.
+    Written under a temporary name, then hard-linked into place (which fails rather than overwrite), so two
+    writers never clobber each other and a killed run leaves no truncated PNG. An all-black image is saved as
+    `stem-blank.png` with the reason in its metadata, and warned about.
     """
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
-    stem = _safe_stem(stem)
-    from . import guards  # imports torch: only when saving
-
-    problem = guards.image_problem(image)
+    stem = safe_stem(stem)
+    problem = image_problem(image)
     if problem:  # never saved as a normal result: a warning, "-blank" in the name, the reason in the metadata
-        message = guards.blank_image_message(problem, (metadata or {}).get("parameters"))
-        warnings.warn(guards.BlankImageWarning(message), stacklevel=2)
+        message = blank_image_message(problem, (metadata or {}).get("parameters"))
+        warnings.warn(BlankImageWarning(message), stacklevel=2)
         stem, metadata = f"{stem}-blank", {**(metadata or {}), "image_check": message}
     info = PngImagePlugin.PngInfo()
     info.add_text(METADATA_KEY, json.dumps(metadata or {}, default=str, sort_keys=True))
@@ -100,7 +101,7 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
-        os.chmod(temp_name, 0o666 & ~_umask())
+        os.chmod(temp_name, 0o666 & ~current_umask())
         for counter in range(10_000):
             target = output_dir / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
             try:
@@ -113,7 +114,8 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
         os.unlink(temp_name)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read without changing it), for files written under a temporary name first."""
     current = os.umask(0)
     os.umask(current)
     return current
@@ -128,12 +130,8 @@ def read_metadata(path: str | Path) -> dict:
         with Image.open(path) as image:
             text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
     except (OSError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
-        raise NotAnImageError(f"{str(path)!r} is not a readable PNG ({error}); it was skipped.") from None
+        raise NotAnImageError(f"{str(path)!r} is not a readable PNG ({error}); it was skipped") from None
     return json.loads(text) if text else {}
-
-
-class NotAnImageError(ValueError):
-    """A file named like an image that PIL cannot read."""
 
 
 def saved_images(folder: str | Path, pattern: str = "*.png") -> list[tuple[Path, dict]]:
@@ -224,20 +222,75 @@ def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run")
     target = gallery_path(folder)
     if target.exists() and GALLERY_MARKER not in target.read_text(errors="replace"):
         raise FileExistsError(f"{str(target)!r} exists and was not written by the kit; move it to write the gallery.")
-    write_text_atomically(target, page)
+    write_atomically(target, page)
     return target
 
 
-def write_text_atomically(target: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `target`, then rename it over `target` (all or nothing)."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+def write_atomically(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` to `path` all or nothing: a new temporary file beside it (O_EXCL, never through a link),
+    fsynced, then renamed over `path`; on any failure the temporary file is removed and `path` is untouched."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else bytes(data)
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temp_name, 0o666 & ~_umask())
-        os.replace(temp_name, target)
+        os.replace(temp, path)
     except BaseException:
-        os.unlink(temp_name)
+        temp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- broken images: NaN output or a blanked one -------------------------------------------------------------------
+
+TYPICAL_GUIDANCE = (1.0, 30.0)  # what diffusers' pipelines are used with; far above it the latents overflow
+
+
+def likely_cause(guidance_scale: float | None = None, dtype=None) -> str:
+    """The most likely reason for NaN/black output, and its fix, from the call's settings."""
+    causes = []
+    if guidance_scale is not None and not TYPICAL_GUIDANCE[0] / 100 <= abs(guidance_scale) <= TYPICAL_GUIDANCE[1] * 10:
+        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {TYPICAL_GUIDANCE[0]:g}-"
+                      f"{TYPICAL_GUIDANCE[1]:g}): the guided noise prediction overflows. "
+                      "Fix: use a value in that range")
+    if str(dtype).removeprefix("torch.") == "float16":
+        causes.append("float16 overflow (float16 tops out at 65504; Qwen-Image and FLUX overflow in it, SDXL's VAE "
+                      "too). Fix: dtype='bfloat16' on GPUs that have it, float32 on a T4 or CPU, or for SDXL the "
+                      "fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix)")
+    if not causes:
+        causes.append("an overflow in the model (float16 weights, or an extreme parameter). Fix: try "
+                      "dtype='float32' (or 'bfloat16' on a GPU) and default parameters")
+    return "; or ".join(causes) + "."
+
+
+def image_problem(image) -> str | None:
+    """"all black" for an image whose pixels are all zero (NaN output decodes to 0), "NaN/inf pixels" for a
+    float array holding them, else None. Takes a PIL image or an array."""
+    import numpy as np
+
+    array = np.asarray(image)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return "NaN/inf pixels"
+    if array.size and not array.any():
+        return "all black"
+    return None
+
+
+def blank_image_message(problem: str, parameters: dict | None = None) -> str:
+    parameters = parameters or {}
+    return (f"This image is {problem}: either the safety checker blanked it (see nsfw_content_detected), or the "
+            f"pipeline produced NaN. Likely cause if NaN: "
+            f"{likely_cause(parameters.get('guidance_scale'), parameters.get('dtype'))}")

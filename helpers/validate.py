@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import env, folders, rules, sources
+from . import env, folders, hub, rules
 from .errors import InvalidParameterError, KitError
 
 TEXT_CONDITIONED = ("model_id", "t2v_model_id")  # the notebooks start these from a prompt alone
@@ -32,7 +32,7 @@ def _model(name, value, optional=False):
             if name in TEXT_CONDITIONED:
                 folders.refuse_image_conditioned(index, name, value)
     try:
-        sources.resolve_model_source(value)
+        hub.resolve_model_source(value)
     except KitError as error:
         raise InvalidParameterError(name, value, error.rule, error.fix) from None
 
@@ -73,11 +73,11 @@ def _custom_pipeline(name, value):
 def model_index(value, name: str = "model_id") -> dict | None:
     """A pipeline's model_index.json, nothing loaded: a local folder, a shipped architecture, or the Hub
     (a few hundred bytes, after the install). None when there is none (a component folder)."""
-    shipped = Path(__file__).parent / "architectures" / value.replace("/", "--", 1)  # no import: it loads torch
-    for index in (Path(value).expanduser() / "model_index.json", shipped / "model_index.json"):
-        if index.is_file():
-            return folders.read_json_object(index)
-    if not sources.is_hub_id(value):
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return folders.read_json_object(path / "model_index.json", name) if (path / "model_index.json").is_file() \
+            else None
+    if not hub.is_hub_id(value):
         return None
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -87,12 +87,12 @@ def model_index(value, name: str = "model_id") -> dict | None:
     )
 
     try:
-        return sources.read_model_index(value)
+        return hub.read_model_index(value, prefer_shipped=True)
     except RemoteEntryNotFoundError:  # a repository without model_index.json: a single model, not a pipeline
         return None
     except LocalEntryNotFoundError as error:
         raise InvalidParameterError(name, value, "its model_index.json is not in the local Hub cache and the Hub "
-                                    f"cannot be used: {sources.offline_reason()}",
+                                    f"cannot be used: {hub.offline_reason()}",
                                     "Download the whole model once while online (snapshot_download).") from error
     except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise InvalidParameterError(name, value, "the Hub has no such repository (or it is private)",
@@ -196,7 +196,7 @@ STAGES = ("all", "before_install", "after_install")
 
 
 def _needs_hub(name: str, value) -> bool:
-    return name in MODEL_SOURCES and sources.is_hub_id(value)
+    return name in MODEL_SOURCES and hub.is_hub_id(value)
 
 
 def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...] = ()) -> None:

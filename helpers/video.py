@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InvalidParameterError, KitError
-from .outputs import _safe_stem, _umask
+from .outputs import current_umask, safe_stem
 
 TEMPORAL_FACTOR = 4  # Wan's VAE compresses 4 frames into one latent frame: num_frames must be 4k + 1
 
@@ -89,7 +89,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
     array = check_frames(frames)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    stem = _safe_stem(stem)
+    stem = safe_stem(stem)
     record = dict(metadata or {})
     record["video"] = {"container": "mp4", "fps": fps, "frames": int(array.shape[0]),
                        "height": int(array.shape[1]), "width": int(array.shape[2])}
@@ -104,7 +104,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
         with os.fdopen(handle, "w") as file:
             json.dump(record, file, default=str, indent=2, sort_keys=True)
         for temp in temps:
-            os.chmod(temp, 0o666 & ~_umask())
+            os.chmod(temp, 0o666 & ~current_umask())
         for counter in range(10_000):
             name = stem if counter == 0 else f"{stem}-{counter}"
             video, record_path = output_dir / f"{name}.mp4", output_dir / f"{name}.json"

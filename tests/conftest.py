@@ -102,7 +102,7 @@ def hub(local_hub_server, monkeypatch):
     huggingface_hub read when it was imported), the Hub is online, and nothing else can be reached."""
     from huggingface_hub import constants, hf_api
 
-    from helpers import sources
+    from helpers import hub as kit_hub
 
     url = local_hub_server.url
     for name, value in runner.hub_environment(url).items():
@@ -111,8 +111,8 @@ def hub(local_hub_server, monkeypatch):
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_api.api, "endpoint", url)
-    sources.hub_reachable.cache_clear()
+    kit_hub.hub_reachable.cache_clear()
     offbox_before = len(local_hub_server.offbox)
     yield local_hub_server
-    sources.hub_reachable.cache_clear()
+    kit_hub.hub_reachable.cache_clear()
     assert local_hub_server.offbox[offbox_before:] == [], "a request tried to leave the machine"

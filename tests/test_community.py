@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import KIT_ROOT, community, loading, memory, rules, sources, validate
+from helpers import KIT_ROOT, community, hub, loading, memory, rules, validate
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = KIT_ROOT
@@ -222,7 +222,7 @@ def test_name_based_load_refuses_offline_within_a_second(tiny, monkeypatch):
     with pytest.raises(ModelNotCachedOfflineError, match="no timeout"):
         community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(ModelNotCachedOfflineError):
         community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
     assert time.perf_counter() - start < 1.0

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import generation, guards, loading, outputs
+from helpers import generation, loading, outputs
+from helpers import hub as kit_hub
+from helpers.errors import BlankImageWarning, GatedModelError, KitOutOfMemoryError, NonFiniteLatentsError
 
 SECRET = "hf_kitTESTtoken0123456789abcdef"
 
@@ -20,8 +22,8 @@ SECRET = "hf_kitTESTtoken0123456789abcdef"
 # --- out of memory ------------------------------------------------------------------------------------------
 
 def test_a_real_out_of_memory_gets_the_next_options():
-    with pytest.raises(guards.KitOutOfMemoryError) as caught:
-        with guards.out_of_memory("load"):
+    with pytest.raises(KitOutOfMemoryError) as caught:
+        with loading.out_of_memory("load"):
             torch.empty(2**62, dtype=torch.uint8)  # a real allocation failure (the CPU allocator's RuntimeError)
     message = str(caught.value)
     assert isinstance(caught.value, torch.OutOfMemoryError)  # code that catches torch's error still does
@@ -29,13 +31,13 @@ def test_a_real_out_of_memory_gets_the_next_options():
 
 
 def test_the_plans_options_come_first_in_order():
-    with pytest.raises(guards.KitOutOfMemoryError, match=r"(?s)1\. offload='group'.*2\. quantization='nf4'"):
-        with guards.out_of_memory("generation", ["offload='group'", "quantization='nf4'"]):
+    with pytest.raises(KitOutOfMemoryError, match=r"(?s)1\. offload='group'.*2\. quantization='nf4'"):
+        with loading.out_of_memory("generation", ["offload='group'", "quantization='nf4'"]):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 def test_other_errors_pass_through():
-    with pytest.raises(ValueError, match="unrelated"), guards.out_of_memory("load"):
+    with pytest.raises(ValueError, match="unrelated"), loading.out_of_memory("load"):
         raise ValueError("unrelated")
 
 
@@ -98,8 +100,8 @@ def test_a_refused_download_names_token_and_licence_never_the_token(hub, monkeyp
     monkeypatch.setattr(_Hub, "status", status)
     monkeypatch.setattr(_Hub, "gated", gated)
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    with pytest.raises(guards.GatedModelError) as caught:
-        with guards.hub_access("org/gated"):
+    with pytest.raises(GatedModelError) as caught:
+        with kit_hub.hub_access("org/gated"):
             hf_hub_download("org/gated", "model_index.json")
     message = str(caught.value)
     assert f"{hub}/org/gated" in message and "accept the licence" in message
@@ -112,23 +114,21 @@ def test_a_gated_pipeline_load_without_a_token(hub):
     """The real diffusers call against the stand-in Hub: from_pretrained of a gated repo, no token."""
     from diffusers import DiffusionPipeline
 
-    with pytest.raises(guards.GatedModelError, match=r"(?s)'org/gated' is gated.*no Hugging Face token was found"):
-        with guards.hub_access("org/gated"):
+    with pytest.raises(GatedModelError, match=r"(?s)'org/gated' is gated.*no Hugging Face token was found"):
+        with kit_hub.hub_access("org/gated"):
             DiffusionPipeline.from_pretrained("org/gated")
 
 
 def test_load_pipeline_says_what_to_do_for_a_gated_repo(hub, monkeypatch):
-    from helpers import sources
-
-    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)  # its probe dials port 443, not ours
+    monkeypatch.setattr(kit_hub, "hub_reachable", lambda timeout=3.0: True)  # its probe dials port 443, not ours
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    with pytest.raises(guards.GatedModelError, match=r"(?s)'org/gated' is gated.*accept the licence") as caught:
+    with pytest.raises(GatedModelError, match=r"(?s)'org/gated' is gated.*accept the licence") as caught:
         loading.load_pipeline("org/gated", dtype="float32", device_map="cpu")
     assert SECRET not in str(caught.value)
 
 
 def test_hub_errors_that_are_not_access_pass_through():
-    with pytest.raises(FileNotFoundError), guards.hub_access("org/x"):
+    with pytest.raises(FileNotFoundError), kit_hub.hub_access("org/x"):
         raise FileNotFoundError("no such file")
 
 
@@ -148,12 +148,12 @@ def test_without_the_guard_guidance_1e300_gives_a_black_image(sd):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "invalid value encountered in cast"
         image = sd(**call).images[0]
-    assert guards.image_problem(image) == "all black"
+    assert outputs.image_problem(image) == "all black"
 
 
 def test_nan_latents_stop_generation_naming_the_guidance_scale(sd, tmp_path):
     call = generation.call_arguments(sd, **BAD)
-    with pytest.raises(guards.NonFiniteLatentsError, match=r"step 1.*guidance_scale=1e\+300 is far out of range"):
+    with pytest.raises(NonFiniteLatentsError, match=r"step 1.*guidance_scale=1e\+300 is far out of range"):
         sd(**call)
     assert not list(tmp_path.iterdir())
 
@@ -166,18 +166,18 @@ def test_the_guard_keeps_a_callers_callback(sd):
         return kwargs
 
     call = generation.call_arguments(sd, **{**BAD, "guidance_scale": 4.0}, callback_on_step_end=on_step)
-    assert guards.image_problem(sd(**call).images[0]) is None
+    assert outputs.image_problem(sd(**call).images[0]) is None
     assert steps == list(range(len(sd.scheduler.timesteps))) and steps  # the caller's callback ran every step
 
 
 def test_fp16_is_named_as_the_cause():
-    assert "float16 overflow" in guards.likely_cause(5.0, torch.float16)
-    assert "guidance_scale" not in guards.likely_cause(5.0, torch.float16)
+    assert "float16 overflow" in outputs.likely_cause(5.0, torch.float16)
+    assert "guidance_scale" not in outputs.likely_cause(5.0, torch.float16)
 
 
 def test_a_black_image_is_never_saved_as_a_normal_result(tmp_path):
     metadata = {"parameters": {"guidance_scale": 1e300, "seed": 0}}
-    with pytest.warns(guards.BlankImageWarning, match=r"all black.*guidance_scale=1e\+300"):
+    with pytest.warns(BlankImageWarning, match=r"all black.*guidance_scale=1e\+300"):
         path = outputs.save_image(Image.new("RGB", (8, 8)), tmp_path, "cat", metadata)
     assert path.name == "cat-blank.png"
     saved = outputs.read_metadata(path)
@@ -186,13 +186,13 @@ def test_a_black_image_is_never_saved_as_a_normal_result(tmp_path):
 
 def test_a_normal_image_is_saved_without_a_warning(tmp_path):
     with warnings.catch_warnings():
-        warnings.simplefilter("error", guards.BlankImageWarning)
+        warnings.simplefilter("error", BlankImageWarning)
         path = outputs.save_image(Image.new("RGB", (8, 8), (10, 20, 30)), tmp_path, "cat", {})
     assert path.name == "cat.png" and "image_check" not in outputs.read_metadata(path)
 
 
 def test_nan_in_a_float_array_is_reported():
-    assert guards.image_problem(np.full((4, 4, 3), np.nan, dtype=np.float32)) == "NaN/inf pixels"
+    assert outputs.image_problem(np.full((4, 4, 3), np.nan, dtype=np.float32)) == "NaN/inf pixels"
 
 
 def test_notebook_02_with_guidance_1e300_saves_no_normal_png(tiny, tmp_path):

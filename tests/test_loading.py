@@ -5,16 +5,22 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-from helpers import env, loading, memory, sources
+from helpers import env, hub, loading, memory
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 
 @pytest.mark.parametrize("name, expected", [
     ("float32", torch.float32), ("fp16", torch.float16), ("bfloat16", torch.bfloat16), ("BF16", torch.bfloat16),
-    ("auto", torch.float32), (torch.float16, torch.float16),
+    (torch.float16, torch.float16),
 ])
 def test_resolve_dtype(name, expected):
-    assert loading.resolve_dtype(name, "cpu") is expected
+    assert loading.resolve_dtype(name) is expected
+
+
+def test_resolve_dtype_leaves_auto_to_the_plan():
+    with pytest.raises(InvalidParameterError, match=r"dtype='auto' is not valid: 'auto' is decided by the load plan.*"
+                       r"load_plan.resolved_dtype"):
+        loading.resolve_dtype("auto")
 
 
 def test_unknown_dtype_names_value_and_choices():
@@ -54,40 +60,40 @@ def test_bad_device_map(value, gpus, message):
 @pytest.mark.parametrize("path", ["./models/missing", "../missing", "/abs/missing", "~/missing", "a/b/c", "x.ckpt"])
 def test_missing_local_path_is_an_error_not_a_hub_lookup(path):
     with pytest.raises(LocalPathNotFoundError, match="does not exist"):
-        loading.resolve_model_source(path)
+        hub.resolve_model_source(path)
 
 
 def test_mistyped_folder_under_an_existing_parent_is_local(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(LocalPathNotFoundError, match="'models/tyop'"):
-        loading.resolve_model_source("models/tyop")
+        hub.resolve_model_source("models/tyop")
 
 
 def test_folder_without_model_files(tmp_path):
     with pytest.raises(LocalPathNotFoundError, match="has no model_index.json"):
-        loading.resolve_model_source(str(tmp_path))
+        hub.resolve_model_source(str(tmp_path))
 
 
 @pytest.mark.parametrize("bad", ["", "   ", None, "bad id!!"])
 def test_invalid_model_id(bad):
     with pytest.raises(InvalidParameterError, match="model_id="):
-        loading.resolve_model_source(bad)
+        hub.resolve_model_source(bad)
 
 
 def test_uncached_hub_id_offline_fails_fast_with_the_fix():
     start = time.perf_counter()
     expected = r"model_id='Qwen/Qwen-Image' is not valid: it is not in the local Hub cache.*snapshot_download"
     with pytest.raises(ModelNotCachedOfflineError, match=expected):
-        loading.resolve_model_source("Qwen/Qwen-Image")
+        hub.resolve_model_source("Qwen/Qwen-Image")
     assert time.perf_counter() - start < 1.0
 
 
 def test_uncached_hub_id_with_unreachable_hub_fails(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(ModelNotCachedOfflineError, match="cannot be reached"):
-        loading.resolve_model_source("org/model")
+        hub.resolve_model_source("org/model")
 
 
 def test_cached_hub_id_resolves_offline(isolated_hub):
@@ -96,7 +102,7 @@ def test_cached_hub_id_resolves_offline(isolated_hub):
     (snapshot / "model_index.json").write_text("{}")
     (isolated_hub / "hub" / "models--org--model" / "refs").mkdir()
     (isolated_hub / "hub" / "models--org--model" / "refs" / "main").write_text("a" * 40)
-    assert loading.resolve_model_source("org/model") == "org/model"
+    assert hub.resolve_model_source("org/model") == "org/model"
 
 
 def test_load_pipeline_returns_the_diffusers_pipeline(tiny, monkeypatch):
@@ -105,7 +111,7 @@ def test_load_pipeline_returns_the_diffusers_pipeline(tiny, monkeypatch):
         warnings.simplefilter("error", FutureWarning)
         pipe = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)  # CPU, also on a GPU host
     assert type(pipe) is StableDiffusionPipeline
-    assert set(loading.module_dtypes(pipe).values()) == {torch.float32}
+    assert set(memory.module_dtypes(pipe).values()) == {torch.float32}
 
 
 def test_torch_dtype_is_refused(tiny):
@@ -121,7 +127,7 @@ def test_dtype_mix_refused_for_sd_before_loading(tiny):
 def test_qwen_image_accepts_a_vae_of_another_dtype(tiny):
     pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype={"default": "bfloat16", "vae": "float32"},
                                  device_map=None)
-    assert loading.module_dtypes(pipe) == {
+    assert memory.module_dtypes(pipe) == {
         "vae": torch.float32, "text_encoder": torch.bfloat16, "transformer": torch.bfloat16,
     }
 
@@ -130,12 +136,12 @@ def test_raw_from_pipe_upcasts_the_source_and_the_guard_does_not(tiny):
     """diffusers issue 12754: if diffusers fixes it, this test tells us the guard can go."""
     raw_source = DiffusionPipeline.from_pretrained(str(tiny["sd"]), dtype=torch.bfloat16)
     StableDiffusionImg2ImgPipeline.from_pipe(raw_source)
-    assert set(loading.module_dtypes(raw_source).values()) == {torch.float32}
+    assert set(memory.module_dtypes(raw_source).values()) == {torch.float32}
 
     source = loading.load_pipeline(str(tiny["sd"]), dtype="bfloat16", device_map=None)
     variant = loading.from_pipe(StableDiffusionImg2ImgPipeline, source)
-    assert set(loading.module_dtypes(source).values()) == {torch.bfloat16}
-    assert set(loading.module_dtypes(variant).values()) == {torch.bfloat16}
+    assert set(memory.module_dtypes(source).values()) == {torch.bfloat16}
+    assert set(memory.module_dtypes(variant).values()) == {torch.bfloat16}
     assert memory.shares_weights(source, variant)
 
 
@@ -181,6 +187,19 @@ def test_task_variant_none_and_unknown_task(tiny):
 
 
 def test_snapshot_patterns_take_only_the_pipeline(tiny):
-    patterns = loading.pipeline_file_patterns(loading.read_model_index(str(tiny["sd"])))
+    patterns = hub.pipeline_file_patterns(hub.read_model_index(str(tiny["sd"])))
     assert {"model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*"} <= set(patterns["allow_patterns"])
     assert "*.fp16.*" in patterns["ignore_patterns"] and "*.onnx" in patterns["ignore_patterns"]
+
+
+def test_load_pipeline_auto_takes_the_plans_dtype(tiny, monkeypatch):
+    """dtype="auto" is the load plan's choice: planned for a T4 (no native bf16), an fp16-safe family gets
+    float16 and Qwen-Image bfloat16 (float16 gives it black images), as notebooks get from the plan."""
+    from helpers import planning
+
+    t4 = planning.resolve_hardware("colab-t4")
+    monkeypatch.setattr(planning, "resolve_hardware", lambda hardware="auto": t4)
+    qwen = loading.load_pipeline(str(tiny["qwen-image"]), dtype="auto", device_map=None)
+    sd = loading.load_pipeline(str(tiny["sd"]), dtype="auto", device_map=None)
+    assert set(memory.module_dtypes(qwen).values()) == {torch.bfloat16}
+    assert set(memory.module_dtypes(sd).values()) == {torch.float16}

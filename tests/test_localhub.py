@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import COMPONENTS_REPO, GATED_REPO, HUB_WRITER_TOKEN, MIRROR, PREVIEWS_REPO
 
-from helpers import community, loading, memory, sources
-from helpers.errors import InvalidParameterError, LocalPathNotFoundError
+from helpers import community, loading, memory
+from helpers import hub as kit_hub
+from helpers.errors import GatedModelError, InvalidParameterError, LocalPathNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -52,8 +53,8 @@ def test_snapshot_download_takes_only_the_pipelines_files(hub, tmp_path):
     repo = hub.repo("Qwen/Qwen-Image")
     decoyed = hub.add_files("Qwen/Qwen-Image", decoys, message="files a pipeline never loads")
     try:
-        index = loading.read_model_index("Qwen/Qwen-Image")
-        patterns = loading.pipeline_file_patterns(index)
+        index = kit_hub.read_model_index("Qwen/Qwen-Image")
+        patterns = kit_hub.pipeline_file_patterns(index)
         folder = Path(snapshot_download("Qwen/Qwen-Image", local_dir=tmp_path / "qwen", **patterns))
     finally:
         repo.commits.remove(next(c for c in repo.commits if c.oid == decoyed))
@@ -166,15 +167,15 @@ def test_gated_repo_answers_401_and_the_kit_says_what_to_do(hub, monkeypatch):
     with pytest.raises(GatedRepoError) as raw:
         hf_hub_download(GATED_REPO, "model_index.json")
     assert raw.value.response.status_code == 401
-    for call in (lambda: loading.read_model_index(GATED_REPO),
+    for call in (lambda: kit_hub.read_model_index(GATED_REPO),
                  lambda: community.load_remote_code_pipeline(GATED_REPO, revision="a" * 40, device_map=None)):
-        with pytest.raises(sources.HubAccessRefused) as refused:
+        with pytest.raises(GatedModelError) as refused:
             call()
         message = str(refused.value)
-        assert "is gated" in message and "401" in message and "accept its terms" in message
-        assert f"{hub.url}/{GATED_REPO}" in message and "HF_TOKEN" in message
+        assert "is gated" in message and "401" in message and "accept the licence" in message
+        assert f"{hub.url}/{GATED_REPO}" in message and "HF_TOKEN" in message and "hf auth login" in message
     monkeypatch.setenv("HF_TOKEN", HUB_WRITER_TOKEN)  # a token whose owner accepted the terms
-    assert loading.read_model_index(GATED_REPO)["_class_name"] == "FluxPipeline"
+    assert kit_hub.read_model_index(GATED_REPO)["_class_name"] == "FluxPipeline"
 
 
 def test_publish_components_repo_then_load_it_back_by_id_at_its_commit(hub, tiny, tmp_path, monkeypatch, capsys):
@@ -242,8 +243,8 @@ def test_snapshot_patterns_follow_the_plans_variant(hub, tmp_path):
     commit = hub.add_files(SD, {variant_file: save(half)}, message="an fp16 variant of the UNet")
     repo = hub.repo(SD)
     try:
-        default = loading.snapshot_patterns(SD)
-        fp16 = loading.snapshot_patterns(SD, variant="fp16")
+        default = kit_hub.snapshot_patterns(SD)
+        fp16 = kit_hub.snapshot_patterns(SD, variant="fp16")
         assert "*.fp16.*" in default["ignore_patterns"] and "*.fp16.*" not in fp16["ignore_patterns"]
         assert unet_file in fp16["ignore_patterns"] and variant_file not in fp16["ignore_patterns"]
         assert "vae/diffusion_pytorch_model.safetensors" not in fp16["ignore_patterns"]  # no vae variant: default
@@ -270,3 +271,120 @@ def test_safety_model_id_hub_answers_become_parameter_errors(hub):
         validate.check({"safety_model_id": "someone/standalone-checker"})
     with pytest.raises(InvalidParameterError, match="no such repository"):
         validate.model_index("someone/never-created", "safety_model_id")
+
+
+def test_weight_files_are_the_files_the_snapshot_downloads(hub, tmp_path, monkeypatch):
+    """The plan sizes `hub.weight_files`; the download fetches what `snapshot_patterns` selects: the same files,
+    with and without the plan's variant, online (the Hub's file metadata) and offline (the cached snapshot)."""
+    from huggingface_hub import snapshot_download
+
+    variant_file = "unet/diffusion_pytorch_model.fp16.safetensors"
+    commit = hub.add_files(SD, {variant_file: b"x" * 1234, "onnx/model.onnx": b"never"}, message="variant, onnx")
+    repo = hub.repo(SD)
+    try:
+        for variant in (None, "fp16"):
+            sizes = kit_hub.weight_files(SD, variant=variant)
+            cache = tmp_path / f"cache-{variant}"
+            folder = Path(snapshot_download(SD, cache_dir=cache, **kit_hub.snapshot_patterns(SD, variant=variant)))
+            got = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+            assert sizes == got and (variant_file in got) == (variant == "fp16") and "onnx/model.onnx" not in got
+            with monkeypatch.context() as offline:
+                offline.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+                offline.setattr(kit_hub, "hub_reachable", lambda: False)
+                assert kit_hub.weight_files(SD, variant=variant) == got  # offline: the cached snapshot's files
+        with pytest.raises(InvalidParameterError, match=r"variant='bf16' is not valid: the repository has no weight"):
+            kit_hub.weight_files(SD, variant="bf16")  # as from_pretrained(variant="bf16") would fail
+    finally:
+        repo.commits.remove(next(c for c in repo.commits if c.oid == commit))
+
+
+# --- the Hub failing (issue 22): one line naming host and file, never a deep traceback or a silent wait ---------
+
+def _serve_instead(monkeypatch, target: str, answer):
+    """The local Hub answers `target` (a file path in any repo) with `answer(handler, head)`; the rest as usual."""
+    import localhub
+
+    original = localhub._Handler._resolve
+
+    def resolve(self, repo_type, repo_id, revision, path, head):
+        if path == target and answer(self, head) is not None:
+            return None
+        return original(self, repo_type, repo_id, revision, path, head)
+
+    monkeypatch.setattr(localhub._Handler, "_resolve", resolve)
+
+
+def _fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+
+
+def _status(status: int, message: str, headers: dict | None = None, on_head: bool = True):
+    import localhub
+
+    def answer(handler, head):
+        if head and not on_head:
+            return None  # the metadata request succeeds; the download gets the error
+        if headers:
+            handler._send(status, b'{"error": "%s"}' % message.encode(), {"X-Error-Message": message, **headers},
+                          head=head)
+            return True
+        raise localhub.HubError(status, None, message)
+
+    return answer
+
+
+@pytest.mark.parametrize("status, message, expected", [
+    (503, "Service Unavailable", "failed on {file} (HTTP 503: a server error, not your setup)"),
+    (401, "Invalid credentials in Authorization header",
+     "refused {file} (HTTP 401; no Hugging Face token was found): it asks for a token"),
+])
+def test_a_server_error_or_a_refused_token_is_one_line_naming_host_and_file(hub, tmp_path, monkeypatch, status,
+                                                                              message, expected):
+    from helpers.errors import HubRequestError
+
+    _fresh_cache(monkeypatch, tmp_path)
+    _serve_instead(monkeypatch, "model_index.json", _status(status, message))
+    with pytest.raises(HubRequestError) as caught:
+        kit_hub.read_model_index(SD)
+    text = str(caught.value)
+    host = hub.url.removeprefix("http://")
+    assert f"The Hub at {host} " in text and expected.format(file=f"{SD}/model_index.json") in text
+    assert "\n" not in text and "Fix:" in text
+
+
+def test_a_cut_download_is_one_line_naming_host_and_file(hub, tmp_path, monkeypatch):
+    from helpers.errors import HubRequestError
+
+    def cut(handler, head):
+        if head:
+            return None
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True  # the body never comes: the connection closes under the client
+        return True
+
+    _fresh_cache(monkeypatch, tmp_path)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)  # huggingface_hub's 1 s between its 5 resumes
+    _serve_instead(monkeypatch, "model_index.json", cut)
+    with pytest.raises(HubRequestError, match=rf"The download of {SD}/model_index.json from "
+                       rf"{hub.url.removeprefix('http://')} was cut \(.*\)\. Fix: run again"):
+        kit_hub.read_model_index(SD)
+
+
+def test_a_long_retry_after_is_refused_not_slept_out(hub, tmp_path, monkeypatch):
+    from helpers.errors import HubRequestError
+
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    _fresh_cache(monkeypatch, tmp_path)
+    _serve_instead(monkeypatch, "model_index.json",
+                   _status(429, "Too Many Requests", {"Retry-After": "3600"}, on_head=False))
+    with pytest.raises(HubRequestError, match=r"asks to wait 3601 s \(HTTP 429, Retry-After\).*Fix: run again later"):
+        kit_hub.read_model_index(SD)
+    assert slept == []  # refused before huggingface_hub's sleep
+    _serve_instead(monkeypatch, "model_index.json", _status(429, "Too Many Requests", {"Retry-After": "2"}))
+    with pytest.raises(HubRequestError, match=r"rate-limited .*/model_index.json \(HTTP 429, retry after 2 s\)"):
+        kit_hub.read_model_index(SD)  # a short wait is huggingface_hub's to retry; then one line, not a traceback
+    assert slept and all(seconds <= 3 for seconds in slept)

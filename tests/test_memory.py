@@ -51,3 +51,12 @@ def test_measure_sees_a_new_allocation_and_not_an_empty_block():
         pass
     assert abs(idle.ram_mb) < 16
     assert "RAM" in str(idle)
+
+
+def test_module_dtypes_and_quantized_components_read_the_loaded_modules():
+    unet = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    vae = torch.nn.Linear(2, 2)
+    vae.is_quantized = True  # what diffusers sets on a quantized model
+    pipe = SimpleNamespace(components={"unet": unet, "vae": vae, "scheduler": object(), "empty": torch.nn.Module()})
+    assert memory.module_dtypes(pipe) == {"unet": torch.bfloat16, "vae": torch.float32}
+    assert memory.quantized_components(pipe) == ["vae"]

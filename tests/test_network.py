@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from helpers import network, sources
+from helpers import hub
 from helpers.errors import ModelNotCachedOfflineError
 from tools.hostile import free_port, listener
 
-BOUND_S = network.PROBE_TIMEOUT_S + 3  # the probe's hard deadline, plus thread start-up
+BOUND_S = hub.PROBE_TIMEOUT_S + 3  # the probe's hard deadline, plus thread start-up
 
 
 @pytest.fixture(autouse=True)
@@ -22,17 +22,17 @@ def fresh_probe(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     # huggingface_hub read HF_HUB_OFFLINE when it was imported (CI sets it): these tests are an online kernel.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-    network.probe.cache_clear()
+    hub.probe.cache_clear()
     yield
-    network.probe.cache_clear()
+    hub.probe.cache_clear()
 
 
 SHORT_S = 1.0  # the probe's per-phase timeout in these tests (the default is checked in the last one)
 
 
-def timed_probe(endpoint: str) -> network.HubProbe:
+def timed_probe(endpoint: str) -> hub.HubProbe:
     start = time.monotonic()
-    verdict = network.probe(endpoint, SHORT_S)
+    verdict = hub.probe(endpoint, SHORT_S)
     assert time.monotonic() - start < SHORT_S + 3  # the hard deadline (timeout + 2), plus thread start-up
     return verdict
 
@@ -133,7 +133,7 @@ def test_an_uncached_hub_id_behind_a_stalled_endpoint_fails_fast_naming_the_caus
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")
         start = time.monotonic()
         with pytest.raises(ModelNotCachedOfflineError) as caught:
-            sources.resolve_model_source("someone/not-cached-anywhere")
+            hub.resolve_model_source("someone/not-cached-anywhere")
     assert time.monotonic() - start < BOUND_S
     assert "nothing answered" in str(caught.value) and "HF_HUB_OFFLINE=1" in str(caught.value)
 
@@ -142,19 +142,19 @@ def test_a_failure_is_asked_again_after_a_while_a_success_is_kept(monkeypatch):
     """The message tells the user to fix the portal or proxy: once fixed, the kit must see it."""
     with listener() as port:
         endpoint = f"http://127.0.0.1:{port}"
-        monkeypatch.setattr(network, "PROBE_TIMEOUT_S", 0.5)
-        first = network.probe(endpoint, 0.5)
-        assert not first.ok and network.probe(endpoint, 0.5) is first  # within the TTL: the same answer
-        monkeypatch.setattr(network, "FAILURE_TTL_S", 0.0)
-        assert network.probe(endpoint, 0.5) is not first
+        monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.5)
+        first = hub.probe(endpoint, 0.5)
+        assert not first.ok and hub.probe(endpoint, 0.5) is first  # within the TTL: the same answer
+        monkeypatch.setattr(hub, "FAILURE_TTL_S", 0.0)
+        assert hub.probe(endpoint, 0.5) is not first
 
 
 def test_transformers_offline_counts_as_huggingface_hub_reads_it(monkeypatch):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    assert sources.offline_by_setting() and sources.hub_offline()
-    assert "TRANSFORMERS_OFFLINE" in sources.offline_reason()
+    assert hub.offline_by_setting() and hub.hub_offline()
+    assert "TRANSFORMERS_OFFLINE" in hub.offline_reason()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # huggingface_hub: HF_HUB_OFFLINE wins when it is set
-    assert not sources.offline_by_setting()
+    assert not hub.offline_by_setting()
 
 
 def test_huggingface_hubs_own_offline_mode_is_named_with_the_restart(monkeypatch):
@@ -163,3 +163,48 @@ def test_huggingface_hubs_own_offline_mode_is_named_with_the_restart(monkeypatch
     with listener() as port:
         verdict = timed_probe(f"http://127.0.0.1:{port}")
     assert not verdict.ok and verdict.problem == "offline" and "restart the kernel" in verdict.explain()
+
+
+# --- secrets never printed (issue 22: a token inside HF_ENDPOINT was printed in the kit's own message) -----------
+
+CANARY = "canary0123456789SECRET"
+
+
+@pytest.mark.parametrize("text", [
+    f"http://user:{CANARY}@127.0.0.1:8080/api", f"https://{CANARY}@mirror.example/", f"https://h/x?token={CANARY}",
+    f"https://h/x?revision=main&key={CANARY}", f"https://h/x?a=1;sig={CANARY}", f"https://h/x?signature={CANARY}",
+    f"https://h/x?password={CANARY}&b=2", f"https://h/x?access_token={CANARY}", f"https://h/x?X-Amz-Signature={CANARY}",
+    f"the token hf_{CANARY} was set", f"Authorization: Bearer {CANARY}",
+])
+def test_redact_hides_each_kind_of_secret(text):
+    from helpers.errors import redact
+
+    hidden = redact(text)
+    assert CANARY not in hidden and "***" in hidden
+
+
+def test_redact_keeps_what_is_no_secret():
+    from helpers.errors import redact
+
+    plain = "http://127.0.0.1:8080/api/models?revision=main&recursive=true (hf_hub_download, monkey business)"
+    assert redact(plain) == plain
+
+
+def test_every_kit_error_message_is_redacted():
+    from helpers.errors import InvalidParameterError, KitError
+
+    error = InvalidParameterError("model_id", f"https://u:{CANARY}@h/x", f"see hf_{CANARY}", f"?token={CANARY}")
+    assert CANARY not in str(error) and CANARY not in repr(error) and CANARY not in error.rule + error.fix
+    assert CANARY not in str(KitError(f"HF_ENDPOINT=http://kit:{CANARY}@mirror/"))
+
+
+def test_a_token_inside_hf_endpoint_is_not_printed_when_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with listener("closed") as port:
+        endpoint = f"http://kit:{CANARY}@127.0.0.1:{port}/?token={CANARY}"
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+        with pytest.raises(ModelNotCachedOfflineError) as caught:
+            hub.resolve_model_source("someone/not-cached-anywhere")
+    message = str(caught.value)
+    assert f"127.0.0.1:{port}" in message and CANARY not in message
+    assert CANARY not in hub.gated_message("org/gated", 401, True)

@@ -132,3 +132,56 @@ def test_save_image_expands_the_home_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     path = outputs.save_image(red(), "~/pictures", "fox")
     assert path == tmp_path / "pictures" / "fox.png" and path.is_file()
+
+
+def test_write_atomically_writes_bytes_and_text_with_the_umask(tmp_path):
+    target = tmp_path / "notes.txt"
+    previous = os.umask(0o027)
+    try:
+        assert outputs.write_atomically(target, "first") == target
+    finally:
+        os.umask(previous)
+    assert target.read_text() == "first" and stat.S_IMODE(target.stat().st_mode) == 0o640
+    outputs.write_atomically(target, b"\x00second")
+    assert target.read_bytes() == b"\x00second" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_write_atomically_replaces_a_link_not_what_it_points_to(tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's file")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "manifest.json").symlink_to(outside)
+    outputs.write_atomically(folder / "manifest.json", "{}")
+    assert outside.read_text() == "the user's file"
+    assert not (folder / "manifest.json").is_symlink() and (folder / "manifest.json").read_text() == "{}"
+
+
+def test_write_atomically_leaves_the_old_file_and_no_temp_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "state.json"
+    target.write_text("old")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        outputs.write_atomically(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_sha256_file_matches_hashlib_over_several_blocks(tmp_path):
+    import hashlib
+
+    data = os.urandom(2**20 * 2 + 123)  # more than one 1 MiB block, and a partial one
+    (tmp_path / "blob").write_bytes(data)
+    assert outputs.sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_that_is_no_image_is_a_kit_error_naming_it(tmp_path):
+    from helpers.errors import KitError, NotAnImageError
+
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(NotAnImageError, match="bad.png' is not a readable PNG") as caught:
+        outputs.read_metadata(tmp_path / "bad.png")
+    assert isinstance(caught.value, KitError) and isinstance(caught.value, ValueError)

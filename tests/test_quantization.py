@@ -145,7 +145,7 @@ def test_tiny_sd_generates_from_a_gguf_file_the_kit_writes(tiny, tmp_path, refer
 
 
 def test_tiny_qwen_image_generates_from_a_gguf_transformer(tiny, tmp_path):
-    from helpers import guards
+    from helpers import outputs
 
     file = write_denoiser_gguf(tiny["qwen-image"], tmp_path / "transformer-Q8_0.gguf")
     components = quantization.gguf_component(str(tiny["qwen-image"]), f"gguf:{file}", dtype=torch.float32)
@@ -153,7 +153,7 @@ def test_tiny_qwen_image_generates_from_a_gguf_transformer(tiny, tmp_path):
     pipe = loading.load_pipeline(str(tiny["qwen-image"]), dtype="float32", device_map="cpu", **components)
     assert any(type(w).__name__ == "GGUFParameter" for w in _linear_weights(pipe.transformer))
     image = pipe(**generation.call_arguments(pipe, **CALL, negative_prompt="blurry")).images[0]
-    assert guards.image_problem(image) is None and np.asarray(image).std() > 1
+    assert outputs.image_problem(image) is None and np.asarray(image).std() > 1
 
 
 def test_gguf_file_that_does_not_exist_is_named(tiny, tmp_path):

@@ -13,7 +13,7 @@ import papermill
 import pytest
 from PIL import Image
 
-from helpers import KIT_ROOT, network, sources, validate
+from helpers import KIT_ROOT, hub, validate
 from helpers.errors import InvalidParameterError, ModelNotCachedOfflineError
 from tools import runner, sweep
 
@@ -72,33 +72,33 @@ def test_every_parameter_of_every_notebook_has_a_rule():
 
 
 @pytest.mark.parametrize("call", [
-    lambda: sources.resolve_model_source("someone/uncached-model"),
-    lambda: sources.read_model_index("someone/uncached-model"),
+    lambda: hub.resolve_model_source("someone/uncached-model"),
+    lambda: hub.read_model_index("someone/uncached-model"),
 ])
 def test_network_paths_fail_fast_without_hf_hub_offline(monkeypatch, call):
     """HF_HUB_OFFLINE unset, no route to the Hub: a clear error in well under the ~23 s of retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    sources.hub_reachable.cache_clear()
+    hub.hub_reachable.cache_clear()
     start = time.perf_counter()
     with pytest.raises((ModelNotCachedOfflineError, OSError)) as error:
         call()
-    assert time.perf_counter() - start < network.PROBE_TIMEOUT_S + 3  # the probe's hard deadline
+    assert time.perf_counter() - start < hub.PROBE_TIMEOUT_S + 3  # the probe's hard deadline
     assert "Hub" in str(error.value) or "offline" in str(error.value) or "cached" in str(error.value)
-    sources.hub_reachable.cache_clear()
+    hub.hub_reachable.cache_clear()
 
 
 def test_planner_and_community_refuse_fast_offline(tiny, monkeypatch):
     from helpers import community, planning
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    sources.hub_reachable.cache_clear()
+    hub.hub_reachable.cache_clear()
     start = time.perf_counter()
     with pytest.raises(ModelNotCachedOfflineError):
         planning.component_sizes("someone/uncached-model")
     with pytest.raises(ModelNotCachedOfflineError):
         community.load_community_pipeline(tiny["sd"], "lpw_stable_diffusion")
-    assert time.perf_counter() - start < network.PROBE_TIMEOUT_S + 5  # one probe for both, then the cache
-    sources.hub_reachable.cache_clear()
+    assert time.perf_counter() - start < hub.PROBE_TIMEOUT_S + 5  # one probe for both, then the cache
+    hub.hub_reachable.cache_clear()
 
 
 WRITER = """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 
-from helpers.outputs import write_text_atomically
+from helpers.outputs import write_atomically
 
 # Parameters of the notebooks that lower peak memory, in the order worth trying: the value to pass, and why.
 MEMORY_LEVERS = {
@@ -113,7 +113,7 @@ def mark_running_cell(executed: Path, source: Path, message: str) -> str:
         note.id = "kit-dead-kernel"
         notebook.cells.insert(0, note)
         label = "no cell (the kernel died before the first one ran)"
-    write_text_atomically(executed, nbformat.writes(notebook))
+    write_atomically(executed, nbformat.writes(notebook))
     return label
 
 

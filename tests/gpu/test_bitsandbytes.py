@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import generation, guards, loading, quantization
+from helpers import generation, loading, outputs, quantization
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes needs a CUDA GPU")
 
@@ -26,5 +26,5 @@ def test_tiny_sd_generates_with_bitsandbytes(tiny, name, weight_class):
     kinds = {type(m.weight).__name__ for m in pipe.unet.modules() if isinstance(m, torch.nn.Linear)}
     assert weight_class in kinds, kinds
     image = pipe(**generation.call_arguments(pipe, **CALL)).images[0]
-    assert guards.image_problem(image) is None
+    assert outputs.image_problem(image) is None
     assert np.asarray(image).std() > 0
