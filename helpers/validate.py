@@ -135,6 +135,9 @@ RULES = {
     "seed": rules.seed,
     "guidance_scale": rules.guidance,
     "strength": lambda n, v: rules.number(n, v, 0, 1, low_open=True),
+    "pipeline_kwargs": lambda n, v: (isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v)
+                                     or rules.fail(n, v, "must be a dict of call argument names to values",
+                                                   'e.g. {"max_sequence_length": 256}')),  # TEMP until families merge
     "dtype": lambda n, v: rules.choice(n, v, rules.DTYPE_NAMES),
     "device_map": lambda n, v: rules.choice(n, v, rules.DEVICE_MAPS),
     "parallel_loading": rules.flag,
@@ -178,7 +181,7 @@ PLAN_ONLY_RULES = {
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.
-NOT_PARAMETERS = {"clone", "root", "In", "Out", "exit", "quit", "get_ipython"}
+NOT_PARAMETERS = {"clone", "root", "kit", "git", "In", "Out", "exit", "quit", "get_ipython"}
 
 
 def unknown_parameters(namespace: dict) -> list[str]:
