@@ -44,7 +44,7 @@ class GenerationForm:
         import ipywidgets as w
 
         self.pipe, self.model_id, self.output_dir = pipe, model_id, output_dir
-        self.pipeline_kwargs = dict(pipeline_kwargs or {})  # extra call arguments, as in the notebook's own calls
+        self.pipeline_kwargs = dict(pipeline_kwargs or {})  # extra call arguments, as the notebook passes them
         self.image = None
         presets = size_presets(pipe)
         if size is not None and tuple(size) not in presets:
@@ -98,8 +98,8 @@ class GenerationForm:
     def generate(self):
         """Generate with the current values; the image is shown in the form and kept as `form.image`."""
         parameters = self.parameters()
-        call = generation.call_arguments(self.pipe, **parameters,
-                                         pipeline_kwargs={**self.pipeline_kwargs, "callback_on_step_end": self._on_step})
+        extra = {**self.pipeline_kwargs, "callback_on_step_end": self._on_step}
+        call = generation.call_arguments(self.pipe, **parameters, pipeline_kwargs=extra)
         self.progress.max, self.progress.value = parameters["num_inference_steps"], 0
         self.status.value = "Generating..."
         self.image = self.pipe(**call).images[0]

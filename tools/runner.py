@@ -231,7 +231,7 @@ def new_run_folder(root: Path = RUNS) -> Path:
 # Run by every headless kernel before the notebook's first cell (IPython startup file in a private IPYTHONDIR).
 # diffusers' denoising bar passes `disable=False` explicitly, so TQDM_DISABLE cannot reach it: the switch is
 # tqdm's own constructor, patched before any library imports tqdm. The lessons stay free of progress-bar calls.
-NO_PROGRESS_BARS = '''"""Headless run (tools/runner.py): every tqdm progress bar off, whatever `disable=` its caller passes."""
+NO_PROGRESS_BARS = '''"""Headless run (tools/runner.py): every tqdm bar off, whatever `disable=` its caller passes."""
 import tqdm.std
 
 _show_bar = tqdm.std.tqdm.__init__
@@ -247,7 +247,7 @@ tqdm.std.tqdm.__init__ = _no_bar
 
 
 def headless_ipython_dir() -> Path:
-    """A private IPYTHONDIR (removed at exit) whose startup file switches progress bars off, history in memory."""
+    """A private IPYTHONDIR (removed at exit) whose startup file switches progress bars off."""
     if os.environ.get("KIT_HEADLESS_IPYTHONDIR") == os.environ.get("IPYTHONDIR") and os.environ.get("IPYTHONDIR"):
         return Path(os.environ["IPYTHONDIR"])
     folder = Path(tempfile.mkdtemp(prefix="kit-ipython-"))
@@ -255,7 +255,6 @@ def headless_ipython_dir() -> Path:
     profile = folder / "profile_default"
     (profile / "startup").mkdir(parents=True)
     (profile / "startup" / "00-no-progress-bars.py").write_text(NO_PROGRESS_BARS)
-    (profile / "ipython_kernel_config.py").write_text('c.HistoryManager.hist_file = ":memory:"\n')
     return folder
 
 
