@@ -86,19 +86,19 @@ def call_arguments(
     return {name: value for name, value in kwargs.items() if name in accepted and value is not None}
 
 
-# TEMP until families merge: the contract's call_arguments(..., image=, num_frames=, pipeline_kwargs=).
+# TEMP until families merge: delete this block (families' call_arguments takes image, num_frames, pipeline_kwargs).
 _call_arguments_before_pipeline_kwargs = call_arguments
 
 
 def call_arguments(pipe, *, image=None, num_frames=None, pipeline_kwargs: dict | None = None, **parameters) -> dict:
-    """As above, plus `image`/`num_frames` and `pipeline_kwargs`: extra call arguments, refused before the call
-    when the pipeline does not take them (diffusers would raise a TypeError deep inside, or ignore them)."""
+    """As above, plus `image`/`num_frames` where the pipeline takes them, and `pipeline_kwargs`: the user's own
+    call arguments, refused before the call when the pipeline does not take them."""
     from .errors import InvalidParameterError
 
-    extra = dict(pipeline_kwargs or {})
-    unknown = sorted(set(extra) - accepted_arguments(type(pipe)))
+    user = dict(pipeline_kwargs or {})
+    unknown = sorted(set(user) - accepted_arguments(type(pipe)))
     if unknown:
-        raise InvalidParameterError("pipeline_kwargs", unknown, f"{type(pipe).__name__} takes no argument named "
-                                    f"{', '.join(unknown)}", "Remove them, or see the pipeline's __call__ signature.")
-    extra.update({name: value for name, value in (("image", image), ("num_frames", num_frames)) if value is not None})
-    return _call_arguments_before_pipeline_kwargs(pipe, **parameters, **extra)
+        raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{type(pipe).__name__}.__call__ takes no "
+                                    f"argument {', '.join(map(repr, unknown))}", "See the pipeline's signature.")
+    inputs = {name: value for name, value in (("image", image), ("num_frames", num_frames)) if value is not None}
+    return {**_call_arguments_before_pipeline_kwargs(pipe, **parameters, **inputs), **user}

@@ -135,9 +135,6 @@ RULES = {
     "seed": rules.seed,
     "guidance_scale": rules.guidance,
     "strength": lambda n, v: rules.number(n, v, 0, 1, low_open=True),
-    "pipeline_kwargs": lambda n, v: (isinstance(v, dict) and all(isinstance(k, str) and k.isidentifier() for k in v)
-                                     or rules.fail(n, v, "must be a dict of call argument names to values",
-                                                   'e.g. {"max_sequence_length": 256}')),  # TEMP until families merge
     "dtype": lambda n, v: rules.choice(n, v, rules.DTYPE_NAMES),
     "device_map": lambda n, v: rules.choice(n, v, rules.DEVICE_MAPS),
     "parallel_loading": rules.flag,
@@ -161,6 +158,7 @@ RULES = {
     "num_frames": rules.num_frames,
     "fps": lambda n, v: rules.whole(n, v, 1),
     "input_image": rules.input_image,
+    "pipeline_kwargs": rules.call_kwargs,
     "run_image_to_video": rules.flag,
     "prompts_file": _prompts_file,
     "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1),

@@ -98,8 +98,8 @@ class GenerationForm:
     def generate(self):
         """Generate with the current values; the image is shown in the form and kept as `form.image`."""
         parameters = self.parameters()
-        extra = {**self.pipeline_kwargs, "callback_on_step_end": self._on_step}
-        call = generation.call_arguments(self.pipe, **parameters, pipeline_kwargs=extra)
+        call = generation.call_arguments(self.pipe, **parameters, callback_on_step_end=self._on_step,
+                                         pipeline_kwargs=self.pipeline_kwargs)
         self.progress.max, self.progress.value = parameters["num_inference_steps"], 0
         self.status.value = "Generating..."
         self.image = self.pipe(**call).images[0]
