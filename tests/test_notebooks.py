@@ -125,7 +125,7 @@ def test_load_and_generate_on_tiny_qwen_image(executed, tiny):
 
 
 @pytest.mark.parametrize("family, variants, extra", [
-    ("sd", ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"), {"clip_skip": 1}),
+    ("sd", ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"), {"eta": 0.5}),
     ("sdxl", ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"), {}),
 ])
 def test_load_and_generate_handles_other_families(executed, tiny, family, variants, extra):
