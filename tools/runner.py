@@ -248,8 +248,9 @@ tqdm.std.tqdm.__init__ = _no_bar
 
 def headless_ipython_dir() -> Path:
     """A private IPYTHONDIR (removed at exit) whose startup file switches progress bars off."""
-    if os.environ.get("KIT_HEADLESS_IPYTHONDIR") == os.environ.get("IPYTHONDIR") and os.environ.get("IPYTHONDIR"):
-        return Path(os.environ["IPYTHONDIR"])
+    current = os.environ.get("IPYTHONDIR", "")
+    if current and current == os.environ.get("KIT_HEADLESS_IPYTHONDIR") and Path(current).is_dir():
+        return Path(current)  # made earlier in this process
     folder = Path(tempfile.mkdtemp(prefix="kit-ipython-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     profile = folder / "profile_default"
