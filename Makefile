@@ -8,7 +8,7 @@ BROWSER_STAMP := $(VENV)/.browser-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
-PIP := $(PY) -m pip install --disable-pip-version-check --no-compile --progress-bar on  # modules compile on first import
+PIP := $(PY) -m pip install --disable-pip-version-check --no-compile --progress-bar on  # compiled once below, in parallel
 
 .PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab sweep lint strip tiny release golden clean
 
@@ -30,13 +30,15 @@ $(STAMP): requirements.txt requirements-gpu.txt pyproject.toml tools/install_tor
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "== GPU-only backends (requirements-gpu.txt: bitsandbytes)"; $(PIP) -r requirements-gpu.txt; fi
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusers-notebook-kit)" >/dev/null
+	@echo "== byte-compile the venv on every core: with PYTHONDONTWRITEBYTECODE=1 nothing writes .pyc later, and each kernel would recompile torch/diffusers/transformers"
+	$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || echo "   (some files did not byte-compile; they compile on import)"
 	touch $(STAMP)
 
 ## run: execute every notebook headless on the tiny models into runs/<timestamp>/
 run: install
 	$(PY) -m tools.runner
 
-## test: unit tests, notebook harness (papermill + nbval) and hygiene checks
+## test: unit tests, notebook harness (papermill, each notebook run once per parameter set) and hygiene checks
 test: install
 	$(PY) -m pytest
 
@@ -63,7 +65,7 @@ test-gpu: install
 	$(PY) -m pytest tests/gpu -q
 	$(PY) -m tools.runner --real
 
-## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports, quantized weight memory)
+## bench: CPU benchmarks (kit overhead, load throughput, from_pipe memory, notebook suite, imports with and without .pyc, quantized weight memory)
 bench: install
 	PYTHONPATH=. $(PY) bench/run.py
 

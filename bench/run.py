@@ -125,7 +125,7 @@ def bench_from_pipe() -> list[dict]:
 PHASES = {
     "imports": {"get-kit", "setup", "imports", "install", "cache"},
     "model build/load": {"vae", "auto-class", "specific", "dtype-load", "local", "file", "publish", "repo-load",
-                         "component", "trap", "sizes", "plan", "common", "reference", "balanced", "resolve"},
+                         "component", "trap", "sizes", "plan", "common", "reference", "balanced"},
     "generation": {"generate", "variants", "autopipe", "vae-compare", "scheduler", "pag", "img2img", "caveat",
                    "safety", "safety-off", "weights", "folder", "name", "tamper", "data-parallel", "device"},
 }
@@ -272,8 +272,26 @@ def batch_markdown(results: dict) -> list[str]:
     return lines
 
 def bench_imports(repeats: int = 5) -> dict:
-    runs = [python(IMPORTS) for _ in range(repeats)]
-    return {"diffusers_s": median_of(runs, "diffusers"), "helpers_on_top_s": median_of(runs, "helpers_on_top")}
+    """Imports in a fresh interpreter, with the venv byte-compiled as `make install` leaves it, and without .pyc
+    (what every kernel paid when nothing wrote them: PYTHONDONTWRITEBYTECODE=1, pip --no-compile).
+
+    Both read .pyc from a private PYTHONPYCACHEPREFIX (a compiled one, an empty one), so the venv is not changed.
+    """
+    import sysconfig
+    import tempfile
+
+    venv_lib = Path(sysconfig.get_paths()["purelib"]).parent.parent
+    with tempfile.TemporaryDirectory() as compiled, tempfile.TemporaryDirectory() as empty:
+        start = time.perf_counter()
+        subprocess.run([PY, "-m", "compileall", "-q", "-j", "0", str(venv_lib)], capture_output=True,
+                       env={**ENV, "PYTHONPYCACHEPREFIX": compiled})
+        compile_s = time.perf_counter() - start
+        runs = {label: [python(IMPORTS, env={**ENV, "PYTHONPYCACHEPREFIX": prefix, "PYTHONDONTWRITEBYTECODE": "1"})
+                        for _ in range(repeats)] for label, prefix in (("compiled", compiled), ("no_pyc", empty))}
+    return {"diffusers_s": median_of(runs["compiled"], "diffusers"),
+            "helpers_on_top_s": median_of(runs["compiled"], "helpers_on_top"),
+            "diffusers_no_pyc_s": median_of(runs["no_pyc"], "diffusers"), "compileall_s": compile_s,
+            "repeats": repeats}
 
 
 def bench_quant_memory() -> list[dict]:
@@ -326,9 +344,11 @@ def markdown(results: dict) -> str:
     lines += [f"| {r['notebook']} | {r['wall_s']:.1f} | {r['kernel start and papermill']:.1f} | "
               + " | ".join(f"{r[p]:.1f}" for p in phases) + " |" for r in results["notebooks"]]
     imports = results["imports"]
-    lines += ["", "## Import cost", "", f"`import diffusers` and `from diffusers import DiffusionPipeline`: "
-              f"{imports['diffusers_s']:.2f} s; the helpers modules on top of it: {imports['helpers_on_top_s']:.3f} s.",
-              ""]
+    lines += ["", "## Import cost", "", f"`import diffusers` and `from diffusers import DiffusionPipeline`, median of "
+              f"{imports['repeats']}: {imports['diffusers_s']:.2f} s with the venv byte-compiled (`make install` runs "
+              f"`compileall -j 0` once: {imports['compileall_s']:.0f} s), {imports['diffusers_no_pyc_s']:.2f} s "
+              f"without .pyc (every kernel start before); the helpers modules on top of it: "
+              f"{imports['helpers_on_top_s']:.3f} s.", ""]
     if "batch" in results:
         lines += batch_markdown(results["batch"])
     if "quant_memory" in results:

@@ -109,3 +109,21 @@ class FiniteLatents:
         if self.then is not None:
             return self.then(pipe, step, timestep, callback_kwargs)
         return callback_kwargs
+
+
+# TEMP until families merge: delete this block (families' call_arguments takes image, num_frames, pipeline_kwargs).
+_call_arguments_before_pipeline_kwargs = call_arguments
+
+
+def call_arguments(pipe, *, image=None, num_frames=None, pipeline_kwargs: dict | None = None, **parameters) -> dict:
+    """As above, plus `image`/`num_frames` where the pipeline takes them, and `pipeline_kwargs`: the user's own
+    call arguments, refused before the call when the pipeline does not take them."""
+    from .errors import InvalidParameterError
+
+    user = dict(pipeline_kwargs or {})
+    unknown = sorted(set(user) - accepted_arguments(type(pipe)))
+    if unknown:
+        raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{type(pipe).__name__}.__call__ takes no "
+                                    f"argument {', '.join(map(repr, unknown))}", "See the pipeline's signature.")
+    inputs = {name: value for name, value in (("image", image), ("num_frames", num_frames)) if value is not None}
+    return {**_call_arguments_before_pipeline_kwargs(pipe, **parameters, **inputs), **user}

@@ -355,3 +355,11 @@ def defines_pipeline_class(name: str, value, script: Path) -> None:
         fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "
              "such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
              "class MyPipeline(StableDiffusionPipeline): ...")
+
+
+# TEMP until families merge: delete this copy (families adds the same rules.call_kwargs after num_frames).
+def call_kwargs(name: str, value) -> None:
+    """Extra pipeline call arguments: a dict keyed by argument names (checked against the pipeline once loaded)."""
+    if not isinstance(value, dict) or not all(isinstance(key, str) and key.isidentifier() for key in value):
+        fail(name, value, "needs a dict of call argument names to values",
+             'e.g. -y "pipeline_kwargs: {max_sequence_length: 128}"')

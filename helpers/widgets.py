@@ -40,10 +40,11 @@ class GenerationForm:
 
     def __init__(self, pipe, model_id: str = "", output_dir: str = "outputs/form", prompt: str = "",
                  negative_prompt: str = "", num_inference_steps: int = 30, guidance_scale: float = 5.0,
-                 seed: int = 0, size: tuple[int, int] | None = None):
+                 seed: int = 0, size: tuple[int, int] | None = None, pipeline_kwargs: dict | None = None):
         import ipywidgets as w
 
         self.pipe, self.model_id, self.output_dir = pipe, model_id, output_dir
+        self.pipeline_kwargs = dict(pipeline_kwargs or {})  # extra call arguments, as the notebook passes them
         self.image = None
         presets = size_presets(pipe)
         if size is not None and tuple(size) not in presets:
@@ -97,7 +98,8 @@ class GenerationForm:
     def generate(self):
         """Generate with the current values; the image is shown in the form and kept as `form.image`."""
         parameters = self.parameters()
-        call = generation.call_arguments(self.pipe, **parameters, callback_on_step_end=self._on_step)
+        call = generation.call_arguments(self.pipe, **parameters, callback_on_step_end=self._on_step,
+                                         pipeline_kwargs=self.pipeline_kwargs)
         self.progress.max, self.progress.value = parameters["num_inference_steps"], 0
         self.status.value = "Generating..."
         self.image = self.pipe(**call).images[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -31,6 +32,22 @@ def isolated_hub(tmp_path, monkeypatch):
 def tiny() -> dict:
     """The tiny models, built once per test run into .cache/tiny (rebuilt when the builder code changes)."""
     return build_all(runner.TINY_DIR)
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's bar as text: " 50%|#####     | 1/2 [00:01<00:01, 1.2it/s]"
+
+
+def progress_bar_cells(executed) -> list[str]:
+    """Ids of the cells of an executed notebook that drew a tqdm bar: as text on a stream, or as the
+    text/plain of tqdm.notebook's widget."""
+    import nbformat
+
+    found = []
+    for cell in nbformat.read(executed, as_version=4).cells:
+        texts = [o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", [])]
+        if any(PROGRESS_BAR.search(text) for text in texts):
+            found.append(cell.get("id"))
+    return found
 
 
 SIMULATE_CUDA = os.environ.get("KIT_SIMULATE_CUDA", "") == "1"

@@ -93,6 +93,91 @@ def test_no_deprecated_torch_dtype_in_code(notebook_path):
     assert not any("torch_dtype" in cell.source for cell in code_cells(load(notebook_path)))
 
 
+# The setup cell of every notebook (right after `parameters`): only the arguments of prepare(...) differ.
+SETUP_CELL = f"""# Make the kit importable (in Colab: fetch it at this notebook's release tag), then check every parameter above.
+import os, subprocess, sys
+KIT_VERSION = "{helpers.__version__}"
+kit = os.path.join(os.environ.get("KIT_CLONE_ROOT", "/content"), f"diffusers-notebook-kit-{{KIT_VERSION}}")
+if "google.colab" in sys.modules and not os.path.isdir(kit):
+    git = subprocess.run(["git", "clone", "-q", "--depth=1", f"--branch=v{{KIT_VERSION}}",
+                          "https://github.com/{helpers.REPOSITORY}", kit], capture_output=True, text=True)
+    if git.returncode:
+        raise RuntimeError(f"Could not fetch the kit's tag v{{KIT_VERSION}}: {{git.stderr.strip()}} Fix: README 'Releases'.")
+sys.path.insert(0, kit if os.path.isdir(kit) else os.path.dirname(os.getcwd()))
+import helpers; helpers.require(KIT_VERSION)
+from helpers.setup import prepare; prepare(globals())"""  # noqa: E501  (character for character)
+PREPARE_ARGUMENTS = re.compile(r"prepare\(globals\(\)(, [^#\n]*)?\)( *#[^\n]*)?$")
+
+
+def test_setup_cell_is_the_one_short_bootstrap(notebook_path):
+    cells = load(notebook_path).cells
+    parameters = next(i for i, cell in enumerate(cells) if "parameters" in cell.metadata.get("tags", []))
+    setup = next(cell for cell in cells[parameters + 1:] if cell.cell_type == "code")
+    assert len(setup.source.splitlines()) <= 12
+    assert PREPARE_ARGUMENTS.sub("prepare(globals())", setup.source.rstrip()) == SETUP_CELL
+
+
+def test_no_progress_bar_calls_in_lessons(notebook_path):
+    """Headless runs switch bars off in the runner's kernels (tools/runner.py); a lesson never does."""
+    assert not any("set_progress_bar_config" in cell.source for cell in code_cells(load(notebook_path)))
+
+
+KIT_MODULES = {"helpers", "planning", "loading", "hub", "memory", "generation", "outputs", "widgets", "quantization",
+               "env", "validate", "setup"}
+LIBRARY_CALLS = {"from_pretrained", "from_pipe", "from_config", "from_single_file", "load_config", "save_pretrained",
+                 "snapshot_download", "hf_hub_download", "make_image_grid", "reset_device_map", "remove_all_hooks",
+                 "set_timesteps", "to"}
+
+
+def call_counts(notebook) -> tuple[list[str], list[str]]:
+    """(kit calls, diffusers/transformers/huggingface_hub calls) in the code cells, as written.
+
+    Kit: `module.name(` into helpers, and `prepare(`. Library: the loading, from_pipe, offload (`enable_*`) and
+    Hub calls, and calls of the pipelines the notebook built (names bound to from_pretrained/from_pipe).
+    """
+    trees = [ast.parse(cell.source) for cell in code_cells(notebook)]
+    nodes = [node for tree in trees for node in ast.walk(tree)]
+    loads = ("from_pretrained", "from_pipe")
+    pipelines = {target.id for node in nodes if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                 and isinstance(node.value.func, ast.Attribute) and node.value.func.attr in loads
+                 for target in node.targets if isinstance(target, ast.Name)}
+    kit, library = [], []
+    for call in (node for node in nodes if isinstance(node, ast.Call)):
+        function = call.func
+        method = isinstance(function, ast.Attribute)
+        if method and isinstance(function.value, ast.Name) and function.value.id in KIT_MODULES:
+            kit.append(ast.unparse(function))
+        elif isinstance(function, ast.Name) and function.id == "prepare":
+            kit.append("prepare")
+        elif method and (function.attr in LIBRARY_CALLS or function.attr.startswith("enable_")):
+            library.append(ast.unparse(function))
+        elif isinstance(function, ast.Name) and (function.id in pipelines or function.id in LIBRARY_CALLS):
+            library.append(function.id)
+    return kit, library
+
+
+def test_call_counts_tell_kit_from_library():
+    cell = nbformat.v4.new_code_cell("pipe = DiffusionPipeline.from_pretrained(source, **loading.plan_kwargs(plan))\n"
+                                     "image = pipe(**generation.call_arguments(pipe))\nprepare(globals())")
+    kit, library = call_counts(nbformat.v4.new_notebook(cells=[cell]))
+    assert sorted(kit) == ["generation.call_arguments", "loading.plan_kwargs", "prepare"]
+    assert sorted(library) == ["DiffusionPipeline.from_pretrained", "pipe"]
+
+
+@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping"])
+def test_lessons_call_diffusers_at_least_as_often_as_the_kit(name):
+    """Notebooks 02 and 03 teach diffusers: its calls are on the page, the kit's glue is the smaller part."""
+    kit, library = call_counts(load(NOTEBOOKS / f"{name}.ipynb"))
+    assert len(library) >= len(kit), (sorted(kit), sorted(library))
+
+
+@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping"])
+def test_lessons_hold_no_asserts_for_the_tests(name):
+    """The tests read what the cells print; an assert in a lesson only shows the reader a test's plumbing."""
+    sources = [cell.source for cell in code_cells(load(NOTEBOOKS / f"{name}.ipynb"))]
+    assert [s for s in sources if any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(s)))] == []
+
+
 def test_no_token_like_strings(notebook_path):
     assert not TOKEN_PATTERN.search(notebook_path.read_text())
 
@@ -108,9 +193,9 @@ def test_no_cell_is_skipped_blindly(notebook_path):
 # id. Renaming one of these cells must fail here, loudly, rather than make a test read an empty string.
 DEPENDED_ON_CELL_IDS = {
     "01_setup": {"parameters", "get-kit", "install", "cache", "report", "token"},
-    "02_load_and_generate": {"parameters", "setup", "imports", "resolve", "local", "auto-class", "generate", "save",
-                             "specific", "variants", "autopipe", "dtype-table", "dtype-load", "device", "summary",
-                             "form"},
+    "02_load_and_generate": {"parameters", "setup", "imports", "local", "auto-class", "generate", "save", "specific",
+                             "variants", "autopipe", "dtype-table", "dtype-load", "dtype-seed", "device", "sequential",
+                             "summary", "form"},
     "03_component_swapping": {"parameters", "setup", "imports", "vae", "vae-compare", "wrong", "scheduler", "pag",
                               "img2img", "caveat", "trap", "safety", "safety-off", "sizes", "summary"},
     "04_community_pipelines": {"parameters", "setup", "imports", "file", "weights", "folder", "name", "publish",

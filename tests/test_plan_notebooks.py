@@ -17,11 +17,13 @@ from pathlib import Path
 import nbformat
 
 from helpers import KIT_ROOT, architectures
+from tools import runner
 
 NOTEBOOK = KIT_ROOT / "notebooks" / "02_load_and_generate.ipynb"
 
 
 def papermill(tmp_path: Path, *parameters: str, notebook: Path = NOTEBOOK) -> tuple[subprocess.CompletedProcess, dict]:
+    runner.headless_environment()  # the runner's kernel settings (no progress bars), for the papermill CLI too
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "KIT_QUIET": "1"}
     env.pop("HF_TOKEN", None)
     out = tmp_path / "out.ipynb"
@@ -105,6 +107,9 @@ def test_every_load_of_the_planned_model_takes_the_plans_variant():
                      and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained"
                      and node.args and ast.unparse(node.args[0]) in ("source", "audited.source")]
             assert calls, f"{number} {cell_id}: no from_pretrained of the planned model"
-            for call in calls:
-                variant = {k.arg: ast.unparse(k.value) for k in call.keywords}.get("variant")
-                assert variant == "load_plan.variant", f"{number} {cell_id}: {ast.unparse(call)[:80]}"
+            for call in calls:  # variant=load_plan.variant, or **load_kwargs (plan_kwargs carries the variant)
+                keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}
+                splats = [value for name, value in keywords.items() if name is None]
+                assert keywords.get("variant") == "load_plan.variant" or any(
+                    re.fullmatch(r"load_kwargs|\{\*\*load_kwargs, [^*]*\}", value) for value in splats
+                ), f"{number} {cell_id}: {ast.unparse(call)[:80]}"

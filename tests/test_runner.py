@@ -1,6 +1,7 @@
 import os
 
 import nbformat
+from conftest import progress_bar_cells
 from nbformat.v4 import new_code_cell, new_notebook
 
 from tools import runner
@@ -41,6 +42,24 @@ def test_peak_vram_cell_runs_and_is_read_back(tmp_path):
     result = runner.execute(source, tmp_path / "out.ipynb", {})
     assert result.error is None
     assert runner.peak_vram(result.executed) == "{}"  # no GPU here: an empty per-device map
+
+
+def test_headless_kernels_draw_no_progress_bar_even_when_a_library_asks_for_one(tmp_path, monkeypatch):
+    """diffusers passes disable=False to tqdm.auto; the runner's kernel startup hook still wins. The same
+    notebook in a kernel without the hook draws the bar, so the check below can see one."""
+    notebook = new_notebook(cells=[new_code_cell("x: int = 1  # a value", metadata={"tags": ["parameters"]}),
+                                   new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3), disable=False):"
+                                                 "\n    pass")])
+    notebook.cells[1].id = "bar"
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "bar.ipynb"
+    nbformat.write(notebook, source)
+    runner.headless_environment()
+    quiet = runner.execute(source, tmp_path / "quiet.ipynb", {})
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "plain-ipython"))  # an IPython home without the hook
+    drawn = runner.execute(source, tmp_path / "drawn.ipynb", {})
+    assert quiet.error is None and drawn.error is None
+    assert progress_bar_cells(quiet.executed) == [] and progress_bar_cells(drawn.executed) == ["bar"]
 
 
 def test_stand_ins_follow_parameter_defaults(tiny):

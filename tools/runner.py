@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,10 +228,42 @@ def new_run_folder(root: Path = RUNS) -> Path:
     raise FileExistsError(f"Could not create a new run folder under {root}.")
 
 
+# Run by every headless kernel before the notebook's first cell (IPython startup file in a private IPYTHONDIR).
+# diffusers' denoising bar passes `disable=False` explicitly, so TQDM_DISABLE cannot reach it: the switch is
+# tqdm's own constructor, patched before any library imports tqdm. The lessons stay free of progress-bar calls.
+NO_PROGRESS_BARS = '''"""Headless run (tools/runner.py): every tqdm bar off, whatever `disable=` its caller passes."""
+import tqdm.std
+
+_show_bar = tqdm.std.tqdm.__init__
+
+
+def _no_bar(self, *args, **kwargs):
+    kwargs["disable"] = True
+    _show_bar(self, *args, **kwargs)
+
+
+tqdm.std.tqdm.__init__ = _no_bar
+'''
+
+
+def headless_ipython_dir() -> Path:
+    """A private IPYTHONDIR (removed at exit) whose startup file switches progress bars off."""
+    current = os.environ.get("IPYTHONDIR", "")
+    if current and current == os.environ.get("KIT_HEADLESS_IPYTHONDIR") and Path(current).is_dir():
+        return Path(current)  # made earlier in this process
+    folder = Path(tempfile.mkdtemp(prefix="kit-ipython-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    profile = folder / "profile_default"
+    (profile / "startup").mkdir(parents=True)
+    (profile / "startup" / "00-no-progress-bars.py").write_text(NO_PROGRESS_BARS)
+    return folder
+
+
 def headless_environment() -> None:
-    """What the kernels inherit: no progress bars, no Hub access (the tiny models are local)."""
+    """What the kernels inherit: no progress bars (a kernel startup hook), no Hub access (the tiny models are local)."""
     os.environ["KIT_QUIET"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["IPYTHONDIR"] = os.environ["KIT_HEADLESS_IPYTHONDIR"] = str(headless_ipython_dir())
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
 
