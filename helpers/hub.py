@@ -71,9 +71,18 @@ class HubProbe:
                       f"{FIXES[self.problem]}.{cache_only}")
 
 
+def _http_library():
+    """The HTTP library of huggingface_hub's session: httpx (huggingface_hub 1.x) or httpx2 (2.x); Colab has both."""
+    import importlib
+
+    from huggingface_hub.utils import get_session
+
+    return importlib.import_module(type(get_session()).__module__.split(".")[0])
+
+
 def _classify(error: BaseException) -> tuple[str, str]:
     """(problem, detail) from an httpx exception and the OS or TLS error behind it."""
-    import httpx2
+    httpx2 = _http_library()
 
     chain, cause = [], error
     while cause is not None and len(chain) < 8:
@@ -98,8 +107,9 @@ def _classify(error: BaseException) -> tuple[str, str]:
 
 
 def _request(endpoint: str, timeout: float) -> None:
-    import httpx2
     from huggingface_hub.utils import get_session
+
+    httpx2 = _http_library()
 
     get_session().request("HEAD", endpoint.rstrip("/") + "/api/models", timeout=httpx2.Timeout(timeout),
                           follow_redirects=False)
@@ -259,9 +269,9 @@ def _where(error: BaseException) -> tuple[str, str]:
 
 def _failure(error: BaseException) -> str | None:
     """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
+    httpx2 = _http_library()
     for cause in _chain(error):
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
