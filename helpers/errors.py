@@ -8,6 +8,8 @@ re-reports an error under another parameter name uses the fields, never the mess
 
 from __future__ import annotations
 
+from pathlib import Path
+
 _NO_VALUE = object()
 
 
@@ -56,3 +58,27 @@ class PlanDoesNotFitError(KitError, RuntimeError):
             lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
         lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
         super().__init__("\n".join(lines))
+
+
+class OutputDirLockedError(KitError, RuntimeError):
+    """Another batch run holds the lock on this output_dir."""
+
+
+class PromptsFileError(KitError, ValueError):
+    """A prompts file that cannot be read; `line` is the 1-based line of the bad row (0: the whole file)."""
+
+    def __init__(self, path, line: int, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{self.path}, line {line}" if line else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class UnsafeStateFileError(KitError, OSError):
+    """A batch state file (lock, manifest, staging folder) that is a link or not a regular file: never followed."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{self.path} {problem}: the kit never follows a link or opens a special file for its own "
+                         "state, so that it cannot be made to truncate, read or write anything outside output_dir",
+                         name=None, fix=f"Remove {Path(path).name!r} from the folder (it is the kit's, recreated as "
+                         "needed) and run again, or choose another output_dir.")

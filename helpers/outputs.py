@@ -241,3 +241,30 @@ def write_text_atomically(target: Path, text: str) -> None:
     except BaseException:
         os.unlink(temp_name)
         raise
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:  # TEMP until core-hub merge
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path` (all or nothing)."""
+    path = Path(path)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:  # TEMP until core-hub merge
+    """The sha256 hex digest of a file, read in blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
