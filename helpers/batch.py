@@ -390,6 +390,7 @@ class Job:
 def load(job: Job, device) -> tuple[object, dict]:
     """The plan's load, in this process: `from_pretrained(source, **loading.plan_kwargs(plan, source))`, then
     `loading.apply_offload`. Returns the pipeline and a record of what was loaded (for the run summary)."""
+    import torch
     from diffusers import DiffusionPipeline
 
     from . import hub, loading, memory
@@ -399,13 +400,13 @@ def load(job: Job, device) -> tuple[object, dict]:
     load_kwargs = loading.plan_kwargs(plan, source)
     pipe = DiffusionPipeline.from_pretrained(source, **load_kwargs)
     offload = loading.apply_offload(pipe, plan)
-    if plan.device == "cuda" and plan.offload == "none" and str(device).startswith("cuda"):
-        pipe.to(device)  # this process's own GPU
+    if plan.device == "cuda" and plan.offload == "none" and not plan.quantized():
+        pipe.to(device)  # this process's own GPU (device_map "cuda" means the current one)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole batch, not one per image
     record = {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
               "quantization_config": type(load_kwargs.get("quantization_config")).__name__
               if "quantization_config" in load_kwargs else None,
-              "quantized": memory.quantized_components(pipe)}
+              "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
     return pipe, record
 
 
@@ -615,14 +616,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run although the load plan does not fit")
     parser.add_argument("--no_resume", action="store_true", help="refuse a folder that already holds a batch")
     args = parser.parse_args(argv)
+    import torch
+
     from . import planning, validate
 
     if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
     validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
     rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
-    load_plan = plan_for_processes(args.model_id, args.dtype, args.quantization, args.offload, args.height,
-                                   args.width)
+    gpu = torch.cuda.is_available()  # each process: the whole pipeline on its GPU, or the CPU
+    load_plan = planning.plan_load(args.model_id, dtype=args.dtype if gpu else "float32", device_map="cuda" if gpu
+                                   else "cpu", quantization=args.quantization, offload=args.offload,
+                                   height=args.height, width=args.width)
     planning.enforce(load_plan, force=args.force)
     items = plan_items(args.model_id, rows, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed,
                        height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
@@ -633,19 +638,6 @@ def main(argv: list[str] | None = None) -> int:
     if summary is not None:
         print(format_summary(summary), flush=True)
     return 0
-
-
-def plan_for_processes(model_id: str, dtype: str, quantization: str, offload: str, height: int, width: int):
-    """The load plan of one data-parallel process: the whole pipeline on one GPU (`device_map="cuda"`, each
-    process its own), or on the CPU where there is no GPU (in float32 there when `dtype` is "auto")."""
-    import torch
-
-    from . import planning
-
-    gpu = torch.cuda.is_available()
-    return planning.plan_load(model_id, dtype=dtype if gpu or dtype != "auto" else "float32",
-                              quantization=quantization, offload=offload, device_map="cuda" if gpu else "cpu",
-                              height=height, width=width)
 
 
 if __name__ == "__main__":
