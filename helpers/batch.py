@@ -150,9 +150,11 @@ def _read_state(path: Path) -> bytes:
 
 def _append_state(path: Path, data: bytes) -> None:
     """One write of whole lines, fsync'd: appends from several processes never interleave."""
-    descriptor = _open_state(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    descriptor = _open_state(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(descriptor, data)
+        size = os.fstat(descriptor).st_size
+        torn = size and os.pread(descriptor, 1, size - 1) != b"\n"  # a torn last line stays a line of its own
+        os.write(descriptor, b"\n" + data if torn else data)
         os.fsync(descriptor)
     finally:
         os.close(descriptor)

@@ -462,3 +462,67 @@ def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_
     assert not list((tmp_path / batch.PARTIAL).glob("*"))
     assert len(list(tmp_path.glob("*.png"))) == 5
     assert [r["images"] for r in map(json.loads, (tmp_path / batch.RUNS).read_text().splitlines())] == [5, 3]
+
+
+def test_resume_trusts_nothing_on_disk_and_never_touches_what_a_line_names(tiny, tmp_path, monkeypatch, capsys):
+    """The found cases at once, on a real batch: a line naming a file outside output_dir with its matching sha256,
+    a line naming another item's PNG, a FIFO under an item's own name, a line with wrong JSON types, and a torn
+    last line of runs.jsonl. Each item is rendered again, each bad line set aside with its number; the outside
+    file is never read as done, moved or changed."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    items = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox", "an owl"]), **CALL)
+    job = batch.Job(str(tiny["sd"]), str(out), items, cpu_plan(tiny["sd"]))
+    batch.launch(job, 1)
+    lines = {e["id"]: e for e in manifest_lines(out)}
+    first, second, third, fourth = (lines[item.id] for item in items)
+    outside = tmp_path / "somewhere" / "photo.png"  # the user's own photo, byte-identical to the first image
+    outside.parent.mkdir()
+    outside.write_bytes((out / first["file"]).read_bytes())
+    (out / first["file"]).unlink()
+    os.unlink(out / third["file"])
+    os.mkfifo(out / third["file"])
+    hostile = [{**first, "file": "../somewhere/photo.png"}, {**second, "file": fourth["file"], "sha256":
+               fourth["sha256"], "bytes": fourth["bytes"]}, third, {**fourth, "seed": str(fourth["seed"])}]
+    (out / batch.MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in hostile))
+    with open(out / batch.RUNS, "a") as runs:
+        runs.write('{"run": "torn", "ima')
+    capsys.readouterr()
+
+    second_run = batch.launch(job, 1)
+    printed = capsys.readouterr().out
+    for number, problem in ((1, "file='../somewhere/photo.png' is not exactly '<id>.png'"),
+                            (2, f"file='{fourth['file']}' is not exactly '<id>.png'"),
+                            (4, "seed='%d' is not a JSON int" % fourth["seed"])):
+        assert f"manifest.jsonl line {number} set aside in manifest.rejected.jsonl: {problem}" in printed
+    assert "runs.jsonl line 2 is not a run summary (torn or damaged); skipped" in printed
+    assert (second_run["images"], second_run["skipped"]) == (4, 0)
+    assert outside.read_bytes() == (out / first["file"]).read_bytes()  # identical image, still the user's file
+    assert not (out / third["file"]).is_fifo()
+    final = manifest_lines(out)
+    assert sorted(e["id"] for e in final) == sorted(i.id for i in items) and all(batch.is_done(out, e) for e in final)
+    assert [json.loads(line)["line"] for line in (out / batch.REJECTED).read_text().splitlines()] == [1, 2, 4]
+
+
+def test_every_worker_loads_by_the_plan_quantized_and_records_it(tiny, tmp_path):
+    """quantization="int8" on CPU (torchao): both processes get the plan's quantization_config through
+    `loading.plan_kwargs`, their loaded UNet is really quantized (read from the loaded modules), and the ids
+    differ from the unquantized batch's."""
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("a cat\na dog\na fox\n")
+    run = start_batch(tiny["sd"], tmp_path / "int8", prompts_file, processes=2, quantization="int8")
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, log[-3000:]
+    loaded = json.loads(log.split("LOADED ", 1)[1].splitlines()[0])
+    assert sorted(loaded) == ["0", "1"]
+    for record in loaded.values():
+        assert record["quantization_config"] == "PipelineQuantizationConfig" and record["quantized"] == ["unet"]
+        assert record["dtype"] == "float32" and record["offload"].startswith("offload: none")
+    lines = manifest_lines(tmp_path / "int8")
+    assert {e["rank"] for e in lines} == {0, 1}
+    assert all(outputs.read_metadata(tmp_path / "int8" / e["file"])["context"]["quantization"] == "int8"
+               for e in lines)
+    plain = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox"]), **CALL)
+    assert not {e["id"] for e in lines} & {i.id for i in plain}
