@@ -1,20 +1,14 @@
 """Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06).
 
-A batch is a list of *items* (one prompt, one seed, the call parameters); an item's id hashes the model,
-dtype, quantization, call parameters, prompt and seed, so a request has the same id whoever renders it.
-
-What lands in `output_dir`: `<id>.png` (staged complete and fsync'd in `.partial/`, then renamed into place);
-`manifest.jsonl`, one line per finished image, appended and fsync'd after its PNG; `runs.jsonl`, one summary
-per run; `.manifest.lock`, held (fcntl) by the run using the folder. Everything read back is untrusted: a
-manifest line is used only when its fields have the kit's types and form (`file` is exactly `<id>.png`) and
-its PNG is a regular file of the recorded size and sha256; a bad line is reported and set aside in
-`manifest.rejected.jsonl`, and its item rendered again. State files are opened without following links.
-
-Scale: `launch_processes` is the kit's one data-parallel launcher (`accelerate.notebook_launcher` on a free
-port and a private $TMPDIR). `run_process` is what every process of a batch runs: its rank and world size
-come from accelerate's `PartialState`, it takes every `world`-th sorted id (`shard`), and loads the model
-through the load plan (`loading.plan_kwargs` + `apply_offload`). `accelerate launch -m helpers.batch ...` runs
-the same from a shell. Importing this module loads no torch and no diffusers.
+An item (one prompt, one seed, the call parameters) has an id hashing the model, dtype, quantization, call
+parameters, prompt and seed. In `output_dir`: `<id>.png` (staged complete and fsync'd in `.partial/`, then
+renamed into place); `manifest.jsonl`, one line per finished image, appended after its PNG; `runs.jsonl`, one
+summary per run; `.manifest.lock`, held by the run using the folder. Nothing read back is trusted: a manifest
+line counts only in the kit's form with its PNG a regular file of the recorded size and sha256; a bad line is
+reported, set aside in `manifest.rejected.jsonl` and its item rendered again; state files are never followed
+through links. `launch_processes` is the kit's one data-parallel launcher; `run_process` is what every process
+of a batch runs (rank and world from accelerate's `PartialState`, loading by the load plan), also from a shell
+with `accelerate launch -m helpers.batch ...`. Importing this module loads no torch and no diffusers.
 """
 
 from __future__ import annotations
@@ -34,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from . import outputs, rules
@@ -449,37 +443,34 @@ def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
 
 # ---------------------------------------------------------------- progress and summary
 
-class Progress:
+@contextmanager
+def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     """A tqdm.auto bar over the whole batch, fed by the manifest (so it counts every process's images)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, job: Job, enabled: bool = True, interval: float = 0.5):
-        from tqdm.auto import tqdm
+    ids = {item.id for item in job.items}
+    seen = set(read_manifest(job.output_dir)) & ids
+    bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
+    stop = threading.Event()
 
-        self.path, self.ids, self.interval = Path(job.output_dir) / MANIFEST, {i.id for i in job.items}, interval
-        self.seen = set(read_manifest(job.output_dir)) & self.ids
-        self.bar = tqdm(total=len(self.ids), initial=len(self.seen), unit="img", disable=not enabled,
-                        desc="batch", dynamic_ncols=True)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
+    def update():
+        new = set(read_manifest(job.output_dir)) & ids - seen
+        seen.update(new)
+        bar.update(len(new))
 
-    def _poll(self):
-        while not self.stop_event.wait(self.interval):
-            self.update()
+    def poll():
+        while not stop.wait(interval):
+            update()
 
-    def update(self):
-        new = set(read_manifest(self.path.parent)) & self.ids - self.seen
-        self.seen |= new
-        self.bar.update(len(new))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        self.thread.join()
-        self.update()
-        self.bar.close()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        update()
+        bar.close()
 
 
 def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
@@ -488,7 +479,8 @@ def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
     ranks = sorted(ranks, key=lambda r: r["rank"])
     summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
                "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
-               "per_rank": {r["rank"]: r["generated"] for r in ranks}, "loaded": {r["rank"]: r["loaded"] for r in ranks},
+               "per_rank": {r["rank"]: r["generated"] for r in ranks},
+               "loaded": {r["rank"]: r["loaded"] for r in ranks},
                "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
                "processes": len(ranks), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
@@ -544,8 +536,7 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     job.run_id = message[1]
     try:
         show = not env.quiet_mode() if progress is None else progress
-        bar = Progress(job, enabled=show) if state.is_main_process and progress is not False else None
-        with bar or _Nothing():
+        with progress_bar(job, enabled=show) if state.is_main_process and progress is not False else nullcontext():
             counts = work(job, state.process_index, state.num_processes, state.device, pipe)
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
         if lock is not None:
@@ -554,14 +545,6 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def prepare(job: Job, resume: bool) -> None:
@@ -588,7 +571,7 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
         if num_processes == 1:
             run_process(job, locked_by_caller=True, pipe=pipe)
         else:
-            with Progress(job, enabled=not env.quiet_mode()):
+            with progress_bar(job, enabled=not env.quiet_mode()):
                 launch_processes(run_process, (job, True, False), num_processes)
         repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
     finally:
@@ -604,17 +587,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.batch", description=main.__doc__)
     parser.add_argument("--model_id", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--prompts_file", default="")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable) without a file")
-    parser.add_argument("--seeds_per_prompt", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--num_inference_steps", type=int, default=30)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--quantization", default="auto")
-    parser.add_argument("--offload", default="auto")
+    for name, default in (("prompts_file", ""), ("seeds_per_prompt", 1), ("seed", 0), ("height", 1024),
+                          ("width", 1024), ("num_inference_steps", 30), ("guidance_scale", 5.0), ("dtype", "auto"),
+                          ("quantization", "auto"), ("offload", "auto")):
+        parser.add_argument(f"--{name}", type=type(default), default=default)
     parser.add_argument("--force", action="store_true", help="run although the load plan does not fit")
     parser.add_argument("--no_resume", action="store_true", help="refuse a folder that already holds a batch")
     args = parser.parse_args(argv)

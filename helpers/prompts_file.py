@@ -18,8 +18,8 @@ from .errors import InvalidParameterError, PromptsFileError
 COLUMNS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale")
 SUFFIXES = (".txt", ".csv", ".jsonl")
 # Each number column: its type and the rule the notebooks' own parameter of that name follows.
-NUMBERS = {"seed": (int, rules.seed), "guidance_scale": (float, rules.guidance),
-           "num_inference_steps": (int, getattr(rules, "steps", lambda n, v: rules.whole(n, v, 1)))}  # TEMP until core-plan merge: rules.steps
+NUMBERS = {"seed": (int, rules.seed), "guidance_scale": (float, rules.guidance),  # TEMP until core-plan: rules.steps
+           "num_inference_steps": (int, getattr(rules, "steps", lambda n, v: rules.whole(n, v, 1)))}
 
 
 def _row(path, line: int, values: dict) -> dict:

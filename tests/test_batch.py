@@ -156,7 +156,7 @@ def test_repair_sets_aside_torn_and_superseded_lines_and_empties_partial(tmp_pat
     manifest = tmp_path / batch.MANIFEST
     manifest.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + b'{"id": "c", "fi')
     reports = batch.repair(tmp_path)
-    assert reports == [f"manifest.jsonl line 4 set aside in manifest.rejected.jsonl: is not JSON (Unterminated "
+    assert reports == ["manifest.jsonl line 4 set aside in manifest.rejected.jsonl: is not JSON (Unterminated "
                        "string starting at): a torn or garbage line; its item is rendered again"]
     assert (tmp_path / batch.PARTIAL).is_dir() and not list((tmp_path / batch.PARTIAL).iterdir())
     assert manifest.read_bytes().endswith(b"\n")
@@ -495,7 +495,7 @@ def test_resume_trusts_nothing_on_disk_and_never_touches_what_a_line_names(tiny,
     printed = capsys.readouterr().out
     for number, problem in ((1, "file='../somewhere/photo.png' is not exactly '<id>.png'"),
                             (2, f"file='{fourth['file']}' is not exactly '<id>.png'"),
-                            (4, "seed='%d' is not a JSON int" % fourth["seed"])):
+                            (4, f"seed='{fourth['seed']}' is not a JSON int")):
         assert f"manifest.jsonl line {number} set aside in manifest.rejected.jsonl: {problem}" in printed
     assert "runs.jsonl line 2 is not a run summary (torn or damaged); skipped" in printed
     assert (second_run["images"], second_run["skipped"]) == (4, 0)
