@@ -349,27 +349,6 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
         notebook_launcher(function, args, num_processes=num_processes, use_port=str(free_port()))
 
 
-def gather(output_dir: str, run_id: str, prompts: list[str]) -> tuple[list, list[dict]]:
-    """A data-parallel run's images in prompt order, with their metadata (`prompt_index`, `run_id` in the
-    context); raises if a prompt is missing or doubled."""
-    from PIL import Image
-
-    found: dict[int, list[tuple[Path, dict]]] = {}
-    for path, metadata in outputs.saved_images(output_dir):
-        context = metadata.get("context", {})
-        if context.get("run_id") == run_id:
-            found.setdefault(context["prompt_index"], []).append((path, metadata))
-    problems = [f"prompt {i} rendered {len(found.get(i, []))} times" for i in range(len(prompts))
-                if len(found.get(i, [])) != 1]
-    if problems:
-        raise RuntimeError(f"Data-parallel run {run_id} in {output_dir}: " + "; ".join(problems))
-    images = []
-    for path, _ in (found[i][0] for i in range(len(prompts))):
-        with Image.open(path) as image:
-            images.append(image.copy())
-    return images, [found[i][0][1] for i in range(len(prompts))]
-
-
 # ---------------------------------------------------------------- one process's work
 
 @dataclasses.dataclass

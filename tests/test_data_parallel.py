@@ -50,7 +50,7 @@ def test_two_processes_render_every_prompt_exactly_once(tiny, tmp_path):
                             env={**os.environ, "TMPDIR": str(private_tmp)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(private_tmp.iterdir()) == []  # torchelastic_* folders went with the launch's private $TMPDIR
-    images, metadata = batch.gather(str(tmp_path / "out"), "run-1", PROMPTS)
+    images, metadata = outputs.gather(str(tmp_path / "out"), "run-1", PROMPTS)
     assert [m["parameters"]["prompt"] for m in metadata] == PROMPTS
     assert [m["parameters"]["seed"] for m in metadata] == [5, 6, 7]
     assert {m["context"]["process_index"] for m in metadata} == {0, 1}
@@ -69,7 +69,7 @@ def test_gather_refuses_missing_and_doubled_prompts(tmp_path):
     save(tmp_path, "run", 2)
     save(tmp_path, "other-run", 1)
     with pytest.raises(RuntimeError, match="prompt 0 rendered 2 times; prompt 1 rendered 0 times"):
-        batch.gather(str(tmp_path), "run", PROMPTS)
+        outputs.gather(str(tmp_path), "run", PROMPTS)
 
 
 @pytest.mark.parametrize("processes", [0, -1, 1.5, True, "2"])
