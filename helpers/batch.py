@@ -242,7 +242,7 @@ def repair(output_dir: str | Path) -> list[str]:
     entries, rejected = parse_manifest(data)
     if rejected:
         _append_state(folder / REJECTED, b"".join(json.dumps(
-            {"line": n, "problem": why, "text": raw.decode(errors="replace")}).encode() + b"\n"
+            {"line": n, "problem": why, "text": raw.decode(errors="replace")[:4000]}).encode() + b"\n"
             for n, raw, why in rejected))
     latest = {entry["id"]: entry for entry in entries}
     if rejected or len(latest) < len(entries) or (data and not data.endswith(b"\n")):
