@@ -112,9 +112,14 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
 # ---------------------------------------------------------------- the output folder: untrusted state
 
 def check_output_dir(output_dir: str | Path) -> Path:
-    """Create `output_dir` if needed and prove it is writable (before anything loads): `rules.output_folder`."""
+    """Create `output_dir` if needed and prove it is writable (`rules.output_folder`), and that none of the batch's
+    own files there is a link or of the wrong kind: before anything loads."""
     folder = rules.output_folder("output_dir", str(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
+    for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL):
+        path = folder / name
+        if path.is_symlink() or (path.exists() and path.is_dir() != (name == PARTIAL)):
+            raise UnsafeStateFileError(path, "is a symbolic link" if path.is_symlink() else "is of the wrong kind")
     return folder
 
 
