@@ -526,3 +526,22 @@ def test_every_worker_loads_by_the_plan_quantized_and_records_it(tiny, tmp_path)
                for e in lines)
     plain = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox"]), **CALL)
     assert not {e["id"] for e in lines} & {i.id for i in plain}
+
+
+@pytest.mark.parametrize("name", [batch.LOCK, batch.MANIFEST, batch.REJECTED, batch.RUNS, batch.PARTIAL])
+def test_the_output_folder_check_refuses_a_link_in_place_of_the_batchs_own_files(tmp_path, name):
+    """Notebook 06 runs this right after setup: a link there stops before anything loads, its target untouched."""
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).symlink_to(target)
+    with pytest.raises(UnsafeStateFileError, match=f"{name} is a symbolic link.*Remove '{name}'"):
+        batch.check_output_dir(tmp_path / "out")
+    (tmp_path / "out" / name).unlink()
+    if name == batch.PARTIAL:
+        (tmp_path / "out" / name).write_text("a file where the staging folder belongs")
+    else:
+        (tmp_path / "out" / name).mkdir()
+    with pytest.raises(UnsafeStateFileError, match=f"{name} is of the wrong kind"):
+        batch.check_output_dir(tmp_path / "out")
+    assert target.read_text() == "mine"
