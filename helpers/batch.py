@@ -1,55 +1,47 @@
-"""Batch generation that survives disconnects and scales out with accelerate (notebook 06).
+"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06).
 
-A batch is a list of *items*: one prompt, one seed and the call parameters. An item's id is a hash of the
-model, dtype, quantization, call parameters, prompt and seed, so the same request has the same id whoever
-renders it and however many processes share the work.
-
-What lands in `output_dir`:
-- `<id>.png`: the image, with the kit's generation metadata (`helpers.outputs.save_image`). It is written
-  under `.partial/`, fsync'd, then `os.replace`d into place: a PNG under its real name is always complete.
-- `manifest.jsonl`: one line per finished image (id, file, sha256, seconds, rank...), appended and fsync'd
-  only after its PNG is in place. A kill at any moment loses at most the images in flight.
-- `runs.jsonl`: one summary line per run.  `.manifest.lock`: held (fcntl) by the run using the folder, so a
-  second run refuses with a clear message instead of interleaving with the first. (The lock is a separate
-  file because the manifest itself is replaced when it is compacted.)
-
-Resume: an id is done when its manifest line names a PNG that exists with the recorded sha256. Anything
-else (no line, a missing or changed PNG, leftovers in `.partial/`) is rendered again, its new line appended;
-at the end of a run the lock holder compacts the manifest back to one line per id (atomic rewrite).
-
-Scale: `run_process` is the one function every process runs. It reads its rank and the world size from
-accelerate's `PartialState` and takes every `world`-th id of the sorted ids (`shard`), so processes and
-machines never render the same item. `launch` runs it from a notebook through `accelerate.notebook_launcher`;
-`accelerate launch -m helpers.batch ...` runs it from a shell, on one machine or several.
-
-Importing this module is light (no torch, no diffusers): the notebook checks the prompts file and the output
-folder with it before anything loads.
+An item (one prompt, one seed, the call parameters) has an id hashing the model, dtype, quantization, call
+parameters, prompt and seed. In `output_dir`: `<id>.png` (staged complete and fsync'd in `.partial/`, then
+renamed into place); `manifest.jsonl`, one line per finished image, appended after its PNG; `runs.jsonl`, one
+summary per run; `.manifest.lock`, held by the run using the folder. Nothing read back is trusted: a manifest
+line counts only in the kit's form with its PNG a regular file of the recorded size and sha256; a bad line is
+reported, set aside in `manifest.rejected.jsonl` and its item rendered again; state files are never followed
+through links. `launch_processes` is the kit's one data-parallel launcher; `run_process` is what every process
+of a batch runs (rank and world from accelerate's `PartialState`, loading by the load plan), also from a shell
+with `accelerate launch -m helpers.batch ...`. Importing this module loads no torch and no diffusers.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from . import rules
-from .errors import InvalidParameterError, KitError
-from .prompts_file import COLUMNS, PromptsFileError, read_prompts  # noqa: F401 (part of this module's surface)
+from . import outputs, rules
+from .errors import InvalidParameterError, OutputDirLockedError, UnsafeStateFileError
+from .prompts_file import read_prompts  # noqa: F401 (part of this module's surface)
 
-MANIFEST, RUNS, LOCK, PARTIAL = "manifest.jsonl", "runs.jsonl", ".manifest.lock", ".partial"
-
-
-class OutputDirLockedError(KitError, RuntimeError):
-    """Another run holds the lock on this output_dir."""
+MANIFEST, REJECTED, RUNS, LOCK, PARTIAL = ("manifest.jsonl", "manifest.rejected.jsonl", "runs.jsonl",
+                                          ".manifest.lock", ".partial")
+ITEM_ID = re.compile(r"[0-9a-f]{24}")
+MAX_PNG_BYTES = 1 << 30  # far above any image the kit renders (8192 x 8192 RGB is 192 MiB raw)
+# A manifest line's fields and their JSON types (bool is not an int here).
+FIELDS = {"id": str, "file": str, "sha256": str, "bytes": int, "seconds": (int, float), "rank": int, "run": str,
+          "prompt": str, "seed": int}
 
 
 # ---------------------------------------------------------------- items
@@ -88,18 +80,22 @@ def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> s
 def plan_items(model_id: str, rows: list[dict], *, seeds_per_prompt: int, seed: int, height: int, width: int,
                num_inference_steps: int, guidance_scale: float, dtype: str, quantization: str = "none") -> list[Item]:
     """One item per row and seed, duplicates (same id) dropped. Row i without a `seed` column uses seeds
-    `seed + i * seeds_per_prompt + j` (j < seeds_per_prompt); with one, `row_seed + j`.
-    A row's own `num_inference_steps`/`guidance_scale`/`negative_prompt` override the defaults."""
+    `seed + i * seeds_per_prompt + j` (j < seeds_per_prompt); with one, `row_seed + j`. A row's own
+    `num_inference_steps`/`guidance_scale`/`negative_prompt` override the defaults. A seed past 2**64 - 1
+    is refused here, naming the row, before anything loads."""
     items: dict[str, Item] = {}
     for index, row in enumerate(rows):
         base = row["seed"] if "seed" in row else seed + index * seeds_per_prompt
+        source = f"line {row['line']}" if "line" in row else f"prompts[{index}]"
+        if base + seeds_per_prompt - 1 > rules.MAX_SEED:
+            raise InvalidParameterError("seed", base, f"{source} would use seeds up to {base + seeds_per_prompt - 1}, "
+                                        f"past 2**64 - 1 ({rules.MAX_SEED})", "Use a smaller seed or seeds_per_prompt.")
         for offset in range(seeds_per_prompt):
             parameters = {"prompt": row["prompt"], "negative_prompt": row.get("negative_prompt", ""),
                           "seed": base + offset, "height": height, "width": width,
                           "num_inference_steps": row.get("num_inference_steps", num_inference_steps),
                           "guidance_scale": float(row.get("guidance_scale", guidance_scale))}
             identity = item_id(model_id, dtype, quantization, parameters)
-            source = f"line {row['line']}" if "line" in row else f"prompts[{index}]"
             items.setdefault(identity, Item(id=identity, source=source, **parameters))
     return list(items.values())
 
@@ -113,34 +109,73 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
     return sorted(items, key=lambda item: item.id)[rank::world]
 
 
-# ---------------------------------------------------------------- the output folder
+# ---------------------------------------------------------------- the output folder: untrusted state
 
 def check_output_dir(output_dir: str | Path) -> Path:
-    """Create `output_dir` if needed and prove it is writable (before anything loads): `rules.output_folder`."""
+    """Create `output_dir` if needed and prove it is writable (`rules.output_folder`), and that none of the batch's
+    own files there is a link or of the wrong kind: before anything loads."""
     folder = rules.output_folder("output_dir", str(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
+    for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL):
+        path = folder / name
+        if path.is_symlink() or (path.exists() and path.is_dir() != (name == PARTIAL)):
+            raise UnsafeStateFileError(path, "is a symbolic link" if path.is_symlink() else "is of the wrong kind")
     return folder
 
 
+def _open_state(path: Path, flags: int, mode: int = 0o644) -> int:
+    """Open one of the batch's own files without following a link, and only if it is a regular file."""
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeStateFileError(path, "is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UnsafeStateFileError(path, "is not a regular file")
+    return descriptor
+
+
+def _read_state(path: Path) -> bytes:
+    """The bytes of a state file, or b"" when there is none."""
+    try:
+        descriptor = _open_state(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b""
+    with os.fdopen(descriptor, "rb") as file:
+        return file.read()
+
+
+def _append_state(path: Path, data: bytes) -> None:
+    """One write of whole lines, fsync'd: appends from several processes never interleave."""
+    descriptor = _open_state(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    try:
+        size = os.fstat(descriptor).st_size
+        torn = size and os.pread(descriptor, 1, size - 1) != b"\n"  # a torn last line stays a line of its own
+        os.write(descriptor, b"\n" + data if torn else data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class ManifestLock:
-    """An exclusive fcntl lock on `output_dir/.manifest.lock`, or `OutputDirLockedError` at once."""
+    """An exclusive fcntl lock on `output_dir/.manifest.lock` (never a link), or `OutputDirLockedError` at once."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / LOCK
         self.handle = None
 
     def __enter__(self):
-        handle = open(self.path, "a+")
+        handle = os.fdopen(_open_state(self.path, os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read(200).strip() or "another process"
             handle.close()
             raise OutputDirLockedError(
                 f"Another batch run is writing to {str(self.path.parent)!r} ({holder}); two runs on one folder "
                 "would corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
-        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
@@ -152,216 +187,287 @@ class ManifestLock:
         self.handle = None
 
 
-def _parse_lines(data: bytes) -> tuple[list[dict], int]:
-    """Manifest entries, and how many lines were unusable (a torn last line, garbage)."""
-    entries, bad = [], 0
-    for line in data.split(b"\n"):
+def entry_problem(entry) -> str:
+    """Why a parsed manifest line cannot be trusted ("" when its types and form are the kit's)."""
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    for name, kind in FIELDS.items():
+        value = entry.get(name)
+        if name in ("id", "file", "sha256") and value is None:
+            return f"has no {name!r}"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            return f"{name}={value!r} is not a JSON {'number' if name == 'seconds' else kind.__name__}"
+    if not ITEM_ID.fullmatch(entry["id"]):
+        return f"id={entry['id'][:60]!r} is not a kit item id (24 hex digits)"
+    if entry["file"] != f"{entry['id']}.png":
+        return f"file={entry['file'][:100]!r} is not exactly '<id>.png' ({entry['id']}.png)"
+    if not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+        return "sha256 is not 64 hex digits"
+    if not 0 < entry.get("bytes", 1) <= MAX_PNG_BYTES:
+        return f"bytes={entry['bytes']} is not between 1 and {MAX_PNG_BYTES}"
+    return ""
+
+
+def parse_manifest(data: bytes) -> tuple[list[dict], list[tuple[int, bytes, str]]]:
+    """(trusted entries, [(line number, raw line, why)] for every line that is not)."""
+    entries, rejected = [], []
+    for number, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
-            if not isinstance(entry, dict) or not {"id", "file", "sha256"} <= set(entry):
-                raise ValueError
+        except ValueError as error:
+            rejected.append((number, line, f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"))
+            continue
+        problem = entry_problem(entry)
+        if problem:
+            rejected.append((number, line, problem))
+        else:
             entries.append(entry)
-        except ValueError:
-            bad += 1
-    return entries, bad
+    return entries, rejected
 
 
 def read_manifest(output_dir: str | Path) -> dict[str, dict]:
-    """id -> its latest manifest entry (a later line for an id supersedes an earlier one)."""
-    path = Path(output_dir) / MANIFEST
-    entries, _ = _parse_lines(path.read_bytes() if path.exists() else b"")
+    """id -> its latest trusted manifest entry (a later line for an id supersedes an earlier one)."""
+    entries, _ = parse_manifest(_read_state(Path(output_dir) / MANIFEST))
     return {entry["id"]: entry for entry in entries}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-
-
-def repair(output_dir: str | Path) -> int:
-    """Under the lock, before any process appends: drop `.partial/` leftovers, and rewrite the manifest
-    without torn or superseded lines (atomically). Returns how many lines were dropped."""
+def repair(output_dir: str | Path) -> list[str]:
+    """Under the lock, before any process appends: empty `.partial/`, set every untrusted manifest line aside in
+    `manifest.rejected.jsonl` (with its line number and why), and rewrite the manifest with one line per id
+    (atomically). Returns one report line per line set aside."""
     folder = Path(output_dir)
-    shutil.rmtree(folder / PARTIAL, ignore_errors=True)
-    path = folder / MANIFEST
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    entries, bad = _parse_lines(data)
+    partial = folder / PARTIAL
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise UnsafeStateFileError(partial, "is a symbolic link" if partial.is_symlink() else "is not a folder")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    data = _read_state(folder / MANIFEST)
+    entries, rejected = parse_manifest(data)
+    if rejected:
+        _append_state(folder / REJECTED, b"".join(json.dumps(
+            {"line": n, "problem": why, "text": raw.decode(errors="replace")[:4000]}).encode() + b"\n"
+            for n, raw, why in rejected))
     latest = {entry["id"]: entry for entry in entries}
-    dropped = bad + len(entries) - len(latest)
-    if dropped or (data and not data.endswith(b"\n")):
-        _write_atomic(path, b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in latest.values()))
-    return dropped
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    if rejected or len(latest) < len(entries) or (data and not data.endswith(b"\n")):
+        outputs.write_atomically(folder / MANIFEST,
+                                 b"".join(json.dumps(e, sort_keys=True).encode() + b"\n" for e in latest.values()))
+    return [f"{MANIFEST} line {n} set aside in {REJECTED}: {why}; its item is rendered again" for n, _, why in rejected]
 
 
 def is_done(output_dir: str | Path, entry: dict | None) -> bool:
-    """A manifest entry whose PNG exists with the recorded size and sha256."""
-    if not entry:
+    """A trusted manifest entry whose PNG is a regular file (not a link) with the recorded size and sha256."""
+    if not entry or entry_problem(entry):
         return False
     path = Path(output_dir) / entry["file"]
     try:
-        if "bytes" in entry and path.stat().st_size != entry["bytes"]:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PNG_BYTES or (
+                "bytes" in entry and info.st_size != entry["bytes"]):
             return False
-        return _sha256(path) == entry["sha256"]
+        return outputs.sha256_file(path) == entry["sha256"]
     except OSError:
         return False
 
 
 def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: int, seconds: float,
               run_id: str) -> dict:
-    """Save one finished image and record it: PNG complete and fsync'd under its real name, then its
-    manifest line appended and fsync'd. Returns the manifest entry."""
-    from . import outputs
+    """Save one finished image and record it: PNG complete and fsync'd under `.partial/`, renamed to its real
+    name, then its manifest line appended and fsync'd. Returns the manifest entry."""
+    import io
+
+    from PIL import PngImagePlugin
 
     folder = Path(output_dir)
-    staged = outputs.save_image(image, folder / PARTIAL, f"{rank}-{item.id}", metadata)
-    data = staged.read_bytes()
-    with open(staged, "rb") as file:
-        os.fsync(file.fileno())
-    os.replace(staged, folder / item.file)
+    if not stat.S_ISDIR(os.lstat(folder / PARTIAL).st_mode):
+        raise UnsafeStateFileError(folder / PARTIAL, "is not a folder (a link?)")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(outputs.METADATA_KEY, json.dumps(metadata, default=str, sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    data = buffer.getvalue()
+    staged = folder / PARTIAL / f"{rank}-{item.file}"
+    outputs.write_atomically(staged, data)
+    os.replace(staged, folder / item.file)  # replaces a link or stray file there, never what it points to
     entry = {"id": item.id, "file": item.file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
              "seconds": round(seconds, 4), "rank": rank, "run": run_id, "prompt": item.prompt, "seed": item.seed}
-    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-    descriptor = os.open(folder / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)  # one write of one line: appends from several processes never interleave
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    _append_state(folder / MANIFEST, (json.dumps(entry, sort_keys=True) + "\n").encode())
     return entry
+
+
+def read_runs(output_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """The run summaries in `runs.jsonl`, and a note for each line that is not one (a torn last line)."""
+    runs, notes = [], []
+    for number, line in enumerate(_read_state(Path(output_dir) / RUNS).split(b"\n"), 1):
+        if line.strip():
+            try:
+                summary = json.loads(line)
+                if not isinstance(summary, dict) or not isinstance(summary.get("run"), str):
+                    raise ValueError
+                runs.append(summary)
+            except ValueError:
+                notes.append(f"{RUNS} line {number} is not a run summary (torn or damaged); skipped")
+    return runs, notes
+
+
+# ---------------------------------------------------------------- the launcher (05 and 06)
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for the processes' rendezvous: accelerate's fixed default (29500) makes
+    two runs on one machine (two notebooks, a test and a notebook) fail with "address already in use"."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+_LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
+
+
+@contextmanager
+def _private_tempdir():
+    """torch.distributed.elastic (under notebook_launcher) leaves torchelastic_* folders in $TMPDIR after
+    every launch; give it a private one for the launch, removed afterwards, so nothing is left behind."""
+    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
+        saved = os.environ.get("TMPDIR"), tempfile.tempdir
+        os.environ["TMPDIR"], tempfile.tempdir = private, private
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved[1]
+            if saved[0] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[0]
+
+
+def launch_processes(function, args: tuple, num_processes: int) -> None:
+    """Run `function(*args)` in `num_processes` processes with `accelerate.notebook_launcher` (GPUs if present,
+    else CPU processes over gloo) on a free port and a private $TMPDIR; with 1, in this process."""
+    rules.whole("num_processes", num_processes, 1)
+    if num_processes == 1:
+        function(*args)
+        return
+    from accelerate import notebook_launcher
+
+    with _private_tempdir():
+        notebook_launcher(function, args, num_processes=num_processes, use_port=str(free_port()))
 
 
 # ---------------------------------------------------------------- one process's work
 
 @dataclasses.dataclass
 class Job:
-    """Everything a process needs: the items and how to load the model. Plain data (picklable)."""
+    """Everything a process needs: the items, and the load plan every process loads by. Plain data."""
 
     model_id: str
     output_dir: str
     items: list[Item]
-    dtype: str = "float32"
-    quantization: str = "none"
-    offload: str = "none"
+    load_plan: object  # a helpers.planning.LoadPlan
     run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
-def _load(job: Job, device):
-    from . import loading
+def load(job: Job, device) -> tuple[object, dict]:
+    """The plan's load, in this process: `from_pretrained(source, **loading.plan_kwargs(plan, source))`, then
+    `loading.apply_offload`. Returns the pipeline and a record of what was loaded (for the run summary)."""
+    import torch
+    from diffusers import DiffusionPipeline
 
-    pipe = loading.load_pipeline(job.model_id, dtype=job.dtype, device_map=None).to(device)
+    from . import hub, loading, memory
+
+    plan = job.load_plan
+    source = hub.resolve_model_source(job.model_id)
+    load_kwargs = loading.plan_kwargs(plan, source)
+    pipe = DiffusionPipeline.from_pretrained(source, **load_kwargs)
+    offload = loading.apply_offload(pipe, plan)
+    if plan.device == "cuda" and plan.offload == "none" and not plan.quantized():
+        pipe.to(device)  # this process's own GPU (device_map "cuda" means the current one)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole batch, not one per image
-    return pipe
+    record = {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
+              "quantization_config": type(load_kwargs.get("quantization_config")).__name__
+              if "quantization_config" in load_kwargs else None,
+              "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
+    return pipe, record
 
 
 def render(pipe, job: Job, item: Item, rank: int) -> dict:
-    """Render one item and save it. Wraps `pipe(**call)`: `generation.call_arguments` builds the call from the
-    same parameters the metadata records, so a PNG's metadata always matches the call that made it."""
-    from . import generation, outputs
+    """Render one item and save it: `generation.call_arguments` builds the call from the same parameters the
+    metadata records, so a PNG's metadata always matches the call that made it."""
+    from . import generation
 
     start = time.perf_counter()
-    parameters = item.call_parameters()
-    call = generation.call_arguments(pipe, **parameters)
+    call = generation.call_arguments(pipe, **item.call_parameters())
     image = pipe(**call).images[0]
     bands = image.getextrema()
     if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
         raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN "
-                           f"or nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of {job.dtype!r}.")
-    metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.dtype,
-                                           quantization=job.quantization)
+                           f"or nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of "
+                           f"{job.load_plan.dtype!r}.")
+    metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.load_plan.dtype,
+                                           quantization=job.load_plan.quantization)
     return save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
 
 
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render this process's share: skip what is done, render the rest. Returns this rank's counts."""
+    """Render this process's share: skip what is done, render the rest. Returns this rank's counts and what
+    it loaded."""
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)
-    todo, skipped, regenerated = [], 0, 0
-    for item in mine:
-        entry = manifest.get(item.id)
-        if is_done(job.output_dir, entry):
-            skipped += 1
-            continue
-        regenerated += bool(entry) or (Path(job.output_dir) / item.file).exists()
-        todo.append(item)
-    busy = 0.0
+    todo = [item for item in mine if not is_done(job.output_dir, manifest.get(item.id))]
+    regenerated = sum(item.id in manifest or os.path.lexists(Path(job.output_dir) / item.file) for item in todo)
+    busy, loaded = 0.0, None
     if todo:
-        pipe = pipe if pipe is not None else _load(job, device)
+        if pipe is None:
+            pipe, loaded = load(job, device)
         for item in todo:
             busy += render(pipe, job, item, rank)["seconds"]
-    return {"rank": rank, "assigned": len(mine), "generated": len(todo), "skipped": skipped,
-            "regenerated": regenerated, "busy_s": round(busy, 3)}
+    return {"rank": rank, "assigned": len(mine), "generated": len(todo), "skipped": len(mine) - len(todo),
+            "regenerated": regenerated, "busy_s": round(busy, 3), "loaded": loaded}
 
 
 # ---------------------------------------------------------------- progress and summary
 
-class Progress:
+@contextmanager
+def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     """A tqdm.auto bar over the whole batch, fed by the manifest (so it counts every process's images)."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, job: Job, enabled: bool = True, interval: float = 0.5):
-        from tqdm.auto import tqdm
+    ids = {item.id for item in job.items}
+    seen = set(read_manifest(job.output_dir)) & ids
+    bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
+    stop = threading.Event()
 
-        self.path, self.ids, self.interval = Path(job.output_dir) / MANIFEST, {i.id for i in job.items}, interval
-        self.seen = set(read_manifest(job.output_dir)) & self.ids
-        self.offset = self.path.stat().st_size if self.path.exists() else 0
-        self.bar = tqdm(total=len(self.ids), initial=len(self.seen), unit="img", disable=not enabled,
-                        desc="batch", dynamic_ncols=True)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
+    def update():
+        new = set(read_manifest(job.output_dir)) & ids - seen
+        seen.update(new)
+        bar.update(len(new))
 
-    def _poll(self):
-        while not self.stop_event.wait(self.interval):
-            self.update()
+    def poll():
+        while not stop.wait(interval):
+            update()
 
-    def update(self):
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as file:
-            file.seek(self.offset)
-            data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        entries, _ = _parse_lines(complete)
-        new = {e["id"] for e in entries} & self.ids - self.seen
-        self.seen |= new
-        self.bar.update(len(new))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        self.thread.join()
-        self.update()
-        self.bar.close()
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        update()
+        bar.close()
 
 
 def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
     """One run's summary; appended to `output_dir/runs.jsonl`."""
     generated = sum(r["generated"] for r in ranks)
+    ranks = sorted(ranks, key=lambda r: r["rank"])
     summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
                "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
-               "per_rank": {r["rank"]: r["generated"] for r in sorted(ranks, key=lambda r: r["rank"])},
+               "per_rank": {r["rank"]: r["generated"] for r in ranks},
+               "loaded": {r["rank"]: r["loaded"] for r in ranks},
                "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
                "processes": len(ranks), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with open(Path(job.output_dir) / RUNS, "a") as file:
-        file.write(json.dumps(summary, sort_keys=True) + "\n")
+    _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
     return summary
 
 
@@ -373,6 +479,18 @@ def format_summary(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------- the entry points
+
+def _take_lock(output_dir: str) -> ManifestLock:
+    """Lock the folder and repair it; every line set aside is reported here."""
+    lock = ManifestLock(output_dir).__enter__()
+    try:
+        for report in repair(output_dir):
+            print(report, flush=True)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    return lock
+
 
 def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None = None, pipe=None) -> dict | None:
     """The function every process runs (`notebook_launcher` or `accelerate launch`).
@@ -392,18 +510,17 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     lock, message = None, [None, job.run_id]
     if state.is_main_process and not locked_by_caller:
         try:
-            lock = ManifestLock(job.output_dir).__enter__()
-            repair(job.output_dir)
-        except OutputDirLockedError as error:
-            message[0] = str(error)
+            lock = _take_lock(job.output_dir)
+        except (OutputDirLockedError, UnsafeStateFileError) as error:
+            message[0] = error
     if state.num_processes > 1:
         broadcast_object_list(message)  # also the barrier: nobody reads the manifest before it is repaired
     if message[0]:
-        raise OutputDirLockedError(message[0])
+        raise message[0]
     job.run_id = message[1]
     try:
         show = not env.quiet_mode() if progress is None else progress
-        with Progress(job, enabled=show) if state.is_main_process and progress is not False else _Nothing():
+        with progress_bar(job, enabled=show) if state.is_main_process and progress is not False else nullcontext():
             counts = work(job, state.process_index, state.num_processes, state.device, pipe)
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
         if lock is not None:
@@ -412,14 +529,6 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def prepare(job: Job, resume: bool) -> None:
@@ -434,25 +543,26 @@ def prepare(job: Job, resume: bool) -> None:
 
 def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict:
     """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes
-    (`accelerate.notebook_launcher`: GPUs if present, else CPU processes over gloo; with 1, in this process,
-    reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
+    (`launch_processes`; with 1, in this process, reusing `pipe` if given). Returns the summary (also appended
+    to `output_dir/runs.jsonl`)."""
     from . import env
 
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise InvalidParameterError("num_processes", num_processes, "needs a whole number >= 1")
+    rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
-    with ManifestLock(job.output_dir):
-        repair(job.output_dir)
+    lock = _take_lock(job.output_dir)
+    try:
         if num_processes == 1:
             run_process(job, locked_by_caller=True, pipe=pipe)
         else:
-            from . import data_parallel
-
-            with Progress(job, enabled=not env.quiet_mode()):
-                data_parallel.launch_processes(run_process, (job, True, False), num_processes)
+            with progress_bar(job, enabled=not env.quiet_mode()):
+                launch_processes(run_process, (job, True, False), num_processes)
         repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
-    runs = [json.loads(line) for line in (Path(job.output_dir) / RUNS).read_text().splitlines() if line.strip()]
+    finally:
+        lock.__exit__(None, None, None)
+    runs, notes = read_runs(job.output_dir)
+    for note in notes:
+        print(note, flush=True)
     return next(summary for summary in reversed(runs) if summary["run"] == job.run_id)
 
 
@@ -461,29 +571,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.batch", description=main.__doc__)
     parser.add_argument("--model_id", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--prompts_file", default="")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable) without a file")
-    parser.add_argument("--seeds_per_prompt", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int, default=1024)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--num_inference_steps", type=int, default=30)
-    parser.add_argument("--guidance_scale", type=float, default=5.0)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--quantization", default="none")
-    parser.add_argument("--offload", default="none")
+    for name, default in (("prompts_file", ""), ("seeds_per_prompt", 1), ("seed", 0), ("height", 1024),
+                          ("width", 1024), ("num_inference_steps", 30), ("guidance_scale", 5.0), ("dtype", "auto"),
+                          ("quantization", "auto"), ("offload", "auto")):
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    parser.add_argument("--force", action="store_true", help="run although the load plan does not fit")
     parser.add_argument("--no_resume", action="store_true", help="refuse a folder that already holds a batch")
     args = parser.parse_args(argv)
-    from . import validate
+    import torch
+
+    from . import planning, validate
 
     if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
     validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
     rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
+    gpu = torch.cuda.is_available()  # each process: the whole pipeline on its GPU, or the CPU
+    load_plan = planning.plan_load(args.model_id, dtype=args.dtype if gpu else "float32", device_map="cuda" if gpu
+                                   else "cpu", quantization=args.quantization, offload=args.offload,
+                                   height=args.height, width=args.width)
+    planning.enforce(load_plan, force=args.force)
     items = plan_items(args.model_id, rows, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed,
                        height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
-                       guidance_scale=args.guidance_scale, dtype=args.dtype, quantization=args.quantization)
-    job = Job(args.model_id, args.output_dir, items, args.dtype, args.quantization, args.offload)
+                       guidance_scale=args.guidance_scale, dtype=load_plan.dtype, quantization=load_plan.quantization)
+    job = Job(args.model_id, args.output_dir, items, load_plan)
     prepare(job, not args.no_resume)
     summary = run_process(job)
     if summary is not None:

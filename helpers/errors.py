@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 
 _NO_VALUE = object()
 
@@ -117,3 +118,27 @@ class PlanDoesNotFitError(KitError, RuntimeError):
 
 class QuantizationUnavailableError(KitError, RuntimeError):
     """A quantization choice this machine cannot run (a GPU-only backend without a GPU, a missing or old package)."""
+
+
+class OutputDirLockedError(KitError, RuntimeError):
+    """Another batch run holds the lock on this output_dir."""
+
+
+class PromptsFileError(KitError, ValueError):
+    """A prompts file that cannot be read; `line` is the 1-based line of the bad row (0: the whole file)."""
+
+    def __init__(self, path, line: int, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{self.path}, line {line}" if line else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class UnsafeStateFileError(KitError, OSError):
+    """A batch state file (lock, manifest, staging folder) that is a link or not a regular file: never followed."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{self.path} {problem}: the kit never follows a link or opens a special file for its own "
+                         "state, so that it cannot be made to truncate, read or write anything outside output_dir",
+                         name=None, fix=f"Remove {Path(path).name!r} from the folder (it is the kit's, recreated as "
+                         "needed) and run again, or choose another output_dir.")

@@ -294,3 +294,22 @@ def blank_image_message(problem: str, parameters: dict | None = None) -> str:
     return (f"This image is {problem}: either the safety checker blanked it (see nsfw_content_detected), or the "
             f"pipeline produced NaN. Likely cause if NaN: "
             f"{likely_cause(parameters.get('guidance_scale'), parameters.get('dtype'))}")
+
+
+def gather(output_dir: str, run_id: str, prompts: list[str]) -> tuple[list[Image.Image], list[dict]]:
+    """A data-parallel run's images in prompt order, with their metadata (`prompt_index`, `run_id` in the
+    context); raises if a prompt is missing or doubled."""
+    found: dict[int, list[tuple[Path, dict]]] = {}
+    for path, metadata in saved_images(output_dir):
+        context = metadata.get("context", {})
+        if context.get("run_id") == run_id:
+            found.setdefault(context["prompt_index"], []).append((path, metadata))
+    problems = [f"prompt {i} rendered {len(found.get(i, []))} times" for i in range(len(prompts))
+                if len(found.get(i, [])) != 1]
+    if problems:
+        raise RuntimeError(f"Data-parallel run {run_id} in {output_dir}: " + "; ".join(problems))
+    images = []
+    for path, _ in (found[i][0] for i in range(len(prompts))):
+        with Image.open(path) as image:
+            images.append(image.copy())
+    return images, [found[i][0][1] for i in range(len(prompts))]

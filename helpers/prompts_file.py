@@ -12,19 +12,14 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import KitError
+from . import rules
+from .errors import InvalidParameterError, PromptsFileError
 
 COLUMNS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale")
 SUFFIXES = (".txt", ".csv", ".jsonl")
-
-
-class PromptsFileError(KitError, ValueError):
-    """A prompts file that cannot be read; `line` is the 1-based line of the bad row (0: the whole file)."""
-
-    def __init__(self, path, line: int, problem: str):
-        self.path, self.line, self.problem = str(path), line, problem
-        where = f"{self.path}, line {line}" if line else self.path
-        super().__init__(f"{where}: {problem}")
+# Each number column: its type and the rule the notebooks' own parameter of that name follows.
+NUMBERS = {"seed": (int, rules.seed), "guidance_scale": (float, rules.guidance),  # TEMP until core-plan: rules.steps
+           "num_inference_steps": (int, getattr(rules, "steps", lambda n, v: rules.whole(n, v, 1)))}
 
 
 def _row(path, line: int, values: dict) -> dict:
@@ -36,19 +31,18 @@ def _row(path, line: int, values: dict) -> dict:
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptsFileError(path, line, f"needs a non-empty 'prompt', got {prompt!r}")
     row = {"line": line, "prompt": prompt}
-    for name, kind, minimum in (("seed", int, 0), ("num_inference_steps", int, 1), ("guidance_scale", float, 0)):
+    for name, (kind, rule) in NUMBERS.items():
         value = values.get(name)
         if value is None or value == "":
             continue
         try:
-            if isinstance(value, bool) or (kind is int and isinstance(value, float)):
-                raise ValueError
-            number = kind(value)
-            if number < minimum or number != number or number in (float("inf"), float("-inf")):
-                raise ValueError
-        except (TypeError, ValueError):
-            wanted = "a whole number" if kind is int else "a number"
-            raise PromptsFileError(path, line, f"{name}={value!r} is not {wanted} >= {minimum}") from None
+            number = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            number = value  # the rule below names what is wanted
+        try:
+            rule(name, number)
+        except InvalidParameterError as error:
+            raise PromptsFileError(path, line, f"{name}={value!r} {error.rule}") from None
         row[name] = number
     negative = values.get("negative_prompt") or ""
     if not isinstance(negative, str):

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import KIT_ROOT, batch, outputs, validate
-from helpers.errors import InvalidParameterError
+from helpers import KIT_ROOT, batch, outputs, rules, validate
+from helpers.errors import InvalidParameterError, PromptsFileError, UnsafeStateFileError
 
 CALL = dict(seeds_per_prompt=1, seed=0, height=32, width=32, num_inference_steps=1, guidance_scale=1.0,
             dtype="float32")
@@ -52,19 +52,21 @@ def test_reads_txt_csv_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, line, message", [
-    ("bad.csv", "prompt,seed\na cat,1\na dog,x\n", 3, "seed='x' is not a whole number"),
+    ("bad.csv", "prompt,seed\na cat,1\na dog,x\n", 3, "seed='x' needs a whole number from 0 to 2**64 - 1"),
+    ("big.csv", f"prompt,seed\na cat,{2**64}\n", 2, f"seed='{2**64}' needs a whole number from 0 to 2**64 - 1"),
+    ("inf.csv", "prompt,guidance_scale\na cat,inf\n", 2, "guidance_scale='inf' needs a number >= 0 and <= 100"),
     ("bad.csv", "prompt,seed\na cat,1\n,2\n", 3, "needs a non-empty 'prompt'"),
     ("bad.csv", "prompt,seed\na cat,1,extra\n", 2, "more fields than the header"),
     ("bad.csv", "prompt,negativ_prompt\na cat,x\n", 2, "unknown column(s) ['negativ_prompt']"),
     ("cols.csv", "text,seed\na cat,1\n", 1, "has no 'prompt' column"),
-    ("bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": -1}\n', 2, "seed=-1 is not a whole number >= 0"),
+    ("bad.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": -1}\n', 2, "seed=-1 needs a whole number from 0"),
     ("bad.jsonl", '{"prompt": "a"}\n\n{"prompt": "b"\n', 3, "is not valid JSON"),
     ("bad.jsonl", '["a cat"]\n', 1, "needs a JSON object"),
     ("bad.jsonl", '{"prompt": "a", "num_inference_steps": 2.5}\n', 1, "num_inference_steps=2.5"),
     ("bad.jsonl", '{"prompt": "a", "seed": true}\n', 1, "seed=True"),
 ])
 def test_a_malformed_row_is_named_by_its_line(tmp_path, name, text, line, message):
-    with pytest.raises(batch.PromptsFileError) as caught:
+    with pytest.raises(PromptsFileError) as caught:
         batch.read_prompts(write(tmp_path / name, text))
     assert caught.value.line == line
     assert f"line {line}: " in str(caught.value) and message in str(caught.value)
@@ -75,7 +77,7 @@ def test_a_malformed_row_is_named_by_its_line(tmp_path, name, text, line, messag
     ("empty.jsonl", "", "has no prompts"), ("p.tsv", "a\n", "needs a .txt, .csv, .jsonl file"),
 ])
 def test_empty_and_unknown_files_are_refused(tmp_path, name, text, message):
-    with pytest.raises(batch.PromptsFileError, match=message):
+    with pytest.raises(PromptsFileError, match=message):
         batch.read_prompts(write(tmp_path / name, text))
 
 
@@ -129,28 +131,150 @@ def test_shards_are_disjoint_cover_everything_and_ignore_order(world):
 
 # ---------------------------------------------------------------- manifest, lock, repair
 
-def test_repair_drops_torn_and_superseded_lines_and_partial_files(tmp_path):
+def cpu_plan(model, quantization="none"):
+    """The load plan of one CPU process, as the notebook and the command line make it."""
+    from helpers import planning
+
+    return planning.plan_load(str(model), dtype="float32", quantization=quantization, offload="none",
+                              device_map="cpu", height=32, width=32)
+
+
+def png_entry(folder: Path, item_id: str, data: bytes = b"\x89PNG not really", **fields) -> dict:
+    """A manifest line the kit would write for `data` saved as `<item_id>.png` in `folder`."""
+    (folder / f"{item_id}.png").write_bytes(data)
+    return {"id": item_id, "file": f"{item_id}.png", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "seconds": 0.5, "rank": 0, "run": "r1", "prompt": "a cat", "seed": 1, **fields}
+
+
+A, B, C = "a" * 24, "b" * 24, "c" * 24
+
+
+def test_repair_sets_aside_torn_and_superseded_lines_and_empties_partial(tmp_path, capsys):
     (tmp_path / batch.PARTIAL).mkdir(exist_ok=True)
     (tmp_path / batch.PARTIAL / "0-abc.png").write_bytes(b"\x89PNG half")
-    lines = [{"id": "a", "file": "a.png", "sha256": "1"}, {"id": "b", "file": "b.png", "sha256": "2"},
-             {"id": "a", "file": "a.png", "sha256": "3"}]
+    lines = [png_entry(tmp_path, A), png_entry(tmp_path, B), png_entry(tmp_path, A, b"newer")]
     manifest = tmp_path / batch.MANIFEST
     manifest.write_bytes(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + b'{"id": "c", "fi')
-    assert batch.repair(tmp_path) == 2
-    assert not (tmp_path / batch.PARTIAL).exists()
+    reports = batch.repair(tmp_path)
+    assert reports == ["manifest.jsonl line 4 set aside in manifest.rejected.jsonl: is not JSON (Unterminated "
+                       "string starting at): a torn or garbage line; its item is rendered again"]
+    assert (tmp_path / batch.PARTIAL).is_dir() and not list((tmp_path / batch.PARTIAL).iterdir())
     assert manifest.read_bytes().endswith(b"\n")
-    assert batch.read_manifest(tmp_path) == {"a": lines[2], "b": lines[1]}
-    assert batch.repair(tmp_path) == 0
+    assert batch.read_manifest(tmp_path) == {A: lines[2], B: lines[1]}
+    rejected = [json.loads(line) for line in (tmp_path / batch.REJECTED).read_text().splitlines()]
+    assert rejected == [{"line": 4, "problem": reports[0].split(": ", 1)[1].split("; its item")[0],
+                         "text": '{"id": "c", "fi'}]
+    assert batch.repair(tmp_path) == []
 
 
-def test_is_done_needs_the_file_with_its_hash(tmp_path):
-    (tmp_path / "x.png").write_bytes(b"png bytes")
-    entry = {"id": "x", "file": "x.png", "sha256": hashlib.sha256(b"png bytes").hexdigest(), "bytes": 9}
+def test_is_done_needs_a_regular_file_with_its_size_and_hash(tmp_path):
+    entry = png_entry(tmp_path, A, b"png bytes")
     assert batch.is_done(tmp_path, entry)
-    (tmp_path / "x.png").write_bytes(b"png byteZ")
+    (tmp_path / entry["file"]).write_bytes(b"png byteZ")
     assert not batch.is_done(tmp_path, entry)
-    (tmp_path / "x.png").unlink()
+    (tmp_path / entry["file"]).unlink()
     assert not batch.is_done(tmp_path, entry) and not batch.is_done(tmp_path, None)
+    outside = tmp_path / "outside.png"  # a link to a file with the recorded bytes is still not the kit's PNG
+    outside.write_bytes(b"png bytes")
+    (tmp_path / entry["file"]).symlink_to(outside)
+    assert not batch.is_done(tmp_path, {**entry, "sha256": hashlib.sha256(b"png bytes").hexdigest()})
+
+
+def test_a_fifo_under_an_items_name_is_not_done_and_does_not_hang(tmp_path):
+    entry = png_entry(tmp_path, A)
+    (tmp_path / entry["file"]).unlink()
+    os.mkfifo(tmp_path / entry["file"])
+    start = time.monotonic()
+    assert not batch.is_done(tmp_path, entry)
+    assert time.monotonic() - start < 5
+
+
+OUTSIDE_SHA = hashlib.sha256(b"the user's photo").hexdigest()
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"file": "../somewhere/photo.png", "sha256": OUTSIDE_SHA}, "file='../somewhere/photo.png' is not exactly"),
+    ({"file": "/home/user/photo.png", "sha256": OUTSIDE_SHA}, "file='/home/user/photo.png' is not exactly"),
+    ({"file": "/dev/zero"}, "file='/dev/zero' is not exactly '<id>.png'"),
+    ({"file": f"{B}.png"}, f"file='{B}.png' is not exactly '<id>.png' ({A}.png)"),
+    ({"file": "notes.txt"}, "file='notes.txt' is not exactly"),
+    ({"id": "../x"}, "id='../x' is not a kit item id"),
+    ({"id": 5}, "id=5 is not a JSON str"),
+    ({"seed": "7"}, "seed='7' is not a JSON int"),
+    ({"bytes": "12"}, "bytes='12' is not a JSON int"),
+    ({"bytes": True}, "bytes=True is not a JSON int"),
+    ({"bytes": 10**12}, "bytes=1000000000000 is not between 1 and"),
+    ({"seconds": None, "sha256": "x"}, "sha256 is not 64 hex digits"),
+    ({"prompt": ["a"]}, "prompt=['a'] is not a JSON str"),
+])
+def test_a_manifest_line_is_trusted_only_in_the_kits_form(tmp_path, change, problem):
+    entry = {**png_entry(tmp_path, A), **change}
+    assert problem in batch.entry_problem(entry)
+    assert not batch.is_done(tmp_path, entry)
+
+
+@pytest.mark.parametrize("line, problem", [(b"[1, 2]", "is a JSON list, not an object"), (b"\xff\xfe", "is not JSON"),
+                                           (b'{"id": "%s"}' % A.encode(), "has no 'file'")])
+def test_a_line_that_is_not_an_entry_is_set_aside_with_its_number(tmp_path, line, problem):
+    good = png_entry(tmp_path, B)
+    (tmp_path / batch.MANIFEST).write_bytes(json.dumps(good).encode() + b"\n" + line + b"\n")
+    assert batch.read_manifest(tmp_path) == {B: good}
+    [report] = batch.repair(tmp_path)
+    assert report.startswith("manifest.jsonl line 2 set aside") and problem in report
+    assert json.loads((tmp_path / batch.REJECTED).read_text())["line"] == 2
+    assert (tmp_path / batch.MANIFEST).read_text() == json.dumps(good, sort_keys=True) + "\n"
+
+
+def test_a_linked_lock_or_manifest_is_refused_and_its_target_untouched(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("the user's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / batch.LOCK).symlink_to(target)
+    with pytest.raises(UnsafeStateFileError, match=r"\.manifest\.lock is a symbolic link: the kit never follows"):
+        batch.ManifestLock(out).__enter__()
+    (out / batch.LOCK).unlink()
+    (out / batch.MANIFEST).symlink_to(target)
+    with pytest.raises(UnsafeStateFileError, match="manifest.jsonl is a symbolic link"):
+        batch.read_manifest(out)
+    with pytest.raises(UnsafeStateFileError, match="manifest.jsonl is a symbolic link"):
+        batch.launch(batch.Job("unused-model", str(out), [], None), 1)
+    assert target.read_text() == "the user's file"
+
+
+def test_a_linked_partial_folder_is_refused_before_anything_is_written(tmp_path):
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / batch.PARTIAL).symlink_to(elsewhere)
+    with pytest.raises(UnsafeStateFileError, match=r"\.partial is a symbolic link.*Remove '\.partial'"):
+        batch.launch(batch.Job("unused-model", str(out), [], None), 1)
+    assert list(elsewhere.iterdir()) == [] and (out / batch.PARTIAL).is_symlink()
+
+
+def test_a_torn_last_line_of_runs_jsonl_is_reported_and_skipped(tmp_path):
+    (tmp_path / batch.RUNS).write_bytes(b'{"run": "r1", "images": 3}\n{"run": "r2", "ima')
+    runs, notes = batch.read_runs(tmp_path)
+    assert [r["run"] for r in runs] == ["r1"] and notes == ["runs.jsonl line 2 is not a run summary (torn or "
+                                                            "damaged); skipped"]
+
+
+def test_seeds_past_the_generator_bound_are_refused_before_loading():
+    with pytest.raises(InvalidParameterError, match=r"seed=18446744073709551615 is not valid: line 3 would use seeds "
+                                                    r"up to 18446744073709551616"):
+        batch.plan_items("m", [{"prompt": "a", "line": 3, "seed": rules.MAX_SEED}], **{**CALL, "seeds_per_prompt": 2})
+    with pytest.raises(InvalidParameterError, match=r"prompts\[1\] would use seeds up to"):
+        batch.plan_items("m", batch.rows_from_list(["a", "b"]), **{**CALL, "seed": rules.MAX_SEED})
+    assert len(batch.plan_items("m", batch.rows_from_list(["a"]), **{**CALL, "seed": rules.MAX_SEED})) == 1
+
+
+@pytest.mark.skipif(not hasattr(rules, "steps"), reason="rules.steps (the step bound) arrives with core-plan")
+def test_a_rows_steps_follow_the_notebooks_step_rule(tmp_path):
+    with pytest.raises(InvalidParameterError) as rule:
+        rules.steps("num_inference_steps", 100_000)
+    with pytest.raises(PromptsFileError, match="line 2: num_inference_steps='100000' ") as caught:
+        batch.read_prompts(write(tmp_path / "p.csv", "prompt,num_inference_steps\na,100000\n"))
+    assert rule.value.rule in str(caught.value)
 
 
 HOLD_LOCK = "import sys, time; from helpers import batch\nwith batch.ManifestLock(sys.argv[1]):\n" \
@@ -162,7 +286,7 @@ def test_a_second_run_on_the_same_folder_refuses(tmp_path):
                               cwd=KIT_ROOT)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        job = batch.Job("unused-model", str(tmp_path), batch.plan_items("m", [{"prompt": "a"}], **CALL))
+        job = batch.Job("unused-model", str(tmp_path), batch.plan_items("m", [{"prompt": "a"}], **CALL), None)
         with pytest.raises(batch.OutputDirLockedError, match=f"Another batch run is writing to .*pid {holder.pid}"):
             batch.launch(job, 2)
         with pytest.raises(batch.OutputDirLockedError):
@@ -175,8 +299,8 @@ def test_a_second_run_on_the_same_folder_refuses(tmp_path):
 
 
 def test_resume_false_never_renders_over_a_batch(tmp_path):
-    (tmp_path / batch.MANIFEST).write_text(json.dumps({"id": "a", "file": "a.png", "sha256": "1"}) + "\n")
-    job = batch.Job("unused-model", str(tmp_path), [])
+    (tmp_path / batch.MANIFEST).write_text(json.dumps(png_entry(tmp_path, A)) + "\n")
+    job = batch.Job("unused-model", str(tmp_path), [], None)
     with pytest.raises(InvalidParameterError, match="resume=False is not valid: .*already holds a batch"):
         batch.launch(job, 1, resume=False)
 
@@ -186,13 +310,17 @@ def test_resume_false_never_renders_over_a_batch(tmp_path):
 KILL_PROMPTS = [f"prompt number {i}: a {animal}" for i, animal in
                 enumerate(["cat", "dog", "fox", "owl", "eel"] * 8)]
 RUN_BATCH = """
-import sys
-from helpers import batch
-model, out, processes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import json, sys
+from helpers import batch, planning
+model, out, processes, quantization = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[5]
 prompts = [line for line in open(sys.argv[4]).read().splitlines()]
+plan = planning.plan_load(model, dtype="float32", quantization=quantization, offload="none", device_map="cpu",
+                          height=32, width=32)
 items = batch.plan_items(model, batch.rows_from_list(prompts), seeds_per_prompt=1, seed=0, height=32, width=32,
-                         num_inference_steps=1, guidance_scale=1.0, dtype="float32")
-print("SUMMARY " + batch.format_summary(batch.launch(batch.Job(model, out, items), processes)), flush=True)
+                         num_inference_steps=1, guidance_scale=1.0, dtype=plan.dtype, quantization=plan.quantization)
+summary = batch.launch(batch.Job(model, out, items, plan), processes)
+print("SUMMARY " + batch.format_summary(summary), flush=True)
+print("LOADED " + json.dumps(summary["loaded"]), flush=True)
 """
 
 
@@ -201,8 +329,9 @@ def manifest_lines(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def start_batch(model: Path, out: Path, prompts_file: Path, processes: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_BATCH, str(model), str(out), str(processes), str(prompts_file)],
+def start_batch(model: Path, out: Path, prompts_file: Path, processes: int = 2, quantization: str = "none"):
+    return subprocess.Popen([sys.executable, "-c", RUN_BATCH, str(model), str(out), str(processes), str(prompts_file),
+                             quantization],
                             cwd=KIT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "KIT_QUIET": "1"})
 
@@ -312,7 +441,7 @@ def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # in this process: the CPU, on any host
     items = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox", "an owl", "an eel"]),
                              **CALL)
-    job = batch.Job(str(tiny["sd"]), str(tmp_path), items)
+    job = batch.Job(str(tiny["sd"]), str(tmp_path), items, cpu_plan(tiny["sd"]))
     first = batch.launch(job, 1)
     assert (first["images"], first["skipped"], first["regenerated"]) == (5, 0, 0)
     lines = manifest_lines(tmp_path)
@@ -333,3 +462,86 @@ def test_resume_renders_exactly_what_is_missing_damaged_or_unrecorded(tiny, tmp_
     assert not list((tmp_path / batch.PARTIAL).glob("*"))
     assert len(list(tmp_path.glob("*.png"))) == 5
     assert [r["images"] for r in map(json.loads, (tmp_path / batch.RUNS).read_text().splitlines())] == [5, 3]
+
+
+def test_resume_trusts_nothing_on_disk_and_never_touches_what_a_line_names(tiny, tmp_path, monkeypatch, capsys):
+    """The found cases at once, on a real batch: a line naming a file outside output_dir with its matching sha256,
+    a line naming another item's PNG, a FIFO under an item's own name, a line with wrong JSON types, and a torn
+    last line of runs.jsonl. Each item is rendered again, each bad line set aside with its number; the outside
+    file is never read as done, moved or changed."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    items = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox", "an owl"]), **CALL)
+    job = batch.Job(str(tiny["sd"]), str(out), items, cpu_plan(tiny["sd"]))
+    batch.launch(job, 1)
+    lines = {e["id"]: e for e in manifest_lines(out)}
+    first, second, third, fourth = (lines[item.id] for item in items)
+    outside = tmp_path / "somewhere" / "photo.png"  # the user's own photo, byte-identical to the first image
+    outside.parent.mkdir()
+    outside.write_bytes((out / first["file"]).read_bytes())
+    (out / first["file"]).unlink()
+    os.unlink(out / third["file"])
+    os.mkfifo(out / third["file"])
+    hostile = [{**first, "file": "../somewhere/photo.png"}, {**second, "file": fourth["file"], "sha256":
+               fourth["sha256"], "bytes": fourth["bytes"]}, third, {**fourth, "seed": str(fourth["seed"])}]
+    (out / batch.MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in hostile))
+    with open(out / batch.RUNS, "a") as runs:
+        runs.write('{"run": "torn", "ima')
+    capsys.readouterr()
+
+    second_run = batch.launch(job, 1)
+    printed = capsys.readouterr().out
+    for number, problem in ((1, "file='../somewhere/photo.png' is not exactly '<id>.png'"),
+                            (2, f"file='{fourth['file']}' is not exactly '<id>.png'"),
+                            (4, f"seed='{fourth['seed']}' is not a JSON int")):
+        assert f"manifest.jsonl line {number} set aside in manifest.rejected.jsonl: {problem}" in printed
+    assert "runs.jsonl line 2 is not a run summary (torn or damaged); skipped" in printed
+    assert (second_run["images"], second_run["skipped"]) == (4, 0)
+    assert outside.read_bytes() == (out / first["file"]).read_bytes()  # identical image, still the user's file
+    assert not (out / third["file"]).is_fifo()
+    final = manifest_lines(out)
+    assert sorted(e["id"] for e in final) == sorted(i.id for i in items) and all(batch.is_done(out, e) for e in final)
+    assert [json.loads(line)["line"] for line in (out / batch.REJECTED).read_text().splitlines()] == [1, 2, 4]
+
+
+def test_every_worker_loads_by_the_plan_quantized_and_records_it(tiny, tmp_path):
+    """quantization="int8" on CPU (torchao): both processes get the plan's quantization_config through
+    `loading.plan_kwargs`, their loaded UNet is really quantized (read from the loaded modules), and the ids
+    differ from the unquantized batch's."""
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("a cat\na dog\na fox\n")
+    run = start_batch(tiny["sd"], tmp_path / "int8", prompts_file, processes=2, quantization="int8")
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, log[-3000:]
+    loaded = json.loads(log.split("LOADED ", 1)[1].splitlines()[0])
+    assert sorted(loaded) == ["0", "1"]
+    for record in loaded.values():
+        assert record["quantization_config"] == "PipelineQuantizationConfig" and record["quantized"] == ["unet"]
+        assert record["dtype"] == "float32" and record["offload"].startswith("offload: none")
+    lines = manifest_lines(tmp_path / "int8")
+    assert {e["rank"] for e in lines} == {0, 1}
+    assert all(outputs.read_metadata(tmp_path / "int8" / e["file"])["context"]["quantization"] == "int8"
+               for e in lines)
+    plain = batch.plan_items(str(tiny["sd"]), batch.rows_from_list(["a cat", "a dog", "a fox"]), **CALL)
+    assert not {e["id"] for e in lines} & {i.id for i in plain}
+
+
+@pytest.mark.parametrize("name", [batch.LOCK, batch.MANIFEST, batch.REJECTED, batch.RUNS, batch.PARTIAL])
+def test_the_output_folder_check_refuses_a_link_in_place_of_the_batchs_own_files(tmp_path, name):
+    """Notebook 06 runs this right after setup: a link there stops before anything loads, its target untouched."""
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).symlink_to(target)
+    with pytest.raises(UnsafeStateFileError, match=f"{name} is a symbolic link.*Remove '{name}'"):
+        batch.check_output_dir(tmp_path / "out")
+    (tmp_path / "out" / name).unlink()
+    if name == batch.PARTIAL:
+        (tmp_path / "out" / name).write_text("a file where the staging folder belongs")
+    else:
+        (tmp_path / "out" / name).mkdir()
+    with pytest.raises(UnsafeStateFileError, match=f"{name} is of the wrong kind"):
+        batch.check_output_dir(tmp_path / "out")
+    assert target.read_text() == "mine"

@@ -133,6 +133,7 @@ class Case:
     prepare: Callable[[Path, dict], dict] | None = None
     server: str | None = None  # a tools.hostile listener kind
     first_cell: bool = True  # the error must come from the first cell after the parameters
+    succeeds: bool = False  # the right answer is to go on: the run must succeed and print `expect`
     kind: str = ""  # parameter, misspelt, network, folder or environment (set by all_cases)
 
 
@@ -240,6 +241,104 @@ FOLDERS = [
 ]
 
 
+def _batch_ids(parameters: dict) -> list[str]:
+    """Notebook 06's item ids for these parameters, made as its plan cell makes them (CPU: float32)."""
+    from helpers import batch, planning
+
+    declared = {name: ast.literal_eval(info["default"]) for name, info in runner.declared_parameters(NB["06"]).items()}
+    given = {**declared, **parameters}
+    plan = planning.plan_load(given["model_id"], dtype="float32", quantization=given["quantization"],
+                              offload=given["offload"], device_map="cpu", height=given["height"], width=given["width"])
+    return [item.id for item in batch.plan_items(
+        given["model_id"], batch.rows_from_list(given["prompts"]), seeds_per_prompt=given["seeds_per_prompt"],
+        seed=given["seed"], height=given["height"], width=given["width"], dtype=plan.dtype,
+        num_inference_steps=given["num_inference_steps"], guidance_scale=given["guidance_scale"],
+        quantization=plan.quantization)]
+
+
+def _manifest_line(**fields):
+    """prepare(): output_dir's manifest.jsonl holds one line for the batch's first item, with `fields` ("{out}" and
+    "{work}" in a value are the folders; a `target` field names a file whose bytes and sha256 the line records)."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        out = Path(parameters["output_dir"])
+        first = _batch_ids(parameters)[0]
+        line = {"id": first, "file": f"{first}.png", "seconds": 1.0, "rank": 0, "run": "r", "prompt": "p", "seed": 0}
+        line.update({k: v.format(out=out, work=work, first=first) if isinstance(v, str) else v
+                     for k, v in fields.items()})
+        target = Path(line.pop("target", out / line["file"] if isinstance(line["file"], str) else "/dev/null"))
+        if target.is_file():
+            data = target.read_bytes()
+            line.setdefault("sha256", hashlib.sha256(data).hexdigest())
+            line.setdefault("bytes", len(data))
+        line.setdefault("sha256", "0" * 64)
+        (out / "manifest.jsonl").write_text(json.dumps(line) + "\n")
+        return {}
+
+    return prepare
+
+
+def _state_file(name: str, make: Callable[[Path, Path], object]):
+    """prepare(): `make(output_dir / name, work)` puts something hostile where the batch keeps its own state."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        make(Path(parameters["output_dir"]) / name, work)
+        return {}
+
+    return prepare
+
+
+def _fifo_as_first_png(work: Path, parameters: dict) -> dict:
+    out = Path(parameters["output_dir"])
+    first = _batch_ids(parameters)[0]
+    os.mkfifo(out / f"{first}.png")
+    _manifest_line(bytes=10)(work, parameters)
+    return {}
+
+
+def _elsewhere(path: Path, work: Path) -> None:
+    (work / "elsewhere").mkdir()
+    path.symlink_to(work / "elsewhere")
+
+
+def _second_png(work: Path, parameters: dict) -> dict:
+    second = _batch_ids(parameters)[1]
+    (Path(parameters["output_dir"]) / f"{second}.png").write_bytes(b"\x89PNG another item's image")
+    return _manifest_line(file=f"{second}.png")(work, parameters)
+
+
+def _outside(work: Path, parameters: dict) -> dict:
+    (work / "photo.png").write_bytes(b"\x89PNG the user's photo")
+    return _manifest_line(file="{work}/photo.png", target="{work}/photo.png")(work, parameters)
+
+
+SET_ASIDE = "manifest.jsonl line 1 set aside in manifest.rejected.jsonl"
+BATCH_STATE = [  # notebook 06's output_dir, left hostile: nothing read back from it is trusted
+    Case("06", "manifest names the user's notes.txt with its sha256", SET_ASIDE, succeeds=True, first_cell=False,
+         prepare=_manifest_line(file="notes.txt", target="{out}/notes.txt")),
+    Case("06", "manifest names an absolute path outside with its sha256", SET_ASIDE, succeeds=True,
+         first_cell=False, prepare=_outside),
+    Case("06", "manifest names ../ (a path out of output_dir)", SET_ASIDE, succeeds=True, first_cell=False,
+         prepare=_manifest_line(file="../photo.png")),
+    Case("06", "manifest names /dev/zero", SET_ASIDE, succeeds=True, first_cell=False,
+         prepare=_manifest_line(file="/dev/zero")),
+    Case("06", "manifest names another item's PNG", SET_ASIDE, succeeds=True, first_cell=False, prepare=_second_png),
+    Case("06", "manifest line with wrong JSON types", SET_ASIDE, succeeds=True, first_cell=False,
+         prepare=_manifest_line(file=5, bytes="12")),
+    Case("06", "an item's PNG is a FIFO", "regenerated 1", succeeds=True, first_cell=False, prepare=_fifo_as_first_png),
+    Case("06", "torn last line of runs.jsonl", "runs.jsonl line 1 is not a run summary", succeeds=True,
+         first_cell=False, prepare=_state_file("runs.jsonl", lambda path, work: path.write_text('{"run": "x", "im'))),
+    Case("06", "a one-image batch", "repaired: 1 images in", succeeds=True, first_cell=False,
+         prepare=lambda work, parameters: {"prompts": ["a lighthouse"], "seeds_per_prompt": 1}),
+    Case("06", ".manifest.lock is a link to the user's notes.txt", ".manifest.lock is a symbolic link",
+         first_cell=False, prepare=_state_file(".manifest.lock", lambda path, work: path.symlink_to("notes.txt"))),
+    Case("06", "manifest.jsonl is a link", "manifest.jsonl is a symbolic link", first_cell=False,
+         prepare=_state_file("manifest.jsonl", lambda path, work: path.symlink_to("notes.txt"))),
+    Case("06", ".partial is a link out of output_dir", ".partial is a symbolic link", first_cell=False,
+         prepare=_state_file(".partial", _elsewhere)),
+]
+
+
 def _nested_relative_import(work: Path, parameters: dict) -> dict:
     """A custom pipeline folder whose helper imports another helper (diffusers would not copy the second)."""
     folder = work / "kit_sweep_nested"
@@ -266,7 +365,7 @@ def all_cases() -> list[Case]:
              for nb, name, value, expect in BAD_PARAMETERS]
     cases += [Case(nb, f"misspelt {typo}", f"Did you mean {right!r}", {typo: 2}, kind="misspelt")
               for nb, typo, right in MISSPELT]
-    for kind, group in (("network", NETWORK), ("folder", FOLDERS), ("environment", REMOTE_CODE)):
+    for kind, group in (("network", NETWORK), ("folder", FOLDERS + BATCH_STATE), ("environment", REMOTE_CODE)):
         cases += [dataclasses.replace(case, kind=kind) for case in group]
     return cases
 
@@ -338,9 +437,19 @@ def run_case(index: int, tiny: dict[str, str], root: str) -> Outcome:
     executed = result.executed
     kept = executed.is_file() and executed.stat().st_size > 0
     error = result.error
+    message = error.error if error else _printed_line(executed, case.expect) if kept and case.succeeds else ""
     return Outcome(case.notebook, case.label, round(result.seconds, 1), error is not None,
-                   error.cell if error else "", error.error if error else "", kept, lost,
+                   error.cell if error else "", message, kept, lost,
                    sorted(p.name for p in temp.iterdir()), kept and CANARY in executed.read_text())
+
+
+def _printed_line(executed: Path, text: str) -> str:
+    """The first line the executed notebook printed that contains `text` ("" if none)."""
+    import nbformat
+
+    printed = (output.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
+               for output in cell.get("outputs", []) if output.get("output_type") == "stream")
+    return next((line for chunk in printed for line in chunk.splitlines() if text in line), "")
 
 
 def run_sweep(root: Path, workers: int = 2, cases: list[int] | None = None) -> list[Outcome]:
@@ -355,11 +464,11 @@ def run_sweep(root: Path, workers: int = 2, cases: list[int] | None = None) -> l
 def problems(outcome: Outcome, case: Case) -> list[str]:
     """Every promise this outcome breaks (empty: the case passed)."""
     found = []
-    if not outcome.failed:
-        found.append("exit 0 on nonsense")
-    if outcome.seconds >= TIME_LIMIT_S:
+    if outcome.failed == case.succeeds:
+        found.append(f"failed: {outcome.first_line}" if case.succeeds else "exit 0 on nonsense")
+    if outcome.seconds >= TIME_LIMIT_S * (8 if case.succeeds else 1):  # a case that succeeds runs every cell
         found.append(f"took {outcome.seconds:.0f} s")
-    if outcome.failed and case.expect not in outcome.message:
+    if (outcome.failed or case.succeeds) and case.expect not in outcome.message:
         found.append(f"message lacks {case.expect!r}")
     if not outcome.executed_kept:
         found.append("executed notebook missing")
