@@ -28,7 +28,7 @@ def check_generation_parameters(pipe, height: int, width: int, num_inference_ste
     multiple = size_multiple(pipe)
     rules.size("height", height, multiple, type(pipe).__name__)
     rules.size("width", width, multiple, type(pipe).__name__)
-    rules.whole("num_inference_steps", num_inference_steps, 1)
+    rules.steps("num_inference_steps", num_inference_steps)
     rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
 
 
