@@ -56,3 +56,18 @@ class PlanDoesNotFitError(KitError, RuntimeError):
             lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
         lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
         super().__init__("\n".join(lines))
+
+
+class RemoteCodeRefused(KitError, PermissionError):
+    """Remote or community code the kit will not run: the message says why and what to do instead."""
+
+
+class RemoteCodeChanged(KitError, RuntimeError):
+    """Code files that differ from the pinned manifest (or from what was audited); carries what changed."""
+
+    def __init__(self, changes: dict[str, tuple[str | None, str | None]], against: str = "the pinned manifest"):
+        self.changes = changes
+        lines = [f"  {path}: pinned {pinned or 'absent'}, found {found or 'absent'}"
+                 for path, (pinned, found) in sorted(changes.items())]
+        super().__init__(f"Remote code differs from {against}; nothing was run:\n" + "\n".join(lines),
+                         fix="\nRead the new code, then pin the new hashes if you trust it.")

@@ -241,3 +241,19 @@ def write_text_atomically(target: Path, text: str) -> None:
     except BaseException:
         os.unlink(temp_name)
         raise
+
+
+def write_atomically(path: str | Path, data: str | bytes) -> None:  # TEMP until core-hub merge
+    """Write `data` (text or bytes) beside `path`, then rename it over `path`: all or nothing."""
+    write_text_atomically(Path(path), data if isinstance(data, str) else data.decode())
+
+
+def sha256_file(path: str | Path) -> str:  # TEMP until core-hub merge
+    """The file's sha256, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import KIT_ROOT, community, loading, memory, rules, sources, validate
+from helpers import KIT_ROOT, community, loading, memory, outputs, rules, sources, validate
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = KIT_ROOT
@@ -380,7 +380,7 @@ def test_an_unlisted_relatively_imported_file_fails_the_manifest(tiny, tmp_path)
     (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text() + "from .rel_extra import X  # noqa\n")
     with pytest.raises(community.RemoteCodeChanged) as refused:
         community.audit(str(tiny["sd"]), custom_pipeline=str(folder), pinned=pinned)
-    assert refused.value.changes["rel_extra.py"] == (None, community._sha256(folder / "rel_extra.py"))
+    assert refused.value.changes["rel_extra.py"] == (None, outputs.sha256_file(folder / "rel_extra.py"))
     assert set(refused.value.changes) == {"pipeline.py", "rel_extra.py"}
 
 
