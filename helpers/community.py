@@ -49,14 +49,10 @@ class CodeFile:
     beside: str | None = None  # loaded at run time: its path from the folder of the file that loads it
 
 
-def remote_code_disabled() -> bool:
+def _refuse_if_disabled() -> None:
     from diffusers.utils import constants
 
-    return truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or bool(constants.DIFFUSERS_DISABLE_REMOTE_CODE)
-
-
-def _refuse_if_disabled() -> None:
-    if remote_code_disabled():
+    if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
         raise RemoteCodeRefused(
             "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
             "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code."
@@ -71,15 +67,12 @@ def check_modules_cache() -> None:
 
     from .errors import FolderNotWritableError
 
-    reason = rules.unwritable(Path(HF_MODULES_CACHE))
-    if reason:
+    if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
         name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
         raise FolderNotWritableError(
             f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
-            name=name, value=os.environ.get(name, constants.HF_HOME),
-            fix=f"Set {name} to a folder you can write to, then restart the kernel (notebook 01's hf_home sets "
-                "HF_HOME).",
-        )
+            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
+            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
@@ -90,11 +83,9 @@ def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
     except LocalPathNotFoundError as error:
         if not hub_repo_id(path):
             raise
-        raise LocalPathNotFoundError(
-            error.rule, name=error.name, value=error.value,
-            fix=f"{error.fix} If you meant the Hub repository {str(path)!r} (holding pipeline.py), pass "
-                "custom_revision='<40-hex commit>' to pin the code you read.",
-        ) from None
+        raise LocalPathNotFoundError(error.rule, name=error.name, value=error.value, fix=f"{error.fix} If you meant "
+                                     f"the Hub repository {str(path)!r} (holding pipeline.py), pass custom_revision="
+                                     "'<40-hex commit>' to pin the code you read.") from None
 
 
 def hub_repo_id(custom_pipeline) -> str | None:
@@ -120,15 +111,6 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
 
     with sources.hub_access(source):
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
-
-
-def _exists(fetch, name: str) -> bool:
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return Path(fetch(name)).is_file()
-    except EntryNotFoundError:
-        return False
 
 
 def _parse(path: Path, name: str) -> ast.Module:
@@ -176,18 +158,21 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
 def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str]:
     """What a dynamic load in `current` runs: the files its string literals name beside it (a path or a module
     name); when none resolves, every .py file in its folder."""
+    from huggingface_hub.errors import EntryNotFoundError
+
     here, names = posixpath.dirname(current), []
     for text in literals:
         if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
             raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows only the "
                                     "folder's files. Nothing was run. Fix: keep the code it loads beside it.")
-        for candidate in (text, text.replace(".", "/") + ".py"):
-            candidate = posixpath.normpath(posixpath.join(here, candidate))
-            if candidate.endswith(".py") and candidate != current and _exists(fetch, candidate):
-                names.append(candidate)
-                break
+        for candidate in {posixpath.normpath(posixpath.join(here, t)) for t in (text, text.replace(".", "/") + ".py")}:
+            try:
+                found = candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file()
+            except EntryNotFoundError:  # not in the Hub repository
+                found = False
+            names += [candidate] if found else []
     if names:
-        return names
+        return sorted(set(names))
     if listing is None:
         raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and "
                                 "a Hub repository's folder cannot be listed here. Nothing was run. Fix: name the "
@@ -242,40 +227,30 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
     return files
 
 
-def _folder_listing(root: Path):
-    return lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
-                               if "__pycache__" not in p.parts)
-
-
-def hub_pipeline_files(repo_id: str, custom_revision: str | None, allowed: dict | None = None) -> list[CodeFile]:
-    """What `custom_pipeline="<repo_id>", custom_revision=...` executes: the repo's pipeline.py and every file
-    it imports relatively (diffusers fetches those too), downloaded at that revision."""
-    return _with_relative_imports(f"custom_pipeline {repo_id}", "pipeline.py",
-                                  lambda name: _fetch(repo_id, name, custom_revision), False, allowed)
+def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
+    """`script` in the local folder `root` and what it imports or loads (listing the folder when it must)."""
+    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")  # noqa: E731
+                                  if "__pycache__" not in p.parts)
+    return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
 
 
 def custom_pipeline_files(resolved: Path, allowed: dict | None = None) -> list[CodeFile]:
     """A local `.py` file or folder given as custom_pipeline: its script and what that imports or loads."""
-    folder, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-    return _with_relative_imports("custom_pipeline", script, lambda name: folder / name, True, allowed,
-                                  _folder_listing(folder))
+    if resolved.is_file():
+        return _local_files(resolved.parent, resolved.name, "custom_pipeline", allowed)
+    return _local_files(resolved, "pipeline.py", "custom_pipeline", allowed)
 
 
-def _custom_code(index: dict) -> list[tuple[str, str, str]]:
-    """(role, module file, component folder or "") for each piece of a repository's own code its
-    model_index.json names: the pipeline class and custom components (not diffusers' or transformers')."""
+def _custom_code(index: dict) -> list[tuple[str, str]]:
+    """(role, module file) for each piece of a repository's own code its model_index.json names: the
+    pipeline class and custom components (not diffusers' or transformers' classes)."""
     import diffusers.pipelines
 
-    code = []
-    if isinstance(index.get("_class_name"), list):
-        module, class_name = index["_class_name"]
-        code.append((f"pipeline class {class_name}", f"{module}.py", ""))
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] in KNOWN_LIBRARIES:
-            continue
-        if not hasattr(diffusers.pipelines, spec[0]):  # not e.g. ["stable_diffusion", "StableDiffusionSafetyChecker"]
-            code.append((f"{name} component {spec[1]}", f"{name}/{spec[0]}.py", name))
-    return code
+    code = [(f"pipeline class {index['_class_name'][1]}", f"{index['_class_name'][0]}.py")] if isinstance(
+        index.get("_class_name"), list) else []
+    return code + [(f"{name} component {spec[1]}", f"{name}/{spec[0]}.py") for name, spec in index.items()
+                   if not name.startswith("_") and isinstance(spec, list) and spec[0] not in KNOWN_LIBRARIES
+                   and not hasattr(diffusers.pipelines, spec[0])]  # not ["stable_diffusion", "...SafetyChecker"]
 
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
@@ -285,10 +260,12 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, re
     files = []
     if custom_pipeline is not None:
         files += custom_pipeline_files(resolve_custom_pipeline(custom_pipeline), allowed)
-    listing = _folder_listing(Path(source)) if Path(source).is_dir() else None
-    for role, module_file, _ in _custom_code(hub.read_model_index(source, revision)):
-        files += _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True,
-                                        allowed, listing)
+    for role, module_file in _custom_code(hub.read_model_index(source, revision)):
+        if Path(source).is_dir():
+            files += _local_files(Path(source), module_file, role, allowed)
+        else:
+            files += _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True,
+                                            allowed)
     return files
 
 
@@ -333,25 +310,22 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
     if isinstance(pinned, dict):
         text, value, pairs = None, pinned, _Pairs(pinned.items())
     else:
-        path = Path(pinned)
-        value = str(path)
+        path, value = Path(pinned), str(pinned)
         if path.is_symlink() or not path.is_file():
-            raise InvalidParameterError("pinned", value, "is a symbolic link" if path.is_symlink() else
-                                        "needs an existing JSON manifest file", "Pass the manifest file itself.")
+            rules.fail("pinned", value, "is a symbolic link" if path.is_symlink() else "needs an existing JSON "
+                       "manifest file", "Pass the manifest file itself.")
         text = path.read_text(errors="replace")
         try:
             pairs = json.loads(text, object_pairs_hook=_Pairs)
         except json.JSONDecodeError as error:
-            raise InvalidParameterError("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})",
-                                        MANIFEST_FIX) from None
+            rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
         if not isinstance(pairs, _Pairs):
-            raise InvalidParameterError("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object",
-                                        MANIFEST_FIX)
+            rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
 
     def refuse(key, problem):
-        where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1)
-                      if json.dumps(key) in line), "") if text else ""
-        raise InvalidParameterError("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
+        lines = enumerate((text or "").splitlines(), 1)
+        where = next((f"line {n}: " for n, line in lines if json.dumps(key) in line), "")
+        rules.fail("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
 
     checked = {}
     for key, sha256 in pairs:
@@ -421,22 +395,6 @@ def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers wil
         print("  all files match the pinned manifest")
 
 
-def _allowed(allow_dynamic_code) -> dict[str, bool]:
-    if not isinstance(allow_dynamic_code, list | tuple) or not all(
-            isinstance(name, str) and name for name in allow_dynamic_code):
-        raise InvalidParameterError("allow_dynamic_code", allow_dynamic_code,
-                                    "needs a list of file names, like ['pipeline.py']")
-    return dict.fromkeys(allow_dynamic_code, False)
-
-
-def _check_opt_ins(allowed: dict[str, bool], files: list[CodeFile]) -> None:
-    unused = [name for name, used in allowed.items() if not used]
-    if unused:
-        raise InvalidParameterError("allow_dynamic_code", unused, "names no audited file that loads code at run "
-                                    f"time (audited: {', '.join(f.name for f in files) or 'none'})",
-                                    "Remove it, or name the file that loads code (e.g. 'pipeline.py').")
-
-
 @dataclass(frozen=True)
 class Audit:
     """What an audit checked, and the exact values to pass to the diffusers call that follows it."""
@@ -466,10 +424,15 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     (exec, runpy, importlib) you have read; the files they load are shown and hashed too.
     """
     _refuse_if_disabled()
-    allowed = _allowed(allow_dynamic_code)
+    if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n for n in allow_dynamic_code):
+        raise InvalidParameterError("allow_dynamic_code", allow_dynamic_code, "needs a list of file names, like "
+                                    "['pipeline.py']")
+    allowed = dict.fromkeys(allow_dynamic_code, False)  # each entry must name a file that loads code at run time
     hub_pipeline = _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code)
     if hub_pipeline is not None:
-        resolved, pipeline_files = hub_pipeline, hub_pipeline_files(hub_pipeline, custom_revision, allowed)
+        resolved, pipeline_files = hub_pipeline, _with_relative_imports(  # what diffusers downloads, at that commit
+            f"custom_pipeline {hub_pipeline}", "pipeline.py", lambda name: _fetch(hub_pipeline, name, custom_revision),
+            False, allowed)
     else:
         resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
         custom_revision = None
@@ -491,7 +454,10 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             revision = _pin_if_codeless(source)
         check_revision(source, revision, i_accept_unpinned_remote_code)
         files = pipeline_files + code_files(source, None, revision, allowed)
-    _check_opt_ins(allowed, files)
+    if not all(allowed.values()):
+        raise InvalidParameterError("allow_dynamic_code", [n for n, used in allowed.items() if not used],
+                                    "names no audited file that loads code at run time (audited: "
+                                    f"{', '.join(f.name for f in files) or 'none'})", "Remove it.")
     if files:
         check_modules_cache()
     _audit(files, pinned, roots)
@@ -718,7 +684,7 @@ def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
     """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
     and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
     folder = Path(hub.resolve_model_source(os.fspath(folder)))
-    missing = [module_file for _, module_file, _ in _custom_code(hub.read_model_index(str(folder)))
+    missing = [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
                if not (folder / module_file).is_file()]
     if missing:
         raise LocalPathNotFoundError(
