@@ -494,13 +494,12 @@ def test_code_loaded_at_run_time_is_refused_with_its_file_line_and_call(tiny, tm
     loader, call = DYNAMIC_FORMS[form]
     marker = tmp_path / "ran.txt"
     folder = dynamic_folder(tmp_path, loader, marker)
-    line = 3 + loader.count("\n")  # the last line of the loader, after the diffusers import and a blank line
+    line = 2 + loader.count("\n")  # the loader's last line: it starts on line 3
     with pytest.raises(community.RemoteCodeRefused) as refused:
         community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder), device_map=None)
     message = str(refused.value)
     assert message.startswith(f"pipeline.py line {line}: `") and call in message
     assert "allow_dynamic_code=['pipeline.py']" in message and not marker.exists()
-    assert not any(isinstance(node, ast.Call) for node in ast.walk(ast.parse("x = 'torch.compile'")))  # a literal
     assert community.dynamic_loads(ast.parse("import torch\nm = torch.compile(m)\nm.eval()\n")) == []
 
 
