@@ -398,7 +398,7 @@ def test_community_notebook_removes_its_scratch_copies_when_a_later_cell_fails(t
     notebook = nbformat.read(runner.NOTEBOOKS / "04_community_pipelines.ipynb", as_version=4)
     after_tamper = next(i for i, c in enumerate(notebook.cells) if c.get("id") == "tamper") + 1
     notebook.cells.insert(after_tamper, new_code_cell(
-        "assert len(list(Path(workspace.name).iterdir())) == 2  # the components repo and the tampered copy\n"
+        "assert len(list(Path(workspace.name).iterdir())) == 3  # the components repo, its manifest, the tampered copy\n"
         "raise RuntimeError('a later cell fails')"))
     copy = tmp_path / "04_fails_late.ipynb"  # `helpers` is installed in the venv, community paths resolve from the kit
     nbformat.write(notebook, copy)
