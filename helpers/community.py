@@ -1,12 +1,10 @@
 """Community pipelines and remote code: every file diffusers will run is shown, hashed and pinned first.
 
-diffusers executes Python from a `custom_pipeline` (a local file or folder, a Hub repository holding
-pipeline.py, or a community pipeline by name), from a repository's own pipeline class (`_class_name` as a
-list in model_index.json) and from custom components (`["module", "Class"]` entries, or `auto_map`).
-`audit` lists those files with their sha256 before anything runs and refuses every form that would run
-code nobody was shown (each refusal names the file, line or parameter, and the fix); `only_audited_code`
-makes the diffusers call that follows import exactly the audited files. This is the only module that
-passes `trust_remote_code=True`.
+diffusers executes Python from a `custom_pipeline` (a local file or folder, a Hub repo holding pipeline.py, or a
+community pipeline by name), a repository's own pipeline class and its custom components. `audit` lists those
+files with their sha256 before anything runs and refuses every form that would run code nobody was shown;
+`only_audited_code` makes the diffusers call after it import exactly the audited files. This is the only
+module that passes `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -23,20 +21,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import KIT_ROOT, hub, loading, outputs, rules, sources
+from . import KIT_ROOT, errors, hub, loading, outputs, rules, sources
 from .env import truthy
-from .errors import (InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError,  # noqa: F401
-                     RemoteCodeChanged, RemoteCodeRefused)
+from .errors import RemoteCodeChanged, RemoteCodeRefused
 
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
 SHA256 = re.compile(r"[0-9a-f]{64}")
-# Calls that run code the import statements do not show (bare builtins; attributes or names for the rest).
+MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
+                "audit(...).manifest gives it.")
+# Calls that run code no import statement shows (the builtins only as bare names or builtins.<name>).
 DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}
 DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
                    "SourceFileLoader", "load_source", "load_module"}
-FILE_READERS = {"open", "read_text", "read_bytes"}
+FILE_READERS = {"open", "read_text", "read_bytes"}  # dynamic when they read a .py file
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,7 @@ def _refuse_if_disabled() -> None:
     if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
         raise RemoteCodeRefused(
             "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
-            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code."
-        )
+            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code.")
 
 
 def check_modules_cache() -> None:
@@ -65,11 +63,9 @@ def check_modules_cache() -> None:
     from diffusers.utils.constants import HF_MODULES_CACHE
     from huggingface_hub import constants
 
-    from .errors import FolderNotWritableError
-
     if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
         name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
-        raise FolderNotWritableError(
+        raise errors.FolderNotWritableError(
             f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
             name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
             "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
@@ -80,19 +76,18 @@ def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
     never a Hub lookup. A Hub repo id needs `custom_revision`."""
     try:
         return rules.custom_pipeline_path("custom_pipeline", path)
-    except LocalPathNotFoundError as error:
+    except errors.LocalPathNotFoundError as error:
         if not hub_repo_id(path):
             raise
-        raise LocalPathNotFoundError(error.rule, name=error.name, value=error.value, fix=f"{error.fix} If you meant "
-                                     f"the Hub repository {str(path)!r} (holding pipeline.py), pass custom_revision="
-                                     "'<40-hex commit>' to pin the code you read.") from None
+        raise errors.LocalPathNotFoundError(error.rule, name=error.name, value=error.value, fix=f"{error.fix} If you "
+                                            f"meant the Hub repository {str(path)!r} (holding pipeline.py), pass "
+                                            "custom_revision='<40-hex commit>' to pin the code you read.") from None
 
 
 def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
-    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1:
-        return None
-    if any(c.exists() for c in rules.find_local(custom_pipeline)) or sources._looks_like_local_path(custom_pipeline):
+    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1 or not sources.is_hub_id(
+            custom_pipeline) or any(c.exists() for c in rules.find_local(custom_pipeline)):
         return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -121,9 +116,8 @@ def _parse(path: Path, name: str) -> ast.Module:
 
 
 def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
-    """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a relative
-    import diffusers would not see, and so not copy (`from . import x`, `from .. import x`, `from.x import y`),
-    is refused: Python would import whatever another pipeline left in the modules folder."""
+    """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a form its regex
+    misses (`from . import x`, `from .. import x`, `from.x import y`) is not copied with the file: refused."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
 
     seen = set(get_relative_imports(str(path)))
@@ -142,9 +136,7 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     """(line, call, its string literals) for each call that runs code no import statement shows: exec, eval,
     compile, __import__, runpy, importlib's loaders, or reading a .py file."""
     found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
+    for node in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
         func = node.func
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
         builtin = isinstance(func, ast.Name) or getattr(getattr(func, "value", None), "id", None) == "builtins"
@@ -160,33 +152,34 @@ def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str
     name); when none resolves, every .py file in its folder."""
     from huggingface_hub.errors import EntryNotFoundError
 
-    here, names = posixpath.dirname(current), []
+    here, names = posixpath.dirname(current), set()
     for text in literals:
         if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
             raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows only the "
                                     "folder's files. Nothing was run. Fix: keep the code it loads beside it.")
         for candidate in {posixpath.normpath(posixpath.join(here, t)) for t in (text, text.replace(".", "/") + ".py")}:
             try:
-                found = candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file()
+                if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
+                    names.add(candidate)
             except EntryNotFoundError:  # not in the Hub repository
-                found = False
-            names += [candidate] if found else []
-    if names:
-        return sorted(set(names))
-    if listing is None:
-        raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and "
-                                "a Hub repository's folder cannot be listed here. Nothing was run. Fix: name the "
-                                "files it loads as string literals, or download the folder and audit that.")
+                pass
+    if names or listing is None:
+        return sorted(names) or _refuse_unlisted(current)
     return [name for name in listing(here) if name != current]
+
+
+def _refuse_unlisted(current: str):
+    raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a Hub "
+                            "repository's folder cannot be listed here. Nothing was run. Fix: name the files it "
+                            "loads as string literals, or download the folder and audit that.")
 
 
 def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
                            listing=None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time, recursively: all of it runs, so all
-    of it is shown, hashed and pinned. `fetch(path)` gives the file on disk; `listing(folder)` the .py files
-    of a local folder. From a `local` folder diffusers copies only the files `name` imports directly into its
-    modules folder, so a deeper relative import is refused. A dynamic load is refused unless `allowed` names
-    the file that makes it (it records which names were used)."""
+    """`name` and every file it imports relatively or loads at run time, recursively: all of it runs, so all of
+    it is shown and hashed. `fetch(path)` gives the file on disk, `listing(folder)` a local folder's .py files.
+    From a `local` folder diffusers copies only the files `name` imports directly, so a deeper relative import
+    is refused; a dynamic load, unless `allowed` names its file (and records that it did)."""
     files, queue, seen = [], [(name, None, None)], set()
     while queue:
         current, importer, line = queue.pop(0)
@@ -195,24 +188,21 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
         seen.add(current)
         path = Path(fetch(current))
         if not path.is_file():
-            raise LocalPathNotFoundError(
+            raise errors.LocalPathNotFoundError(
                 f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
-                "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run."
-            )
+                "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run.")
         if local and line is None and importer not in (None, name):
             raise RemoteCodeRefused(
                 f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
                 f"files {name} imports directly: it would import whatever another pipeline left in "
                 "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
-                f"import {current!r} directly in {name}, or merge it into {importer}."
-            )
+                f"import {current!r} directly in {name}, or merge it into {importer}.")
         tree = _parse(path, current)
-        how = role if importer is None else f"{role}: {'imported' if line is None else 'loaded'} by {importer}" + (
-            f" line {line}" if line else "")
+        how = f"{role}: imported by {importer}" if line is None else f"{role}: loaded by {importer} line {line}"
         beside = posixpath.relpath(current, posixpath.dirname(name) or ".") if line else None
-        files.append(CodeFile(how, current, path, outputs.sha256_file(path), path.stat().st_size, beside))
-        folder = posixpath.dirname(current)
-        queue += [(posixpath.join(folder, module.replace(".", "/") + ".py"), current, None)
+        files.append(CodeFile(how if importer else role, current, path, outputs.sha256_file(path),
+                              path.stat().st_size, beside))
+        queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
                   for module in _relative_imports(tree, path, current)]
         for line, call, literals in dynamic_loads(tree):
             opted = [entry for entry in (allowed or {}) if entry in (current, posixpath.basename(current))]
@@ -234,11 +224,9 @@ def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> li
     return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
 
 
-def custom_pipeline_files(resolved: Path, allowed: dict | None = None) -> list[CodeFile]:
-    """A local `.py` file or folder given as custom_pipeline: its script and what that imports or loads."""
-    if resolved.is_file():
-        return _local_files(resolved.parent, resolved.name, "custom_pipeline", allowed)
-    return _local_files(resolved, "pipeline.py", "custom_pipeline", allowed)
+def _pipeline_script(resolved: Path) -> tuple[Path, str]:
+    """(folder, script) of a resolved custom_pipeline: a .py file, or a folder's pipeline.py."""
+    return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
 
 
 def _custom_code(index: dict) -> list[tuple[str, str]]:
@@ -255,11 +243,11 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
                allowed: dict | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way.
-    A Hub repo's own code is loaded from its snapshot folder, as local files."""
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way. A Hub repo's
+    own code is loaded from its snapshot folder, as local files."""
     files = []
     if custom_pipeline is not None:
-        files += custom_pipeline_files(resolve_custom_pipeline(custom_pipeline), allowed)
+        files += _local_files(*_pipeline_script(resolve_custom_pipeline(custom_pipeline)), "custom_pipeline", allowed)
     for role, module_file in _custom_code(hub.read_model_index(source, revision)):
         if Path(source).is_dir():
             files += _local_files(Path(source), module_file, role, allowed)
@@ -272,12 +260,9 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, re
 def component_code_files(source: str, subfolder: str, revision: str | None = None) -> list[CodeFile]:
     """The files an `AutoModel.from_pretrained(..., subfolder=...)` would execute (its config's auto_map)."""
     config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
-    files = []
-    for reference in sorted(set(config.get("auto_map", {}).values())):
-        module = reference.rsplit(".", 1)[0]
-        files += _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{module}.py",
-                                        lambda name: _fetch(source, name, revision), True)
-    return files
+    return [file for reference in sorted(set(config.get("auto_map", {}).values()))
+            for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
+                                               lambda name: _fetch(source, name, revision), True)]
 
 
 def manifest(files: list[CodeFile]) -> dict[str, str]:
@@ -287,16 +272,14 @@ def manifest(files: list[CodeFile]) -> dict[str, str]:
 
 def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str:
     lines = [f"{runner} {len(files)} code file(s):"]
-    lines += [f"  {file.name:40s} sha256 {file.sha256}  {file.size:>7,d} bytes  ({file.role})" for file in files]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
 
 
 def verify(files: list[CodeFile], pinned: dict[str, str]) -> None:
     """Raise RemoteCodeChanged when any file was added, removed or changed against `pinned`."""
     found = manifest(files)
-    changes = {name: (pinned.get(name), found.get(name))
-               for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}
-    if changes:
+    if changes := {name: (pinned.get(name), found.get(name))
+                   for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
         raise RemoteCodeChanged(changes)
 
 
@@ -307,9 +290,8 @@ class _Pairs(list):
 def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
     """`pinned` as {file: sha256}, from a dict or a JSON file; untrusted input, so every entry is checked:
     a file name inside the audited folder (`roots`, the local ones), no symlink, a 64-hex sha256."""
-    if isinstance(pinned, dict):
-        text, value, pairs = None, pinned, _Pairs(pinned.items())
-    else:
+    text, value, pairs = None, pinned, _Pairs(pinned.items()) if isinstance(pinned, dict) else None
+    if pairs is None:
         path, value = Path(pinned), str(pinned)
         if path.is_symlink() or not path.is_file():
             rules.fail("pinned", value, "is a symbolic link" if path.is_symlink() else "needs an existing JSON "
@@ -323,8 +305,8 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
 
     def refuse(key, problem):
-        lines = enumerate((text or "").splitlines(), 1)
-        where = next((f"line {n}: " for n, line in lines if json.dumps(key) in line), "")
+        where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
+                     "")
         rules.fail("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
 
     checked = {}
@@ -336,16 +318,10 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             refuse(key, "appears twice")
         if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
             refuse(key, f"has {sha256!r}, not a sha256 (64 lowercase hex digits)")
-        for root in roots:
-            inside = [root.joinpath(*parts[:n]) for n in range(1, len(parts) + 1)]
-            if any(p.is_symlink() for p in inside):
-                refuse(key, f"is a symbolic link in {root}: the audit reads only the folder's own files")
+        for root in (r for r in roots if any(r.joinpath(*parts[:n]).is_symlink() for n in range(1, len(parts) + 1))):
+            refuse(key, f"is a symbolic link in {root}: the audit reads only the folder's own files")
         checked[key] = sha256
     return checked
-
-
-MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
-                "audit(...).manifest gives it.")
 
 
 def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False,
@@ -355,11 +331,10 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
         return
     try:
         rules.commit(name, revision, allow_empty=False)
-    except InvalidParameterError as error:
+    except errors.InvalidParameterError as error:
         raise RemoteCodeRefused(
-            f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load",
-            name=name, value=revision,
-            fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
+            f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load", name=name,
+            value=revision, fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
         ) from None
 
 
@@ -378,17 +353,9 @@ def _pin_if_codeless(model_id: str) -> str | None:
     return commit
 
 
-def _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code) -> str | None:
-    """The Hub repo id when `custom_pipeline` is one the caller chose knowingly (a custom_revision, or the
-    explicit acceptance of moving code); its revision checked like any remote code."""
-    repo_id = hub_repo_id(custom_pipeline) if custom_pipeline is not None else None
-    if repo_id is None or (custom_revision is None and not i_accept_unpinned_remote_code):
-        return None  # a local path (or the clear "not found" error from resolve_custom_pipeline)
-    check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
-    return repo_id
-
-
 def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers will execute") -> None:
+    if files and runner.startswith("diffusers"):
+        check_modules_cache()
     print(report(files, runner))
     if pinned is not None:
         verify(files, read_manifest(pinned, roots))
@@ -413,36 +380,33 @@ class Audit:
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
           custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
-    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run.
-
-    Prints each file with its sha256 and compares them with `pinned` ({file: sha256}, or a JSON file of it).
-    Pass the returned `source`, `revision`, `custom_pipeline` and `custom_revision` to the diffusers call,
-    inside `with only_audited_code(audit):`, so that what runs is exactly what was shown. `model_id=None`
-    audits a `custom_pipeline` alone (for `from_pipe`). `custom_pipeline` may be a Hub repo id holding
-    pipeline.py, pinned by `custom_revision="<40-hex commit>"`; a Hub model without `revision` that holds
-    no code is pinned at its current commit. `allow_dynamic_code`: file names whose run-time code loading
-    (exec, runpy, importlib) you have read; the files they load are shown and hashed too.
+    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run,
+    compared with `pinned` ({file: sha256}, or a JSON file of it) when given. Pass the returned values to the
+    diffusers call, inside `with only_audited_code(audit):`. `model_id=None` audits a `custom_pipeline` alone
+    (for `from_pipe`); a Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`; a Hub model
+    without `revision` that holds no code is pinned at its current commit. `allow_dynamic_code`: the files you
+    have read that load code at run time (exec, runpy, importlib); what they load is shown and hashed too.
     """
     _refuse_if_disabled()
-    if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n for n in allow_dynamic_code):
-        raise InvalidParameterError("allow_dynamic_code", allow_dynamic_code, "needs a list of file names, like "
-                                    "['pipeline.py']")
+    if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
+                                                                   for n in allow_dynamic_code):
+        rules.fail("allow_dynamic_code", allow_dynamic_code, "needs a list of file names, like ['pipeline.py']")
     allowed = dict.fromkeys(allow_dynamic_code, False)  # each entry must name a file that loads code at run time
-    hub_pipeline = _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code)
-    if hub_pipeline is not None:
-        resolved, pipeline_files = hub_pipeline, _with_relative_imports(  # what diffusers downloads, at that commit
-            f"custom_pipeline {hub_pipeline}", "pipeline.py", lambda name: _fetch(hub_pipeline, name, custom_revision),
-            False, allowed)
+    repo_id = hub_repo_id(custom_pipeline) if custom_revision is not None or i_accept_unpinned_remote_code else None
+    files, roots, source = [], [], None
+    if repo_id is not None:
+        check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
+        resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
+            f"custom_pipeline {repo_id}", "pipeline.py", lambda name: _fetch(repo_id, name, custom_revision), False,
+            allowed)
+    elif custom_pipeline is not None:
+        resolved, custom_revision = resolve_custom_pipeline(custom_pipeline), None
+        roots.append(_pipeline_script(resolved)[0])
+        files, resolved = _local_files(*_pipeline_script(resolved), "custom_pipeline", allowed), str(resolved)
+    elif model_id is None:
+        rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
     else:
-        resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
-        custom_revision = None
-        pipeline_files = [] if resolved is None else custom_pipeline_files(Path(resolved), allowed)
-    roots = [] if resolved is None or hub_pipeline else [Path(resolved) if Path(resolved).is_dir() else
-                                                         Path(resolved).parent]
-    source = None
-    if model_id is None and resolved is None:
-        raise InvalidParameterError("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
-    files = pipeline_files
+        resolved, custom_revision = None, None
     if model_id is not None:
         source = hub.resolve_model_source(model_id, revision)
         if Path(source).is_dir():
@@ -453,33 +417,27 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         elif revision is None and not i_accept_unpinned_remote_code:
             revision = _pin_if_codeless(source)
         check_revision(source, revision, i_accept_unpinned_remote_code)
-        files = pipeline_files + code_files(source, None, revision, allowed)
+        files += code_files(source, None, revision, allowed)
     if not all(allowed.values()):
-        raise InvalidParameterError("allow_dynamic_code", [n for n, used in allowed.items() if not used],
-                                    "names no audited file that loads code at run time (audited: "
-                                    f"{', '.join(f.name for f in files) or 'none'})", "Remove it.")
-    if files:
-        check_modules_cache()
+        rules.fail("allow_dynamic_code", [n for n, used in allowed.items() if not used], "names no audited file "
+                   f"that loads code at run time (audited: {', '.join(f.name for f in files) or 'none'})", "Remove it.")
     _audit(files, pinned, roots)
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 
 def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
-    """The copies diffusers made of `module_file` and its relative imports, and the run-time loaded files
-    placed beside it, must each be one of the audited files (same name, same sha256)."""
+    """The copies diffusers made of `module_file` and its relative imports, and the files loaded at run time
+    (placed beside it here, from the audited paths), must each be an audited file: same name, same sha256."""
     from diffusers.utils.dynamic_modules_utils import get_relative_import_files
 
-    audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
-    for file in files:
-        if file.beside:
-            (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file.path, module_file.parent / file.beside)
+    for file in (f for f in files if f.beside):
+        (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file.path, module_file.parent / file.beside)
     copies = [module_file, *map(Path, get_relative_import_files(str(module_file)))]
-    copies += [module_file.parent / f.beside for f in files if f.beside]
+    audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
     changes = {}
-    for copy in copies:
-        found = outputs.sha256_file(copy)
-        if (copy.name, found) not in audited:
+    for copy in copies + [module_file.parent / f.beside for f in files if f.beside]:
+        if (copy.name, found := outputs.sha256_file(copy)) not in audited:
             changes[copy.name] = (next((sha for name, sha in audited if name == copy.name), None), found)
     if changes:
         raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
@@ -488,8 +446,8 @@ def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
 @contextmanager
 def only_audited_code(audited: Audit):
     """Around the diffusers call after `audit`: diffusers copies the code into a modules folder private to this
-    load (not the HF_MODULES_CACHE that other kernels share and may rewrite), and every copy is hashed again
-    just before it is imported; one that differs from the audited file is refused before it runs."""
+    load (not the HF_MODULES_CACHE other kernels share and may rewrite), and each copy is hashed again just
+    before its import; one that differs from the audited file is refused before it runs."""
     import importlib
 
     from diffusers.utils import dynamic_modules_utils as dynamic
@@ -503,7 +461,7 @@ def only_audited_code(audited: Audit):
         _verify_copies(Path(private) / module_path, audited.files)
         return original(class_name, module_path, force_reload)
 
-    def forget_modules():  # so `diffusers_modules` resolves to this load's folder, then to nothing stale
+    def forget_modules():  # `diffusers_modules` must resolve to this load's folder, and later to nothing stale
         for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
             del sys.modules[name]
         importlib.invalidate_caches()
@@ -528,30 +486,23 @@ def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, cus
     audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, custom_revision=custom_revision,
                     pinned=pinned, allow_dynamic_code=allow_dynamic_code,
                     i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
-    if audited.custom_pipeline is not None:
-        kwargs["custom_pipeline"] = audited.custom_pipeline
-    if audited.custom_revision is not None:
-        kwargs["custom_revision"] = audited.custom_revision
+    code = {"custom_pipeline": audited.custom_pipeline, "custom_revision": audited.custom_revision}
     with only_audited_code(audited):
         return loading.load_pipeline(audited.source, dtype=dtype, device_map=device_map, revision=audited.revision,
-                                     trust_remote_code=True, **kwargs)
+                                     trust_remote_code=True, **{k: v for k, v in code.items() if v}, **kwargs)
 
 
 def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
                                i_accept_unpinned_remote_code: bool = False, dtype="auto"):
     """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the checks and the audit.
-
     diffusers 0.42.1's AutoModel reads a repository's model_index.json before the component's config, so
-    `subfolder="unet"` never sees the component's `auto_map`; loading the component folder itself does.
-    """
+    `subfolder="unet"` never sees the component's `auto_map`; loading the component folder itself does."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
     local = Path(source).is_dir()
     revision = None if local else revision
     check_revision(source, revision, i_accept_unpinned_remote_code)
     files = component_code_files(source, subfolder, revision)
-    if files:
-        check_modules_cache()
     _audit(files, pinned, [Path(source)] if local else [])
     if local:
         folder = Path(source) / subfolder
@@ -598,8 +549,7 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    path = community_file(name, custom_revision)
-    offline = hub.hub_offline()
+    path, offline = community_file(name, custom_revision), hub.hub_offline()
     try:
         with sources.hub_access(MIRROR, "dataset"):
             return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
@@ -607,17 +557,14 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     except LocalEntryNotFoundError:
         if not offline:
             raise
-        raise ModelNotCachedOfflineError(
+        raise errors.ModelNotCachedOfflineError(
             f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
-            f"{sources.offline_reason()} "
-            "(diffusers' own by-name path would also ask PyPI for its release list with no timeout and hang.) "
-            "Run this online once, or pass a local copy of the file as custom_pipeline."
+            f"{sources.offline_reason()} (diffusers' own by-name path would also ask PyPI for its release list with "
+            "no timeout and hang.) Run this online once, or pass a local copy of the file as custom_pipeline."
         ) from None
     except EntryNotFoundError:
-        raise InvalidParameterError(
-            "custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
-            "Pick a diffusers release that has this pipeline, or 'main'.",
-        ) from None
+        rules.fail("custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
+                   "Pick a diffusers release that has this pipeline, or 'main'.")
 
 
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
@@ -628,40 +575,31 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
     _refuse_if_disabled()
     script = download_community_pipeline(name, custom_revision, mirror_revision)
     with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
-        local = Path(private) / f"{name}.py"
-        shutil.copyfile(script, local)
-        return load_remote_code_pipeline(model_id, custom_pipeline=local, pinned=pinned, dtype=dtype,
-                                         device_map=device_map, **kwargs)
+        shutil.copyfile(script, Path(private) / f"{name}.py")
+        return load_remote_code_pipeline(model_id, custom_pipeline=Path(private) / f"{name}.py", pinned=pinned,
+                                         dtype=dtype, device_map=device_map, **kwargs)
 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
-    """Turn a saved pipeline folder into a community-components repository.
-
-    `save_pretrained` writes weights and configs but drops the .py files. This copies them back from
-    `code_dir` (same layout: `<module>.py` at the root, `<component>/<module>.py`), points model_index.json
-    at them (`_class_name` = [module, Class]; `component` = [module, Class]) and adds an `auto_map` so the
-    component also loads alone with AutoModel. Returns the files written.
-    """
+    """Turn a saved pipeline folder into a community-components repository: copy back the .py files that
+    `save_pretrained` drops (from `code_dir`, same layout), point model_index.json at them ([module, Class])
+    and add an `auto_map` so each component also loads alone with AutoModel. Returns the files written."""
     repo, code = Path(repo_dir), Path(code_dir)
-    index_path = repo / "model_index.json"
-    index = json.loads(index_path.read_text())
+    index = json.loads((repo / "model_index.json").read_text())
     written = []
     if pipeline:
-        module, class_name = pipeline
-        written.append(Path(shutil.copyfile(code / f"{module}.py", repo / f"{module}.py")))
-        index["_class_name"] = [module, class_name]
+        written.append(Path(shutil.copyfile(code / f"{pipeline[0]}.py", repo / f"{pipeline[0]}.py")))
+        index["_class_name"] = list(pipeline)
     for name, (module, class_name) in (components or {}).items():
         if name not in index:
-            raise InvalidParameterError("components", name, f"the pipeline has no component {name!r}")
+            rules.fail("components", name, f"the pipeline has no component {name!r}")
         written.append(Path(shutil.copyfile(code / name / f"{module}.py", repo / name / f"{module}.py")))
         index[name] = [module, class_name]
-        config_path = repo / name / "config.json"
-        config = json.loads(config_path.read_text())
-        config["_class_name"] = class_name
-        config["auto_map"] = {"AutoModel": f"{module}.{class_name}"}
-        outputs.write_atomically(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    outputs.write_atomically(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        config = json.loads((repo / name / "config.json").read_text())
+        config.update(_class_name=class_name, auto_map={"AutoModel": f"{module}.{class_name}"})
+        outputs.write_atomically(repo / name / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    outputs.write_atomically(repo / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
     return written
 
 
@@ -672,10 +610,11 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> 
     files = []
     for path in map(Path, paths):
         if not path.is_file() or path.suffix != ".py":
-            raise LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was imported.")
-        name = path.resolve().relative_to(Path(root).resolve()).as_posix() if root else path.name
+            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was "
+                                                "imported.")
         base = Path(root).resolve() if root else path.resolve().parent
-        files += _with_relative_imports("direct import", name, lambda module: base / module, False)
+        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(),
+                                        lambda module, base=base: base / module, False)
     _audit(files, pinned, [Path(root)] if root else [], runner="importing runs")
     return files
 
@@ -684,13 +623,11 @@ def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
     """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
     and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
     folder = Path(hub.resolve_model_source(os.fspath(folder)))
-    missing = [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
-               if not (folder / module_file).is_file()]
-    if missing:
-        raise LocalPathNotFoundError(
+    if missing := [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
+                   if not (folder / module_file).is_file()]:
+        raise errors.LocalPathNotFoundError(
             f"{str(folder)!r} names code that is not in it: {', '.join(missing)}. save_pretrained (and push_to_hub) "
-            "write weights and configs only; copy the code back with community.add_remote_code() before uploading."
-        )
+            "write weights and configs only; copy the code back with community.add_remote_code() before uploading.")
     files = code_files(str(folder))
     print(report(files))
     return files

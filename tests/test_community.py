@@ -483,8 +483,8 @@ def dynamic_folder(tmp_path: Path, loader: str, marker: Path) -> Path:
     folder = tmp_path / "kit_dynamic_pipeline"
     folder.mkdir()
     (folder / "pipeline.py").write_text(
-        f"from diffusers import StableDiffusionPipeline\n\n{loader}\n\nclass KitDynamicPipeline(StableDiffusionPipeline):"
-        "\n    pass\n")
+        f"from diffusers import StableDiffusionPipeline\n\n{loader}\n\n"
+        "class KitDynamicPipeline(StableDiffusionPipeline):\n    pass\n")
     (folder / "sibling.py").write_text(f"open({str(marker)!r}, 'a').write('sibling ran\\n')\n")
     return folder
 

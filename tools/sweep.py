@@ -295,7 +295,7 @@ REMOTE_CODE = [
     Case("04", "custom pipeline runs exec(open(...).read())", "pipeline.py line 4: `exec(open(os.path.join(",
          prepare=_dynamic("import os\nexec(open(os.path.join(os.path.dirname(__file__), 'sibling.py')).read())"),
          first_cell=False),
-    Case("04", "custom pipeline runs importlib.import_module", "pipeline.py line 4: `importlib.import_module('sibling')`",
+    Case("04", "custom pipeline runs importlib.import_module", "line 4: `importlib.import_module('sibling')`",
          prepare=_dynamic("import importlib\nimportlib.import_module('sibling')"), first_cell=False),
     Case("04", "custom pipeline runs __import__", "pipeline.py line 3: `__import__('sibling')`",
          prepare=_dynamic("__import__('sibling')"), first_cell=False),
