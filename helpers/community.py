@@ -1,10 +1,8 @@
-"""Community pipelines and remote code: every file diffusers will run is shown, hashed and pinned first.
+"""Community pipelines and remote code (a `custom_pipeline`, a repository's own pipeline class and components).
 
-diffusers executes Python from a `custom_pipeline` (a local file or folder, a Hub repo holding pipeline.py, or a
-community pipeline by name), a repository's own pipeline class and its custom components. `audit` lists those
-files with their sha256 before anything runs and refuses every form that would run code nobody was shown;
-`only_audited_code` makes the diffusers call after it import exactly the audited files. This is the only
-module that passes `trust_remote_code=True`.
+`audit` shows every file diffusers will run, with its sha256, before anything runs, and refuses each form that
+would run code nobody was shown; `only_audited_code` makes the diffusers call after it import exactly those
+files. This is the only module that passes `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ class CodeFile:
 
 def _refuse_if_disabled() -> None:
     from diffusers.utils import constants
-
     if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
         raise RemoteCodeRefused(
             "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
@@ -62,7 +59,6 @@ def check_modules_cache() -> None:
     it cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
     from diffusers.utils.constants import HF_MODULES_CACHE
     from huggingface_hub import constants
-
     if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
         name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
         raise errors.FolderNotWritableError(
@@ -86,16 +82,14 @@ def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
 
 def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1 or not sources.is_hub_id(
             custom_pipeline) or any(c.exists() for c in rules.find_local(custom_pipeline)):
         return None
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
-        validate_repo_id(custom_pipeline)
+        return validate_repo_id(custom_pipeline) or custom_pipeline
     except HFValidationError:
         return None
-    return custom_pipeline
 
 
 def _fetch(source: str, name: str, revision: str | None) -> Path:
@@ -103,23 +97,14 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
     if Path(source).is_dir():
         return Path(source) / name
     from huggingface_hub import hf_hub_download
-
     with sources.hub_access(source):
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
-
-
-def _parse(path: Path, name: str) -> ast.Module:
-    try:
-        return ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError) as error:
-        raise RemoteCodeRefused(f"{name} is not valid Python ({error}); nothing was run. Fix the file.") from None
 
 
 def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
     """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a form its regex
     misses (`from . import x`, `from .. import x`, `from.x import y`) is not copied with the file: refused."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
-
     seen = set(get_relative_imports(str(path)))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
@@ -151,7 +136,6 @@ def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str
     """What a dynamic load in `current` runs: the files its string literals name beside it (a path or a module
     name); when none resolves, every .py file in its folder."""
     from huggingface_hub.errors import EntryNotFoundError
-
     here, names = posixpath.dirname(current), set()
     for text in literals:
         if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
@@ -163,23 +147,18 @@ def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str
                     names.add(candidate)
             except EntryNotFoundError:  # not in the Hub repository
                 pass
-    if names or listing is None:
-        return sorted(names) or _refuse_unlisted(current)
-    return [name for name in listing(here) if name != current]
-
-
-def _refuse_unlisted(current: str):
-    raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a Hub "
-                            "repository's folder cannot be listed here. Nothing was run. Fix: name the files it "
-                            "loads as string literals, or download the folder and audit that.")
+    if not names and listing is None:
+        raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a "
+                                "Hub repository's folder cannot be listed here. Nothing was run. Fix: name the files "
+                                "it loads as string literals, or download the folder and audit that.")
+    return sorted(names) or [name for name in listing(here) if name != current]
 
 
 def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
                            listing=None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time, recursively: all of it runs, so all of
-    it is shown and hashed. `fetch(path)` gives the file on disk, `listing(folder)` a local folder's .py files.
-    From a `local` folder diffusers copies only the files `name` imports directly, so a deeper relative import
-    is refused; a dynamic load, unless `allowed` names its file (and records that it did)."""
+    """`name` and every file it imports relatively or loads at run time (all of it runs), from `fetch(path)`.
+    From a `local` folder diffusers copies only the files `name` imports directly: a deeper relative import is
+    refused; a dynamic load too, unless `allowed` names its file (then it lists what `listing(folder)` finds)."""
     files, queue, seen = [], [(name, None, None)], set()
     while queue:
         current, importer, line = queue.pop(0)
@@ -197,7 +176,10 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
                 f"files {name} imports directly: it would import whatever another pipeline left in "
                 "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
                 f"import {current!r} directly in {name}, or merge it into {importer}.")
-        tree = _parse(path, current)
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError) as error:
+            raise RemoteCodeRefused(f"{current} is not valid Python ({error}); nothing was run. Fix it.") from None
         how = f"{role}: imported by {importer}" if line is None else f"{role}: loaded by {importer} line {line}"
         beside = posixpath.relpath(current, posixpath.dirname(name) or ".") if line else None
         files.append(CodeFile(how if importer else role, current, path, outputs.sha256_file(path),
@@ -219,7 +201,7 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
 
 def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
     """`script` in the local folder `root` and what it imports or loads (listing the folder when it must)."""
-    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")  # noqa: E731
+    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
                                   if "__pycache__" not in p.parts)
     return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
 
@@ -233,7 +215,6 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
     """(role, module file) for each piece of a repository's own code its model_index.json names: the
     pipeline class and custom components (not diffusers' or transformers' classes)."""
     import diffusers.pipelines
-
     code = [(f"pipeline class {index['_class_name'][1]}", f"{index['_class_name'][0]}.py")] if isinstance(
         index.get("_class_name"), list) else []
     return code + [(f"{name} component {spec[1]}", f"{name}/{spec[0]}.py") for name, spec in index.items()
@@ -344,7 +325,6 @@ def _pin_if_codeless(model_id: str) -> str | None:
     if hub.hub_offline():
         return None
     from huggingface_hub import model_info
-
     with sources.hub_access(model_id):
         commit = model_info(model_id).sha
     if code_files(model_id, None, commit):
@@ -393,20 +373,19 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         rules.fail("allow_dynamic_code", allow_dynamic_code, "needs a list of file names, like ['pipeline.py']")
     allowed = dict.fromkeys(allow_dynamic_code, False)  # each entry must name a file that loads code at run time
     repo_id = hub_repo_id(custom_pipeline) if custom_revision is not None or i_accept_unpinned_remote_code else None
-    files, roots, source = [], [], None
+    files, roots, source, resolved = [], [], None, None
+    custom_revision = custom_revision if repo_id else None  # diffusers ignores it for a local path
     if repo_id is not None:
         check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
         resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
             f"custom_pipeline {repo_id}", "pipeline.py", lambda name: _fetch(repo_id, name, custom_revision), False,
             allowed)
     elif custom_pipeline is not None:
-        resolved, custom_revision = resolve_custom_pipeline(custom_pipeline), None
+        resolved = resolve_custom_pipeline(custom_pipeline)
         roots.append(_pipeline_script(resolved)[0])
         files, resolved = _local_files(*_pipeline_script(resolved), "custom_pipeline", allowed), str(resolved)
     elif model_id is None:
         rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
-    else:
-        resolved, custom_revision = None, None
     if model_id is not None:
         source = hub.resolve_model_source(model_id, revision)
         if Path(source).is_dir():
@@ -429,7 +408,6 @@ def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
     """The copies diffusers made of `module_file` and its relative imports, and the files loaded at run time
     (placed beside it here, from the audited paths), must each be an audited file: same name, same sha256."""
     from diffusers.utils.dynamic_modules_utils import get_relative_import_files
-
     for file in (f for f in files if f.beside):
         (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file.path, module_file.parent / file.beside)
@@ -451,7 +429,6 @@ def only_audited_code(audited: Audit):
     import importlib
 
     from diffusers.utils import dynamic_modules_utils as dynamic
-
     _refuse_if_disabled()
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
     Path(shared).mkdir(parents=True, exist_ok=True)
@@ -494,9 +471,8 @@ def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, cus
 
 def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
                                i_accept_unpinned_remote_code: bool = False, dtype="auto"):
-    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the checks and the audit.
-    diffusers 0.42.1's AutoModel reads a repository's model_index.json before the component's config, so
-    `subfolder="unet"` never sees the component's `auto_map`; loading the component folder itself does."""
+    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit: with
+    `subfolder=` diffusers 0.42.1 reads model_index.json, not the component's `auto_map`; the folder itself works."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
     local = Path(source).is_dir()
@@ -519,36 +495,31 @@ def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinn
               allow_dynamic_code=(), i_accept_unpinned_remote_code: bool = False):
     """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`."""
     from diffusers import DiffusionPipeline
-
     audited = audit(custom_pipeline=custom_pipeline, custom_revision=custom_revision, pinned=pinned,
                     allow_dynamic_code=allow_dynamic_code, i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
-    extra = {"custom_revision": audited.custom_revision} if audited.custom_revision else {}
     with only_audited_code(audited):
         return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=audited.custom_pipeline,
-                                 trust_remote_code=True, **extra)
+                                 trust_remote_code=True, **{"custom_revision": audited.custom_revision} if
+                                 audited.custom_revision else {})
 
 
 def community_file(name: str, custom_revision: str | None = None) -> str:
     """The mirror path diffusers fetches for `custom_pipeline=name, custom_revision=...`: "v0.42.1/name.py"
     for a release (the installed one by default), "main/name.py" for "main"."""
     import diffusers
-
     rules.community_name("name", name)
     if custom_revision is not None:
         rules.custom_revision("custom_revision", custom_revision)
-    if custom_revision == "main":
-        return f"main/{name}.py"
-    return f"v{custom_revision or '.'.join(diffusers.__version__.split('.')[:3])}/{name}.py"
+    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])
+    return f"{'main' if release == 'main' else 'v' + release}/{name}.py"
 
 
 def download_community_pipeline(name: str, custom_revision: str | None = None,
                                 mirror_revision: str | None = None) -> Path:
-    """`name` from the dataset diffusers/community-pipelines-mirror, in the Hugging Face cache (the cached copy
-    when offline). diffusers' own by-name path first asks PyPI for its release list with no timeout, only to
-    find this same file name. `mirror_revision` pins the mirror itself at a commit."""
+    """`name` from diffusers/community-pipelines-mirror (cached when offline) without diffusers' by-name path,
+    which first asks PyPI with no timeout for this same file name. `mirror_revision` pins the mirror itself."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     path, offline = community_file(name, custom_revision), hub.hub_offline()
     try:
         with sources.hub_access(MIRROR, "dataset"):
