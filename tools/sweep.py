@@ -305,7 +305,7 @@ REMOTE_CODE = [
     Case("04", "opt-in lists the loaded file, which the manifest never pinned", "sibling.py: pinned absent, found",
          prepare=_dynamic(RUNPY, allow=["pipeline.py"], pin_only_pipeline=True), first_cell=False),
     Case("04", "opt-in names a file that loads nothing", "names no audited file that loads code at run time",
-         prepare=_dynamic(RUNPY, allow=["sibling.py"]), first_cell=False),
+         {"allow_dynamic_code": ["kit_prompt_weighting.py"]}, first_cell=False),
     Case("04", "second kernel rewrites the modules-cache copy before import", "(it changed after the audit)",
          environment={"PYTHONPATH": str(runner.ROOT / "tools" / "second_kernel")}, first_cell=False),
     Case("04", "manifest names a file outside the folder", "line 3: entry '../escape.py' is not a file name inside",
