@@ -641,3 +641,10 @@ def test_a_manifest_that_is_or_names_a_symlink_is_refused(tiny, tmp_path):
     with pytest.raises(InvalidParameterError, match=r"line 1: entry 'helper.py' is a symbolic link in"):
         community.audit(custom_pipeline=str(folder), pinned=str(write_manifest(tmp_path, json.dumps(
             {**good, "helper.py": "0" * 64}))))
+
+
+@pytest.mark.parametrize("value", ["pipeline.py", [""], [3]])
+def test_notebook_04s_allow_dynamic_code_is_checked_at_setup(value):
+    with pytest.raises(InvalidParameterError, match=r"allow_dynamic_code=.* needs a list of file names"):
+        validate.check({"allow_dynamic_code": value}, stage="before_install")
+    validate.check({"allow_dynamic_code": ["pipeline.py"], "pinned_manifest": ""}, stage="before_install")
