@@ -438,12 +438,9 @@ def only_audited_code(audited: Audit):
         _verify_copies(Path(private) / module_path, audited.files)
         return original(class_name, module_path, force_reload)
 
-    def forget_modules():  # `diffusers_modules` must resolve to this load's folder, and later to nothing stale
-        for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
-            del sys.modules[name]
-        importlib.invalidate_caches()
-
-    forget_modules()
+    for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
+        del sys.modules[name]  # so `diffusers_modules` resolves to this load's folder (loaded classes keep theirs)
+    importlib.invalidate_caches()
     sys.path.insert(0, private)
     dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module = private, checked_import
     try:
@@ -451,7 +448,6 @@ def only_audited_code(audited: Audit):
     finally:
         dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module = shared, original
         sys.path.remove(private)
-        forget_modules()
         shutil.rmtree(private, ignore_errors=True)
 
 
