@@ -240,7 +240,7 @@ def test_community_notebook_audits_before_each_load(executed):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
-    assert "refused: custom_revision='v0.41.0'" in text["name"]
+    assert "model_index.json now names ['pipeline_kit_components', 'KitComponentsPipeline']" in text["publish"]
     assert "after save_pretrained, .py files: none" in text["publish"]
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
