@@ -69,5 +69,5 @@ class RemoteCodeChanged(KitError, RuntimeError):
         self.changes = changes
         lines = [f"  {path}: pinned {pinned or 'absent'}, found {found or 'absent'}"
                  for path, (pinned, found) in sorted(changes.items())]
-        super().__init__(f"Remote code differs from {against}; nothing was run:\n" + "\n".join(lines),
-                         fix="\nRead the new code, then pin the new hashes if you trust it.")
+        super().__init__(f"Remote code differs from {against}; nothing was run:\n" + "\n".join(lines)
+                         + "\nRead the new code, then pin the new hashes if you trust it.")
