@@ -1,138 +1,95 @@
-"""Community pipelines and remote code, loaded only after the kit has shown what will run.
+"""Community pipelines and remote code (a `custom_pipeline`, a repository's own pipeline class and components).
 
-diffusers executes Python from three places: a `custom_pipeline` (a local file or folder, a Hub
-repository holding `pipeline.py`, or a community pipeline fetched by name), a repository's own pipeline
-class (`_class_name` as a list in model_index.json), and custom components (`["module", "Class"]`
-entries, or `auto_map` in a component's config). This module lists those files and their sha256
-*before* anything runs, compares them with a pinned manifest when you have one, and refuses the unsafe
-forms:
-
-* a local path that does not exist (diffusers would treat it as a Hub repo or a community name);
-* `trust_remote_code` for a Hub repo whose `revision` is not a full 40-hex commit (a branch can change
-  under you), unless `i_accept_unpinned_remote_code=True`; the same for a Hub-repo `custom_pipeline`
-  and its `custom_revision` (a Hub model repo holding no code is pinned at its current commit for you);
-* a community pipeline by name that is neither reachable nor cached (the kit fetches it from the
-  mirror itself: diffusers' own by-name path first asks PyPI with no timeout and can hang);
-* a `custom_revision` like "v0.41.0" (diffusers wants "0.41.0" or "main");
-* anything at all while DIFFUSERS_DISABLE_REMOTE_CODE is set.
-
-Every load here ends in the real diffusers call with `trust_remote_code=True`; this module is the
-only place in the kit that passes it.
+`audit` shows every file diffusers will run, with its sha256, before anything runs, and refuses each form that
+would run code nobody was shown; `only_audited_code` makes the diffusers call after it import exactly those
+files. This is the only module that passes `trust_remote_code=True`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import ast
 import json
 import os
 import posixpath
+import re
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from . import KIT_ROOT, hub, loading, rules
-from .errors import InvalidParameterError, KitError, LocalPathNotFoundError, ModelNotCachedOfflineError
+from . import KIT_ROOT, errors, hub, loading, outputs, rules
+from .errors import RemoteCodeChanged, RemoteCodeRefused
 from .rules import truthy
 
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
-
-
-class RemoteCodeRefused(KitError, PermissionError):
-    """The kit will not run this code: the message says why and what to do instead."""
-
-
-class RemoteCodeChanged(KitError, RuntimeError):
-    """The code files differ from the pinned manifest; carries what changed."""
-
-    def __init__(self, changes: dict[str, tuple[str | None, str | None]]):
-        self.changes = changes
-        lines = [f"  {path}: pinned {pinned or 'absent'}, found {found or 'absent'}"
-                 for path, (pinned, found) in sorted(changes.items())]
-        super().__init__("Remote code differs from the pinned manifest; nothing was run:\n" + "\n".join(lines)
-                         + "\nRead the new code, then pin the new hashes if you trust it.")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
+                "audit(...).manifest gives it.")
+# Calls that run code no import statement shows (the builtins only as bare names or builtins.<name>).
+DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}
+DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
+                   "SourceFileLoader", "load_source", "load_module"}
+FILE_READERS = {"open", "read_text", "read_bytes"}  # dynamic when they read a .py file
 
 
 @dataclass(frozen=True)
 class CodeFile:
     role: str  # what diffusers uses it for
-    name: str  # path inside the repository (the manifest key)
-    path: Path  # the file on disk that diffusers will execute
+    name: str  # path inside the repository or folder (the manifest key)
+    path: Path  # the file on disk that will run
     sha256: str
     size: int
-
-
-def remote_code_disabled() -> bool:
-    from diffusers.utils import constants
-
-    return truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or bool(constants.DIFFUSERS_DISABLE_REMOTE_CODE)
+    beside: str | None = None  # loaded at run time: its path from the folder of the file that loads it
 
 
 def _refuse_if_disabled() -> None:
-    if remote_code_disabled():
+    from diffusers.utils import constants
+    if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
         raise RemoteCodeRefused(
             "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
-            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code."
-        )
+            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code.")
 
 
 def check_modules_cache() -> None:
-    """diffusers copies each code file into HF_MODULES_CACHE (HF_HOME/modules) before running it; a folder it
-    cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
+    """diffusers copies each code file under HF_MODULES_CACHE (HF_HOME/modules) before running it; a folder
+    it cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
     from diffusers.utils.constants import HF_MODULES_CACHE
     from huggingface_hub import constants
-
-    from .errors import FolderNotWritableError
-
-    reason = rules.unwritable(Path(HF_MODULES_CACHE))
-    if reason:
+    if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
         name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
-        raise FolderNotWritableError(
+        raise errors.FolderNotWritableError(
             f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
-            name=name, value=os.environ.get(name, constants.HF_HOME),
-            fix=f"Set {name} to a folder you can write to, then restart the kernel (notebook 01's hf_home sets "
-                "HF_HOME).",
-        )
+            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
+            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
-    """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root).
-    Never a Hub lookup: the rule is `rules.custom_pipeline_path`; a Hub repo id needs `custom_revision`."""
+    """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root);
+    never a Hub lookup. A Hub repo id needs `custom_revision`."""
     try:
         return rules.custom_pipeline_path("custom_pipeline", path)
-    except LocalPathNotFoundError as error:
+    except errors.LocalPathNotFoundError as error:
         if not hub_repo_id(path):
             raise
-        raise LocalPathNotFoundError(
-            error.rule, name=error.name, value=error.value,
-            fix=f"{error.fix} If you meant the Hub repository {str(path)!r} (holding pipeline.py), pass "
-                "custom_revision='<40-hex commit>' to pin the code you read.",
-        ) from None
+        raise errors.LocalPathNotFoundError(error.rule, name=error.name, value=error.value, fix=f"{error.fix} If you "
+                                            f"meant the Hub repository {str(path)!r} (holding pipeline.py), pass "
+                                            "custom_revision='<40-hex commit>' to pin the code you read.") from None
 
 
 def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
-    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1:
-        return None
-    if any(c.exists() for c in rules.find_local(custom_pipeline)) or hub._looks_like_local_path(custom_pipeline):
-        return None
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-
+    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1 or not hub.is_hub_id(
+            custom_pipeline) or any(c.exists() for c in rules.find_local(custom_pipeline)):
+        return None
     try:
-        validate_repo_id(custom_pipeline)
+        return validate_repo_id(custom_pipeline) or custom_pipeline
     except HFValidationError:
         return None
-    return custom_pipeline
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _code_file(role: str, name: str, path: Path) -> CodeFile:
-    return CodeFile(role, name, path, _sha256(path), path.stat().st_size)
 
 
 def _fetch(source: str, name: str, revision: str | None) -> Path:
@@ -140,60 +97,15 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
     if Path(source).is_dir():
         return Path(source) / name
     from huggingface_hub import hf_hub_download
-
     with hub.hub_access(source):
-        return Path(hf_hub_download(source, name, revision=revision, local_files_only=loading.hub_offline()))
+        return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
 
 
-def _with_relative_imports(role: str, name: str, fetch, local: bool) -> list[CodeFile]:
-    """`name` (a path in its folder or repository) and every file it imports relatively, recursively.
-
-    diffusers copies or downloads those next to the module, and they run when it is imported, so a
-    `from .helper import x` in pipeline.py makes helper.py part of what is shown, hashed and pinned.
-    `fetch(path)` gives the file on disk (from the folder, or downloaded at the audited revision).
-    From a `local` folder diffusers 0.42.1 copies only the files `name` imports directly, into one shared
-    folder (HF_MODULES_CACHE/diffusers_modules/local): a deeper import would run whatever another
-    pipeline left there, unaudited, so it is refused.
-    """
-    files, queue, seen = [], [(name, None)], set()
-    while queue:
-        current, importer = queue.pop(0)
-        if current in seen:
-            continue
-        seen.add(current)
-        path = fetch(current)
-        if not Path(path).is_file():
-            raise LocalPathNotFoundError(
-                f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
-                "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run."
-            )
-        if local and importer is not None and importer != name:
-            raise RemoteCodeRefused(
-                f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
-                f"files {name} imports directly: it would import whatever another pipeline left in "
-                "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
-                f"import {current!r} directly in {name}, or merge it into {importer}."
-            )
-        files.append(_code_file(role if importer is None else f"{role}: imported by {importer}", current, Path(path)))
-        folder = posixpath.dirname(current)
-        queue += [(posixpath.join(folder, module.replace(".", "/") + ".py"), current)
-                  for module in sorted(_relative_imports(Path(path), current))]
-    return files
-
-
-def _relative_imports(path: Path, name: str) -> list[str]:
-    """The modules `path` imports relatively, as diffusers finds them (a regex over its lines); a relative
-    import diffusers would not see, and so not copy (`from . import x`, `from .. import x`, `from.x import y`),
-    is refused: Python would import whatever another pipeline left in the shared modules folder."""
-    import ast
-
+def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
+    """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a form its regex
+    misses (`from . import x`, `from .. import x`, `from.x import y`) is not copied with the file: refused."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
-
     seen = set(get_relative_imports(str(path)))
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError) as error:
-        raise RemoteCodeRefused(f"{name} is not valid Python ({error}); nothing was run. Fix the file.") from None
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
             written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
@@ -205,51 +117,133 @@ def _relative_imports(path: Path, name: str) -> list[str]:
     return sorted(seen)
 
 
-def hub_pipeline_files(repo_id: str, custom_revision: str | None) -> list[CodeFile]:
-    """What `custom_pipeline="<repo_id>", custom_revision=...` executes: the repo's pipeline.py and every file
-    it imports relatively (diffusers fetches those too), downloaded at that revision."""
-    return _with_relative_imports(f"custom_pipeline {repo_id}", "pipeline.py",
-                                  lambda name: _fetch(repo_id, name, custom_revision), local=False)
+def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
+    """(line, call, its string literals) for each call that runs code no import statement shows: exec, eval,
+    compile, __import__, runpy, importlib's loaders, or reading a .py file."""
+    found = []
+    for node in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        builtin = isinstance(func, ast.Name) or getattr(getattr(func, "value", None), "id", None) == "builtins"
+        literals = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        if (name in DYNAMIC_BUILTINS and builtin) or name in DYNAMIC_LOADERS or (
+                name in FILE_READERS and any(text.endswith(".py") for text in literals)):
+            found.append((node.lineno, ast.unparse(node), literals))
+    return sorted(found)
 
 
-def custom_pipeline_files(resolved: Path) -> list[CodeFile]:
-    """A local `.py` file or folder given as custom_pipeline: its script and what that imports relatively."""
-    folder, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-    return _with_relative_imports("custom_pipeline", script, lambda name: folder / name, local=True)
+def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str]:
+    """What a dynamic load in `current` runs: the files its string literals name beside it (a path or a module
+    name); when none resolves, every .py file in its folder."""
+    from huggingface_hub.errors import EntryNotFoundError
+    here, names = posixpath.dirname(current), set()
+    for text in literals:
+        if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
+            raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows only the "
+                                    "folder's files. Nothing was run. Fix: keep the code it loads beside it.")
+        for candidate in {posixpath.normpath(posixpath.join(here, t)) for t in (text, text.replace(".", "/") + ".py")}:
+            try:
+                if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
+                    names.add(candidate)
+            except EntryNotFoundError:  # not in the Hub repository
+                pass
+    if not names and listing is None:
+        raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a "
+                                "Hub repository's folder cannot be listed here. Nothing was run. Fix: name the files "
+                                "it loads as string literals, or download the folder and audit that.")
+    return sorted(names) or [name for name in listing(here) if name != current]
 
 
-def code_files(source: str, custom_pipeline: str | os.PathLike | None = None,
-               revision: str | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
+def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
+                           listing=None) -> list[CodeFile]:
+    """`name` and every file it imports relatively or loads at run time (all of it runs), from `fetch(path)`.
+    From a `local` folder diffusers copies only the files `name` imports directly: a deeper relative import is
+    refused; a dynamic load too, unless `allowed` names its file (then it lists what `listing(folder)` finds)."""
+    files, queue, seen = [], [(name, None, None)], set()
+    while queue:
+        current, importer, line = queue.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        path = Path(fetch(current))
+        if not path.is_file():
+            raise errors.LocalPathNotFoundError(
+                f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
+                "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run.")
+        if local and line is None and importer not in (None, name):
+            raise RemoteCodeRefused(
+                f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
+                f"files {name} imports directly: it would import whatever another pipeline left in "
+                "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
+                f"import {current!r} directly in {name}, or merge it into {importer}.")
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+        except (SyntaxError, ValueError) as error:
+            raise RemoteCodeRefused(f"{current} is not valid Python ({error}); nothing was run. Fix it.") from None
+        how = f"{role}: imported by {importer}" if line is None else f"{role}: loaded by {importer} line {line}"
+        beside = posixpath.relpath(current, posixpath.dirname(name) or ".") if line else None
+        files.append(CodeFile(how if importer else role, current, path, outputs.sha256_file(path),
+                              path.stat().st_size, beside))
+        queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
+                  for module in _relative_imports(tree, path, current)]
+        for line, call, literals in dynamic_loads(tree):
+            opted = [entry for entry in (allowed or {}) if entry in (current, posixpath.basename(current))]
+            if not opted:
+                raise RemoteCodeRefused(
+                    f"{current} line {line}: `{call[:100]}` loads code at run time that no import statement shows: "
+                    "diffusers would run it without it being listed or hashed. Nothing was run. Fix: read "
+                    f"{current} and the files it loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}]"
+                    " to show, hash and pin them too.")
+            allowed.update(dict.fromkeys(opted, True))
+            queue += [(loaded, current, line) for loaded in _loaded_files(current, literals, fetch, listing)]
+    return files
+
+
+def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
+    """`script` in the local folder `root` and what it imports or loads (listing the folder when it must)."""
+    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
+                                  if "__pycache__" not in p.parts)
+    return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
+
+
+def _pipeline_script(resolved: Path) -> tuple[Path, str]:
+    """(folder, script) of a resolved custom_pipeline: a .py file, or a folder's pipeline.py."""
+    return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
+
+
+def _custom_code(index: dict) -> list[tuple[str, str]]:
+    """(role, module file) for each piece of a repository's own code its model_index.json names: the
+    pipeline class and custom components (not diffusers' or transformers' classes)."""
+    import diffusers.pipelines
+    code = [(f"pipeline class {index['_class_name'][1]}", f"{index['_class_name'][0]}.py")] if isinstance(
+        index.get("_class_name"), list) else []
+    return code + [(f"{name} component {spec[1]}", f"{name}/{spec[0]}.py") for name, spec in index.items()
+                   if not name.startswith("_") and isinstance(spec, list) and spec[0] not in KNOWN_LIBRARIES
+                   and not hasattr(diffusers.pipelines, spec[0])]  # not ["stable_diffusion", "...SafetyChecker"]
+
+
+def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
+               allowed: dict | None = None) -> list[CodeFile]:
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way. A Hub repo's
+    own code is loaded from its snapshot folder, as local files."""
     files = []
     if custom_pipeline is not None:
-        files += custom_pipeline_files(resolve_custom_pipeline(custom_pipeline))
-    index = loading.read_model_index(source, revision)
-    fetch = lambda name: _fetch(source, name, revision)  # noqa: E731 - one source and revision for every file
-    local = True  # a Hub repo's own code is loaded from its snapshot folder too, as local files
-    if isinstance(index.get("_class_name"), list):
-        module, class_name = index["_class_name"]
-        files += _with_relative_imports(f"pipeline class {class_name}", f"{module}.py", fetch, local)
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] in KNOWN_LIBRARIES:
-            continue
-        import diffusers.pipelines
-
-        if hasattr(diffusers.pipelines, spec[0]):
-            continue  # a diffusers pipeline module, e.g. ["stable_diffusion", "StableDiffusionSafetyChecker"]
-        files += _with_relative_imports(f"{name} component {spec[1]}", f"{name}/{spec[0]}.py", fetch, local)
+        files += _local_files(*_pipeline_script(resolve_custom_pipeline(custom_pipeline)), "custom_pipeline", allowed)
+    for role, module_file in _custom_code(hub.read_model_index(source, revision)):
+        if Path(source).is_dir():
+            files += _local_files(Path(source), module_file, role, allowed)
+        else:
+            files += _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True,
+                                            allowed)
     return files
 
 
 def component_code_files(source: str, subfolder: str, revision: str | None = None) -> list[CodeFile]:
     """The files an `AutoModel.from_pretrained(..., subfolder=...)` would execute (its config's auto_map)."""
     config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
-    files = []
-    for reference in sorted(set(config.get("auto_map", {}).values())):
-        module = reference.rsplit(".", 1)[0]
-        files += _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{module}.py",
-                                        lambda name: _fetch(source, name, revision), True)
-    return files
+    return [file for reference in sorted(set(config.get("auto_map", {}).values()))
+            for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
+                                               lambda name: _fetch(source, name, revision), True)]
 
 
 def manifest(files: list[CodeFile]) -> dict[str, str]:
@@ -259,17 +253,56 @@ def manifest(files: list[CodeFile]) -> dict[str, str]:
 
 def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str:
     lines = [f"{runner} {len(files)} code file(s):"]
-    lines += [f"  {file.name:40s} sha256 {file.sha256}  {file.size:>7,d} bytes  ({file.role})" for file in files]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
 
 
 def verify(files: list[CodeFile], pinned: dict[str, str]) -> None:
     """Raise RemoteCodeChanged when any file was added, removed or changed against `pinned`."""
     found = manifest(files)
-    changes = {name: (pinned.get(name), found.get(name))
-               for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}
-    if changes:
+    if changes := {name: (pinned.get(name), found.get(name))
+                   for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
         raise RemoteCodeChanged(changes)
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, duplicates kept."""
+
+
+def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
+    """`pinned` as {file: sha256}, from a dict or a JSON file; untrusted input, so every entry is checked:
+    a file name inside the audited folder (`roots`, the local ones), no symlink, a 64-hex sha256."""
+    text, value, pairs = None, pinned, _Pairs(pinned.items()) if isinstance(pinned, dict) else None
+    if pairs is None:
+        path, value = Path(pinned), str(pinned)
+        if path.is_symlink() or not path.is_file():
+            rules.fail("pinned", value, "is a symbolic link" if path.is_symlink() else "needs an existing JSON "
+                       "manifest file", "Pass the manifest file itself.")
+        text = path.read_text(errors="replace")
+        try:
+            pairs = json.loads(text, object_pairs_hook=_Pairs)
+        except json.JSONDecodeError as error:
+            rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
+        if not isinstance(pairs, _Pairs):
+            rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
+
+    def refuse(key, problem):
+        where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
+                     "")
+        rules.fail("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
+
+    checked = {}
+    for key, sha256 in pairs:
+        parts = PurePosixPath(key).parts if isinstance(key, str) else ()
+        if not parts or key.startswith(("/", "~")) or "\\" in key or ".." in parts:
+            refuse(key, "is not a file name inside the audited folder")
+        if key in checked:
+            refuse(key, "appears twice")
+        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+            refuse(key, f"has {sha256!r}, not a sha256 (64 lowercase hex digits)")
+        for root in (r for r in roots if any(r.joinpath(*parts[:n]).is_symlink() for n in range(1, len(parts) + 1))):
+            refuse(key, f"is a symbolic link in {root}: the audit reads only the folder's own files")
+        checked[key] = sha256
+    return checked
 
 
 def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False,
@@ -279,24 +312,19 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
         return
     try:
         rules.commit(name, revision, allow_empty=False)
-    except InvalidParameterError as error:
+    except errors.InvalidParameterError as error:
         raise RemoteCodeRefused(
-            f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load",
-            name=name, value=revision,
-            fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
+            f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load", name=name,
+            value=revision, fix=f"{error.fix} To accept moving code anyway: i_accept_unpinned_remote_code=True.",
         ) from None
 
 
 def _pin_if_codeless(model_id: str) -> str | None:
-    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin).
-
-    With trust_remote_code=True, diffusers would also run any code the repo gained later: loading at the
-    commit just checked keeps a plain model repo (weights only) from changing under a custom pipeline.
-    """
-    if loading.hub_offline():
+    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin):
+    with trust_remote_code=True diffusers would also run code the repo gained later."""
+    if hub.hub_offline():
         return None
     from huggingface_hub import model_info
-
     with hub.hub_access(model_id):
         commit = model_info(model_id).sha
     if code_files(model_id, None, commit):
@@ -305,45 +333,13 @@ def _pin_if_codeless(model_id: str) -> str | None:
     return commit
 
 
-def _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code) -> str | None:
-    """The Hub repo id when `custom_pipeline` is one the caller chose knowingly (a custom_revision, or the
-    explicit acceptance of moving code); its revision checked like any remote code."""
-    repo_id = hub_repo_id(custom_pipeline) if custom_pipeline is not None else None
-    if repo_id is None or (custom_revision is None and not i_accept_unpinned_remote_code):
-        return None  # a local path (or the clear "not found" error from resolve_custom_pipeline)
-    check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
-    return repo_id
-
-
-def _audit(files: list[CodeFile], pinned: dict[str, str] | None, runner: str = "diffusers will execute") -> None:
+def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers will execute") -> None:
+    if files and runner.startswith("diffusers"):
+        check_modules_cache()
     print(report(files, runner))
     if pinned is not None:
-        verify(files, pinned)
+        verify(files, read_manifest(pinned, roots))
         print("  all files match the pinned manifest")
-
-
-def forget_stale_module(script: Path) -> bool:
-    """Drop this kernel's `diffusers_modules.local.<file stem>`, so diffusers imports the audited file afresh;
-    says so when the module came from a different file (returns True then).
-
-    diffusers imports every local custom pipeline under that name and re-executes a later file of the same
-    name into the same module, so the old classes stay beside the new ones ("Multiple classes ... found", or
-    the old class). A folder's file is always pipeline.py. Pipelines already loaded keep their class.
-    """
-    import sys
-
-    from diffusers.utils.constants import HF_MODULES_CACHE
-
-    name = f"diffusers_modules.local.{script.stem}"
-    copy = Path(HF_MODULES_CACHE) / "diffusers_modules" / "local" / script.name
-    if name not in sys.modules:
-        return False
-    del sys.modules[name]  # always: another kernel sharing HF_HOME may have rewritten the copy since
-    if copy.is_file() and copy.read_bytes() == script.read_bytes():
-        return False
-    print(f"note: another {script.name} was loaded in this kernel; the kit drops that module so diffusers "
-          f"imports {script} afresh (pipelines already loaded keep their class)")
-    return True
 
 
 @dataclass(frozen=True)
@@ -362,140 +358,165 @@ class Audit:
 
 
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
-          custom_revision: str | None = None, pinned: dict[str, str] | None = None,
+          custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
-    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run.
-
-    Refuses the unsafe forms (see the module docstring), prints each file with its sha256, and compares them
-    with `pinned` when given. Pass the returned `source`, `revision` and `custom_pipeline` to the diffusers
-    call on the next line, so that what runs is exactly what was shown. `model_id=None` audits a
-    `custom_pipeline` alone (for `from_pipe`).
-
-    `custom_pipeline` may be a Hub repo id holding pipeline.py ("user/repo"), pinned by
-    `custom_revision="<40-hex commit>"` as `revision` pins a Hub model's own code. A Hub model given
-    without `revision` that holds no code is pinned at its current commit (the returned `revision`).
+    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run,
+    compared with `pinned` ({file: sha256}, or a JSON file of it) when given. Pass the returned values to the
+    diffusers call, inside `with only_audited_code(audit):`. `model_id=None` audits a `custom_pipeline` alone
+    (for `from_pipe`); a Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`; a Hub model
+    without `revision` that holds no code is pinned at its current commit. `allow_dynamic_code`: the files you
+    have read that load code at run time (exec, runpy, importlib); what they load is shown and hashed too.
     """
     _refuse_if_disabled()
-    hub_pipeline = _hub_custom_pipeline(custom_pipeline, custom_revision, i_accept_unpinned_remote_code)
-    if hub_pipeline is not None:
-        resolved, pipeline_files = hub_pipeline, hub_pipeline_files(hub_pipeline, custom_revision)
-    else:
-        resolved = None if custom_pipeline is None else str(resolve_custom_pipeline(custom_pipeline))
-        custom_revision = pipeline_files = None
-    if model_id is None:
-        if resolved is None:
-            raise InvalidParameterError("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
-        if pipeline_files is not None:
-            files = pipeline_files
-        else:
-            files = custom_pipeline_files(Path(resolved))
-        source = None
-    else:
-        source = loading.resolve_model_source(model_id, revision)
-        if Path(source).is_dir() and revision:
-            print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers ignores it too)")
+    if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
+                                                                   for n in allow_dynamic_code):
+        rules.fail("allow_dynamic_code", allow_dynamic_code, "needs a list of file names, like ['pipeline.py']")
+    allowed = dict.fromkeys(allow_dynamic_code, False)  # each entry must name a file that loads code at run time
+    repo_id = hub_repo_id(custom_pipeline) if custom_revision is not None or i_accept_unpinned_remote_code else None
+    files, roots, source, resolved = [], [], None, None
+    custom_revision = custom_revision if repo_id else None  # diffusers ignores it for a local path
+    if repo_id is not None:
+        check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
+        resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
+            f"custom_pipeline {repo_id}", "pipeline.py", lambda name: _fetch(repo_id, name, custom_revision), False,
+            allowed)
+    elif custom_pipeline is not None:
+        resolved = resolve_custom_pipeline(custom_pipeline)
+        roots.append(_pipeline_script(resolved)[0])
+        files, resolved = _local_files(*_pipeline_script(resolved), "custom_pipeline", allowed), str(resolved)
+    elif model_id is None:
+        rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
+    if model_id is not None:
+        source = hub.resolve_model_source(model_id, revision)
+        if Path(source).is_dir():
+            if revision:
+                print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers too)")
             revision = None
-        if revision is None and not Path(source).is_dir() and not i_accept_unpinned_remote_code:
+            roots.append(Path(source))
+        elif revision is None and not i_accept_unpinned_remote_code:
             revision = _pin_if_codeless(source)
         check_revision(source, revision, i_accept_unpinned_remote_code)
-        if hub_pipeline is not None:
-            files = pipeline_files + code_files(source, None, revision)
-        else:
-            files = code_files(source, resolved, revision)
-    if files:
-        check_modules_cache()
-    _audit(files, pinned)
-    for file in files:  # the custom pipeline and every local module it imports
-        if file.role.startswith("custom_pipeline") and hub_pipeline is None:
-            forget_stale_module(file.path)
+        files += code_files(source, None, revision, allowed)
+    if not all(allowed.values()):
+        rules.fail("allow_dynamic_code", [n for n, used in allowed.items() if not used], "names no audited file "
+                   f"that loads code at run time (audited: {', '.join(f.name for f in files) or 'none'})", "Remove it.")
+    _audit(files, pinned, roots)
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 
+def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
+    """The copies diffusers made of `module_file` and its relative imports, and the files loaded at run time
+    (placed beside it here, from the audited paths), must each be an audited file: same name, same sha256."""
+    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
+    for file in (f for f in files if f.beside):
+        (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file.path, module_file.parent / file.beside)
+    copies = [module_file, *map(Path, get_relative_import_files(str(module_file)))]
+    audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
+    changes = {}
+    for copy in copies + [module_file.parent / f.beside for f in files if f.beside]:
+        if (copy.name, found := outputs.sha256_file(copy)) not in audited:
+            changes[copy.name] = (next((sha for name, sha in audited if name == copy.name), None), found)
+    if changes:
+        raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
+
+
+@contextmanager
+def only_audited_code(audited: Audit):
+    """Around the diffusers call after `audit`: diffusers copies the code into a modules folder private to this
+    load (not the HF_MODULES_CACHE other kernels share and may rewrite), and each copy is hashed again just
+    before its import; one that differs from the audited file is refused before it runs."""
+    import importlib
+
+    from diffusers.utils import dynamic_modules_utils as dynamic
+    _refuse_if_disabled()
+    shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
+    Path(shared).mkdir(parents=True, exist_ok=True)
+    private = tempfile.mkdtemp(prefix="kit-load-", dir=shared)  # 0700
+
+    def checked_import(class_name, module_path, force_reload=False):
+        _verify_copies(Path(private) / module_path, audited.files)
+        return original(class_name, module_path, force_reload)
+
+    for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
+        del sys.modules[name]  # so `diffusers_modules` resolves to this load's folder (loaded classes keep theirs)
+    importlib.invalidate_caches()
+    sys.path.insert(0, private)
+    dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module = private, checked_import
+    try:
+        yield Path(private)
+    finally:
+        dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module = shared, original
+        sys.path.remove(private)
+        shutil.rmtree(private, ignore_errors=True)
+
+
 def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, custom_pipeline=None,
-                              custom_revision: str | None = None, pinned: dict[str, str] | None = None,
+                              custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
                               i_accept_unpinned_remote_code: bool = False, dtype="auto", device_map="auto",
                               **kwargs):
-    """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`."""
+    """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`, inside `only_audited_code`."""
     audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, custom_revision=custom_revision,
-                    pinned=pinned, i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
-    if audited.custom_pipeline is not None:
-        kwargs["custom_pipeline"] = audited.custom_pipeline
-    if audited.custom_revision is not None:
-        kwargs["custom_revision"] = audited.custom_revision
-    return loading.load_pipeline(audited.source, dtype=dtype, device_map=device_map, revision=audited.revision,
-                                 trust_remote_code=True, **kwargs)
+                    pinned=pinned, allow_dynamic_code=allow_dynamic_code,
+                    i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
+    code = {"custom_pipeline": audited.custom_pipeline, "custom_revision": audited.custom_revision}
+    with only_audited_code(audited):
+        return loading.load_pipeline(audited.source, dtype=dtype, device_map=device_map, revision=audited.revision,
+                                     trust_remote_code=True, **{k: v for k, v in code.items() if v}, **kwargs)
 
 
-def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None,
-                               pinned: dict[str, str] | None = None, i_accept_unpinned_remote_code: bool = False,
-                               dtype="auto"):
-    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the checks and the audit.
-
-    diffusers 0.42.1's AutoModel reads a repository's model_index.json before the component's config, so
-    `subfolder="unet"` never sees the component's `auto_map`; loading the component folder itself does.
-    A Hub repository's component folder is downloaded alone, at the pinned revision.
-    """
+def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
+                               i_accept_unpinned_remote_code: bool = False, dtype="auto"):
+    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit: with
+    `subfolder=` diffusers 0.42.1 reads model_index.json, not the component's `auto_map`; the folder itself works."""
     _refuse_if_disabled()
-    source = loading.resolve_model_source(model_id, revision, subfolder)
-    if Path(source).is_dir():
-        revision = None
+    source = hub.resolve_model_source(model_id, revision, subfolder)
+    local = Path(source).is_dir()
+    revision = None if local else revision
     check_revision(source, revision, i_accept_unpinned_remote_code)
     files = component_code_files(source, subfolder, revision)
-    if files:
-        check_modules_cache()
-    _audit(files, pinned)
-    if Path(source).is_dir():
+    _audit(files, pinned, [Path(source)] if local else [])
+    if local:
         folder = Path(source) / subfolder
     else:
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"], revision=revision,
-                                        local_files_only=loading.hub_offline())) / subfolder
-    return loading.load_component(folder, dtype=dtype, trust_remote_code=True)
+                                        local_files_only=hub.hub_offline())) / subfolder
+    with only_audited_code(Audit(source, revision, None, files)):
+        return loading.load_component(folder, dtype=dtype, trust_remote_code=True)
 
 
-def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinned: dict[str, str] | None = None,
-              dtype=None, i_accept_unpinned_remote_code: bool = False):
-    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`.
-
-    A Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`, as in `audit`.
-    """
+def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinned=None, dtype=None,
+              allow_dynamic_code=(), i_accept_unpinned_remote_code: bool = False):
+    """`DiffusionPipeline.from_pipe(pipe, custom_pipeline=...)` on the same weights, after `audit`."""
     from diffusers import DiffusionPipeline
-
     audited = audit(custom_pipeline=custom_pipeline, custom_revision=custom_revision, pinned=pinned,
-                    i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
-    extra = {"custom_revision": audited.custom_revision} if audited.custom_revision else {}
-    return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=audited.custom_pipeline,
-                             trust_remote_code=True, **extra)
+                    allow_dynamic_code=allow_dynamic_code, i_accept_unpinned_remote_code=i_accept_unpinned_remote_code)
+    with only_audited_code(audited):
+        return loading.from_pipe(DiffusionPipeline, pipe, dtype=dtype, custom_pipeline=audited.custom_pipeline,
+                                 trust_remote_code=True, **{"custom_revision": audited.custom_revision} if
+                                 audited.custom_revision else {})
 
 
 def community_file(name: str, custom_revision: str | None = None) -> str:
     """The mirror path diffusers fetches for `custom_pipeline=name, custom_revision=...`: "v0.42.1/name.py"
     for a release (the installed one by default), "main/name.py" for "main"."""
     import diffusers
-
     rules.community_name("name", name)
     if custom_revision is not None:
         rules.custom_revision("custom_revision", custom_revision)
-    if custom_revision == "main":
-        return f"main/{name}.py"
-    return f"v{custom_revision or '.'.join(diffusers.__version__.split('.')[:3])}/{name}.py"
+    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])
+    return f"{'main' if release == 'main' else 'v' + release}/{name}.py"
 
 
 def download_community_pipeline(name: str, custom_revision: str | None = None,
                                 mirror_revision: str | None = None) -> Path:
-    """`name` from the dataset diffusers/community-pipelines-mirror, in the Hugging Face cache (fetched through
-    HF_ENDPOINT with the Hub client's timeouts; the cached copy when offline).
-
-    diffusers' own by-name path asks PyPI for its release list first (urllib, no timeout; HF_HUB_OFFLINE does
-    not stop it) only to turn `custom_revision` into this same file name: the kit needs no PyPI.
-    `mirror_revision` pins the mirror itself at a commit (the file under v0.42.1/ can still be edited).
-    """
+    """`name` from diffusers/community-pipelines-mirror (cached when offline) without diffusers' by-name path,
+    which first asks PyPI with no timeout for this same file name. `mirror_revision` pins the mirror itself."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    path = community_file(name, custom_revision)
-    offline = loading.hub_offline()
+    path, offline = community_file(name, custom_revision), hub.hub_offline()
     try:
         with hub.hub_access(MIRROR, "dataset"):
             return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
@@ -503,81 +524,65 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     except LocalEntryNotFoundError:
         if not offline:
             raise
-        raise ModelNotCachedOfflineError(
+        raise errors.ModelNotCachedOfflineError(
             f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
-            f"{hub.offline_reason()} "
-            "(diffusers' own by-name path would also ask PyPI for its release list with no timeout and hang.) "
-            "Run this online once, or pass a local copy of the file as custom_pipeline."
+            f"{hub.offline_reason()} (diffusers' own by-name path would also ask PyPI for its release list with "
+            "no timeout and hang.) Run this online once, or pass a local copy of the file as custom_pipeline."
         ) from None
     except EntryNotFoundError:
-        raise InvalidParameterError(
-            "custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
-            "Pick a diffusers release that has this pipeline, or 'main'.",
-        ) from None
+        rules.fail("custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
+                   "Pick a diffusers release that has this pipeline, or 'main'.")
 
 
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
-                            mirror_revision: str | None = None, pinned: dict[str, str] | None = None,
-                            dtype="auto", device_map="auto", **kwargs):
-    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first.
-
-    The kit downloads the file itself (the same file diffusers would fetch for this `custom_revision`),
-    shows its hash, then passes a private copy as `custom_pipeline`, so what runs is exactly what was shown.
-    """
+                            mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto",
+                            **kwargs):
+    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first:
+    the kit downloads the file diffusers would fetch and loads a private copy of exactly that file."""
     _refuse_if_disabled()
     script = download_community_pipeline(name, custom_revision, mirror_revision)
     with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
-        local = Path(private) / f"{name}.py"
-        shutil.copyfile(script, local)
-        return load_remote_code_pipeline(model_id, custom_pipeline=local, pinned=pinned, dtype=dtype,
-                                         device_map=device_map, **kwargs)
+        shutil.copyfile(script, Path(private) / f"{name}.py")
+        return load_remote_code_pipeline(model_id, custom_pipeline=Path(private) / f"{name}.py", pinned=pinned,
+                                         dtype=dtype, device_map=device_map, **kwargs)
 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
-    """Turn a saved pipeline folder into a community-components repository.
-
-    `save_pretrained` writes weights and configs but drops the .py files. This copies them back from
-    `code_dir` (same layout: `<module>.py` at the root, `<component>/<module>.py`), points model_index.json
-    at them (`_class_name` = [module, Class]; `component` = [module, Class]) and adds an `auto_map` so the
-    component also loads alone with AutoModel. Returns the files written.
-    """
+    """Turn a saved pipeline folder into a community-components repository: copy back the .py files that
+    `save_pretrained` drops (from `code_dir`, same layout), point model_index.json at them ([module, Class])
+    and add an `auto_map` so each component also loads alone with AutoModel. Returns the files written."""
     repo, code = Path(repo_dir), Path(code_dir)
-    index_path = repo / "model_index.json"
-    index = json.loads(index_path.read_text())
+    index = json.loads((repo / "model_index.json").read_text())
     written = []
     if pipeline:
-        module, class_name = pipeline
-        written.append(Path(shutil.copyfile(code / f"{module}.py", repo / f"{module}.py")))
-        index["_class_name"] = [module, class_name]
+        written.append(Path(shutil.copyfile(code / f"{pipeline[0]}.py", repo / f"{pipeline[0]}.py")))
+        index["_class_name"] = list(pipeline)
     for name, (module, class_name) in (components or {}).items():
         if name not in index:
-            raise InvalidParameterError("components", name, f"the pipeline has no component {name!r}")
+            rules.fail("components", name, f"the pipeline has no component {name!r}")
         written.append(Path(shutil.copyfile(code / name / f"{module}.py", repo / name / f"{module}.py")))
         index[name] = [module, class_name]
-        config_path = repo / name / "config.json"
-        config = json.loads(config_path.read_text())
-        config["_class_name"] = class_name
-        config["auto_map"] = {"AutoModel": f"{module}.{class_name}"}
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        config = json.loads((repo / name / "config.json").read_text())
+        config.update(_class_name=class_name, auto_map={"AutoModel": f"{module}.{class_name}"})
+        outputs.write_atomically(repo / name / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    outputs.write_atomically(repo / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
     return written
 
 
-def audit_imports(paths, root: str | os.PathLike | None = None, pinned: dict[str, str] | None = None) -> list[CodeFile]:
-    """Show and hash local .py files before you import them yourself (`from my_unet import MyUNet`).
-
-    Importing a file runs it, so it gets the same audit as the files diffusers executes for
-    `trust_remote_code=True`: each file's sha256 is printed, and checked against `pinned` when given.
-    """
+def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> list[CodeFile]:
+    """Show and hash local .py files before you import them yourself (`from my_unet import MyUNet`): importing
+    a file runs it, so it gets the same audit (and the same dynamic-loading refusal) as remote code."""
     _refuse_if_disabled()
     files = []
     for path in map(Path, paths):
         if not path.is_file() or path.suffix != ".py":
-            raise LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was imported.")
-        name = path.resolve().relative_to(Path(root).resolve()).as_posix() if root else path.name
-        files.append(_code_file("direct import", name, path.resolve()))
-    _audit(files, pinned, runner="importing runs")
+            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was "
+                                                "imported.")
+        base = Path(root).resolve() if root else path.resolve().parent
+        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(),
+                                        lambda module, base=base: base / module, False)
+    _audit(files, pinned, [Path(root)] if root else [], runner="importing runs")
     return files
 
 
@@ -585,25 +590,11 @@ def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
     """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
     and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
     folder = Path(hub.resolve_model_source(os.fspath(folder)))
-    index = loading.read_model_index(str(folder))
-    needed = []
-    if isinstance(index.get("_class_name"), list):
-        needed.append(f"{index['_class_name'][0]}.py")
-    needed += [f"{name}/{spec[0]}.py" for name, spec in index.items()
-               if not name.startswith("_") and isinstance(spec, list) and spec[0] not in KNOWN_LIBRARIES
-               and not _is_diffusers_pipeline_module(spec[0])]
-    missing = [name for name in needed if not (folder / name).is_file()]
-    if missing:
-        raise LocalPathNotFoundError(
+    if missing := [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
+                   if not (folder / module_file).is_file()]:
+        raise errors.LocalPathNotFoundError(
             f"{str(folder)!r} names code that is not in it: {', '.join(missing)}. save_pretrained (and push_to_hub) "
-            "write weights and configs only; copy the code back with community.add_remote_code() before uploading."
-        )
+            "write weights and configs only; copy the code back with community.add_remote_code() before uploading.")
     files = code_files(str(folder))
     print(report(files))
     return files
-
-
-def _is_diffusers_pipeline_module(module: str) -> bool:
-    import diffusers.pipelines
-
-    return hasattr(diffusers.pipelines, module)

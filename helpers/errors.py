@@ -142,3 +142,18 @@ class UnsafeStateFileError(KitError, OSError):
                          "state, so that it cannot be made to truncate, read or write anything outside output_dir",
                          name=None, fix=f"Remove {Path(path).name!r} from the folder (it is the kit's, recreated as "
                          "needed) and run again, or choose another output_dir.")
+
+
+class RemoteCodeRefused(KitError, PermissionError):
+    """Remote or community code the kit will not run: the message says why and what to do instead."""
+
+
+class RemoteCodeChanged(KitError, RuntimeError):
+    """Code files that differ from the pinned manifest (or from what was audited); carries what changed."""
+
+    def __init__(self, changes: dict[str, tuple[str | None, str | None]], against: str = "the pinned manifest"):
+        self.changes = changes
+        lines = [f"  {path}: pinned {pinned or 'absent'}, found {found or 'absent'}"
+                 for path, (pinned, found) in sorted(changes.items())]
+        super().__init__(f"Remote code differs from {against}; nothing was run:\n" + "\n".join(lines)
+                         + "\nRead the new code, then pin the new hashes if you trust it.")

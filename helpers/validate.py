@@ -150,6 +150,9 @@ RULES = {
     "gpu_memory_gib": lambda n, v: v == [] or rules.gpu_budgets(n, v),
     "max_memory": rules.memory_map,
     "community_pipeline": _custom_pipeline,
+    "allow_dynamic_code": lambda n, v: isinstance(v, list) and all(isinstance(x, str) and x for x in v) or rules.fail(
+        n, v, "needs a list of file names, like ['pipeline.py']"),
+    "pinned_manifest": rules.text,
     "hub_community_name": rules.community_name,
     "custom_revision": rules.custom_revision,
     "revision": rules.commit,

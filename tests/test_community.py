@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import KIT_ROOT, community, hub, loading, memory, rules, validate
+from helpers import KIT_ROOT, community, hub, loading, memory, outputs, rules, validate
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError, ModelNotCachedOfflineError
 
 ROOT = KIT_ROOT
@@ -380,7 +380,7 @@ def test_an_unlisted_relatively_imported_file_fails_the_manifest(tiny, tmp_path)
     (folder / "pipeline.py").write_text((folder / "pipeline.py").read_text() + "from .rel_extra import X  # noqa\n")
     with pytest.raises(community.RemoteCodeChanged) as refused:
         community.audit(str(tiny["sd"]), custom_pipeline=str(folder), pinned=pinned)
-    assert refused.value.changes["rel_extra.py"] == (None, community._sha256(folder / "rel_extra.py"))
+    assert refused.value.changes["rel_extra.py"] == (None, outputs.sha256_file(folder / "rel_extra.py"))
     assert set(refused.value.changes) == {"pipeline.py", "rel_extra.py"}
 
 
@@ -462,3 +462,189 @@ def test_two_folders_with_same_named_helpers_each_run_their_own(tiny, tmp_path):
         pipes.append(community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder),
                                                          device_map=None))
     assert [pipe.value for pipe in pipes] == ["first", "second"]
+
+
+DYNAMIC_FORMS = {  # (how pipeline.py loads sibling.py at run time, the call the refusal must name)
+    "runpy": ("import os\nimport runpy\nrunpy.run_path(os.path.join(os.path.dirname(__file__), 'sibling.py'))\n",
+              "runpy.run_path("),
+    "exec-open": ("import os\nexec(open(os.path.join(os.path.dirname(__file__), 'sibling.py')).read())\n", "exec("),
+    "import_module": ("import importlib\nimportlib.import_module('sibling')\n", "importlib.import_module('sibling')"),
+    "__import__": ("__import__('sibling')\n", "__import__('sibling')"),
+    "spec_from_file_location": ("import importlib.util\nimportlib.util.spec_from_file_location('s', 'sibling.py')\n",
+                                "importlib.util.spec_from_file_location("),
+    "read .py": ("from pathlib import Path\nsource = Path(__file__).with_name('sibling.py').read_text()\n",
+                 "with_name('sibling.py').read_text()"),
+}
+
+
+def dynamic_folder(tmp_path: Path, loader: str, marker: Path) -> Path:
+    """A custom pipeline folder whose pipeline.py runs sibling.py at import time (`loader`); sibling.py writes
+    `marker` when it runs."""
+    folder = tmp_path / "kit_dynamic_pipeline"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text(
+        f"from diffusers import StableDiffusionPipeline\n\n{loader}\n\n"
+        "class KitDynamicPipeline(StableDiffusionPipeline):\n    pass\n")
+    (folder / "sibling.py").write_text(f"open({str(marker)!r}, 'a').write('sibling ran\\n')\n")
+    return folder
+
+
+@pytest.mark.parametrize("form", list(DYNAMIC_FORMS))
+def test_code_loaded_at_run_time_is_refused_with_its_file_line_and_call(tiny, tmp_path, form):
+    loader, call = DYNAMIC_FORMS[form]
+    marker = tmp_path / "ran.txt"
+    folder = dynamic_folder(tmp_path, loader, marker)
+    line = 2 + loader.count("\n")  # the loader's last line: it starts on line 3
+    with pytest.raises(community.RemoteCodeRefused) as refused:
+        community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder), device_map=None)
+    message = str(refused.value)
+    assert message.startswith(f"pipeline.py line {line}: `") and call in message
+    assert "allow_dynamic_code=['pipeline.py']" in message and not marker.exists()
+    assert community.dynamic_loads(ast.parse("import torch\nm = torch.compile(m)\nm.eval()\n")) == []
+
+
+def test_the_opt_in_shows_hashes_and_pins_the_loaded_file_and_runs_that_copy(tiny, tmp_path, capsys):
+    marker = tmp_path / "ran.txt"
+    folder = dynamic_folder(tmp_path, DYNAMIC_FORMS["runpy"][0], marker)
+    audited = community.audit(str(tiny["sd"]), custom_pipeline=str(folder), allow_dynamic_code=["pipeline.py"])
+    assert [(f.name, f.role) for f in audited.files] == [
+        ("pipeline.py", "custom_pipeline"), ("sibling.py", "custom_pipeline: loaded by pipeline.py line 5")]
+    assert audited.manifest["sibling.py"] == outputs.sha256_file(folder / "sibling.py")
+    assert "sibling.py" in capsys.readouterr().out
+    pipe = community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline=str(folder), device_map=None,
+                                               allow_dynamic_code=["pipeline.py"], pinned=audited.manifest)
+    assert type(pipe).__name__ == "KitDynamicPipeline" and marker.read_text() == "sibling ran\n"
+    (folder / "sibling.py").write_text("print('not the code you read')\n")
+    with pytest.raises(community.RemoteCodeChanged, match="sibling.py"):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder), allow_dynamic_code=["pipeline.py"],
+                        pinned=audited.manifest)
+
+
+def test_an_opt_in_without_a_literal_lists_every_py_file_of_the_folder(tiny, tmp_path):
+    folder = dynamic_folder(tmp_path, "import importlib\nNAME = 'sib' + 'ling'\nimportlib.import_module(NAME)\n",
+                            tmp_path / "ran.txt")
+    (folder / "other.py").write_text("X = 1\n")
+    audited = community.audit(str(tiny["sd"]), custom_pipeline=str(folder), allow_dynamic_code=["pipeline.py"])
+    assert [f.name for f in audited.files] == ["pipeline.py", "other.py", "sibling.py"]
+
+
+@pytest.mark.parametrize("allow, rule", [(["nope.py"], "names no audited file that loads code at run time"),
+                                         ("pipeline.py", "needs a list of file names"),
+                                         ([""], "needs a list of file names")])
+def test_an_opt_in_that_names_nothing_loading_code_is_refused(tiny, tmp_path, allow, rule):
+    folder = relative_import_folder(tmp_path, tmp_path / "ran.txt")
+    with pytest.raises(InvalidParameterError, match=rule):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder), allow_dynamic_code=allow)
+
+
+def test_a_loaded_file_outside_the_folder_is_refused_even_with_the_opt_in(tiny, tmp_path):
+    folder = dynamic_folder(tmp_path, "import runpy\nrunpy.run_path('/tmp/elsewhere.py')\n", tmp_path / "ran.txt")
+    with pytest.raises(community.RemoteCodeRefused, match="loads '/tmp/elsewhere.py', outside its own folder"):
+        community.audit(str(tiny["sd"]), custom_pipeline=str(folder), allow_dynamic_code=["pipeline.py"])
+
+
+def other_kernels_code(marker: Path) -> str:
+    return (f"open({str(marker)!r}, 'a').write('other kernel ran\\n')\nfrom diffusers import StableDiffusionPipeline\n"
+            "\n\nclass OtherKernelsPipeline(StableDiffusionPipeline):\n    pass\n")
+
+
+def test_another_kernels_rewrite_of_the_shared_modules_cache_never_runs(tiny, tmp_path):
+    """A second kernel on the same HF_HOME rewrites HF_MODULES_CACHE/diffusers_modules/local/pipeline.py after this
+    kernel's audit: the load copies and imports the audited file in a folder of its own, so the rewrite never runs."""
+    import subprocess
+    import sys
+
+    from diffusers.utils.constants import HF_MODULES_CACHE
+
+    folder = relative_import_folder(tmp_path, tmp_path / "helper-ran.txt")
+    marker = tmp_path / "other.txt"
+    audited = community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+    shared = Path(HF_MODULES_CACHE) / "diffusers_modules" / "local"
+    rewrite = (f"import pathlib\nfor name, text in (('pipeline.py', {other_kernels_code(marker)!r}), "
+               f"('rel_helper.py', 'TAG = \"other\"\\n')):\n"
+               f"    (pathlib.Path({str(shared)!r}) / name).parent.mkdir(parents=True, exist_ok=True)\n"
+               f"    (pathlib.Path({str(shared)!r}) / name).write_text(text)\n")
+    subprocess.run([sys.executable, "-c", rewrite], check=True)  # the other kernel
+    with community.only_audited_code(audited) as private:
+        assert Path(HF_MODULES_CACHE) in private.parents and private.stat().st_mode & 0o077 == 0
+        pipe = loading.load_pipeline(audited.source, custom_pipeline=audited.custom_pipeline, trust_remote_code=True,
+                                     device_map=None)
+    assert type(pipe).__name__ == "KitRelativePipeline" and pipe.tag == "helper+deeper"
+    assert not marker.exists() and not private.exists()  # the private folder goes with the load
+    assert "OtherKernelsPipeline" in (shared / "pipeline.py").read_text()  # the shared copy was never used
+
+
+def test_a_file_rewritten_between_audit_and_load_is_refused_before_it_runs(tiny, tmp_path):
+    marker = tmp_path / "other.txt"
+    folder = relative_import_folder(tmp_path, tmp_path / "helper-ran.txt")
+    audited = community.audit(str(tiny["sd"]), custom_pipeline=str(folder))
+    (folder / "rel_deeper.py").write_text(f"open({str(marker)!r}, 'a').write('ran\\n')\nDEPTH = ''\n")
+    with pytest.raises(community.RemoteCodeChanged) as refused, community.only_audited_code(audited):
+        loading.load_pipeline(audited.source, custom_pipeline=audited.custom_pipeline, trust_remote_code=True,
+                              device_map=None)
+    assert "the code the audit showed (it changed after the audit)" in str(refused.value)
+    assert list(refused.value.changes) == ["rel_deeper.py"] and not marker.exists()
+    assert not (tmp_path / "helper-ran.txt").exists()  # nothing of the folder ran
+
+
+def test_a_copy_rewritten_after_diffusers_made_it_is_refused_just_before_the_import(tiny, tmp_path, monkeypatch):
+    """The last window: the copy in the modules folder changes after diffusers wrote it, before it imports it."""
+    from diffusers.utils import dynamic_modules_utils as dynamic
+
+    marker = tmp_path / "other.txt"
+    copy_file = dynamic.get_cached_module_file
+
+    def copy_then_rewrite(*args, **kwargs):
+        module_path = copy_file(*args, **kwargs)
+        (Path(dynamic.HF_MODULES_CACHE) / module_path).write_text(other_kernels_code(marker))
+        return module_path
+
+    monkeypatch.setattr(dynamic, "get_cached_module_file", copy_then_rewrite)
+    with pytest.raises(community.RemoteCodeChanged, match=r"pipeline.py: pinned [0-9a-f]{64}, found [0-9a-f]{64}"):
+        community.load_remote_code_pipeline(str(tiny["sd"]), custom_pipeline="community/kit_previews", device_map=None)
+    assert not marker.exists()
+
+
+def write_manifest(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "manifest.json"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, rule", [
+    ('{\n  "pipeline.py": "abc",\n}', "line 3: not valid JSON"),
+    ('["pipeline.py"]', "holds a list, not a JSON object"),
+    ('{\n  "pipeline.py": "%s",\n  "../escape.py": "%s"\n}', "line 3: entry '../escape.py' is not a file name inside"),
+    ('{\n  "/etc/passwd": "%s"\n}', "line 2: entry '/etc/passwd' is not a file name inside"),
+    ('{\n  "pipeline.py": "%s",\n  "pipeline.py": "%s"\n}', "entry 'pipeline.py' appears twice"),
+    ('{\n  "pipeline.py": "ABC"\n}', "line 2: entry 'pipeline.py' has 'ABC', not a sha256"),
+    ('{\n  "pipeline.py": 5\n}', "line 2: entry 'pipeline.py' has 5, not a sha256"),
+])
+def test_a_manifest_file_is_untrusted_input_checked_line_by_line(tiny, tmp_path, text, rule):
+    path = write_manifest(tmp_path, text.replace("%s", "0" * 64))
+    with pytest.raises(InvalidParameterError, match=re.escape(rule)) as refused:
+        community.audit(custom_pipeline="community/kit_previews", pinned=str(path))
+    assert refused.value.name == "pinned" and refused.value.value == str(path)
+
+
+def test_a_manifest_that_is_or_names_a_symlink_is_refused(tiny, tmp_path):
+    folder = tmp_path / "kit_linked"
+    shutil.copytree(ROOT / "community" / "kit_previews", folder)
+    good = community.audit(custom_pipeline=str(folder)).manifest
+    real = write_manifest(tmp_path, json.dumps(good))
+    assert community.audit(custom_pipeline=str(folder), pinned=str(real)).manifest == good  # read back, matches
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    with pytest.raises(InvalidParameterError, match="is a symbolic link"):
+        community.audit(custom_pipeline=str(folder), pinned=str(link))
+    (folder / "helper.py").symlink_to(ROOT / "helpers" / "rules.py")
+    with pytest.raises(InvalidParameterError, match=r"line 1: entry 'helper.py' is a symbolic link in"):
+        community.audit(custom_pipeline=str(folder), pinned=str(write_manifest(tmp_path, json.dumps(
+            {**good, "helper.py": "0" * 64}))))
+
+
+@pytest.mark.parametrize("value", ["pipeline.py", [""], [3]])
+def test_notebook_04s_allow_dynamic_code_is_checked_at_setup(value):
+    with pytest.raises(InvalidParameterError, match=r"allow_dynamic_code=.* needs a list of file names"):
+        validate.check({"allow_dynamic_code": value}, stage="before_install")
+    validate.check({"allow_dynamic_code": ["pipeline.py"], "pinned_manifest": ""}, stage="before_install")

@@ -244,7 +244,7 @@ def test_community_notebook_audits_before_each_load(executed):
         assert "diffusers will execute" in text[cell] and "sha256" in text[cell], cell
     assert "fox token scaled by 1.500; largest change elsewhere 0.0e+00" in text["weights"]
     assert "KitPreviewPipeline: shares weights True" in text["folder"]
-    assert "refused: custom_revision='v0.41.0'" in text["name"]
+    assert "model_index.json now names ['pipeline_kit_components', 'KitComponentsPipeline']" in text["publish"]
     assert "after save_pretrained, .py files: none" in text["publish"]
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
@@ -402,7 +402,7 @@ def test_community_notebook_removes_its_scratch_copies_when_a_later_cell_fails(t
     notebook = nbformat.read(runner.NOTEBOOKS / "04_community_pipelines.ipynb", as_version=4)
     after_tamper = next(i for i, c in enumerate(notebook.cells) if c.get("id") == "tamper") + 1
     notebook.cells.insert(after_tamper, new_code_cell(
-        "assert len(list(Path(workspace.name).iterdir())) == 2  # the components repo and the tampered copy\n"
+        "assert len(list(Path(workspace.name).iterdir())) == 3  # the components repo, its manifest, the tampered copy\n"
         "raise RuntimeError('a later cell fails')"))
     copy = tmp_path / "04_fails_late.ipynb"  # `helpers` is installed in the venv, community paths resolve from the kit
     nbformat.write(notebook, copy)

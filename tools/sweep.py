@@ -350,9 +350,71 @@ def _nested_relative_import(work: Path, parameters: dict) -> dict:
     return {"community_pipeline": str(folder)}
 
 
+def _dynamic(loader: str, allow: list | None = None, pin_only_pipeline: bool = False):
+    """prepare(): a custom pipeline folder whose pipeline.py runs sibling.py at import time through `loader`
+    (lines 3 on); `allow` sets allow_dynamic_code; `pin_only_pipeline` pins a manifest of pipeline.py alone."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        folder = work / "kit_sweep_dynamic"
+        folder.mkdir()
+        (folder / "pipeline.py").write_text(f"from diffusers import StableDiffusionPipeline\n\n{loader}\n\n"
+                                            "class KitSweepDynamicPipeline(StableDiffusionPipeline):\n    pass\n")
+        (folder / "sibling.py").write_text("raise RuntimeError('sibling.py ran unaudited')\n")
+        overrides = {"community_pipeline": str(folder)}
+        if allow is not None:
+            overrides["allow_dynamic_code"] = allow
+        if pin_only_pipeline:
+            digest = hashlib.sha256((folder / "pipeline.py").read_bytes()).hexdigest()
+            (work / "manifest.json").write_text(json.dumps({"pipeline.py": digest}, indent=1))
+            overrides["pinned_manifest"] = str(work / "manifest.json")
+        return overrides
+
+    return prepare
+
+
+def _manifest(text: str, link: bool = False):
+    """prepare(): `pinned_manifest` is a file holding `text` (or a symlink to one)."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        (work / "manifest.json").write_text(text)
+        if link:
+            (work / "link.json").symlink_to(work / "manifest.json")
+        return {"pinned_manifest": str(work / ("link.json" if link else "manifest.json"))}
+
+    return prepare
+
+
+RUNPY = "import os\nimport runpy\nrunpy.run_path(os.path.join(os.path.dirname(__file__), 'sibling.py'))"
+SHA = "0" * 64
 REMOTE_CODE = [
     Case("04", "custom pipeline with a nested relative import", "relatively, but from a local folder",
          prepare=_nested_relative_import, first_cell=False),
+    Case("04", "custom pipeline runs a sibling with runpy", "pipeline.py line 5: `runpy.run_path(os.path.join(os.path"
+         ".dirname(__file__), 'sibling.py'))` loads code at run time", prepare=_dynamic(RUNPY), first_cell=False),
+    Case("04", "custom pipeline runs exec(open(...).read())", "pipeline.py line 4: `exec(open(os.path.join(",
+         prepare=_dynamic("import os\nexec(open(os.path.join(os.path.dirname(__file__), 'sibling.py')).read())"),
+         first_cell=False),
+    Case("04", "custom pipeline runs importlib.import_module", "line 4: `importlib.import_module('sibling')`",
+         prepare=_dynamic("import importlib\nimportlib.import_module('sibling')"), first_cell=False),
+    Case("04", "custom pipeline runs __import__", "pipeline.py line 3: `__import__('sibling')`",
+         prepare=_dynamic("__import__('sibling')"), first_cell=False),
+    Case("04", "custom pipeline runs a file through importlib.util", "`importlib.util.spec_from_file_location('s', "
+         "'sibling.py')`", prepare=_dynamic("import importlib.util\nimportlib.util.spec_from_file_location("
+                                            "'s', 'sibling.py').loader.exec_module(None)"), first_cell=False),
+    Case("04", "opt-in lists the loaded file, which the manifest never pinned", "sibling.py: pinned absent, found",
+         prepare=_dynamic(RUNPY, allow=["pipeline.py"], pin_only_pipeline=True), first_cell=False),
+    Case("04", "opt-in names a file that loads nothing", "names no audited file that loads code at run time",
+         {"allow_dynamic_code": ["kit_prompt_weighting.py"]}, first_cell=False),
+    Case("04", "second kernel rewrites the modules-cache copy before import", "(it changed after the audit)",
+         environment={"PYTHONPATH": str(runner.ROOT / "tools" / "second_kernel")}, first_cell=False),
+    Case("04", "manifest names a file outside the folder", "line 3: entry '../escape.py' is not a file name inside",
+         prepare=_manifest(f'{{\n "kit_prompt_weighting.py": "{SHA}",\n "../escape.py": "{SHA}"\n}}'),
+         first_cell=False),
+    Case("04", "manifest is not valid JSON", "line 2: not valid JSON", prepare=_manifest('{\n "a.py": }'),
+         first_cell=False),
+    Case("04", "manifest holds a short hash", "line 2: entry 'kit_prompt_weighting.py' has 'abc123', not a sha256",
+         prepare=_manifest('{\n "kit_prompt_weighting.py": "abc123"\n}'), first_cell=False),
+    Case("04", "manifest is a symlink", "is a symbolic link", prepare=_manifest("{}", link=True), first_cell=False),
     Case("04", "DIFFUSERS_DISABLE_REMOTE_CODE=1", "DIFFUSERS_DISABLE_REMOTE_CODE is set",
          environment={"DIFFUSERS_DISABLE_REMOTE_CODE": "1"}, first_cell=False),
     Case("04", "HF_HOME not writable", "diffusers copies custom code into /sys/kit-hf-home/modules",
