@@ -56,3 +56,11 @@ class PlanDoesNotFitError(KitError, RuntimeError):
             lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
         lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
         super().__init__("\n".join(lines))
+
+
+class NonFiniteLatentsError(KitError, FloatingPointError):
+    """The denoising loop produced NaN or inf latents: the image would be black or noise."""
+
+
+class BadVideoError(KitError, ValueError):
+    """Frames that must not be saved as a result (NaN, all black); the message says what to change."""

@@ -1,24 +1,123 @@
-"""Build the keyword arguments of a pipeline call from the notebooks' parameters.
+"""Build the keyword arguments of a pipeline call from the notebooks' parameters, read from the pipeline itself.
 
-One `guidance_scale` parameter works for every family: SD/SDXL take `guidance_scale`; Qwen-Image
-(not guidance-distilled) takes `true_cfg_scale` and warns about `guidance_scale`. Arguments the
-pipeline's `__call__` does not accept are left out, so img2img/inpaint variants work too.
+Every name comes from the pipeline's own `__call__` signature, so one set of parameters serves every family:
+`guidance_scale` goes to the guidance argument the pipeline takes, `negative_prompt`, `num_frames` and `image`
+only where accepted, and `pipeline_kwargs` (extra call arguments) are checked against the signature before the
+call. The size multiple is read from the loaded VAE and transformer. Where the pipeline takes
+`callback_on_step_end`, `FiniteLatents` stops the call at the first NaN/inf step.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 import torch
 
-from . import guards, rules
+from . import rules
+from .errors import InvalidParameterError, NonFiniteLatentsError
+
+TYPICAL_GUIDANCE = (1.0, 30.0)  # what diffusers' pipelines are used with; far above it the latents overflow
+# The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
+GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
+# Call arguments the kit sets itself, and the parameter that sets each (refused inside pipeline_kwargs).
+KIT_ARGUMENTS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "height": "height", "width": "width",
+    "num_inference_steps": "num_inference_steps", "generator": "seed", "num_frames": "num_frames",
+    "image": "image (input_image in the notebooks)", **{name: "guidance_scale" for name in GUIDANCE_NAMES},
+}
+
+
+def likely_cause(guidance_scale: float | None = None, dtype: torch.dtype | None = None) -> str:
+    """The most likely reason for NaN/black output, and its fix, from the call's settings."""
+    causes = []
+    if guidance_scale is not None and not TYPICAL_GUIDANCE[0] / 100 <= abs(guidance_scale) <= TYPICAL_GUIDANCE[1] * 10:
+        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {TYPICAL_GUIDANCE[0]:g}-"
+                      f"{TYPICAL_GUIDANCE[1]:g}): the guided noise prediction overflows. "
+                      "Fix: use a value in that range")
+    if dtype == torch.float16:
+        causes.append("float16 overflow (float16 tops out at 65504; Qwen-Image and FLUX overflow in it, SDXL's VAE "
+                      "too). Fix: dtype='bfloat16' on GPUs that have it, float32 on a T4 or CPU, or for SDXL the "
+                      "fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix)")
+    if not causes:
+        causes.append("an overflow in the model (float16 weights, or an extreme parameter). Fix: try "
+                      "dtype='float32' (or 'bfloat16' on a GPU) and default parameters")
+    return "; or ".join(causes) + "."
+
+
+class FiniteLatents:
+    """A `callback_on_step_end` that stops denoising at the first step whose latents hold NaN or inf.
+
+    Wraps an existing callback (progress bars) so both run. Costs one `isfinite` per step.
+    """
+
+    def __init__(self, guidance_scale: float | None = None, dtype: torch.dtype | None = None, then=None):
+        self.guidance_scale, self.dtype, self.then = guidance_scale, dtype, then
+
+    def __call__(self, pipe, step, timestep, callback_kwargs):
+        latents = callback_kwargs.get("latents")
+        if isinstance(latents, torch.Tensor) and not bool(torch.isfinite(latents).all()):
+            dtype = self.dtype or latents.dtype
+            raise NonFiniteLatentsError(
+                f"The latents became NaN/inf at denoising step {step + 1}: the image would come out black or as "
+                f"noise, so nothing was saved. Likely cause: {likely_cause(self.guidance_scale, dtype)}"
+            )
+        if self.then is not None:
+            return self.then(pipe, step, timestep, callback_kwargs)
+        return callback_kwargs
+
+
+def _last(value) -> int:
+    """The spatial entry of a patch size given as an int or a (time, height, width) tuple."""
+    return int(value[-1]) if isinstance(value, (list, tuple)) else int(value or 1)
+
+
+def spatial_factor(pipe) -> int:
+    """Pixels per latent pixel, as the pipeline itself names it (image and video pipelines differ)."""
+    for name in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
+                 "vae_scale_factor"):
+        if isinstance(getattr(pipe, name, None), int):
+            return getattr(pipe, name)
+    return 8
+
+
+def patch_size(pipe) -> int:
+    """Latent pixels per token of the denoiser: its config's `patch_size`, or 2 where the pipeline packs latents
+    into 2x2 patches itself (FLUX-like pipelines, whose transformer has patch size 1)."""
+    denoiser = pipe.components.get("transformer") or pipe.components.get("unet")
+    patch = _last(getattr(getattr(denoiser, "config", None), "patch_size", 1))
+    return max(patch, 2) if hasattr(pipe, "_pack_latents") else patch
 
 
 def size_multiple(pipe) -> int:
-    """Height and width must be multiples of this: the VAE factor, times the patch size of a transformer."""
-    factor = getattr(pipe, "vae_scale_factor", 8)
-    patch = 2 if "transformer" in pipe.components else 1
-    return max(8, factor * patch)
+    """Height and width must be multiples of this: the VAE's spatial factor times the denoiser's patch size."""
+    return max(8, spatial_factor(pipe) * patch_size(pipe))
+
+
+def temporal_factor(pipe) -> int | None:
+    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None."""
+    for name in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor"):
+        if isinstance(getattr(pipe, name, None), int):
+            return getattr(pipe, name)
+    config = getattr(pipe.components.get("vae"), "config", None)
+    for name in ("temporal_compression_ratio", "scale_factor_temporal"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def check_num_frames(pipe, num_frames: int) -> None:
+    """A video needs `k * t + 1` frames, t the VAE's temporal compression (4 for Wan, CogVideoX and HunyuanVideo,
+    6 for Mochi, 8 for LTX-Video): diffusers would round another count with only a log line."""
+    factor = temporal_factor(pipe) or 1
+    name = type(pipe).__name__
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % factor:
+        near = max(1, round(((num_frames if isinstance(num_frames, int) else 81) - 1) / factor) * factor + 1)
+        raise InvalidParameterError(
+            "num_frames", num_frames,
+            f"{name} needs {factor}k + 1 frames (1, {factor + 1}, {2 * factor + 1}, ...): its VAE packs {factor} "
+            "frames into one latent frame", f"Try {near}; diffusers would round it without saying so.",
+        )
 
 
 def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
@@ -46,6 +145,37 @@ def accepted_arguments(pipeline_class) -> set[str]:
     return accepted - {"self"}
 
 
+def guidance_argument(pipe, accepted: set[str]) -> str | None:
+    """The name the pipeline takes its guidance strength under. A pipeline that takes both `guidance_scale` and
+    `true_cfg_scale` (Qwen-Image, FLUX) gets `true_cfg_scale` only when its transformer is not guidance-distilled."""
+    if {"guidance_scale", "true_cfg_scale"} <= accepted:
+        transformer = pipe.components.get("transformer")
+        distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
+        return "guidance_scale" if distilled else "true_cfg_scale"
+    return next((name for name in GUIDANCE_NAMES if name in accepted), None)
+
+
+def check_pipeline_kwargs(pipe, pipeline_kwargs, accepted: set[str]) -> dict:
+    """Extra call arguments, refused before the call when the pipeline does not take them or the kit sets them."""
+    if pipeline_kwargs is None:
+        return {}
+    name = type(pipe).__name__
+    if not isinstance(pipeline_kwargs, dict) or not all(isinstance(key, str) for key in pipeline_kwargs):
+        raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, "needs a dict of call argument names to "
+                                    "values", 'Example: pipeline_kwargs={"max_sequence_length": 128}.')
+    for key in pipeline_kwargs:
+        if key in KIT_ARGUMENTS:
+            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{key!r} is set by the kit",
+                                        f"Use the parameter {KIT_ARGUMENTS[key]} instead.")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            hint = f"Did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs,
+                                        f"{name}.__call__ takes no argument {key!r}",
+                                        f"{hint}It takes: {', '.join(sorted(accepted))}.")
+    return dict(pipeline_kwargs)
+
+
 def call_arguments(
     pipe,
     *,
@@ -56,31 +186,38 @@ def call_arguments(
     num_inference_steps: int,
     guidance_scale: float,
     seed: int,
+    num_frames: int | None = None,
+    image=None,
+    pipeline_kwargs: dict | None = None,
     **extra,
 ) -> dict:
     """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
 
-    Where the pipeline takes `callback_on_step_end`, a `guards.FiniteLatents` check runs after each step (and
-    then any callback given in `extra`): NaN/inf latents stop the call with the likely cause and the fix.
+    `extra` holds the kit's task arguments (`strength`, `mask_image`, a `callback_on_step_end`): each is kept only
+    where the pipeline takes it, so an image-to-image call and a text-to-image call share one set of parameters.
+    `pipeline_kwargs` are the user's own call arguments: a key the pipeline does not take is an error.
     """
     check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
     accepted = accepted_arguments(type(pipe))
+    user = check_pipeline_kwargs(pipe, pipeline_kwargs, accepted)
+    if num_frames is not None and "num_frames" in accepted:
+        check_num_frames(pipe, num_frames)
     if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
-        extra["callback_on_step_end"] = guards.FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
-                                                             then=extra.get("callback_on_step_end"))
+        extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
+                                                      then=extra.get("callback_on_step_end"))
     kwargs = dict(
         prompt=prompt,
         negative_prompt=negative_prompt or None,
         height=height,
         width=width,
         num_inference_steps=num_inference_steps,
+        num_frames=num_frames,
+        image=image,
         generator=torch.Generator("cpu").manual_seed(seed),
         **extra,
     )
-    transformer = pipe.components.get("transformer")
-    distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
-    if "true_cfg_scale" in accepted and not distilled:
-        kwargs["true_cfg_scale"] = guidance_scale
-    else:
-        kwargs["guidance_scale"] = guidance_scale
-    return {name: value for name, value in kwargs.items() if name in accepted and value is not None}
+    guidance = guidance_argument(pipe, accepted)
+    if guidance is not None:
+        kwargs[guidance] = guidance_scale
+    kwargs = {name: value for name, value in kwargs.items() if name in accepted and value is not None}
+    return {**kwargs, **user}
