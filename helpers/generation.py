@@ -73,7 +73,11 @@ def _last(value) -> int:
 
 
 def spatial_factor(pipe) -> int:
-    """Pixels per latent pixel, as the pipeline itself names it (image and video pipelines differ)."""
+    """Pixels per latent pixel, as the pipeline itself names it (image and video pipelines differ). Kandinsky
+    pipelines decode with a MoVQ (`movq`, no `vae`) and round the size up to 8 latent pixels of it: 64 pixels."""
+    movq = getattr(pipe.components.get("movq"), "config", None)
+    if movq is not None and "vae" not in pipe.components:
+        return 8 * 2 ** (len(movq.block_out_channels) - 1)
     for name in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
                  "vae_scale_factor"):
         if isinstance(getattr(pipe, name, None), int):
@@ -95,10 +99,15 @@ def size_multiple(pipe) -> int:
 
 
 def temporal_factor(pipe) -> int | None:
-    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None."""
+    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None.
+
+    CogVideoX's VAE decodes an even number of latent frames to one frame too many per pair (its first latent
+    frame is kept apart only when the count is odd), so CogVideoX's own rule is 8k + 1 (49 = 8 * 6 + 1).
+    """
+    pairs = 2 if type(pipe.components.get("vae")).__name__ == "AutoencoderKLCogVideoX" else 1
     for name in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor"):
         if isinstance(getattr(pipe, name, None), int):
-            return getattr(pipe, name)
+            return pairs * getattr(pipe, name)
     config = getattr(pipe.components.get("vae"), "config", None)
     for name in ("temporal_compression_ratio", "scale_factor_temporal"):
         if isinstance(getattr(config, name, None), int):
