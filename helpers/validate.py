@@ -158,6 +158,7 @@ RULES = {
     "num_frames": rules.num_frames,
     "fps": lambda n, v: rules.whole(n, v, 1),
     "input_image": rules.input_image,
+    "pipeline_kwargs": rules.call_kwargs,
     "run_image_to_video": rules.flag,
     "prompts_file": _prompts_file,
     "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1),
@@ -178,7 +179,7 @@ PLAN_ONLY_RULES = {
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.
-NOT_PARAMETERS = {"clone", "root", "In", "Out", "exit", "quit", "get_ipython"}
+NOT_PARAMETERS = {"clone", "root", "kit", "git", "In", "Out", "exit", "quit", "get_ipython"}
 
 
 def unknown_parameters(namespace: dict) -> list[str]:
