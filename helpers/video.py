@@ -55,7 +55,7 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
         instead = {"text-to-image": "it makes images: use notebook 02 (02_load_and_generate)",
                    "text-to-video": "it makes a video from text: give it as t2v_model_id",
                    "image-to-video": "it animates a start image: give it as i2v_model_id"}[made]
-        raise InvalidParameterError(parameter, source, f"{class_name} is not a {task} pipeline", f"Here {instead}.")
+        raise InvalidParameterError(parameter, source, f"{class_name} is not {'an' if task[0] == 'i' else 'a'} {task} pipeline", f"Here {instead}.")
     return pipeline_class
 
 
