@@ -3,7 +3,7 @@
 Which pipeline, and for which task, is read from the model: `video_pipeline_class` checks the class named in
 model_index.json before any weight is read. Video pipelines return `.frames[0]`: a (frames, height, width, 3)
 float array in [0, 1], or a list of PIL images. diffusers' `export_to_video` writes the MP4 through imageio
-and imageio-ffmpeg (the ffmpeg binary ships inside the imageio-ffmpeg wheel: no system ffmpeg needed). An MP4 has no free-text field
+and imageio-ffmpeg (the ffmpeg binary ships inside the imageio-ffmpeg wheel). An MP4 has no free-text field
 like a PNG's text chunk, so the generation record (the same shape as `outputs.generation_metadata`) goes in a
 sidecar `<name>.json` beside it. Saving never overwrites: a taken name gets a numbered suffix, for the pair.
 """
@@ -55,7 +55,9 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
         instead = {"text-to-image": "it makes images: use notebook 02 (02_load_and_generate)",
                    "text-to-video": "it makes a video from text: give it as t2v_model_id",
                    "image-to-video": "it animates a start image: give it as i2v_model_id"}[made]
-        raise InvalidParameterError(parameter, source, f"{class_name} is not {'an' if task[0] == 'i' else 'a'} {task} pipeline", f"Here {instead}.")
+        article = "an" if task.startswith("image") else "a"
+        raise InvalidParameterError(parameter, source, f"{class_name} is not {article} {task} pipeline",
+                                    f"Here {instead}.")
     return pipeline_class
 
 

@@ -260,7 +260,9 @@ def test_video_notebook_writes_mp4s_with_their_records(executed, run_folder):
         record = video.read_metadata(path)
         assert record["pipeline"] == pipeline and record["parameters"]["prompt"] == prompt
         assert len(video.read_frames(path)) == record["parameters"]["num_frames"] == record["video"]["frames"]
-    assert "refused: num_frames=80 is not valid" in text["guards"] and "NaN" in text["guards"]
+    assert "refused: num_frames=6 is not valid: WanPipeline needs 4k + 1 frames" in text["t2v-frames"]
+    assert "refused: The video has NaN" in text["guards"]
+    assert "offload: none" in text["t2v-load"] and "model_index.json names WanPipeline" in text["t2v-plan"]
     preview = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "t2v-show")
     assert {"image/gif", "text/html"} <= {key for o in preview.outputs for key in o.get("data", {})}
 

@@ -100,16 +100,16 @@ def notebook_run(name: str, folder: Path, row: dict, tiny: dict, paths: dict, ru
         parameters["pipeline_kwargs"] = EXTRA[name]
     result = runner.execute(notebook, run_folder / f"{name}.ipynb", parameters)
     error = result.error
-    return {"notebook": notebook.stem[:2], "seconds": round(result.seconds, 1),
-            "notebook_result": "ok" if error is None else f"{error.cell.split(' (')[0]}: {error.error.splitlines()[0][:160]}",
+    failure = None if error is None else f"{error.cell.split(' (')[0]}: {error.error.splitlines()[0][:160]}"
+    return {"notebook": notebook.stem[:2], "seconds": round(result.seconds, 1), "notebook_result": failure or "ok",
             "skipped": skipped_sections(result.executed) if result.executed.is_file() else []}
 
 
 def write_report(rows: dict, path: Path = REPORT) -> None:
     lines = ["# Family matrix", "",
              "`make families` (tools/families.py) builds a tiny random-weight pipeline for each family (tools/tiny),",
-             "loads it back with `DiffusionPipeline.from_pretrained`, runs a 2-step call with plain diffusers, then runs",
-             "notebook 02 (image) or 07 (video) headless on it. Tiny sizes: 32 px (64 for Kandinsky 3), 2 steps, CPU,",
+             "loads it back with `DiffusionPipeline.from_pretrained`, runs a 2-step call with plain diffusers,",
+             "then runs notebook 02 (image) or 07 (video) headless on it. Tiny sizes: 32 px (64 for Kandinsky 3), 2 steps, CPU,",
              "float32. A notebook failure is the first line of the error and the cell it happened in.", "",
              "| family | class | plain diffusers | notebook | result | skipped sections |",
              "|---|---|---|---|---|---|"]

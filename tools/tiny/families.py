@@ -61,11 +61,11 @@ def tiny_sd3(seed: int = 0):
 
     tokenizer, t5_tokenizer = build_clip_tokenizer(), build_t5_tokenizer(model_max_length=77)
     transformer = _seeded(seed, lambda: SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
-    ))
+        sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=16,
+    ))  # 16 latent channels, as the real SD3 VAE: its inpaint pipeline checks for them
     return StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed, latent_channels=16),
         text_encoder=tiny_clip_text_encoder(tokenizer, seed, with_projection=True), tokenizer=tokenizer,
         text_encoder_2=tiny_clip_text_encoder(tokenizer, seed + 1, with_projection=True),
         tokenizer_2=build_clip_tokenizer(),
@@ -75,7 +75,7 @@ def tiny_sd3(seed: int = 0):
 
 def tiny_flux(seed: int = 0):
     """FLUX.1 wiring: CLIP (pooled) + T5, a double/single-stream transformer on 2x2-packed latents."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     tokenizer, t5_tokenizer = build_clip_tokenizer(), build_t5_tokenizer(model_max_length=77)
     transformer = _seeded(seed, lambda: FluxTransformer2DModel(
