@@ -109,8 +109,9 @@ def write_report(rows: dict, path: Path = REPORT) -> None:
     lines = ["# Family matrix", "",
              "`make families` (tools/families.py) builds a tiny random-weight pipeline for each family (tools/tiny),",
              "loads it back with `DiffusionPipeline.from_pretrained`, runs a 2-step call with plain diffusers,",
-             "then runs notebook 02 (image) or 07 (video) headless on it. Tiny sizes: 32 px (64 for Kandinsky 3), 2 steps, CPU,",
-             "float32. A notebook failure is the first line of the error and the cell it happened in.", "",
+             "then runs notebook 02 (image) or 07 (video) headless on it. Tiny sizes: 32 px (64 for Kandinsky 3),",
+             "2 steps, CPU, float32. A notebook failure is the first line of the error and the cell it happened in.",
+             "The runs are the branch's own notebooks: rerun after a merge.", "",
              "| family | class | plain diffusers | notebook | result | skipped sections |",
              "|---|---|---|---|---|---|"]
     for name, row in rows.items():
