@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from .errors import BadVideoError, InvalidParameterError
 from .outputs import _safe_stem, _umask
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
+MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb
+MAX_DOWNLOAD_BYTES = 50 * 2**20
+DOWNLOAD_TIMEOUT_S = 30
 
 
 def pipeline_task(pipeline_class) -> str:
@@ -59,6 +63,64 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
         raise InvalidParameterError(parameter, source, f"{class_name} is not {article} {task} pipeline",
                                     f"Here {instead}.")
     return pipeline_class
+
+
+def _shown(url: str) -> str:
+    """A URL as it may be printed: no user:password, no query (tokens and signatures live there)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{'***@' if parts.username or parts.password else ''}{host}" \
+           f"{f':{parts.port}' if parts.port else ''}{parts.path}{'?***' if parts.query else ''}"
+
+
+def _download(url: str, name: str) -> bytes:
+    """The body at `url`, with a timeout and a size cap (announced length and bytes actually read)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            declared = int(response.headers.get("Content-Length") or 0)
+            data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
+        raise InvalidParameterError(name, _shown(url), f"could not be downloaded ({type(error).__name__})",
+                                    "Check the URL, or download the image and pass the file.") from None
+    if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
+        raise InvalidParameterError(name, _shown(url), f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes",
+                                    "Pass a smaller image (it is resized to the video's size anyway).")
+    return data
+
+
+def read_start_image(value: str, name: str = "input_image") -> Image.Image:
+    """The image-to-video start frame from a regular file or an http(s) URL, as RGB.
+
+    The declared size is read from the header (`Image.open` decodes nothing) and refused above
+    `MAX_START_PIXELS` before any pixel is decoded; a URL is fetched with a timeout and a size cap.
+    """
+    from PIL import UnidentifiedImageError
+
+    is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
+    shown = _shown(value) if is_url else value
+    if is_url:
+        source = io.BytesIO(_download(value, name))
+    elif isinstance(value, str) and Path(value).expanduser().is_file():
+        source = Path(value).expanduser()
+    else:
+        raise InvalidParameterError(name, value, "needs a regular image file or an http(s) URL")
+    too_big = InvalidParameterError(name, shown, f"declares more than {MAX_START_PIXELS:,} pixels",
+                                    "Pass a smaller image (it is resized to the video's size anyway).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the fix
+            image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise too_big from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidParameterError(name, shown, "is not an image file (PNG, JPEG, WebP, ...)") from None
+    if image.width * image.height > MAX_START_PIXELS:
+        raise too_big
+    return image.convert("RGB")
 
 
 def as_array(frames) -> np.ndarray:

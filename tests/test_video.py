@@ -187,3 +187,82 @@ def test_direct_import_audit_shows_hashes_and_refuses_changed_code(tmp_path, cap
         community.audit_imports([code], root=tmp_path, pinned=pinned)
     with pytest.raises(LocalPathNotFoundError):
         community.audit_imports([tmp_path / "absent.py"])
+
+
+def huge_png(path, width=20_000, height=20_000):
+    """A valid 1x1 PNG whose header declares width x height (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1), "red").save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """An HTTP server on 127.0.0.1: /red.png, /big (a body over the cap), /slow (answers too late)."""
+    import http.server
+    import threading
+    import time
+
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), "red").save(picture)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/slow"):
+                time.sleep(2)
+            body = b"x" * 4096 if self.path.startswith("/big") else picture.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_start_image_from_a_file_and_a_url(tmp_path, image_server):
+    picture = tmp_path / "start.png"
+    Image.new("RGB", (16, 8), "blue").save(picture)
+    assert video.read_start_image(str(picture)).size == (16, 8)
+    fetched = video.read_start_image(f"{image_server}/red.png")
+    assert fetched.mode == "RGB" and fetched.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_bomb_header_is_refused_before_decoding(tmp_path):
+    with pytest.raises(InvalidParameterError, match="input_image=.*declares more than 40,000,000 pixels"):
+        video.read_start_image(str(huge_png(tmp_path / "bomb.png")))
+    with pytest.raises(InvalidParameterError, match="declares more than"):  # past PIL's own bomb limit too
+        video.read_start_image(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir() or p, "needs a regular image file"),
+    (lambda p: (p.write_text("not an image"), p)[1], "is not an image file"),
+])
+def test_a_start_image_that_is_no_image_file_is_refused(tmp_path, make, words):
+    with pytest.raises(InvalidParameterError, match=words):
+        video.read_start_image(str(make(tmp_path / "start.png")))
+
+
+def test_a_url_has_a_size_cap_and_a_timeout_and_is_shown_without_secrets(image_server, monkeypatch):
+    monkeypatch.setattr(video, "MAX_DOWNLOAD_BYTES", 1024)
+    with pytest.raises(InvalidParameterError, match="larger than 1,024 bytes"):
+        video.read_start_image(f"{image_server}/big")
+    monkeypatch.setattr(video, "DOWNLOAD_TIMEOUT_S", 0.3)
+    secret = "hf_SecretCanary12345"
+    url = image_server.replace("http://", f"http://user:{secret}@") + f"/slow?token={secret}"
+    with pytest.raises(InvalidParameterError, match="could not be downloaded") as refused:
+        video.read_start_image(url)
+    assert secret not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
