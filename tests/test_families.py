@@ -102,7 +102,9 @@ def test_a_pipeline_kwargs_typo_names_the_argument_it_meant(families):
 def test_video_notebook_runs_a_non_wan_family(families, tiny, tmp_path):
     """Notebook 07 on LTX-Video: text-to-video, then LTX image-to-video, both planned, classes read from the model."""
     notebook = runner.NOTEBOOKS / "07_video_pipelines.ipynb"
-    parameters = {**runner.headless_parameters(notebook, tiny, tmp_path / "out"),
+    start = tmp_path / "start.png"
+    Image.new("RGB", (48, 40), "green").save(start)
+    parameters = {**runner.headless_parameters(notebook, tiny, tmp_path / "out"), "input_image": str(start),
                   "t2v_model_id": str(families["ltx-video"]), "i2v_model_id": str(families["ltx-i2v"])}
     result = runner.execute(notebook, tmp_path / "07.ipynb", parameters)
     assert result.error is None, result.error
@@ -114,3 +116,4 @@ def test_video_notebook_runs_a_non_wan_family(families, tiny, tmp_path):
         saved = tmp_path / "out" / f"{name}-seed42.mp4"
         record = video.read_metadata(saved)
         assert record["pipeline"] == pipeline and len(video.read_frames(saved)) == record["video"]["frames"] == 5
+    assert video.read_metadata(tmp_path / "out" / "image-to-video-seed42.mp4")["context"]["input_image"] == str(start)
