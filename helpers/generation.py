@@ -124,8 +124,8 @@ def check_num_frames(pipe, num_frames: int) -> None:
         near = max(1, round(((num_frames if isinstance(num_frames, int) else 81) - 1) / factor) * factor + 1)
         raise InvalidParameterError(
             "num_frames", num_frames,
-            f"{name} needs {factor}k + 1 frames (1, {factor + 1}, {2 * factor + 1}, ...): its VAE packs {factor} "
-            "frames into one latent frame", f"Try {near}; diffusers would round it without saying so.",
+            f"{name} needs {factor}k + 1 frames (1, {factor + 1}, {2 * factor + 1}, ...) for its VAE",
+            f"Try {near}; diffusers would round it without saying so.",
         )
 
 
