@@ -97,6 +97,11 @@ golden: install
 tiny: install
 	$(PY) -m tools.tiny .cache/tiny
 
+## families: run every tiny family through plain diffusers and notebook 02/07; writes docs/FAMILIES.md
+.PHONY: families
+families: install
+	$(PY) -m tools.families
+
 ## clean: remove the tiny models, run folders and pytest cache
 clean:
 	rm -rf .cache/tiny runs .pytest_cache

@@ -157,3 +157,7 @@ class RemoteCodeChanged(KitError, RuntimeError):
                  for path, (pinned, found) in sorted(changes.items())]
         super().__init__(f"Remote code differs from {against}; nothing was run:\n" + "\n".join(lines)
                          + "\nRead the new code, then pin the new hashes if you trust it.")
+
+
+class BadVideoError(KitError, ValueError):
+    """Frames that must not be saved as a result (NaN, all black); the message says what to change."""

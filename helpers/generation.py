@@ -1,94 +1,33 @@
-"""Build the keyword arguments of a pipeline call from the notebooks' parameters.
+"""Build the keyword arguments of a pipeline call from the notebooks' parameters, read from the pipeline itself.
 
-One `guidance_scale` parameter works for every family: SD/SDXL take `guidance_scale`; Qwen-Image
-(not guidance-distilled) takes `true_cfg_scale` and warns about `guidance_scale`. Arguments the
-pipeline's `__call__` does not accept are left out, so img2img/inpaint variants work too.
+Every name comes from the pipeline's own `__call__` signature, so one set of parameters serves every family:
+`guidance_scale` goes to the guidance argument the pipeline takes, `negative_prompt`, `num_frames` and `image`
+only where accepted, and `pipeline_kwargs` (extra call arguments) are checked against the signature before the
+call. The size multiple is read from the loaded VAE and transformer. Where the pipeline takes
+`callback_on_step_end`, `FiniteLatents` stops the call at the first NaN/inf step.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 import torch
 
 from . import rules
-from .errors import NonFiniteLatentsError
+from .errors import InvalidParameterError, NonFiniteLatentsError
 from .outputs import likely_cause
 
-
-def size_multiple(pipe) -> int:
-    """Height and width must be multiples of this: the VAE factor, times the patch size of a transformer."""
-    factor = getattr(pipe, "vae_scale_factor", 8)
-    patch = 2 if "transformer" in pipe.components else 1
-    return max(8, factor * patch)
-
-
-def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
-    """Fail before the pipeline does, with a message naming the parameter and what is allowed."""
-    multiple = size_multiple(pipe)
-    rules.size("height", height, multiple, type(pipe).__name__)
-    rules.size("width", width, multiple, type(pipe).__name__)
-    rules.steps("num_inference_steps", num_inference_steps)
-    rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
+# The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
+GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
+# Call arguments the kit sets itself, and the parameter that sets each (refused inside pipeline_kwargs).
+KIT_ARGUMENTS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "height": "height", "width": "width",
+    "num_inference_steps": "num_inference_steps", "generator": "seed", "num_frames": "num_frames",
+    "image": "image (input_image in the notebooks)", **{name: "guidance_scale" for name in GUIDANCE_NAMES},
+}
 
 
-def accepted_arguments(pipeline_class) -> set[str]:
-    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes.
-
-    A community pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts.
-    """
-    accepted: set[str] = set()
-    for cls in pipeline_class.__mro__:
-        if "__call__" not in vars(cls):
-            continue
-        parameters = inspect.signature(vars(cls)["__call__"]).parameters.values()
-        accepted |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            break
-    return accepted - {"self"}
-
-
-def call_arguments(
-    pipe,
-    *,
-    prompt: str,
-    negative_prompt: str = "",
-    height: int,
-    width: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    **extra,
-) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
-
-    Where the pipeline takes `callback_on_step_end`, a `FiniteLatents` check runs after each step (and
-    then any callback given in `extra`): NaN/inf latents stop the call with the likely cause and the fix.
-    """
-    check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
-    accepted = accepted_arguments(type(pipe))
-    if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
-        extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
-                                                             then=extra.get("callback_on_step_end"))
-    kwargs = dict(
-        prompt=prompt,
-        negative_prompt=negative_prompt or None,
-        height=height,
-        width=width,
-        num_inference_steps=num_inference_steps,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        **extra,
-    )
-    transformer = pipe.components.get("transformer")
-    distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
-    if "true_cfg_scale" in accepted and not distilled:
-        kwargs["true_cfg_scale"] = guidance_scale
-    else:
-        kwargs["guidance_scale"] = guidance_scale
-    return {name: value for name, value in kwargs.items() if name in accepted and value is not None}
-
-
-# Temporary home (core-hub branch): the families branch moves FiniteLatents here for good.
 class FiniteLatents:
     """A `callback_on_step_end` that stops denoising at the first step whose latents hold NaN or inf.
 
@@ -111,19 +50,166 @@ class FiniteLatents:
         return callback_kwargs
 
 
-# TEMP until families merge: delete this block (families' call_arguments takes image, num_frames, pipeline_kwargs).
-_call_arguments_before_pipeline_kwargs = call_arguments
+def _last(value) -> int:
+    """The spatial entry of a patch size given as an int or a (time, height, width) tuple."""
+    return int(value[-1]) if isinstance(value, (list, tuple)) else int(value or 1)
 
 
-def call_arguments(pipe, *, image=None, num_frames=None, pipeline_kwargs: dict | None = None, **parameters) -> dict:
-    """As above, plus `image`/`num_frames` where the pipeline takes them, and `pipeline_kwargs`: the user's own
-    call arguments, refused before the call when the pipeline does not take them."""
-    from .errors import InvalidParameterError
+def spatial_factor(pipe) -> int:
+    """Pixels per latent pixel, as the pipeline itself names it (image and video pipelines differ). Kandinsky
+    pipelines decode with a MoVQ (`movq`, no `vae`) and round the size up to 8 latent pixels of it: 64 pixels."""
+    movq = getattr(pipe.components.get("movq"), "config", None)
+    if movq is not None and "vae" not in pipe.components:
+        return 8 * 2 ** (len(movq.block_out_channels) - 1)
+    for name in ("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_spatial_scale_factor",
+                 "vae_scale_factor"):
+        if isinstance(getattr(pipe, name, None), int):
+            return getattr(pipe, name)
+    return 8
 
-    user = dict(pipeline_kwargs or {})
-    unknown = sorted(set(user) - accepted_arguments(type(pipe)))
-    if unknown:
-        raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{type(pipe).__name__}.__call__ takes no "
-                                    f"argument {', '.join(map(repr, unknown))}", "See the pipeline's signature.")
-    inputs = {name: value for name, value in (("image", image), ("num_frames", num_frames)) if value is not None}
-    return {**_call_arguments_before_pipeline_kwargs(pipe, **parameters, **inputs), **user}
+
+def patch_size(pipe) -> int:
+    """Latent pixels per token of the denoiser: its config's `patch_size`, or 2 where the pipeline packs latents
+    into 2x2 patches itself (FLUX-like pipelines, whose transformer has patch size 1)."""
+    denoiser = pipe.components.get("transformer") or pipe.components.get("unet")
+    patch = _last(getattr(getattr(denoiser, "config", None), "patch_size", 1))
+    return max(patch, 2) if hasattr(pipe, "_pack_latents") else patch
+
+
+def size_multiple(pipe) -> int:
+    """Height and width must be multiples of this: the VAE's spatial factor times the denoiser's patch size."""
+    return max(8, spatial_factor(pipe) * patch_size(pipe))
+
+
+def temporal_factor(pipe) -> int | None:
+    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None.
+
+    CogVideoX's VAE decodes an even number of latent frames to one frame too many per pair (its first latent
+    frame is kept apart only when the count is odd), so CogVideoX's own rule is 8k + 1 (49 = 8 * 6 + 1).
+    """
+    pairs = 2 if type(pipe.components.get("vae")).__name__ == "AutoencoderKLCogVideoX" else 1
+    for name in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor"):
+        if isinstance(getattr(pipe, name, None), int):
+            return pairs * getattr(pipe, name)
+    config = getattr(pipe.components.get("vae"), "config", None)
+    for name in ("temporal_compression_ratio", "scale_factor_temporal"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def check_num_frames(pipe, num_frames: int) -> None:
+    """A video needs `k * t + 1` frames, t the VAE's temporal compression (`temporal_factor`: 4 for Wan and
+    HunyuanVideo, 6 for Mochi, 8 for LTX-Video and CogVideoX): diffusers would round another count silently."""
+    factor = temporal_factor(pipe) or 1
+    name = type(pipe).__name__
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % factor:
+        near = max(1, round(((num_frames if isinstance(num_frames, int) else 81) - 1) / factor) * factor + 1)
+        raise InvalidParameterError(
+            "num_frames", num_frames,
+            f"{name} needs {factor}k + 1 frames (1, {factor + 1}, {2 * factor + 1}, ...) for its VAE",
+            f"Try {near}; diffusers would round it without saying so.",
+        )
+
+
+def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
+    """Fail before the pipeline does, with a message naming the parameter and what is allowed."""
+    multiple = size_multiple(pipe)
+    rules.size("height", height, multiple, type(pipe).__name__)
+    rules.size("width", width, multiple, type(pipe).__name__)
+    rules.whole("num_inference_steps", num_inference_steps, 1)
+    rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
+
+
+def accepted_arguments(pipeline_class) -> set[str]:
+    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes.
+
+    A community pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts.
+    """
+    accepted: set[str] = set()
+    for cls in pipeline_class.__mro__:
+        if "__call__" not in vars(cls):
+            continue
+        parameters = inspect.signature(vars(cls)["__call__"]).parameters.values()
+        accepted |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return accepted - {"self"}
+
+
+def guidance_argument(pipe, accepted: set[str]) -> str | None:
+    """The name the pipeline takes its guidance strength under. A pipeline that takes both `guidance_scale` and
+    `true_cfg_scale` (Qwen-Image, FLUX) gets `true_cfg_scale` only when its transformer is not guidance-distilled."""
+    if {"guidance_scale", "true_cfg_scale"} <= accepted:
+        transformer = pipe.components.get("transformer")
+        distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
+        return "guidance_scale" if distilled else "true_cfg_scale"
+    return next((name for name in GUIDANCE_NAMES if name in accepted), None)
+
+
+def check_pipeline_kwargs(pipe, pipeline_kwargs, accepted: set[str]) -> dict:
+    """Extra call arguments, refused before the call when the pipeline does not take them or the kit sets them."""
+    if pipeline_kwargs is None:
+        return {}
+    name = type(pipe).__name__
+    if not isinstance(pipeline_kwargs, dict) or not all(isinstance(key, str) for key in pipeline_kwargs):
+        raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, "needs a dict of call argument names to "
+                                    "values", 'Example: pipeline_kwargs={"max_sequence_length": 128}.')
+    for key in pipeline_kwargs:
+        if key in KIT_ARGUMENTS:
+            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{key!r} is set by the kit",
+                                        f"Use the parameter {KIT_ARGUMENTS[key]} instead.")
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=3)
+            hint = f"Did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs,
+                                        f"{name}.__call__ takes no argument {key!r}",
+                                        f"{hint}It takes: {', '.join(sorted(accepted))}.")
+    return dict(pipeline_kwargs)
+
+
+def call_arguments(
+    pipe,
+    *,
+    prompt: str,
+    negative_prompt: str = "",
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    num_frames: int | None = None,
+    image=None,
+    pipeline_kwargs: dict | None = None,
+    **extra,
+) -> dict:
+    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
+
+    `extra` holds the kit's task arguments (`strength`, `mask_image`, a `callback_on_step_end`): each is kept only
+    where the pipeline takes it, so an image-to-image call and a text-to-image call share one set of parameters.
+    `pipeline_kwargs` are the user's own call arguments: a key the pipeline does not take is an error.
+    """
+    check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
+    accepted = accepted_arguments(type(pipe))
+    user = check_pipeline_kwargs(pipe, pipeline_kwargs, accepted)
+    if num_frames is not None and "num_frames" in accepted:
+        check_num_frames(pipe, num_frames)
+    if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
+        extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
+                                                      then=extra.get("callback_on_step_end"))
+    kwargs = dict(
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
+        num_frames=num_frames,
+        image=image,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        **extra,
+    )
+    guidance = guidance_argument(pipe, accepted)
+    if guidance is not None:
+        kwargs[guidance] = guidance_scale
+    kwargs = {name: value for name, value in kwargs.items() if name in accepted and value is not None}
+    return {**kwargs, **user}

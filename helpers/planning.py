@@ -167,7 +167,7 @@ def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> Compon
     linear = sum(m.weight.numel() for m in {id(m.weight): m for m in module.modules()
                                               if isinstance(m, torch.nn.Linear)}.values())
     lists = [sub for sub in module.modules() if isinstance(sub, torch.nn.ModuleList)]
-    block = max((_count(child) for sub in lists for child in sub), default=0)
+    block = max((_count(child) for sub in lists for child in sub if child is not None), default=0)
     nested = {id(inner) for outer in lists for inner in outer.modules() if inner is not outer}
     in_lists = sum(_count(sub) for sub in lists if id(sub) not in nested)
     leaf = max((sum(p.numel() for p in sub.parameters(recurse=False)) for sub in module.modules()), default=0)

@@ -128,13 +128,16 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
 
 
 def num_frames(name: str, value) -> None:
-    """Wan's VAE packs 4 frames into one latent: 4k + 1 frames (diffusers would round silently)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_FRAMES:
-        fail(name, value, f"is over the limit of {MAX_FRAMES} frames", "Try 81 (about 5 s at 16 fps).")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (value - 1) % 4:
-        near = max(1, round((value - 1) / 4) * 4 + 1) if _is_number(value) else 81
-        fail(name, value, "needs 4k + 1 frames (1, 5, 9, ..., 81): Wan's VAE packs 4 frames into one latent",
-             f"Try {near}.")
+    """A whole number of frames >= 1; the family's own rule (k * t + 1, t its VAE's temporal factor) is checked
+    once the model is loaded (`generation.check_num_frames`)."""
+    whole(name, value, 1, maximum=MAX_FRAMES, fix="Try 81 (about 5 s at 16 fps).")
+
+
+def call_kwargs(name: str, value) -> None:
+    """Extra pipeline call arguments: a dict keyed by argument names (checked against the pipeline once loaded)."""
+    if not isinstance(value, dict) or not all(isinstance(key, str) and key.isidentifier() for key in value):
+        fail(name, value, "needs a dict of call argument names to values",
+             'e.g. -y "pipeline_kwargs: {max_sequence_length: 128}"')
 
 
 def input_image(name: str, value) -> None:
@@ -355,11 +358,3 @@ def defines_pipeline_class(name: str, value, script: Path) -> None:
         fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "
              "such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
              "class MyPipeline(StableDiffusionPipeline): ...")
-
-
-# TEMP until families merge: delete this copy (families adds the same rules.call_kwargs after num_frames).
-def call_kwargs(name: str, value) -> None:
-    """Extra pipeline call arguments: a dict keyed by argument names (checked against the pipeline once loaded)."""
-    if not isinstance(value, dict) or not all(isinstance(key, str) and key.isidentifier() for key in value):
-        fail(name, value, "needs a dict of call argument names to values",
-             'e.g. -y "pipeline_kwargs: {max_sequence_length: 128}"')

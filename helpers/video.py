@@ -1,8 +1,9 @@
 """Video pipelines' output: check the frames, save an MP4 with its record beside it, show it inline.
 
-Wan pipelines (`WanPipeline`, `WanImageToVideoPipeline`) return `.frames[0]`: a (frames, height, width, 3)
-float array in [0, 1]. diffusers' `export_to_video` writes the MP4 through imageio and imageio-ffmpeg (the
-ffmpeg binary ships inside the imageio-ffmpeg wheel: no system ffmpeg needed). An MP4 has no free-text field
+Which pipeline, and for which task, is read from the model: `video_pipeline_class` checks the class named in
+model_index.json before any weight is read. Video pipelines return `.frames[0]`: a (frames, height, width, 3)
+float array in [0, 1], or a list of PIL images. diffusers' `export_to_video` writes the MP4 through imageio
+and imageio-ffmpeg (the ffmpeg binary ships inside the imageio-ffmpeg wheel). An MP4 has no free-text field
 like a PNG's text chunk, so the generation record (the same shape as `outputs.generation_metadata`) goes in a
 sidecar `<name>.json` beside it. Saving never overwrites: a taken name gets a numbered suffix, for the pair.
 """
@@ -14,31 +15,112 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .errors import InvalidParameterError, KitError
-from .outputs import current_umask, safe_stem
+from .errors import BadVideoError, InvalidParameterError
+from .outputs import safe_stem
 
-TEMPORAL_FACTOR = 4  # Wan's VAE compresses 4 frames into one latent frame: num_frames must be 4k + 1
+TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
+MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb
+MAX_DOWNLOAD_BYTES = 50 * 2**20
+DOWNLOAD_TIMEOUT_S = 30
 
 
-class BadVideoError(KitError, ValueError):
-    """Frames that must not be saved as a result (NaN, all black); the message says what to change."""
+def pipeline_task(pipeline_class) -> str:
+    """What a pipeline class makes, read from its `__call__`: a video from an image, from text, or images."""
+    from .generation import accepted_arguments
+
+    accepted = accepted_arguments(pipeline_class)
+    if "num_frames" not in accepted:
+        return "text-to-image"
+    return "image-to-video" if "image" in accepted else "text-to-video"
 
 
-def check_num_frames(pipe, num_frames: int) -> None:
-    """Wan needs `num_frames - 1` divisible by the VAE's temporal factor; diffusers would round it silently."""
-    factor = getattr(pipe, "vae_scale_factor_temporal", TEMPORAL_FACTOR)
-    name = pipe.__name__ if isinstance(pipe, type) else type(pipe).__name__
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % factor:
-        near = max(1, round(((num_frames if isinstance(num_frames, int) else 81) - 1) / factor) * factor + 1)
-        raise InvalidParameterError(
-            "num_frames", num_frames, f"{name} needs {factor}k + 1 frames (1, 5, ..., 81)",
-            f"Try {near}; diffusers would round it without saying so.",
-        )
+def video_pipeline_class(source: str, task: str, parameter: str | None = None):
+    """The diffusers class named in `source`'s model_index.json, refused before any weight is read when it does
+    not do `task` ("text-to-video" or "image-to-video"), with the notebook to use instead."""
+    import diffusers
+
+    from . import hub
+
+    parameter = parameter or TASKS[task]
+    class_name = hub.read_model_index(source).get("_class_name", "")
+    pipeline_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if pipeline_class is None:
+        raise InvalidParameterError(parameter, source, f"its model_index.json names {class_name!r}, which is not a "
+                                    f"pipeline class of diffusers {diffusers.__version__}",
+                                    "Give a diffusers video model (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers).")
+    made = pipeline_task(pipeline_class)
+    if made != task:
+        instead = {"text-to-image": "it makes images: use notebook 02 (02_load_and_generate)",
+                   "text-to-video": "it makes a video from text: give it as t2v_model_id",
+                   "image-to-video": "it animates a start image: give it as i2v_model_id"}[made]
+        article = "an" if task.startswith("image") else "a"
+        raise InvalidParameterError(parameter, source, f"{class_name} is not {article} {task} pipeline",
+                                    f"Here {instead}.")
+    return pipeline_class
+
+
+def _shown(url: str) -> str:
+    """A URL as it may be printed: no user:password, no query (tokens and signatures live there)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{'***@' if parts.username or parts.password else ''}{host}" \
+           f"{f':{parts.port}' if parts.port else ''}{parts.path}{'?***' if parts.query else ''}"
+
+
+def _download(url: str, name: str) -> bytes:
+    """The body at `url`, with a timeout and a size cap (announced length and bytes actually read)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            declared = int(response.headers.get("Content-Length") or 0)
+            data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
+        raise InvalidParameterError(name, _shown(url), f"could not be downloaded ({type(error).__name__})",
+                                    "Check the URL, or download the image and pass the file.") from None
+    if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
+        raise InvalidParameterError(name, _shown(url), f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes",
+                                    "Pass a smaller image (it is resized to the video's size anyway).")
+    return data
+
+
+def read_start_image(value: str, name: str = "input_image") -> Image.Image:
+    """The image-to-video start frame from a regular file or an http(s) URL, as RGB.
+
+    The declared size is read from the header (`Image.open` decodes nothing) and refused above
+    `MAX_START_PIXELS` before any pixel is decoded; a URL is fetched with a timeout and a size cap.
+    """
+    from PIL import UnidentifiedImageError
+
+    is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
+    shown = _shown(value) if is_url else value
+    if is_url:
+        source = io.BytesIO(_download(value, name))
+    elif isinstance(value, str) and Path(value).expanduser().is_file():
+        source = Path(value).expanduser()
+    else:
+        raise InvalidParameterError(name, value, "needs a regular image file or an http(s) URL")
+    too_big = InvalidParameterError(name, shown, f"declares more than {MAX_START_PIXELS:,} pixels",
+                                    "Pass a smaller image (it is resized to the video's size anyway).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the fix
+            image = Image.open(source)
+    except Image.DecompressionBombError:
+        raise too_big from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidParameterError(name, shown, "is not an image file (PNG, JPEG, WebP, ...)") from None
+    if image.width * image.height > MAX_START_PIXELS:
+        raise too_big
+    return image.convert("RGB")
 
 
 def as_array(frames) -> np.ndarray:
@@ -168,21 +250,3 @@ def show(frames=None, video: str | Path | None = None, fps: int = 16) -> None:
         display(IPythonImage(data=animated_gif(frames, fps), format="gif"))
     if video is not None:
         display(HTML(video_tag(video)))
-
-
-def weights_bytes(source: str, dtype) -> int:
-    """Bytes of all weights of a pipeline at `dtype`, from the planner (shipped real configs, or the folder's).
-
-    Building on the meta device makes diffusers log, for Wan's transformer, that some modules "should be kept
-    in float32" when cast: true for loading, meaningless for counting, so diffusers' log is quieted meanwhile.
-    """
-    from diffusers.utils import logging as diffusers_logging
-
-    from . import planning
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return sum(size.bytes for size in planning.component_sizes(source, dtype))
-    finally:
-        diffusers_logging.set_verbosity(previous)

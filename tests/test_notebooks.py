@@ -264,7 +264,9 @@ def test_video_notebook_writes_mp4s_with_their_records(executed, run_folder):
         record = video.read_metadata(path)
         assert record["pipeline"] == pipeline and record["parameters"]["prompt"] == prompt
         assert len(video.read_frames(path)) == record["parameters"]["num_frames"] == record["video"]["frames"]
-    assert "refused: num_frames=80 is not valid" in text["guards"] and "NaN" in text["guards"]
+    assert "refused: num_frames=6 is not valid: WanPipeline needs 4k + 1 frames" in text["t2v-frames"]
+    assert "refused: The video has NaN" in text["guards"]
+    assert "offload: none" in text["t2v-load"] and "model_index.json names WanPipeline" in text["t2v-plan"]
     preview = next(c for c in nbformat.read(result.executed, as_version=4).cells if c.get("id") == "t2v-show")
     assert {"image/gif", "text/html"} <= {key for o in preview.outputs for key in o.get("data", {})}
 
@@ -402,7 +404,7 @@ def test_community_notebook_removes_its_scratch_copies_when_a_later_cell_fails(t
     notebook = nbformat.read(runner.NOTEBOOKS / "04_community_pipelines.ipynb", as_version=4)
     after_tamper = next(i for i, c in enumerate(notebook.cells) if c.get("id") == "tamper") + 1
     notebook.cells.insert(after_tamper, new_code_cell(
-        "assert len(list(Path(workspace.name).iterdir())) == 3  # the components repo, its manifest, the tampered copy\n"
+        "assert len(list(Path(workspace.name).iterdir())) == 3  # components repo, its manifest, tampered copy\n"
         "raise RuntimeError('a later cell fails')"))
     copy = tmp_path / "04_fails_late.ipynb"  # `helpers` is installed in the venv, community paths resolve from the kit
     nbformat.write(notebook, copy)

@@ -64,8 +64,8 @@ def test_prompt_words_are_single_tokens():
 
 
 def test_unknown_tiny_model(tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown tiny model 'flux'. Choose one of: " + ", ".join(BUILDERS)):
-        build("flux", tmp_path)
+    with pytest.raises(ValueError, match=r"Unknown tiny model 'dall-e'. Choose one of: " + ", ".join(BUILDERS)):
+        build("dall-e", tmp_path)
 
 
 def test_cli_builds_every_model(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
 from PIL import Image
 
-from helpers import community, loading, planning, validate, video
+from helpers import community, generation, loading, planning, validate, video
 from helpers.errors import InvalidParameterError, LocalPathNotFoundError
 from tools import runner
 from tools.tiny.tokenizers import PROMPT_WORDS, build_t5_tokenizer
@@ -90,15 +90,51 @@ def test_preview_is_an_animated_gif_with_every_frame():
 
 
 @pytest.mark.parametrize("count, ok", [(1, True), (5, True), (81, True), (80, False), (0, False), (True, False)])
-def test_num_frames_must_be_4k_plus_1(count, ok):
+def test_num_frames_follow_the_loaded_vae(tiny, count, ok):
+    pipe = wan_t2v(tiny)
     if ok:
-        video.check_num_frames(WanPipeline, count)
+        generation.check_num_frames(pipe, count)
+    else:
+        with pytest.raises(InvalidParameterError, match="num_frames.*WanPipeline needs 4k \\+ 1 frames"):
+            generation.check_num_frames(pipe, count)
+
+
+@pytest.mark.parametrize("count, ok", [(7, True), (80, True), (0, False), (True, False), (2.5, False)])
+def test_the_setup_cell_checks_only_a_whole_frame_count(count, ok):
+    """The family's k*t+1 rule needs its VAE: before loading, only a whole number >= 1 is required."""
+    if ok:
         validate.check({"num_frames": count})
     else:
-        with pytest.raises(InvalidParameterError, match="num_frames"):
-            video.check_num_frames(WanPipeline, count)
-        with pytest.raises(InvalidParameterError, match="4k \\+ 1"):
+        with pytest.raises(InvalidParameterError, match="num_frames.*whole number"):
             validate.check({"num_frames": count})
+
+
+_WAN = {}
+
+
+def wan_t2v(tiny):
+    if "pipe" not in _WAN:
+        _WAN["pipe"] = DiffusionPipeline.from_pretrained(tiny["wan-t2v"])
+    return _WAN["pipe"]
+
+
+@pytest.mark.parametrize("model, task, words", [
+    ("sd", "text-to-video", "StableDiffusionPipeline is not a text-to-video pipeline.*notebook 02"),
+    ("wan-i2v", "text-to-video", "WanImageToVideoPipeline is not a text-to-video pipeline.*i2v_model_id"),
+    ("wan-t2v", "image-to-video", "WanPipeline is not an image-to-video pipeline.*t2v_model_id"),
+])
+def test_a_model_for_another_task_is_refused_from_model_index_alone(tiny, tmp_path, model, task, words):
+    index_only = tmp_path / model  # model_index.json and nothing else: no weight can have been read
+    index_only.mkdir()
+    (index_only / "model_index.json").write_text((tiny[model] / "model_index.json").read_text())
+    with pytest.raises(InvalidParameterError, match=words) as refused:
+        video.video_pipeline_class(str(index_only), task)
+    assert refused.value.name == video.TASKS[task]
+
+
+def test_the_video_class_comes_from_model_index(tiny):
+    assert video.video_pipeline_class(str(tiny["wan-t2v"]), "text-to-video") is WanPipeline
+    assert video.video_pipeline_class(str(tiny["wan-i2v"]), "image-to-video") is WanImageToVideoPipeline
 
 
 def test_input_image_rule(tmp_path):
@@ -116,7 +152,7 @@ def test_notebook_defaults_are_the_real_wan_ids_and_get_tiny_stand_ins(tiny, tmp
     assert json.loads(declared["i2v_model_id"]["default"]) == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
     chosen = runner.headless_parameters(NOTEBOOK, tiny, tmp_path)
     assert chosen["t2v_model_id"] == str(tiny["wan-t2v"]) and chosen["i2v_model_id"] == str(tiny["wan-i2v"])
-    assert (chosen["num_frames"] - 1) % 4 == 0
+    assert chosen["num_frames"] == 5  # 4k + 1 for the tiny Wan
 
 
 @pytest.mark.parametrize("model_id, transformers, low, high", [
@@ -153,7 +189,80 @@ def test_direct_import_audit_shows_hashes_and_refuses_changed_code(tmp_path, cap
         community.audit_imports([tmp_path / "absent.py"])
 
 
-def test_weights_bytes_of_the_real_t2v_model_call_for_offload_on_a_t4():
-    weights = video.weights_bytes("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch.bfloat16)
-    assert 13 * 2**30 < weights < 14 * 2**30  # UMT5-XXL (~11.4 GB) + the 1.3B transformer (~2.8 GB) + VAE
-    assert weights * 1.2 > 15 * 10**9  # so notebook 07 keeps it in CPU RAM with model offload on a 15 GB T4
+def huge_png(path, width=20_000, height=20_000):
+    """A valid 1x1 PNG whose header declares width x height (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1), "red").save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def image_server(tmp_path):
+    """An HTTP server on 127.0.0.1: /red.png, /big (a body over the cap), /slow (answers too late)."""
+    import http.server
+    import threading
+    import time
+
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (8, 8), "red").save(picture)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/slow"):
+                time.sleep(2)
+            body = b"x" * 4096 if self.path.startswith("/big") else picture.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_start_image_from_a_file_and_a_url(tmp_path, image_server):
+    picture = tmp_path / "start.png"
+    Image.new("RGB", (16, 8), "blue").save(picture)
+    assert video.read_start_image(str(picture)).size == (16, 8)
+    fetched = video.read_start_image(f"{image_server}/red.png")
+    assert fetched.mode == "RGB" and fetched.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_bomb_header_is_refused_before_decoding(tmp_path):
+    with pytest.raises(InvalidParameterError, match="input_image=.*declares more than 40,000,000 pixels"):
+        video.read_start_image(str(huge_png(tmp_path / "bomb.png")))
+    with pytest.raises(InvalidParameterError, match="declares more than"):  # past PIL's own bomb limit too
+        video.read_start_image(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir() or p, "needs a regular image file"),
+    (lambda p: (p.write_text("not an image"), p)[1], "is not an image file"),
+])
+def test_a_start_image_that_is_no_image_file_is_refused(tmp_path, make, words):
+    with pytest.raises(InvalidParameterError, match=words):
+        video.read_start_image(str(make(tmp_path / "start.png")))
+
+
+def test_a_url_has_a_size_cap_and_a_timeout_and_is_shown_without_secrets(image_server, monkeypatch):
+    monkeypatch.setattr(video, "MAX_DOWNLOAD_BYTES", 1024)
+    with pytest.raises(InvalidParameterError, match="larger than 1,024 bytes"):
+        video.read_start_image(f"{image_server}/big")
+    monkeypatch.setattr(video, "DOWNLOAD_TIMEOUT_S", 0.3)
+    secret = "hf_SecretCanary12345"
+    url = image_server.replace("http://", f"http://user:{secret}@") + f"/slow?token={secret}"
+    with pytest.raises(InvalidParameterError, match="could not be downloaded") as refused:
+        video.read_start_image(url)
+    assert secret not in str(refused.value) and "***@127.0.0.1" in str(refused.value)

@@ -104,8 +104,8 @@ BAD_PARAMETERS = [
     ("06", "resume", "yes", "needs True or False"),
     ("06", "output_dir", "/proc/kit-cannot-write-here", "cannot be written"),
     ("06", "prompts_file", "no-such-prompts.txt", "no such file"),
-    ("07", "num_frames", 80, "needs 4k + 1 frames"),
-    ("07", "num_frames", 0, "needs 4k + 1 frames"),
+    ("07", "num_frames", 2.5, "needs a whole number >= 1"),  # the family's k*t + 1 rule is checked once loaded
+    ("07", "num_frames", 0, "needs a whole number >= 1"),
     ("07", "input_image", "no-such-picture.png", "needs an existing image file"),
     ("07", "fps", 0, "needs a whole number >= 1"),
     ("07", "run_image_to_video", "yes", "needs True or False"),

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from . import families
 from .pipelines import (
     tiny_qwen_image,
     tiny_stable_diffusion,
@@ -44,6 +45,20 @@ def _add_kit_components(folder: Path) -> None:
 
 
 FINISHERS = {"sd-components": _add_kit_components}
+
+# The family matrix's models (`make families`, tests/test_families.py): built on request, never by `build_all`.
+FAMILY_BUILDERS = {
+    "sd3": families.tiny_sd3,
+    "flux": families.tiny_flux,
+    "pixart-sigma": families.tiny_pixart_sigma,
+    "sana": families.tiny_sana,
+    "lumina2": families.tiny_lumina2,
+    "kandinsky3": families.tiny_kandinsky3,
+    "cogvideox": families.tiny_cogvideox,
+    "ltx-video": families.tiny_ltx_video,
+    "ltx-i2v": families.tiny_ltx_i2v,
+    "mochi": families.tiny_mochi,
+}
 STAMP_FILE = "tiny.json"
 
 
@@ -59,12 +74,13 @@ def _source_fingerprint() -> str:
 
 def build(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build one tiny model into `out_dir/name` (written to a temp folder, then moved)."""
-    if name not in BUILDERS:
-        raise ValueError(f"Unknown tiny model {name!r}. Choose one of: {', '.join(BUILDERS)}.")
+    builders = {**BUILDERS, **FAMILY_BUILDERS}
+    if name not in builders:
+        raise ValueError(f"Unknown tiny model {name!r}. Choose one of: {', '.join(builders)}.")
     target = Path(out_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    BUILDERS[name](seed).save_pretrained(staging)
+    builders[name](seed).save_pretrained(staging)
     if name in FINISHERS:
         FINISHERS[name](staging)
     if target.exists():
@@ -85,4 +101,19 @@ def build_all(out_dir: str | Path, seed: int = 0, force: bool = False) -> dict[s
     for name in BUILDERS:
         build(name, out_dir, seed)
     stamp_path.write_text(json.dumps(stamp, indent=2))
+    return paths
+
+
+def build_families(out_dir: str | Path, names=None, seed: int = 0) -> dict[str, Path]:
+    """Build the family matrix's tiny models into `out_dir` (default: all); a model whose stamp matches the
+    builder code is reused. Each has its own stamp, so a subset and the whole matrix share one cache."""
+    out_dir, fingerprint = Path(out_dir), _source_fingerprint()
+    paths = {}
+    for name in names or FAMILY_BUILDERS:
+        stamp = {"fingerprint": fingerprint, "seed": seed, "model": name}
+        stamp_path = out_dir / f"{name}.{STAMP_FILE}"
+        if not (stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp and (out_dir / name).is_dir()):
+            build(name, out_dir, seed)
+            stamp_path.write_text(json.dumps(stamp, indent=2))
+        paths[name] = out_dir / name
     return paths
