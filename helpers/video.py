@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadVideoError, InvalidParameterError
-from .outputs import safe_stem
+from .outputs import current_umask, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
 MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb

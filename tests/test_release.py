@@ -28,7 +28,8 @@ def test_release_changes_every_place_in_one_step(copy):
     assert release.mismatches(copy) == []
     text = (copy / "notebooks" / "02_load_and_generate.ipynb").read_text()
     assert "blob/v0.2.0/notebooks/02_load_and_generate.ipynb" in text and "v0.1.0" not in text
-    setup = next(c for c in nbformat.read(copy / "notebooks" / "03_component_swapping.ipynb", 4).cells if c.id == "setup")
+    cells = nbformat.read(copy / "notebooks" / "03_component_swapping.ipynb", 4).cells
+    setup = next(c for c in cells if c.id == "setup")
     assert 'KIT_VERSION = "0.2.0"' in setup.source.splitlines()  # the setup cell's one version line
     assert (copy / "CHANGELOG.md").read_text().splitlines()[2].startswith("## 0.2.0 (")
 
