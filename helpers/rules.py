@@ -130,7 +130,9 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
 def num_frames(name: str, value) -> None:
     """A whole number of frames >= 1; the family's own rule (k * t + 1, t its VAE's temporal factor) is checked
     once the model is loaded (`generation.check_num_frames`)."""
-    whole(name, value, 1, maximum=MAX_FRAMES, fix="Try 81 (about 5 s at 16 fps).")
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_FRAMES:
+        fail(name, value, f"is over the limit of {MAX_FRAMES} frames", "Try 81 (about 5 s at 16 fps).")
+    whole(name, value, 1)
 
 
 def call_kwargs(name: str, value) -> None:
