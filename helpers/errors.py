@@ -56,3 +56,13 @@ class PlanDoesNotFitError(KitError, RuntimeError):
             lines += [f"{i}. {alt}" for i, alt in enumerate(plan.alternatives, start=1)]
         lines.append("Nothing was downloaded. Change a parameter above, or pass force=True to load anyway.")
         super().__init__("\n".join(lines))
+
+
+class PipInstallError(KitError, RuntimeError):
+    """pip exited with an error (the hosted install); carries the arguments, its exit status and its output."""
+
+    def __init__(self, args: list[str], returncode: int, output: str):
+        self.args_, self.returncode, self.output = args, returncode, output
+        super().__init__(f"`pip install {' '.join(args)}` failed (exit {returncode}):\n{output[-2000:]}\n",
+                         fix="Fix: read pip's error above (network, disk space, a version pip cannot find), "
+                             "then run the setup cell again.")

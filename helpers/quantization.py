@@ -124,12 +124,10 @@ def required_packages(quantization: str, backend: str = "auto", device: str | No
     chosen = resolve_backend(quantization, backend, device)
     if chosen is None:
         return []
-    from .pins import REQUIREMENTS, load_pins
+    from .rules import BACKENDS
 
-    package = BACKEND_PACKAGES[chosen]
-    pins = {**load_pins(REQUIREMENTS), **load_pins(REQUIREMENTS.with_name("requirements-gpu.txt"))}
-    pin = pins.get(package)
-    return [str(pin) if pin is not None else package]
+    spec = BACKENDS[chosen]
+    return [f"{spec['package']}=={spec['pin']}"]
 
 
 def missing_packages(quantization: str, backend: str = "auto", device: str | None = None) -> list[str]:
@@ -143,18 +141,6 @@ def missing_packages(quantization: str, backend: str = "auto", device: str | Non
         except metadata.PackageNotFoundError:
             missing.append(requirement)
     return missing
-
-
-def install_missing(quantization: str, device: str | None = None) -> list[str]:
-    """In Colab or Kaggle, pip-install the one backend this choice needs when it is missing (nothing else: the
-    hosted install leaves every backend out). Elsewhere nothing is installed; `check_installed` says what to do."""
-    from . import env, install
-
-    missing = missing_packages(quantization, device=device)
-    if missing and env.detect_runtime().hosted:
-        install.pip_install(missing)
-        return missing
-    return []
 
 
 def check_installed(quantization: str, backend: str = "auto", device: str | None = None) -> None:
@@ -361,7 +347,6 @@ def plan_config(plan, device: str, dtype: torch.dtype):
     quantized = plan.quantized()
     if not quantized or plan.quantization.startswith("gguf:"):
         return None
-    install_missing(plan.quantization, device)  # Colab/Kaggle: only the backend this plan uses
     return pipeline_config(plan.quantization, list(quantized), device=device, dtype=dtype)
 
 
@@ -369,5 +354,4 @@ def plan_components(plan, model_id: str, dtype: torch.dtype) -> dict:
     """The components a plan loads itself before `from_pretrained`: the GGUF denoiser, else nothing."""
     if not plan.quantization.startswith("gguf:"):
         return {}
-    install_missing(plan.quantization)
     return gguf_component(model_id, plan.quantization, dtype)

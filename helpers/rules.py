@@ -277,3 +277,14 @@ def defines_pipeline_class(name: str, value, script: Path) -> None:
         fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "
              "such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
              "class MyPipeline(StableDiffusionPipeline): ...")
+
+
+# TEMP until core-plan merge
+# The quantization backends: the version the kit installs ("pin") and the oldest the pinned diffusers and
+# transformers accept ("min"); `package` is pip's name, `module` the import name.
+BACKENDS = {
+    "bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
+    "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
+    "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
+    "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"},
+}

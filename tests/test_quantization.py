@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers import architectures, generation, loading, outputs, quantization
 from helpers.errors import InvalidParameterError
-from helpers.pins import REQUIREMENTS, load_pins
+from helpers.setup import REQUIREMENTS, load_pins
 from helpers.quantization import QuantizationUnavailableError
 from tools.tiny.gguf_file import write_denoiser_gguf
 

@@ -20,7 +20,7 @@ KIT_RELEVANT = (
     "torch", "diffusers", "transformers", "huggingface-hub", "accelerate", "tokenizers", "safetensors",
     "imageio", "imageio-ffmpeg", "numpy", "pillow", "psutil", "packaging", "pyyaml", "torchao",
     "ipykernel", "ipython", "ipywidgets", "jupyter-client", "nbformat", "traitlets", "pyzmq", "tornado",
-    "gradio", "gradio-client", "sentence-transformers", "peft",
+    "gradio", "gradio-client", "hf-gradio", "sentence-transformers", "peft", "datasets", "timm",
 )
 
 
@@ -49,7 +49,9 @@ def build_venv(venv: Path, python: str, wheels: str = "") -> None:
     venv = Path(venv)
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     constraints = venv / "colab-constraints.txt"
-    constraints.write_text("".join(f"{name}=={version}\n" for name, version in pinned.items()))
+    # Colab's torch is the cu128 build; PyPI's torch 2.11.0 is built on CUDA 13: its CUDA wheels differ.
+    cuda = re.compile(r"^(nvidia-|cuda-|cupy|triton)")
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in pinned.items() if not cuda.match(name)))
     wanted = [f"{name}=={pinned[name]}" for name in KIT_RELEVANT]
     extra = ["--find-links", wheels] if wheels else []
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-compile", "--progress-bar", "off",
