@@ -49,9 +49,18 @@ class HubProbe:
                 f"{FIXES[self.problem]}.{cache_only}")
 
 
+def _http_library():
+    """The HTTP library of huggingface_hub's session: httpx (huggingface_hub 1.x) or httpx2 (2.x); Colab has both."""
+    import importlib
+
+    from huggingface_hub.utils import get_session
+
+    return importlib.import_module(type(get_session()).__module__.split(".")[0])
+
+
 def _classify(error: BaseException) -> tuple[str, str]:
     """(problem, detail) from an httpx exception and the OS or TLS error behind it."""
-    import httpx2
+    httpx2 = _http_library()
 
     chain, cause = [], error
     while cause is not None and len(chain) < 8:
@@ -76,8 +85,9 @@ def _classify(error: BaseException) -> tuple[str, str]:
 
 
 def _request(endpoint: str, timeout: float) -> None:
-    import httpx2
     from huggingface_hub.utils import get_session
+
+    httpx2 = _http_library()
 
     get_session().request("HEAD", endpoint.rstrip("/") + "/api/models", timeout=httpx2.Timeout(timeout),
                           follow_redirects=False)
