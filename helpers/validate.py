@@ -178,7 +178,7 @@ PLAN_ONLY_RULES = {
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.
-NOT_PARAMETERS = {"clone", "root", "In", "Out", "exit", "quit", "get_ipython"}
+NOT_PARAMETERS = {"clone", "root", "kit", "In", "Out", "exit", "quit", "get_ipython"}
 
 
 def unknown_parameters(namespace: dict) -> list[str]:

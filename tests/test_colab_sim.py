@@ -1,6 +1,6 @@
 """Colab first run, in the simulation of tools/colab_sim (its docstring says what it does and doesn't reproduce).
 
-The decision to install and to restart is the kit's real code (helpers.install in a kernel that imported
+The decision to install and to restart is the kit's real code (helpers.setup in a kernel that imported
 google.colab at start); only pip and git are stand-ins that record what they were asked to do.
 """
 
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from helpers import pins
+from helpers import setup
 from tools import colab_sim, runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -19,8 +19,8 @@ RESTART_REASON = "Restarting the runtime: diffusers, huggingface-hub were import
 
 def expected_install() -> list[str]:
     """The pins of every package the simulated old stack holds at another version, in pins order."""
-    old = {pins.canonicalize_name(name) for name in colab_sim.OLD_STACK}
-    return [str(req) for name, req in pins.load_pins().items() if name in old and name in pins.HOSTED_INSTALL]
+    old = {setup.canonicalize_name(name) for name in colab_sim.OLD_STACK}
+    return [str(req) for name, req in setup.load_pins().items() if name in old and name in setup.HOSTED_INSTALL]
 
 
 def hub_defaults(notebook) -> dict[str, str]:
