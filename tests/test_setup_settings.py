@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from helpers import env, setup
+from helpers import env, rules, setup
 
 
 def test_configure_sets_progress_bars_and_parallel_loading(monkeypatch):
@@ -72,3 +72,25 @@ def test_report_lists_versions_and_pins():
 
 def test_installed_stack_matches_the_pins():
     assert setup.check_pins() == []
+
+
+def test_backend_minimums_are_what_the_pinned_diffusers_and_transformers_require():
+    """rules.BACKENDS' "min" is the newer of diffusers' extra (Requires-Dist) and transformers' own minimum."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    from transformers.utils import import_utils
+
+    packages = {setup.canonicalize_name(spec["package"]) for spec in rules.BACKENDS.values()}
+    extras = {}
+    for requirement in map(Requirement, metadata.requires("diffusers")):
+        if setup.canonicalize_name(requirement.name) in packages:
+            extras[setup.canonicalize_name(requirement.name)] = next(
+                s.version for s in requirement.specifier if s.operator == ">=")
+    transformers_min = {"bitsandbytes": import_utils.BITSANDBYTES_MIN_VERSION,
+                        "torchao": import_utils.TORCHAO_MIN_VERSION, "gguf": import_utils.GGUF_MIN_VERSION}
+    for name, spec in rules.BACKENDS.items():
+        package = setup.canonicalize_name(spec["package"])
+        needed = max(Version(extras[package]), Version(transformers_min.get(name, "0")))
+        assert Version(spec["min"]) == needed, name
