@@ -56,3 +56,14 @@ def test_colabs_torch_is_inside_the_kits_torch_range():
 def test_colabs_too_old_torchao_is_what_the_backend_table_calls_too_old():
     found = setup.backend_mismatches(["torchao"], {"torchao": FREEZE["torchao"]})
     assert [m.installed for m in found] == ["0.10.0"] and found[0].minimum == rules.BACKENDS["torchao"]["min"]
+
+
+def test_the_core_run_counts_per_file_and_fails_a_skip(tmp_path):
+    from tools.colab import core_tests
+
+    report = tmp_path / "report.xml"
+    report.write_text('<testsuites><testsuite><testcase classname="tests.test_setup" name="a"/>'
+                      '<testcase classname="tests.test_setup" name="b"><skipped/></testcase>'
+                      '<testcase classname="tests.test_env" name="c"/></testsuite></testsuites>')
+    assert core_tests.passed_per_file(report) == ({"tests/test_setup.py": 1, "tests/test_env.py": 1}, 1)
+    assert set(core_tests.CORE) >= {"tests/test_setup.py", "tests/test_colab_freeze.py"}
