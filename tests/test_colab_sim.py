@@ -77,3 +77,13 @@ def test_simulation_reports_the_old_stack_until_pip_replaces_it(tmp_path):
     assert sim.old_versions() == {name: version for name, (version, _) in colab_sim.OLD_STACK.items()}
     spec = json.loads((sim.root / "jupyter" / "kernels" / colab_sim.KERNEL_NAME / "kernel.json").read_text())
     assert "--IPKernelApp.exec_lines=import google.colab" in spec["argv"]
+
+
+def test_a_tag_missing_on_github_stops_the_setup_cell_with_gits_reason_and_the_fix(tmp_path):
+    sim = colab_sim.build(tmp_path / "sim", environment={"SIM_GIT_MISSING_TAG": "1"})
+    notebook = runner.NOTEBOOKS / "01_setup.ipynb"
+    run = colab_sim.execute(sim, notebook, tmp_path / "01.ipynb", {}, upto="setup")
+    assert "RuntimeError: Could not fetch the kit's tag v0.1.0:" in run.text, run.text
+    assert "fatal: Remote branch v0.1.0 not found in upstream origin" in run.text
+    assert "Fix: README 'Releases'." in run.text and "CalledProcessError" not in run.text
+    assert sim.pip_calls() == []  # nothing was installed

@@ -77,6 +77,11 @@ with open(os.environ["SIM_GIT_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1:2] != ["clone"]:
     sys.exit("fake git: only clone")
+if os.environ.get("SIM_GIT_MISSING_TAG"):  # the tag was never pushed: what git itself says
+    branch = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--branch="))
+    sys.stderr.write(f"warning: Could not find remote branch {{branch}} to clone.\\n"
+                     f"fatal: Remote branch {{branch}} not found in upstream origin\\n")
+    sys.exit(128)
 dest, source = Path(sys.argv[-1]), Path({root!r})
 dest.mkdir(parents=True)
 for name in ("helpers", "community"):
