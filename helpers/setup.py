@@ -41,10 +41,9 @@ _TOOLING = "test and headless-run tooling, not used inside a notebook"
 # Why a hosted install keeps the runtime's own version of every other pin (notebook 01's report says it).
 LEFT_AS_FOUND = {
     "torch": "the runtime's CUDA build, matched to its GPU driver: never reinstalled",
-    "ipykernel": _SERVER, "ipywidgets": _SERVER, "jupyter-client": _SERVER, "nbformat": _SERVER,
-    "numpy": _BUILT_AGAINST, "pillow": _BUILT_AGAINST, "psutil": _BUILT_AGAINST, "packaging": _BUILT_AGAINST,
-    "pyyaml": _BUILT_AGAINST,
-    "nbclient": _TOOLING, "papermill": _TOOLING, "nbval": _TOOLING, "pytest": _TOOLING, "ruff": _TOOLING,
+    **dict.fromkeys(("ipykernel", "ipywidgets", "jupyter-client", "nbformat"), _SERVER),
+    **dict.fromkeys(("numpy", "pillow", "psutil", "packaging", "pyyaml"), _BUILT_AGAINST),
+    **dict.fromkeys(("nbclient", "papermill", "nbval", "pytest", "ruff"), _TOOLING),
     **{spec["package"]: "a quantization backend: installed (or upgraded) only for a run that quantizes with it"
        for spec in rules.BACKENDS.values()},
 }

@@ -84,7 +84,8 @@ def quantized_notebook(into: Path) -> Path:
     """The parameters and setup cells of notebook 02 (quantization "auto": on CPU both backends), then int8/int4."""
     source = nbformat.read(runner.NOTEBOOKS / "02_load_and_generate.ipynb", as_version=4)
     parameters = nbformat.v4.new_code_cell('model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # Hub id\n'
-                                           'quantization: str = "auto"  # on CPU: torchao int8 and quanto int4',
+                                           'quantization: str = "auto"  # on CPU: torchao int8 and quanto int4\n'
+                                           'parallel_loading: bool = False  # as notebook 02',
                                            metadata={"tags": ["parameters"]})
     setup = next(c for c in source.cells if c.get("id") == "setup")
     notebook = nbformat.v4.new_notebook(cells=[parameters, setup, nbformat.v4.new_code_cell(QUANTIZED_CELLS)],
