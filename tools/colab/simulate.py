@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     outcomes = []
     try:
         cases = [(nb.stem[:2], nb, {}, "", False) for nb in sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))]
-        cases += [("int8+int4", quantized_notebook(work), {}, "", False),
+        cases += [("int8+int4", quantized_notebook(work), {"quantization": "auto"}, "", False),
                   ("import-first", runner.NOTEBOOKS / "02_load_and_generate.ipynb", {}, "import diffusers", True)]
         for case, notebook, extra, before_cell, rerun in cases:
             if args.only is not None and not any(case.startswith(p) for p in args.only):
