@@ -15,8 +15,8 @@ from PIL import Image
 
 from helpers import architectures, generation, loading, outputs, quantization
 from helpers.errors import InvalidParameterError
-from helpers.setup import REQUIREMENTS, load_pins
 from helpers.quantization import QuantizationUnavailableError
+from helpers.setup import REQUIREMENTS, load_pins
 from tools.tiny.gguf_file import write_denoiser_gguf
 
 CALL = dict(prompt="a photo of a cat", height=32, width=32, num_inference_steps=2, guidance_scale=4.0, seed=3)
