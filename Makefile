@@ -10,7 +10,7 @@ TORCH_CPU := torch==2.13.0
 TORCH_INDEX ?=# a CPU wheel index to try first; without a GPU the PyTorch CPU index is tried anyway
 PIP := $(PY) -m pip install --disable-pip-version-check --no-compile --progress-bar on  # compiled once below, in parallel
 
-.PHONY: help install run test test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab sweep lint strip tiny release golden clean
+.PHONY: help install run test test-core test-colab test-cuda-sim test-browser test-gpu bench bench-gpu bench-colab sweep lint strip tiny release golden clean
 
 ## help: list the targets (from the `##` comments in this Makefile)
 help:
@@ -41,6 +41,16 @@ run: install
 ## test: unit tests, notebook harness (papermill, each notebook run once per parameter set) and hygiene checks
 test: install
 	$(PY) -m pytest
+
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) $(shell command -v python3.13))
+CORE_PYTHONS ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python) $(shell command -v python3.11)) $(PY313)
+## test-core: the core unit tests (no torch) on Python 3.11 and 3.13 in small venvs (packaging + pytest only)
+test-core:
+	$(PYTHON) -m tools.colab.core_tests $(CORE_PYTHONS)
+
+## test-colab: every notebook's setup cell, then the notebook, on a fresh copy of Colab's published package set (Python 3.13, CPU)
+test-colab: install
+	$(PY) -m tools.colab.simulate --venv .cache/colab-venv --python "$(PY313)"
 
 ## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs a subset
 sweep: install

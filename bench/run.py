@@ -123,7 +123,7 @@ def bench_from_pipe() -> list[dict]:
 
 
 PHASES = {
-    "imports": {"get-kit", "setup", "imports", "install", "cache"},
+    "imports": {"setup", "imports", "cache"},
     "model build/load": {"vae", "auto-class", "specific", "dtype-load", "local", "file", "publish", "repo-load",
                          "component", "trap", "sizes", "plan", "common", "reference", "balanced"},
     "generation": {"generate", "variants", "autopipe", "vae-compare", "scheduler", "pag", "img2img", "caveat",

@@ -1,20 +1,15 @@
-"""Where am I, what do I have, and the settings that must be made before diffusers is imported.
+"""Where am I and what do I have: the runtime, its GPUs, the device and dtype to use.
 
-Call `configure()` once at the top of a notebook, before `import diffusers`: two settings
-(`HF_ENABLE_PARALLEL_LOADING`, `HF_HOME`) are read only when the libraries are imported,
-so setting them later is a silent no-op. `configure` warns when it is too late.
+The import-time settings and notebook 01's report are `helpers.setup`'s.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import pins
 from .errors import InvalidParameterError
 from .rules import truthy
 
@@ -102,137 +97,6 @@ def recommended_dtype(device: str | None = None, gpus: list[Accelerator] | None 
     if device == "mps":
         return "float16"
     return "float32"
-
-
-def _set_before_import(variable: str, value: str, module: str, read_back) -> None:
-    """Set an env variable that `module` reads at import; warn when the module already read another value."""
-    os.environ[variable] = value
-    if module in sys.modules and read_back() != value:
-        warnings.warn(
-            f"{variable}={value!r} was set after `import {module}`, which reads it only once at import: "
-            f"this setting has no effect in this kernel. Fix: restart the kernel and call "
-            f"helpers.env.configure(...) before importing {module} (or anything that imports it).",
-            stacklevel=3,
-        )
-
-
-def configure(parallel_loading: bool = False, hf_home: str = "", quiet: bool | None = None) -> None:
-    """Apply the import-time settings, then the progress-bar policy. Call before `import diffusers`.
-
-    parallel_loading: HF_ENABLE_PARALLEL_LOADING (diffusers loads shards of big models with
-        several threads; only sharded diffusers models benefit).
-    hf_home: HF_HOME, the Hub cache root (e.g. a Google Drive folder); "" keeps the default.
-    quiet: progress bars off; None reads KIT_QUIET / CI.
-    """
-    if hf_home:
-        hf_home = os.path.abspath(os.path.expanduser(hf_home))
-        _set_before_import("HF_HOME", hf_home, "huggingface_hub", lambda: _hub_constant("HF_HOME"))
-    _set_before_import(
-        "HF_ENABLE_PARALLEL_LOADING",
-        "1" if parallel_loading else "0",
-        "diffusers",
-        lambda: "1" if _diffusers_parallel_loading() else "0",
-    )
-    set_progress_bars(not (quiet_mode() if quiet is None else quiet))
-
-
-def _hub_constant(name: str):
-    from huggingface_hub import constants
-
-    return getattr(constants, name)
-
-
-def _diffusers_parallel_loading() -> bool:
-    from diffusers.utils import constants
-
-    return bool(constants.HF_ENABLE_PARALLEL_LOADING)
-
-
-def set_progress_bars(enabled: bool) -> None:
-    """Turn the Hub download and diffusers loading bars on or off.
-
-    TQDM_DISABLE does not reach these bars; each library has its own switch. The denoising
-    bar is per pipeline: `helpers.loading` calls `pipe.set_progress_bar_config` on each load.
-    """
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if enabled else "1"
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    (enable_progress_bars if enabled else disable_progress_bars)()
-    (diffusers_logging.enable_progress_bar if enabled else diffusers_logging.disable_progress_bar)()
-
-
-def hf_token_found() -> bool:
-    """Whether huggingface_hub finds a token (env HF_TOKEN, token file, Colab secret). Never returns it."""
-    from huggingface_hub import get_token
-
-    return get_token() is not None
-
-
-@dataclass
-class Report:
-    runtime: Runtime
-    python: str
-    versions: dict[str, str | None]
-    mismatches: list[pins.Mismatch]
-    device: str
-    dtype: str
-    gpus: list[Accelerator]
-    ram_gib: float
-    hf_token_found: bool
-    hf_cache: str
-    parallel_loading: bool
-    fits: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        lines = [
-            f"runtime        {self.runtime.name}{' (CI)' if self.runtime.ci else ''}",
-            f"python         {self.python}",
-            *(f"{name:14s} {version or 'not installed'}" for name, version in self.versions.items()),
-            f"pins           {'all match' if not self.mismatches else '; '.join(map(str, self.mismatches))}",
-            f"device         {self.device} (dtype {self.dtype})",
-            *(
-                f"gpu {g.index}          {g.name}, {g.memory_gib:.1f} GiB, sm_{g.compute_capability[0]}"
-                f"{g.compute_capability[1]}, bf16 {'yes' if g.bf16 else 'no'}"
-                for g in self.gpus
-            ),
-            f"ram            {self.ram_gib:.1f} GiB",
-            f"HF token       {'found' if self.hf_token_found else 'not found (public models only)'}",
-            f"HF cache       {self.hf_cache}",
-            f"parallel load  {'on' if self.parallel_loading else 'off'}",
-            *(f"fits?          {model}: {verdict}" for model, verdict in self.fits.items()),
-        ]
-        return "\n".join(lines)
-
-
-def report() -> Report:
-    """Everything a user needs to know before loading a model: versions, pins, hardware, token, cache."""
-    import psutil
-
-    from . import planning
-
-    runtime = detect_runtime()
-    pinned = pins.load_pins()
-    if runtime.hosted:
-        pinned = {name: req for name, req in pinned.items() if name in pins.HOSTED_INSTALL}
-    shown = ["torch", "diffusers", "transformers", "accelerate", "huggingface-hub"]
-    gpus = accelerators()
-    device = recommended_device()
-    ram_gib = psutil.virtual_memory().total / 2**30
-    return Report(
-        runtime=runtime,
-        python=platform.python_version(),
-        versions={name: pins.installed_version(name) for name in shown},
-        mismatches=pins.check_pins(pinned),
-        device=device,
-        dtype=recommended_dtype(device, gpus),
-        gpus=gpus,
-        ram_gib=ram_gib,
-        hf_token_found=hf_token_found(),
-        hf_cache=_hub_constant("HF_HUB_CACHE"),
-        parallel_loading=_diffusers_parallel_loading(),
-        fits=planning.what_fits(detect_hardware()),
-    )
 
 
 @dataclass(frozen=True)

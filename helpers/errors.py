@@ -161,3 +161,13 @@ class RemoteCodeChanged(KitError, RuntimeError):
 
 class BadVideoError(KitError, ValueError):
     """Frames that must not be saved as a result (NaN, all black); the message says what to change."""
+
+
+class PipInstallError(KitError, RuntimeError):
+    """pip exited with an error (the hosted install); carries the arguments, its exit status and its output."""
+
+    def __init__(self, args: list[str], returncode: int, output: str):
+        self.args_, self.returncode, self.output = args, returncode, output
+        super().__init__(f"`pip install {' '.join(args)}` failed (exit {returncode}):\n{output[-2000:]}\n",
+                         fix="Fix: read pip's error above (network, disk space, a version pip cannot find), "
+                             "then run the setup cell again.")

@@ -25,7 +25,10 @@ def isolated_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    return home
+    yield home
+    from huggingface_hub.utils import close_session
+
+    close_session()  # huggingface_hub 1.x (httpx) reads proxy variables when its client is made: none outlives a test
 
 
 @pytest.fixture(scope="session")

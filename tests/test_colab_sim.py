@@ -1,6 +1,6 @@
 """Colab first run, in the simulation of tools/colab_sim (its docstring says what it does and doesn't reproduce).
 
-The decision to install and to restart is the kit's real code (helpers.install in a kernel that imported
+The decision to install and to restart is the kit's real code (helpers.setup in a kernel that imported
 google.colab at start); only pip and git are stand-ins that record what they were asked to do.
 """
 
@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from helpers import pins
+from helpers import setup
 from tools import colab_sim, runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -19,8 +19,8 @@ RESTART_REASON = "Restarting the runtime: diffusers, huggingface-hub were import
 
 def expected_install() -> list[str]:
     """The pins of every package the simulated old stack holds at another version, in pins order."""
-    old = {pins.canonicalize_name(name) for name in colab_sim.OLD_STACK}
-    return [str(req) for name, req in pins.load_pins().items() if name in old and name in pins.HOSTED_INSTALL]
+    old = {setup.canonicalize_name(name) for name in colab_sim.OLD_STACK}
+    return [str(req) for name, req in setup.load_pins().items() if name in old and name in setup.HOSTED_INSTALL]
 
 
 def hub_defaults(notebook) -> dict[str, str]:
@@ -77,3 +77,13 @@ def test_simulation_reports_the_old_stack_until_pip_replaces_it(tmp_path):
     assert sim.old_versions() == {name: version for name, (version, _) in colab_sim.OLD_STACK.items()}
     spec = json.loads((sim.root / "jupyter" / "kernels" / colab_sim.KERNEL_NAME / "kernel.json").read_text())
     assert "--IPKernelApp.exec_lines=import google.colab" in spec["argv"]
+
+
+def test_a_tag_missing_on_github_stops_the_setup_cell_with_gits_reason_and_the_fix(tmp_path):
+    sim = colab_sim.build(tmp_path / "sim", environment={"SIM_GIT_MISSING_TAG": "1"})
+    notebook = runner.NOTEBOOKS / "01_setup.ipynb"
+    run = colab_sim.execute(sim, notebook, tmp_path / "01.ipynb", {}, upto="setup")
+    assert "RuntimeError: Could not fetch the kit's tag v0.1.0:" in run.text, run.text
+    assert "fatal: Remote branch v0.1.0 not found in upstream origin" in run.text
+    assert "Fix: README 'Releases'." in run.text and "CalledProcessError" not in run.text
+    assert sim.pip_calls() == []  # nothing was installed

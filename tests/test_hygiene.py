@@ -192,7 +192,7 @@ def test_no_cell_is_skipped_blindly(notebook_path):
 # Cell ids that tests (their printed text), benchmarks (bench/run.py PHASES) and the setup pattern read by
 # id. Renaming one of these cells must fail here, loudly, rather than make a test read an empty string.
 DEPENDED_ON_CELL_IDS = {
-    "01_setup": {"parameters", "get-kit", "install", "cache", "report", "token"},
+    "01_setup": {"parameters", "setup", "cache", "report", "fits", "token"},
     "02_load_and_generate": {"parameters", "setup", "imports", "local", "auto-class", "generate", "save", "specific",
                              "variants", "autopipe", "dtype-table", "dtype-load", "dtype-seed", "device", "sequential",
                              "summary", "form"},

@@ -144,7 +144,7 @@ def test_load_and_generate_handles_other_families(executed, tiny, family, varian
 
 def test_setup_finds_the_token_and_never_shows_it(executed):
     result, text = run_ok(executed, "01_setup.ipynb")
-    assert "All pinned packages are installed at their pinned versions." in text["install"]
+    assert "All pinned packages are installed at their pinned versions." in text["setup"]
     assert "pins           all match" in text["report"]
     assert "A Hugging Face token was found" in text["token"]  # the canary reached the kernel...
     assert CANARY not in result.executed.read_text()  # ...and was not printed

@@ -24,14 +24,14 @@ PINNED = ("diffusers", "transformers", "accelerate", "huggingface_hub", "safeten
 
 PROBE = r"""
 import json, sys
-import helpers.install, helpers.setup
+import helpers.setup
 seen = {}
 class Stop(Exception):
     pass
 def recorder(*args, **kwargs):
     seen["imported"] = sorted(m for m in sys.modules if m.split(".")[0] in PINNED)
     raise Stop
-helpers.install.ensure_pinned = helpers.setup.ensure_pinned = recorder
+helpers.setup.ensure_pinned = recorder
 namespace = {"__name__": "__main__"}
 try:
     for source in CELLS:

@@ -19,7 +19,9 @@ What it reproduces, and how (each piece is a real mechanism the kit's code sees,
 - A killed kernel (the kit's restart) shows up as nbclient's DeadKernelError; the executed notebook is
   still written by papermill with whatever output reached it.
 
-What it does not reproduce: Colab's Python (3.12) and CUDA torch (the venv's CPU torch is used), a GPU,
+`make test-colab` uses the same runtime with Colab's real packages instead of the stubs and fake pip
+(`build(..., real_packages=True)`: tools/colab/simulate.py). What this stub version does not reproduce:
+Colab's Python (3.13) and CUDA torch (the venv's CPU torch is used), a GPU,
 Drive, Colab's front end and its automatic kernel restart after a kill (a new papermill run stands in),
 the real old packages' code (stubs only: import side effects of the real 0.39.0 are absent), a real pip
 resolve/download, and other preloaded Colab modules.
@@ -75,6 +77,11 @@ with open(os.environ["SIM_GIT_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1:2] != ["clone"]:
     sys.exit("fake git: only clone")
+if os.environ.get("SIM_GIT_MISSING_TAG"):  # the tag was never pushed: what git itself says
+    branch = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--branch="))
+    sys.stderr.write(f"warning: Could not find remote branch {{branch}} to clone.\\n"
+                     f"fatal: Remote branch {{branch}} not found in upstream origin\\n")
+    sys.exit(128)
 dest, source = Path(sys.argv[-1]), Path({root!r})
 dest.mkdir(parents=True)
 for name in ("helpers", "community"):
@@ -129,20 +136,27 @@ class Simulation:
         return json.loads((self.root / "jupyter" / "kernels" / KERNEL_NAME / "kernel.json").read_text())["env"]
 
 
-def build(root: Path, python: str = sys.executable) -> Simulation:
-    """Create a fresh simulated runtime under `root` and its kernelspec `colab-sim` (see the module doc)."""
+def build(root: Path, python: str = sys.executable, real_packages: bool = False,
+          environment: dict[str, str] | None = None) -> Simulation:
+    """Create a fresh simulated runtime under `root` and its kernelspec `colab-sim` (see the module doc).
+
+    real_packages: `python` is a venv of Colab's own packages (tools/colab/runtime.py, `make test-colab`):
+    no stub stack and the real pip. `environment` is added to the kernel's.
+    """
     sim = Simulation(Path(root))
     site = sim.root / "site"
     (site / "google" / "colab").mkdir(parents=True)
     (site / "google" / "colab" / "__init__.py").write_text('"""Fake google.colab (simulation)."""\n')
     (site / "google" / "colab" / "drive.py").write_text(
         "def mount(path, **kwargs):\n    raise RuntimeError('Drive is not simulated')\n")
-    (site / "pip").mkdir()
-    (site / "pip" / "__init__.py").write_text("")
-    (site / "pip" / "__main__.py").write_text(textwrap.dedent(FAKE_PIP))
-    for name, (version, module) in OLD_STACK.items():
+    sim.old_stack.mkdir()
+    if not real_packages:
+        (site / "pip").mkdir()
+        (site / "pip" / "__init__.py").write_text("")
+        (site / "pip" / "__main__.py").write_text(textwrap.dedent(FAKE_PIP))
+    for name, (version, module) in ({} if real_packages else OLD_STACK).items():
         info = sim.old_stack / f"{name}-{version}.dist-info"
-        info.mkdir(parents=True)
+        info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
         if module:
             (sim.old_stack / module).mkdir()
@@ -166,6 +180,7 @@ def build(root: Path, python: str = sys.executable) -> Simulation:
         "SIM_PIP_LOG": str(sim.root / "pip-log.jsonl"),
         "SIM_GIT_LOG": str(sim.root / "git-log.jsonl"),
         "SIM_OLD_STACK": str(sim.old_stack),
+        **(environment or {}),
     }
     spec = {
         "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}",
@@ -187,7 +202,7 @@ class Run:
 
 
 def execute(sim: Simulation, notebook: Path, executed: Path, parameters: dict, before: str = "",
-            upto: str | None = None) -> Run:
+            upto: str | None = None, encrypted: bool = True) -> Run:
     """Run `notebook` in the simulation with papermill (cwd: <sim>/content, as Colab's /content).
 
     before: code for an extra first cell (what the user ran before the kit's setup).
@@ -212,7 +227,7 @@ def execute(sim: Simulation, notebook: Path, executed: Path, parameters: dict, b
     try:
         papermill.execute_notebook(str(source), str(executed), parameters=parameters, cwd=str(sim.content),
                                    kernel_name=KERNEL_NAME, progress_bar=False, log_output=False,
-                                   kernel_manager_class=encrypted_kernel_manager())
+                                   **({"kernel_manager_class": encrypted_kernel_manager()} if encrypted else {}))
     except Exception as failure:  # papermill's cell errors and nbclient's DeadKernelError alike
         error = f"{type(failure).__name__}: {failure}"
     finally:

@@ -1,0 +1,191 @@
+"""`make test-colab`: every notebook on a fresh copy of Colab's published package set, with the real pip.
+
+    python -m tools.colab.simulate --venv .cache/colab-venv --python python3.13 [--only 01 02 ...]
+
+1. A "Colab minus the GPU" venv from the vendored freeze (tools/colab/runtime.py), built once and kept; its
+   `pip check` is the "before".
+2. A local Hub (tests/localhub.py) on 127.0.0.1 serves the tiny models under the notebooks' default ids.
+3. Each case gets a fresh copy of that venv (hard links: seconds, no disk) as the kernel's Python, with the
+   google.colab stub and the fake git clone of tools/colab_sim, and runs the notebook with papermill. The kit's
+   setup cell installs from PyPI for real. Checked: no restart, no new `pip check` line, every cell ran.
+4. Two more cases: int8 (torchao) and int4 (quanto) loaded in the same kernel after one setup cell; and the user
+   who imported diffusers before the setup cell: one restart with its reason, then the rerun passes.
+
+Prints a table (case, install seconds, restart, pip check before/after, cells run); exits 1 when a check fails.
+Not part of CI (.ci/run): it downloads the stack from PyPI and takes minutes per notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from tools import colab_sim, runner
+from tools.colab import runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+QUANTIZED_CELLS = '''import torch
+from diffusers import DiffusionPipeline
+from helpers import quantization
+
+for name in ("int8", "int4"):  # torchao, then quanto, in this one kernel
+    config = quantization.pipeline_config(name, ["unet"], device="cpu", dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(model_id, dtype=torch.float32, quantization_config=config)
+    image = pipe("a cat", num_inference_steps=2, height=32, width=32, output_type="pil").images[0]
+    print(f"{name} ok: {type(pipe.unet.down_blocks[0].resnets[0].conv1).__name__}, image {image.size}")
+'''
+
+
+@dataclass
+class Outcome:
+    case: str
+    install_s: float
+    restart: bool
+    before: list[str]
+    after: list[str]
+    cells: str
+    problems: list[str]
+
+
+def pip_check(python: Path) -> list[str]:
+    result = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True)
+    return [] if result.returncode == 0 else [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def fresh_copy(base: Path, into: Path) -> Path:
+    subprocess.run(["cp", "-al", str(base), str(into)], check=True)
+    return into / "bin" / "python"
+
+
+def cells_run(executed: Path) -> tuple[int, int]:
+    if not executed.is_file():
+        return 0, 0
+    code = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
+    return sum(c.get("execution_count") is not None for c in code), len(code)
+
+
+def setup_seconds(executed: Path) -> float:
+    if not executed.is_file():
+        return 0.0
+    for cell in nbformat.read(executed, as_version=4).cells:
+        if cell.get("id") == "setup":
+            return float(cell.metadata.get("papermill", {}).get("duration") or 0.0)
+    return 0.0
+
+
+def quantized_notebook(into: Path) -> Path:
+    """The parameters and setup cells of notebook 02 (quantization "auto": on CPU both backends), then int8/int4."""
+    source = nbformat.read(runner.NOTEBOOKS / "02_load_and_generate.ipynb", as_version=4)
+    parameters = nbformat.v4.new_code_cell('model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # Hub id\n'
+                                           'quantization: str = "auto"  # on CPU: torchao int8 and quanto int4\n'
+                                           'parallel_loading: bool = False  # as notebook 02',
+                                           metadata={"tags": ["parameters"]})
+    setup = next(c for c in source.cells if c.get("id") == "setup")
+    notebook = nbformat.v4.new_notebook(cells=[parameters, setup, nbformat.v4.new_code_cell(QUANTIZED_CELLS)],
+                                        metadata=source.metadata)
+    path = into / "quantized.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+def run_case(case: str, notebook: Path, base: Path, work: Path, environment: dict, parameters: dict,
+             before_cell: str = "", rerun: bool = False) -> Outcome:
+    folder = work / case
+    folder.mkdir()
+    python = fresh_copy(base, folder / "venv")
+    before = pip_check(python)
+    sim = colab_sim.build(folder / "sim", python=str(python), real_packages=True, environment=environment)
+    first = colab_sim.execute(sim, notebook, folder / f"{notebook.stem}.ipynb", parameters, before=before_cell,
+                              encrypted=False)
+    install_s = setup_seconds(first.executed)
+    restarted = "Restarting the runtime" in first.text or first.error.startswith("DeadKernelError")
+    problems = []
+    final = first
+    if rerun:
+        if not restarted:
+            problems.append("expected one restart with its reason; none came")
+        elif "were imported before the upgrade" not in first.text:
+            problems.append("the restart did not say why")
+        final = colab_sim.execute(sim, notebook, folder / f"{notebook.stem}-rerun.ipynb", parameters, encrypted=False)
+        if "Restarting the runtime" in final.text:
+            problems.append("the rerun restarted again")
+    elif restarted:
+        problems.append("restarted")
+    if final.error:
+        problems.append(final.error.strip().splitlines()[-1][:300])
+        print(final.text[-1500:], flush=True)
+    after = pip_check(python)
+    new = [line for line in after if line not in before]
+    if new:
+        problems.append(f"new pip check lines: {new}")
+    ran, total = cells_run(final.executed)
+    if ran != total:
+        problems.append(f"{ran} of {total} cells ran")
+    if case == "int8+int4" and not ("int8 ok" in final.text and "int4 ok" in final.text):
+        problems.append("int8 and int4 did not both load")
+    return Outcome(case, install_s, restarted, before, after, f"{ran}/{total}", problems)
+
+
+def local_hub(tiny: dict):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from localhub import LocalHub
+
+    hub = LocalHub()
+    for repo_id, name in runner.TINY_STAND_INS.items():
+        hub.add_folder(repo_id, tiny[name], message="tiny stand-in")
+    hub.start()
+    return hub
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--venv", type=Path, default=ROOT / ".cache" / "colab-venv")
+    parser.add_argument("--python", required=True, help="a Python 3.13 interpreter (Colab's minor version)")
+    parser.add_argument("--wheels", default="", help="a folder of already downloaded wheels (torch) for pip")
+    parser.add_argument("--only", nargs="*", default=None, help="case prefixes to run (01, 02, int8, import)")
+    args = parser.parse_args(argv)
+    if not (args.venv / "bin" / "python").exists():
+        print(f"== building {args.venv} from tools/colab/pip-freeze.gpu.txt (torch is a ~3 GB download)", flush=True)
+        runtime.build_venv(args.venv, args.python, args.wheels)
+    from tools.tiny import build_all
+
+    tiny = build_all(ROOT / ".cache" / "tiny")
+    hub = local_hub(tiny)
+    environment = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+    work = Path(tempfile.mkdtemp(prefix="kit-colab-"))
+    outcomes = []
+    try:
+        cases = [(nb.stem[:2], nb, {}, "", False) for nb in sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))]
+        cases += [("int8+int4", quantized_notebook(work), {"quantization": "auto"}, "", False),
+                  ("import-first", runner.NOTEBOOKS / "02_load_and_generate.ipynb", {}, "import diffusers", True)]
+        for case, notebook, extra, before_cell, rerun in cases:
+            if args.only is not None and not any(case.startswith(p) for p in args.only):
+                continue
+            served = frozenset(runner.TINY_STAND_INS)
+            declared = runner.declared_parameters(notebook)
+            parameters = {name: value for name, value in {
+                **runner.headless_parameters(notebook, tiny, work / case / "out", served), **extra}.items()
+                if name in declared}
+            print(f"== {case}: {notebook.name}", flush=True)
+            outcomes.append(run_case(case, notebook, args.venv, work, environment, parameters, before_cell, rerun))
+            print(f"   {outcomes[-1].problems or 'ok'}", flush=True)
+    finally:
+        hub.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'case':14s} {'install s':>9s}  {'restart':7s} {'pip check before/after':24s} {'cells':7s} result")
+    for o in outcomes:
+        checks = f"{len(o.before)} / {len(o.after)} lines"
+        print(f"{o.case:14s} {o.install_s:9.1f}  {'yes' if o.restart else 'no':7s} {checks:24s} {o.cells:7s} "
+              f"{'ok' if not o.problems else '; '.join(o.problems)}")
+    return 0 if outcomes and not any(o.problems for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
