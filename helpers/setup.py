@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from . import KIT_ROOT, env, rules, validate
+from .diffusers_logs import quiet_backend_imports
 from .errors import KitError, PipInstallError, VersionMismatchError
 
 REQUIREMENTS = KIT_ROOT / "requirements.txt"
@@ -355,9 +356,10 @@ def brief_kit_errors() -> bool:
 
 
 def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, ...] = (), *,
-            parallel_loading: bool = False, hf_home: str = "", quiet: bool | None = None, gpu=None) -> Plan:
+            parallel_loading: bool = False, hf_home: str = "", quiet: bool | None = None, gpu=None) -> None:
     """Check `namespace` (the notebook's `globals()`), install what differs and the backend its parameters can
-    quantize with, then apply the import-time settings and the progress-bar policy.
+    quantize with, then apply the import-time settings and the progress-bar policy. Returns nothing, so the
+    setup cell shows only what the kit printed.
 
     install: False only checks (nothing is installed).
     pipeline_classes: the model families the notebook is written for (`validate.check`).
@@ -366,11 +368,11 @@ def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, 
     brief_kit_errors()
     validate.check(namespace, stage="before_install", pipeline_classes=pipeline_classes)
     backends = backends_needed(namespace, gpu_present() if gpu is None else gpu)
-    decided = ensure_pinned(install=install, backends=backends)
+    ensure_pinned(install=install, backends=backends)
+    quiet_backend_imports()  # before anything imports diffusers, which imports torchao whenever it is installed
     _import_time_settings(parallel_loading, hf_home)  # before the checks below import huggingface_hub
     validate.check(namespace, stage="after_install", pipeline_classes=pipeline_classes)
     set_progress_bars(not (env.quiet_mode() if quiet is None else quiet))
-    return decided
 
 
 # ---- notebook 01's report ----

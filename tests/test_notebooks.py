@@ -162,6 +162,16 @@ def test_the_token_canary_appears_in_no_output(executed, run_folder):
     assert scanned >= 2 * len(NOTEBOOKS)  # executed notebooks, PNGs (with metadata) and galleries
 
 
+def test_no_backend_import_noise_in_any_executed_notebook(executed):
+    """diffusers imports torchao whenever it is installed; its import-time lines must not reach a lesson."""
+    fragments = ["torchao/_C", "is an Enum subclass and is now natively supported", "Unable to import `torchao`"]
+    for notebook in NOTEBOOKS:
+        result = executed(notebook)
+        assert result.error is None
+        text = result.executed.read_text()
+        assert not [fragment for fragment in fragments if fragment in text], f"{notebook.name}: backend import noise"
+
+
 def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(tmp_path):
     notebook = new_notebook(cells=[
         new_code_cell("x: int = 1  # a value", metadata={"tags": ["parameters"]}),
