@@ -40,7 +40,7 @@ run: install
 
 ## test: unit tests, notebook harness (papermill, each notebook run once per parameter set) and hygiene checks
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) $(shell command -v python3.13))
 CORE_PYTHONS ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python) $(shell command -v python3.11)) $(PY313)
