@@ -1,14 +1,10 @@
 """Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06).
 
-An item (one prompt, one seed, the call parameters) has an id hashing the model, dtype, quantization, call
-parameters, prompt and seed. In `output_dir`: `<id>.png` (staged complete and fsync'd in `.partial/`, then
-renamed into place); `manifest.jsonl`, one line per finished image, appended after its PNG; `runs.jsonl`, one
-summary per run; `.manifest.lock`, held by the run using the folder. Nothing read back is trusted: a manifest
-line counts only in the kit's form with its PNG a regular file of the recorded size and sha256; a bad line is
-reported, set aside in `manifest.rejected.jsonl` and its item rendered again; state files are never followed
-through links. `launch_processes` is the kit's one data-parallel launcher; `run_process` is what every process
-of a batch runs (rank and world from accelerate's `PartialState`, loading by the load plan), also from a shell
-with `accelerate launch -m helpers.batch ...`. Importing this module loads no torch and no diffusers.
+An item's id hashes the model, dtype, quantization, call parameters, prompt and seed. In `output_dir`: `<id>.png`
+(staged and fsync'd in `.partial/`, then renamed into place), `manifest.jsonl` (one line per finished image, after
+its PNG), `runs.jsonl` (one summary per run) and `.manifest.lock`. Nothing read back is trusted: a manifest line
+counts only in the kit's form with its PNG of the recorded size and sha256, else it is set aside in
+`manifest.rejected.jsonl` and rendered again; state files are never followed through links. Imports no torch.
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -28,18 +25,17 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 from . import outputs, rules
 from .errors import InvalidParameterError, OutputDirLockedError, UnsafeStateFileError
-from .prompts_file import read_prompts  # noqa: F401 (part of this module's surface)
+from .prompts_file import read_prompts
 
 MANIFEST, REJECTED, RUNS, LOCK, PARTIAL = ("manifest.jsonl", "manifest.rejected.jsonl", "runs.jsonl",
                                           ".manifest.lock", ".partial")
 ITEM_ID = re.compile(r"[0-9a-f]{24}")
 MAX_PNG_BYTES = 1 << 30  # far above any image the kit renders (8192 x 8192 RGB is 192 MiB raw)
-# A manifest line's fields and their JSON types (bool is not an int here).
 FIELDS = {"id": str, "file": str, "sha256": str, "bytes": int, "seconds": (int, float), "rank": int, "run": str,
           "prompt": str, "seed": int}
 
@@ -66,9 +62,7 @@ class Item:
 
     def call_parameters(self) -> dict:
         """The parameters of `helpers.generation.call_arguments` (and of the PNG metadata)."""
-        return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
-                "height": self.height, "width": self.width, "num_inference_steps": self.num_inference_steps,
-                "guidance_scale": self.guidance_scale}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("id", "source")}
 
 
 def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> str:
@@ -79,10 +73,9 @@ def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> s
 
 def plan_items(model_id: str, rows: list[dict], *, seeds_per_prompt: int, seed: int, height: int, width: int,
                num_inference_steps: int, guidance_scale: float, dtype: str, quantization: str = "none") -> list[Item]:
-    """One item per row and seed, duplicates (same id) dropped. Row i without a `seed` column uses seeds
-    `seed + i * seeds_per_prompt + j` (j < seeds_per_prompt); with one, `row_seed + j`. A row's own
-    `num_inference_steps`/`guidance_scale`/`negative_prompt` override the defaults. A seed past 2**64 - 1
-    is refused here, naming the row, before anything loads."""
+    """One item per row and seed (j < seeds_per_prompt: `row_seed + j`, else `seed + i * seeds_per_prompt + j`),
+    duplicates dropped; a row's own values override the defaults. Too many items or seeds are refused here."""
+    rules.batch_items("prompts", len(rows) * seeds_per_prompt)
     items: dict[str, Item] = {}
     for index, row in enumerate(rows):
         base = row["seed"] if "seed" in row else seed + index * seeds_per_prompt
@@ -112,8 +105,7 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
 # ---------------------------------------------------------------- the output folder: untrusted state
 
 def check_output_dir(output_dir: str | Path) -> Path:
-    """Create `output_dir` if needed and prove it is writable (`rules.output_folder`), and that none of the batch's
-    own files there is a link or of the wrong kind: before anything loads."""
+    """Create `output_dir`, prove it writable and that none of the batch's own files is a link or of the wrong kind."""
     folder = rules.output_folder("output_dir", str(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
     for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL):
@@ -164,10 +156,9 @@ class ManifestLock:
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / LOCK
-        self.handle = None
 
     def __enter__(self):
-        handle = os.fdopen(_open_state(self.path, os.O_RDWR | os.O_CREAT), "r+")
+        self.handle = handle = os.fdopen(_open_state(self.path, os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,12 +170,10 @@ class ManifestLock:
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        self.handle = handle
         return self
 
     def __exit__(self, *exc):
         self.handle.close()  # closing releases the lock
-        self.handle = None
 
 
 def entry_problem(entry) -> str:
@@ -212,18 +201,15 @@ def parse_manifest(data: bytes) -> tuple[list[dict], list[tuple[int, bytes, str]
     """(trusted entries, [(line number, raw line, why)] for every line that is not)."""
     entries, rejected = [], []
     for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as error:
-            rejected.append((number, line, f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"))
-            continue
-        problem = entry_problem(entry)
-        if problem:
-            rejected.append((number, line, problem))
-        else:
-            entries.append(entry)
+        if line.strip():
+            try:
+                problem = entry_problem(entry := json.loads(line))
+            except ValueError as error:
+                problem = f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"
+            if problem:
+                rejected.append((number, line, problem))
+            else:
+                entries.append(entry)
     return entries, rejected
 
 
@@ -234,9 +220,8 @@ def read_manifest(output_dir: str | Path) -> dict[str, dict]:
 
 
 def repair(output_dir: str | Path) -> list[str]:
-    """Under the lock, before any process appends: empty `.partial/`, set every untrusted manifest line aside in
-    `manifest.rejected.jsonl` (with its line number and why), and rewrite the manifest with one line per id
-    (atomically). Returns one report line per line set aside."""
+    """Under the lock: empty `.partial/`, set untrusted manifest lines aside in `manifest.rejected.jsonl` and rewrite
+    the manifest atomically with one line per id. Returns one report per line set aside."""
     folder = Path(output_dir)
     partial = folder / PARTIAL
     if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
@@ -263,20 +248,15 @@ def is_done(output_dir: str | Path, entry: dict | None) -> bool:
     path = Path(output_dir) / entry["file"]
     try:
         info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PNG_BYTES or (
-                "bytes" in entry and info.st_size != entry["bytes"]):
-            return False
-        return outputs.sha256_file(path) == entry["sha256"]
+        return (stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PNG_BYTES and entry.get("bytes", info.st_size)
+                == info.st_size and outputs.sha256_file(path) == entry["sha256"])
     except OSError:
         return False
 
 
 def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: int, seconds: float,
               run_id: str) -> dict:
-    """Save one finished image and record it: PNG complete and fsync'd under `.partial/`, renamed to its real
-    name, then its manifest line appended and fsync'd. Returns the manifest entry."""
-    import io
-
+    """Stage the PNG fsync'd in `.partial/`, rename it into place, then append its manifest line (returned)."""
     from PIL import PngImagePlugin
 
     folder = Path(output_dir)
@@ -284,8 +264,7 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
         raise UnsafeStateFileError(folder / PARTIAL, "is not a folder (a link?)")
     info = PngImagePlugin.PngInfo()
     info.add_text(outputs.METADATA_KEY, json.dumps(metadata, default=str, sort_keys=True))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer := io.BytesIO(), format="PNG", pnginfo=info)
     data = buffer.getvalue()
     staged = folder / PARTIAL / f"{rank}-{item.file}"
     outputs.write_atomically(staged, data)
@@ -313,32 +292,7 @@ def read_runs(output_dir: str | Path) -> tuple[list[dict], list[str]]:
 
 # ---------------------------------------------------------------- the launcher (05 and 06)
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for the processes' rendezvous: accelerate's fixed default (29500) makes
-    two runs on one machine (two notebooks, a test and a notebook) fail with "address already in use"."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
-
-
-@contextmanager
-def _private_tempdir():
-    """torch.distributed.elastic (under notebook_launcher) leaves torchelastic_* folders in $TMPDIR after
-    every launch; give it a private one for the launch, removed afterwards, so nothing is left behind."""
-    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
-        saved = os.environ.get("TMPDIR"), tempfile.tempdir
-        os.environ["TMPDIR"], tempfile.tempdir = private, private
-        try:
-            yield
-        finally:
-            tempfile.tempdir = saved[1]
-            if saved[0] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = saved[0]
 
 
 def launch_processes(function, args: tuple, num_processes: int) -> None:
@@ -350,8 +304,21 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
         return
     from accelerate import notebook_launcher
 
-    with _private_tempdir():
-        notebook_launcher(function, args, num_processes=num_processes, use_port=str(free_port()))
+    with socket.socket() as probe:  # accelerate's fixed port 29500 fails when two runs share a machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # torch.distributed.elastic leaves torchelastic_* folders in $TMPDIR: give it a private one, removed afterwards.
+    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
+        saved = os.environ.get("TMPDIR"), tempfile.tempdir
+        os.environ["TMPDIR"] = tempfile.tempdir = private
+        try:
+            notebook_launcher(function, args, num_processes=num_processes, use_port=str(port))
+        finally:
+            tempfile.tempdir = saved[1]
+            if saved[0] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved[0]
 
 
 # ---------------------------------------------------------------- one process's work
@@ -368,8 +335,8 @@ class Job:
 
 
 def load(job: Job, device) -> tuple[object, dict]:
-    """The plan's load, in this process: `from_pretrained(source, **loading.plan_kwargs(plan, source))`, then
-    `loading.apply_offload`. Returns the pipeline and a record of what was loaded (for the run summary)."""
+    """The plan's load in this process (`loading.plan_kwargs`, `loading.apply_offload`): the pipeline, and a record
+    of what was loaded (for the run summary)."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -391,8 +358,7 @@ def load(job: Job, device) -> tuple[object, dict]:
 
 
 def render(pipe, job: Job, item: Item, rank: int) -> dict:
-    """Render one item and save it: `generation.call_arguments` builds the call from the same parameters the
-    metadata records, so a PNG's metadata always matches the call that made it."""
+    """Render one item and save it; the call and the PNG's metadata come from the same parameters."""
     from . import generation
 
     start = time.perf_counter()
@@ -409,8 +375,7 @@ def render(pipe, job: Job, item: Item, rank: int) -> dict:
 
 
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render this process's share: skip what is done, render the rest. Returns this rank's counts and what
-    it loaded."""
+    """Render this process's share but what is done; returns this rank's counts and what it loaded."""
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)
     todo = [item for item in mine if not is_done(job.output_dir, manifest.get(item.id))]
@@ -480,25 +445,10 @@ def format_summary(summary: dict) -> str:
 
 # ---------------------------------------------------------------- the entry points
 
-def _take_lock(output_dir: str) -> ManifestLock:
-    """Lock the folder and repair it; every line set aside is reported here."""
-    lock = ManifestLock(output_dir).__enter__()
-    try:
-        for report in repair(output_dir):
-            print(report, flush=True)
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
-    return lock
-
-
 def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None = None, pipe=None) -> dict | None:
-    """The function every process runs (`notebook_launcher` or `accelerate launch`).
-
-    Rank and world size come from accelerate's `PartialState`. Unless the caller already holds the lock
-    (`launch` does), the main process takes it, repairs the folder and shares the run id; then every process
-    renders its shard; the main process shows the bar, gathers the counts and returns the summary.
-    """
+    """What every process runs (`notebook_launcher` or `accelerate launch`): unless the caller holds the lock, the
+    main process takes it, repairs the folder and shares the run id; every process renders its shard (rank and world
+    from accelerate's `PartialState`); the main process shows the bar and returns the summary."""
     import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
@@ -506,29 +456,27 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     from . import env
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    start = time.perf_counter()
-    lock, message = None, [None, job.run_id]
-    if state.is_main_process and not locked_by_caller:
-        try:
-            lock = _take_lock(job.output_dir)
-        except (OutputDirLockedError, UnsafeStateFileError) as error:
-            message[0] = error
-    if state.num_processes > 1:
-        broadcast_object_list(message)  # also the barrier: nobody reads the manifest before it is repaired
-    if message[0]:
-        raise message[0]
-    job.run_id = message[1]
-    try:
+    start, locking, message = time.perf_counter(), state.is_main_process and not locked_by_caller, [None, job.run_id]
+    with ExitStack() as held:
+        if locking:
+            try:
+                held.enter_context(ManifestLock(job.output_dir))
+                for report in repair(job.output_dir):
+                    print(report, flush=True)
+            except (OutputDirLockedError, UnsafeStateFileError) as error:
+                message[0] = error
+        if state.num_processes > 1:
+            broadcast_object_list(message)  # also the barrier: nobody reads the manifest before it is repaired
+        if message[0]:
+            raise message[0]
+        job.run_id = message[1]
         show = not env.quiet_mode() if progress is None else progress
         with progress_bar(job, enabled=show) if state.is_main_process and progress is not False else nullcontext():
             counts = work(job, state.process_index, state.num_processes, state.device, pipe)
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
-        if lock is not None:
+        if locking:
             repair(job.output_dir)  # every process is done: drop the lines that re-rendered items superseded
         return summarize(job, ranks, time.perf_counter() - start) if state.is_main_process else None
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def prepare(job: Job, resume: bool) -> None:
@@ -542,24 +490,22 @@ def prepare(job: Job, resume: bool) -> None:
 
 
 def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict:
-    """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes
-    (`launch_processes`; with 1, in this process, reusing `pipe` if given). Returns the summary (also appended
-    to `output_dir/runs.jsonl`)."""
+    """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes (with 1,
+    in this one, reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
     from . import env
 
     rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
-    lock = _take_lock(job.output_dir)
-    try:
+    with ManifestLock(job.output_dir):
+        for report in repair(job.output_dir):
+            print(report, flush=True)
         if num_processes == 1:
             run_process(job, locked_by_caller=True, pipe=pipe)
         else:
             with progress_bar(job, enabled=not env.quiet_mode()):
                 launch_processes(run_process, (job, True, False), num_processes)
         repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
-    finally:
-        lock.__exit__(None, None, None)
     runs, notes = read_runs(job.output_dir)
     for note in notes:
         print(note, flush=True)
