@@ -1,11 +1,7 @@
-"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06).
-
-An item's id hashes the model, dtype, quantization, call parameters, prompt and seed. In `output_dir`: `<id>.png`
-(staged and fsync'd in `.partial/`, then renamed into place), `manifest.jsonl` (one line per finished image, after
-its PNG), `runs.jsonl` (one summary per run) and `.manifest.lock`. Nothing read back is trusted: a manifest line
-counts only in the kit's form with its PNG of the recorded size and sha256, else it is set aside in
-`manifest.rejected.jsonl` and rendered again; state files are never followed through links. Imports no torch.
-"""
+"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06). In `output_dir`:
+`<id>.png` (an id hashes all that decides the image), `manifest.jsonl` (one line per finished image), `runs.jsonl`
+and `.manifest.lock`. Nothing read back is trusted: a manifest line counts only in the kit's form with its PNG of the
+recorded size and sha256 (else it is set aside and rendered again); state files are never followed through links."""
 
 from __future__ import annotations
 
@@ -39,8 +35,6 @@ MAX_PNG_BYTES = 1 << 30  # far above any image the kit renders (8192 x 8192 RGB 
 FIELDS = {"id": str, "file": str, "sha256": str, "bytes": int, "seconds": (int, float), "rank": int, "run": str,
           "prompt": str, "seed": int}
 
-
-# ---------------------------------------------------------------- items
 
 @dataclasses.dataclass(frozen=True)
 class Item:
@@ -101,8 +95,6 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
     """This process's items: every `world`-th of the items sorted by id (disjoint, covering, order-free)."""
     return sorted(items, key=lambda item: item.id)[rank::world]
 
-
-# ---------------------------------------------------------------- the output folder: untrusted state
 
 def check_output_dir(output_dir: str | Path) -> Path:
     """Create `output_dir`, prove it writable and that none of the batch's own files is a link or of the wrong kind."""
@@ -165,8 +157,8 @@ class ManifestLock:
             holder = handle.read(200).strip() or "another process"
             handle.close()
             raise OutputDirLockedError(
-                f"Another batch run is writing to {str(self.path.parent)!r} ({holder}); two runs on one folder "
-                "would corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
+                f"Another batch run is writing to {str(self.path.parent)!r} ({holder}); two runs on one folder would "
+                "corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
@@ -258,7 +250,6 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
               run_id: str) -> dict:
     """Stage the PNG fsync'd in `.partial/`, rename it into place, then append its manifest line (returned)."""
     from PIL import PngImagePlugin
-
     folder = Path(output_dir)
     if not stat.S_ISDIR(os.lstat(folder / PARTIAL).st_mode):
         raise UnsafeStateFileError(folder / PARTIAL, "is not a folder (a link?)")
@@ -290,8 +281,6 @@ def read_runs(output_dir: str | Path) -> tuple[list[dict], list[str]]:
     return runs, notes
 
 
-# ---------------------------------------------------------------- the launcher (05 and 06)
-
 _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
 
 
@@ -303,25 +292,18 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
         function(*args)
         return
     from accelerate import notebook_launcher
-
+    from accelerate.utils import patch_environment
     with socket.socket() as probe:  # accelerate's fixed port 29500 fails when two runs share a machine
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # torch.distributed.elastic leaves torchelastic_* folders in $TMPDIR: give it a private one, removed afterwards.
-    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
-        saved = os.environ.get("TMPDIR"), tempfile.tempdir
-        os.environ["TMPDIR"] = tempfile.tempdir = private
+    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private, patch_environment(TMPDIR=private):
+        saved, tempfile.tempdir = tempfile.tempdir, private
         try:
             notebook_launcher(function, args, num_processes=num_processes, use_port=str(port))
         finally:
-            tempfile.tempdir = saved[1]
-            if saved[0] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = saved[0]
+            tempfile.tempdir = saved
 
-
-# ---------------------------------------------------------------- one process's work
 
 @dataclasses.dataclass
 class Job:
@@ -341,9 +323,7 @@ def load(job: Job, device) -> tuple[object, dict]:
     from diffusers import DiffusionPipeline
 
     from . import hub, loading, memory
-
-    plan = job.load_plan
-    source = hub.resolve_model_source(job.model_id)
+    plan, source = job.load_plan, hub.resolve_model_source(job.model_id)
     load_kwargs = loading.plan_kwargs(plan, source)
     pipe = DiffusionPipeline.from_pretrained(source, **load_kwargs)
     offload = loading.apply_offload(pipe, plan)
@@ -360,15 +340,13 @@ def load(job: Job, device) -> tuple[object, dict]:
 def render(pipe, job: Job, item: Item, rank: int) -> dict:
     """Render one item and save it; the call and the PNG's metadata come from the same parameters."""
     from . import generation
-
     start = time.perf_counter()
     call = generation.call_arguments(pipe, **item.call_parameters())
     image = pipe(**call).images[0]
     bands = image.getextrema()
     if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
-        raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN "
-                           f"or nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of "
-                           f"{job.load_plan.dtype!r}.")
+        raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN or "
+                           f"nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of {job.load_plan.dtype!r}.")
     metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.load_plan.dtype,
                                            quantization=job.load_plan.quantization)
     return save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
@@ -380,23 +358,19 @@ def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
     manifest = read_manifest(job.output_dir)
     todo = [item for item in mine if not is_done(job.output_dir, manifest.get(item.id))]
     regenerated = sum(item.id in manifest or os.path.lexists(Path(job.output_dir) / item.file) for item in todo)
-    busy, loaded = 0.0, None
+    loaded = None
     if todo:
-        if pipe is None:
-            pipe, loaded = load(job, device)
+        pipe, loaded = load(job, device) if pipe is None else (pipe, None)
         for item in todo:
-            busy += render(pipe, job, item, rank)["seconds"]
-    return {"rank": rank, "assigned": len(mine), "generated": len(todo), "skipped": len(mine) - len(todo),
-            "regenerated": regenerated, "busy_s": round(busy, 3), "loaded": loaded}
+            render(pipe, job, item, rank)
+    return {"rank": rank, "generated": len(todo), "skipped": len(mine) - len(todo), "regenerated": regenerated,
+            "loaded": loaded}
 
-
-# ---------------------------------------------------------------- progress and summary
 
 @contextmanager
 def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     """A tqdm.auto bar over the whole batch, fed by the manifest (so it counts every process's images)."""
     from tqdm.auto import tqdm
-
     ids = {item.id for item in job.items}
     seen = set(read_manifest(job.output_dir)) & ids
     bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
@@ -407,11 +381,8 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
         seen.update(new)
         bar.update(len(new))
 
-    def poll():
-        while not stop.wait(interval):
-            update()
-
-    thread = threading.Thread(target=poll, daemon=True)
+    # update every `interval` seconds until stopped
+    thread = threading.Thread(target=lambda: [update() for _ in iter(lambda: stop.wait(interval), True)], daemon=True)
     thread.start()
     try:
         yield bar
@@ -443,8 +414,6 @@ def format_summary(summary: dict) -> str:
             f"regenerated {summary['regenerated']}; {summary['items']} items in the batch")
 
 
-# ---------------------------------------------------------------- the entry points
-
 def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None = None, pipe=None) -> dict | None:
     """What every process runs (`notebook_launcher` or `accelerate launch`): unless the caller holds the lock, the
     main process takes it, repairs the folder and shares the run id; every process renders its shard (rank and world
@@ -454,7 +423,6 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     from accelerate.utils import broadcast_object_list, gather_object
 
     from . import env
-
     state = PartialState(cpu=not torch.cuda.is_available())
     start, locking, message = time.perf_counter(), state.is_main_process and not locked_by_caller, [None, job.run_id]
     with ExitStack() as held:
@@ -493,7 +461,6 @@ def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict
     """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes (with 1,
     in this one, reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
     from . import env
-
     rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
@@ -528,7 +495,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from . import planning, validate
-
     if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
     validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
