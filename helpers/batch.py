@@ -39,7 +39,6 @@ FIELDS = {"id": str, "file": str, "sha256": str, "bytes": int, "seconds": (int, 
 @dataclasses.dataclass(frozen=True)
 class Item:
     """One image to render: the call parameters, where they came from, and the id they hash to."""
-
     id: str
     prompt: str
     negative_prompt: str
@@ -143,29 +142,22 @@ def _append_state(path: Path, data: bytes) -> None:
         os.close(descriptor)
 
 
-class ManifestLock:
+@contextmanager
+def ManifestLock(output_dir: str | Path):
     """An exclusive fcntl lock on `output_dir/.manifest.lock` (never a link), or `OutputDirLockedError` at once."""
-
-    def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / LOCK
-
-    def __enter__(self):
-        self.handle = handle = os.fdopen(_open_state(self.path, os.O_RDWR | os.O_CREAT), "r+")
+    path = Path(output_dir) / LOCK
+    with os.fdopen(_open_state(path, os.O_RDWR | os.O_CREAT), "r+") as handle:  # closing releases the lock
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = handle.read(200).strip() or "another process"
-            handle.close()
             raise OutputDirLockedError(
-                f"Another batch run is writing to {str(self.path.parent)!r} ({holder}); two runs on one folder would "
+                f"Another batch run is writing to {str(path.parent)!r} ({holder}); two runs on one folder would "
                 "corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock
+        yield
 
 
 def entry_problem(entry) -> str:
@@ -189,39 +181,38 @@ def entry_problem(entry) -> str:
     return ""
 
 
-def parse_manifest(data: bytes) -> tuple[list[dict], list[tuple[int, bytes, str]]]:
-    """(trusted entries, [(line number, raw line, why)] for every line that is not)."""
-    entries, rejected = [], []
+def parse_lines(data: bytes, problem=entry_problem) -> tuple[list, list[tuple[int, bytes, str]]]:
+    """(the JSON lines `problem` finds nothing wrong with, [(line number, raw line, why)] for every other line)."""
+    good, bad = [], []
     for number, line in enumerate(data.split(b"\n"), 1):
         if line.strip():
             try:
-                problem = entry_problem(entry := json.loads(line))
+                why = problem(value := json.loads(line))
             except ValueError as error:
-                problem = f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"
-            if problem:
-                rejected.append((number, line, problem))
+                why = f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"
+            if why:
+                bad.append((number, line, why))
             else:
-                entries.append(entry)
-    return entries, rejected
+                good.append(value)
+    return good, bad
 
 
 def read_manifest(output_dir: str | Path) -> dict[str, dict]:
     """id -> its latest trusted manifest entry (a later line for an id supersedes an earlier one)."""
-    entries, _ = parse_manifest(_read_state(Path(output_dir) / MANIFEST))
+    entries, _ = parse_lines(_read_state(Path(output_dir) / MANIFEST))
     return {entry["id"]: entry for entry in entries}
 
 
 def repair(output_dir: str | Path) -> list[str]:
     """Under the lock: empty `.partial/`, set untrusted manifest lines aside in `manifest.rejected.jsonl` and rewrite
     the manifest atomically with one line per id. Returns one report per line set aside."""
-    folder = Path(output_dir)
-    partial = folder / PARTIAL
+    folder, partial = Path(output_dir), Path(output_dir) / PARTIAL
     if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
         raise UnsafeStateFileError(partial, "is a symbolic link" if partial.is_symlink() else "is not a folder")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     data = _read_state(folder / MANIFEST)
-    entries, rejected = parse_manifest(data)
+    entries, rejected = parse_lines(data)
     if rejected:
         _append_state(folder / REJECTED, b"".join(json.dumps(
             {"line": n, "problem": why, "text": raw.decode(errors="replace")[:4000]}).encode() + b"\n"
@@ -257,8 +248,7 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
     info.add_text(outputs.METADATA_KEY, json.dumps(metadata, default=str, sort_keys=True))
     image.save(buffer := io.BytesIO(), format="PNG", pnginfo=info)
     data = buffer.getvalue()
-    staged = folder / PARTIAL / f"{rank}-{item.file}"
-    outputs.write_atomically(staged, data)
+    outputs.write_atomically(staged := folder / PARTIAL / f"{rank}-{item.file}", data)
     os.replace(staged, folder / item.file)  # replaces a link or stray file there, never what it points to
     entry = {"id": item.id, "file": item.file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
              "seconds": round(seconds, 4), "rank": rank, "run": run_id, "prompt": item.prompt, "seed": item.seed}
@@ -268,17 +258,9 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
 
 def read_runs(output_dir: str | Path) -> tuple[list[dict], list[str]]:
     """The run summaries in `runs.jsonl`, and a note for each line that is not one (a torn last line)."""
-    runs, notes = [], []
-    for number, line in enumerate(_read_state(Path(output_dir) / RUNS).split(b"\n"), 1):
-        if line.strip():
-            try:
-                summary = json.loads(line)
-                if not isinstance(summary, dict) or not isinstance(summary.get("run"), str):
-                    raise ValueError
-                runs.append(summary)
-            except ValueError:
-                notes.append(f"{RUNS} line {number} is not a run summary (torn or damaged); skipped")
-    return runs, notes
+    runs, bad = parse_lines(_read_state(Path(output_dir) / RUNS),
+                            lambda run: not isinstance(run, dict) or not isinstance(run.get("run"), str))
+    return runs, [f"{RUNS} line {number} is not a run summary (torn or damaged); skipped" for number, _, _ in bad]
 
 
 _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
@@ -308,7 +290,6 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
 @dataclasses.dataclass
 class Job:
     """Everything a process needs: the items, and the load plan every process loads by. Plain data."""
-
     model_id: str
     output_dir: str
     items: list[Item]
@@ -317,8 +298,7 @@ class Job:
 
 
 def load(job: Job, device) -> tuple[object, dict]:
-    """The plan's load in this process (`loading.plan_kwargs`, `loading.apply_offload`): the pipeline, and a record
-    of what was loaded (for the run summary)."""
+    """The plan's load in this process: the pipeline, and a record of what was loaded (for the run summary)."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -371,10 +351,9 @@ def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
 def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     """A tqdm.auto bar over the whole batch, fed by the manifest (so it counts every process's images)."""
     from tqdm.auto import tqdm
-    ids = {item.id for item in job.items}
+    ids, stop = {item.id for item in job.items}, threading.Event()
     seen = set(read_manifest(job.output_dir)) & ids
     bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
-    stop = threading.Event()
 
     def update():
         new = set(read_manifest(job.output_dir)) & ids - seen
@@ -415,9 +394,8 @@ def format_summary(summary: dict) -> str:
 
 
 def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None = None, pipe=None) -> dict | None:
-    """What every process runs (`notebook_launcher` or `accelerate launch`): unless the caller holds the lock, the
-    main process takes it, repairs the folder and shares the run id; every process renders its shard (rank and world
-    from accelerate's `PartialState`); the main process shows the bar and returns the summary."""
+    """What every process runs (`notebook_launcher` or `accelerate launch`): the main process locks and repairs the
+    folder (unless the caller did) and shares the run id; every process renders its shard; the main one sums up."""
     import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
@@ -509,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                        guidance_scale=args.guidance_scale, dtype=load_plan.dtype, quantization=load_plan.quantization)
     job = Job(args.model_id, args.output_dir, items, load_plan)
     prepare(job, not args.no_resume)
-    summary = run_process(job)
-    if summary is not None:
+    if (summary := run_process(job)) is not None:
         print(format_summary(summary), flush=True)
     return 0
 
