@@ -99,9 +99,8 @@ def check_output_dir(output_dir: str | Path) -> Path:
     """Create `output_dir`, prove it writable and that none of the batch's own files is a link or of the wrong kind."""
     folder = rules.output_folder("output_dir", str(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL):
-        path = folder / name
-        if path.is_symlink() or (path.exists() and path.is_dir() != (name == PARTIAL)):
+    for path in (folder / name for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL)):
+        if path.is_symlink() or (path.exists() and path.is_dir() != (path.name == PARTIAL)):
             raise UnsafeStateFileError(path, "is a symbolic link" if path.is_symlink() else "is of the wrong kind")
     return folder
 
@@ -134,9 +133,8 @@ def _append_state(path: Path, data: bytes) -> None:
     """One write of whole lines, fsync'd: appends from several processes never interleave."""
     descriptor = _open_state(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        size = os.fstat(descriptor).st_size
-        torn = size and os.pread(descriptor, 1, size - 1) != b"\n"  # a torn last line stays a line of its own
-        os.write(descriptor, b"\n" + data if torn else data)
+        torn = (size := os.fstat(descriptor).st_size) and os.pread(descriptor, 1, size - 1) != b"\n"
+        os.write(descriptor, b"\n" + data if torn else data)  # a torn last line stays a line of its own
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
@@ -199,8 +197,7 @@ def parse_lines(data: bytes, problem=entry_problem) -> tuple[list, list[tuple[in
 
 def read_manifest(output_dir: str | Path) -> dict[str, dict]:
     """id -> its latest trusted manifest entry (a later line for an id supersedes an earlier one)."""
-    entries, _ = parse_lines(_read_state(Path(output_dir) / MANIFEST))
-    return {entry["id"]: entry for entry in entries}
+    return {entry["id"]: entry for entry in parse_lines(_read_state(Path(output_dir) / MANIFEST))[0]}
 
 
 def repair(output_dir: str | Path) -> list[str]:
@@ -275,14 +272,12 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
         return
     from accelerate import notebook_launcher
     from accelerate.utils import patch_environment
-    with socket.socket() as probe:  # accelerate's fixed port 29500 fails when two runs share a machine
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from accelerate.utils.other import get_free_port  # accelerate's fixed 29500 fails when two runs share a machine
     # torch.distributed.elastic leaves torchelastic_* folders in $TMPDIR: give it a private one, removed afterwards.
     with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private, patch_environment(TMPDIR=private):
         saved, tempfile.tempdir = tempfile.tempdir, private
         try:
-            notebook_launcher(function, args, num_processes=num_processes, use_port=str(port))
+            notebook_launcher(function, args, num_processes=num_processes, use_port=str(get_free_port()))
         finally:
             tempfile.tempdir = saved
 
@@ -310,11 +305,10 @@ def load(job: Job, device) -> tuple[object, dict]:
     if plan.device == "cuda" and plan.offload == "none" and not plan.quantized():
         pipe.to(device)  # this process's own GPU (device_map "cuda" means the current one)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole batch, not one per image
-    record = {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
-              "quantization_config": type(load_kwargs.get("quantization_config")).__name__
-              if "quantization_config" in load_kwargs else None,
-              "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
-    return pipe, record
+    return pipe, {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
+                  "quantization_config": type(load_kwargs.get("quantization_config")).__name__
+                  if "quantization_config" in load_kwargs else None,
+                  "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
 
 
 def render(pipe, job: Job, item: Item, rank: int) -> dict:
@@ -356,8 +350,7 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
 
     def update():
-        new = set(read_manifest(job.output_dir)) & ids - seen
-        seen.update(new)
+        seen.update(new := set(read_manifest(job.output_dir)) & ids - seen)
         bar.update(len(new))
 
     # update every `interval` seconds until stopped
@@ -469,22 +462,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=type(default), default=default)
     parser.add_argument("--force", action="store_true", help="run although the load plan does not fit")
     parser.add_argument("--no_resume", action="store_true", help="refuse a folder that already holds a batch")
-    args = parser.parse_args(argv)
+    given = vars(args := parser.parse_args(argv))
     import torch
 
     from . import planning, validate
     if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
-    validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
+    validate.check({k: v for k, v in given.items() if k not in ("prompt", "no_resume")})
     rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
     gpu = torch.cuda.is_available()  # each process: the whole pipeline on its GPU, or the CPU
     load_plan = planning.plan_load(args.model_id, dtype=args.dtype if gpu else "float32", device_map="cuda" if gpu
-                                   else "cpu", quantization=args.quantization, offload=args.offload,
-                                   height=args.height, width=args.width)
+                                   else "cpu", **{k: given[k] for k in ("quantization", "offload", "height", "width")})
     planning.enforce(load_plan, force=args.force)
-    items = plan_items(args.model_id, rows, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed,
-                       height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
-                       guidance_scale=args.guidance_scale, dtype=load_plan.dtype, quantization=load_plan.quantization)
+    items = plan_items(args.model_id, rows, dtype=load_plan.dtype, quantization=load_plan.quantization, **{
+        k: given[k] for k in ("seeds_per_prompt", "seed", "height", "width", "num_inference_steps", "guidance_scale")})
     job = Job(args.model_id, args.output_dir, items, load_plan)
     prepare(job, not args.no_resume)
     if (summary := run_process(job)) is not None:
