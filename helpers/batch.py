@@ -1,7 +1,7 @@
 """Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06). In `output_dir`:
-`<id>.png` (an id hashes all that decides the image), `manifest.jsonl` (one line per finished image), `runs.jsonl`
-and `.manifest.lock`. Nothing read back is trusted: a manifest line counts only in the kit's form with its PNG of the
-recorded size and sha256 (else it is set aside and rendered again); state files are never followed through links."""
+`<id>.png`, `manifest.jsonl` (one line per finished image), `runs.jsonl`, `.manifest.lock`. Nothing read back is
+trusted: a manifest line counts only in the kit's form with its PNG of the recorded size and sha256 (else it is set
+aside and rendered again); state files are never followed through links."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import uuid
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from . import outputs, rules
+from . import env, outputs, rules
 from .errors import InvalidParameterError, OutputDirLockedError, UnsafeStateFileError
 from .prompts_file import read_prompts
 
@@ -143,19 +143,18 @@ def _append_state(path: Path, data: bytes) -> None:
 @contextmanager
 def ManifestLock(output_dir: str | Path):
     """An exclusive fcntl lock on `output_dir/.manifest.lock` (never a link), or `OutputDirLockedError` at once."""
-    path = Path(output_dir) / LOCK
-    with os.fdopen(_open_state(path, os.O_RDWR | os.O_CREAT), "r+") as handle:  # closing releases the lock
+    with os.fdopen(_open_state(Path(output_dir) / LOCK, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = handle.read(200).strip() or "another process"
             raise OutputDirLockedError(
-                f"Another batch run is writing to {str(path.parent)!r} ({holder}); two runs on one folder would "
+                f"Another batch run is writing to {str(Path(output_dir))!r} ({holder}); two runs on one folder would "
                 "corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        yield
+        yield  # closing the file releases the lock
 
 
 def entry_problem(entry) -> str:
@@ -208,8 +207,7 @@ def repair(output_dir: str | Path) -> list[str]:
         raise UnsafeStateFileError(partial, "is a symbolic link" if partial.is_symlink() else "is not a folder")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    data = _read_state(folder / MANIFEST)
-    entries, rejected = parse_lines(data)
+    entries, rejected = parse_lines(data := _read_state(folder / MANIFEST))
     if rejected:
         _append_state(folder / REJECTED, b"".join(json.dumps(
             {"line": n, "problem": why, "text": raw.decode(errors="replace")[:4000]}).encode() + b"\n"
@@ -244,8 +242,7 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
     info = PngImagePlugin.PngInfo()
     info.add_text(outputs.METADATA_KEY, json.dumps(metadata, default=str, sort_keys=True))
     image.save(buffer := io.BytesIO(), format="PNG", pnginfo=info)
-    data = buffer.getvalue()
-    outputs.write_atomically(staged := folder / PARTIAL / f"{rank}-{item.file}", data)
+    outputs.write_atomically(staged := folder / PARTIAL / f"{rank}-{item.file}", data := buffer.getvalue())
     os.replace(staged, folder / item.file)  # replaces a link or stray file there, never what it points to
     entry = {"id": item.id, "file": item.file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
              "seconds": round(seconds, 4), "rank": rank, "run": run_id, "prompt": item.prompt, "seed": item.seed}
@@ -367,8 +364,7 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
 
 def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
     """One run's summary; appended to `output_dir/runs.jsonl`."""
-    generated = sum(r["generated"] for r in ranks)
-    ranks = sorted(ranks, key=lambda r: r["rank"])
+    ranks, generated = sorted(ranks, key=lambda r: r["rank"]), sum(r["generated"] for r in ranks)
     summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
                "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
                "per_rank": {r["rank"]: r["generated"] for r in ranks},
@@ -392,8 +388,6 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
     import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
-
-    from . import env
     state = PartialState(cpu=not torch.cuda.is_available())
     start, locking, message = time.perf_counter(), state.is_main_process and not locked_by_caller, [None, job.run_id]
     with ExitStack() as held:
@@ -431,7 +425,6 @@ def prepare(job: Job, resume: bool) -> None:
 def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict:
     """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes (with 1,
     in this one, reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
-    from . import env
     rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
