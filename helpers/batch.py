@@ -1,15 +1,7 @@
-"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06).
-
-An item (one prompt, one seed, the call parameters) has an id hashing the model, dtype, quantization, call
-parameters, prompt and seed. In `output_dir`: `<id>.png` (staged complete and fsync'd in `.partial/`, then
-renamed into place); `manifest.jsonl`, one line per finished image, appended after its PNG; `runs.jsonl`, one
-summary per run; `.manifest.lock`, held by the run using the folder. Nothing read back is trusted: a manifest
-line counts only in the kit's form with its PNG a regular file of the recorded size and sha256; a bad line is
-reported, set aside in `manifest.rejected.jsonl` and its item rendered again; state files are never followed
-through links. `launch_processes` is the kit's one data-parallel launcher; `run_process` is what every process
-of a batch runs (rank and world from accelerate's `PartialState`, loading by the load plan), also from a shell
-with `accelerate launch -m helpers.batch ...`. Importing this module loads no torch and no diffusers.
-"""
+"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06). In `output_dir`:
+`<id>.png`, `manifest.jsonl` (one line per finished image), `runs.jsonl`, `.manifest.lock`. Nothing read back is
+trusted: a manifest line counts only in the kit's form with its PNG of the recorded size and sha256 (else it is set
+aside and rendered again); state files are never followed through links."""
 
 from __future__ import annotations
 
@@ -18,6 +10,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -28,28 +21,24 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
-from . import outputs, rules
+from . import env, outputs, rules
 from .errors import InvalidParameterError, OutputDirLockedError, UnsafeStateFileError
-from .prompts_file import read_prompts  # noqa: F401 (part of this module's surface)
+from .prompts_file import read_prompts
 
 MANIFEST, REJECTED, RUNS, LOCK, PARTIAL = ("manifest.jsonl", "manifest.rejected.jsonl", "runs.jsonl",
                                           ".manifest.lock", ".partial")
 ITEM_ID = re.compile(r"[0-9a-f]{24}")
 MAX_PNG_BYTES = 1 << 30  # far above any image the kit renders (8192 x 8192 RGB is 192 MiB raw)
-# A manifest line's fields and their JSON types (bool is not an int here).
 FIELDS = {"id": str, "file": str, "sha256": str, "bytes": int, "seconds": (int, float), "rank": int, "run": str,
           "prompt": str, "seed": int}
 
 
-# ---------------------------------------------------------------- items
-
 @dataclasses.dataclass(frozen=True)
 class Item:
     """One image to render: the call parameters, where they came from, and the id they hash to."""
-
     id: str
     prompt: str
     negative_prompt: str
@@ -66,9 +55,7 @@ class Item:
 
     def call_parameters(self) -> dict:
         """The parameters of `helpers.generation.call_arguments` (and of the PNG metadata)."""
-        return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "seed": self.seed,
-                "height": self.height, "width": self.width, "num_inference_steps": self.num_inference_steps,
-                "guidance_scale": self.guidance_scale}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("id", "source")}
 
 
 def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> str:
@@ -79,10 +66,9 @@ def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> s
 
 def plan_items(model_id: str, rows: list[dict], *, seeds_per_prompt: int, seed: int, height: int, width: int,
                num_inference_steps: int, guidance_scale: float, dtype: str, quantization: str = "none") -> list[Item]:
-    """One item per row and seed, duplicates (same id) dropped. Row i without a `seed` column uses seeds
-    `seed + i * seeds_per_prompt + j` (j < seeds_per_prompt); with one, `row_seed + j`. A row's own
-    `num_inference_steps`/`guidance_scale`/`negative_prompt` override the defaults. A seed past 2**64 - 1
-    is refused here, naming the row, before anything loads."""
+    """One item per row and seed (j < seeds_per_prompt: `row_seed + j`, else `seed + i * seeds_per_prompt + j`),
+    duplicates dropped; a row's own values override the defaults. Too many items or seeds are refused here."""
+    rules.batch_items("prompts", len(rows) * seeds_per_prompt)
     items: dict[str, Item] = {}
     for index, row in enumerate(rows):
         base = row["seed"] if "seed" in row else seed + index * seeds_per_prompt
@@ -109,16 +95,12 @@ def shard(items: list[Item], rank: int, world: int) -> list[Item]:
     return sorted(items, key=lambda item: item.id)[rank::world]
 
 
-# ---------------------------------------------------------------- the output folder: untrusted state
-
 def check_output_dir(output_dir: str | Path) -> Path:
-    """Create `output_dir` if needed and prove it is writable (`rules.output_folder`), and that none of the batch's
-    own files there is a link or of the wrong kind: before anything loads."""
+    """Create `output_dir`, prove it writable and that none of the batch's own files is a link or of the wrong kind."""
     folder = rules.output_folder("output_dir", str(output_dir))
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL):
-        path = folder / name
-        if path.is_symlink() or (path.exists() and path.is_dir() != (name == PARTIAL)):
+    for path in (folder / name for name in (LOCK, MANIFEST, REJECTED, RUNS, PARTIAL)):
+        if path.is_symlink() or (path.exists() and path.is_dir() != (path.name == PARTIAL)):
             raise UnsafeStateFileError(path, "is a symbolic link" if path.is_symlink() else "is of the wrong kind")
     return folder
 
@@ -151,40 +133,28 @@ def _append_state(path: Path, data: bytes) -> None:
     """One write of whole lines, fsync'd: appends from several processes never interleave."""
     descriptor = _open_state(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        size = os.fstat(descriptor).st_size
-        torn = size and os.pread(descriptor, 1, size - 1) != b"\n"  # a torn last line stays a line of its own
-        os.write(descriptor, b"\n" + data if torn else data)
+        torn = (size := os.fstat(descriptor).st_size) and os.pread(descriptor, 1, size - 1) != b"\n"
+        os.write(descriptor, b"\n" + data if torn else data)  # a torn last line stays a line of its own
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
 
 
-class ManifestLock:
+@contextmanager
+def ManifestLock(output_dir: str | Path):
     """An exclusive fcntl lock on `output_dir/.manifest.lock` (never a link), or `OutputDirLockedError` at once."""
-
-    def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / LOCK
-        self.handle = None
-
-    def __enter__(self):
-        handle = os.fdopen(_open_state(self.path, os.O_RDWR | os.O_CREAT), "r+")
+    with os.fdopen(_open_state(Path(output_dir) / LOCK, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = handle.read(200).strip() or "another process"
-            handle.close()
             raise OutputDirLockedError(
-                f"Another batch run is writing to {str(self.path.parent)!r} ({holder}); two runs on one folder "
-                "would corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
+                f"Another batch run is writing to {str(Path(output_dir))!r} ({holder}); two runs on one folder would "
+                "corrupt its manifest. Wait for it to finish, or choose another output_dir.") from None
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        self.handle = handle
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock
-        self.handle = None
+        yield  # closing the file releases the lock
 
 
 def entry_problem(entry) -> str:
@@ -208,43 +178,36 @@ def entry_problem(entry) -> str:
     return ""
 
 
-def parse_manifest(data: bytes) -> tuple[list[dict], list[tuple[int, bytes, str]]]:
-    """(trusted entries, [(line number, raw line, why)] for every line that is not)."""
-    entries, rejected = [], []
+def parse_lines(data: bytes, problem=entry_problem) -> tuple[list, list[tuple[int, bytes, str]]]:
+    """(the JSON lines `problem` finds nothing wrong with, [(line number, raw line, why)] for every other line)."""
+    good, bad = [], []
     for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as error:
-            rejected.append((number, line, f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"))
-            continue
-        problem = entry_problem(entry)
-        if problem:
-            rejected.append((number, line, problem))
-        else:
-            entries.append(entry)
-    return entries, rejected
+        if line.strip():
+            try:
+                why = problem(value := json.loads(line))
+            except ValueError as error:
+                why = f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"
+            if why:
+                bad.append((number, line, why))
+            else:
+                good.append(value)
+    return good, bad
 
 
 def read_manifest(output_dir: str | Path) -> dict[str, dict]:
     """id -> its latest trusted manifest entry (a later line for an id supersedes an earlier one)."""
-    entries, _ = parse_manifest(_read_state(Path(output_dir) / MANIFEST))
-    return {entry["id"]: entry for entry in entries}
+    return {entry["id"]: entry for entry in parse_lines(_read_state(Path(output_dir) / MANIFEST))[0]}
 
 
 def repair(output_dir: str | Path) -> list[str]:
-    """Under the lock, before any process appends: empty `.partial/`, set every untrusted manifest line aside in
-    `manifest.rejected.jsonl` (with its line number and why), and rewrite the manifest with one line per id
-    (atomically). Returns one report line per line set aside."""
-    folder = Path(output_dir)
-    partial = folder / PARTIAL
+    """Under the lock: empty `.partial/`, set untrusted manifest lines aside in `manifest.rejected.jsonl` and rewrite
+    the manifest atomically with one line per id. Returns one report per line set aside."""
+    folder, partial = Path(output_dir), Path(output_dir) / PARTIAL
     if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
         raise UnsafeStateFileError(partial, "is a symbolic link" if partial.is_symlink() else "is not a folder")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    data = _read_state(folder / MANIFEST)
-    entries, rejected = parse_manifest(data)
+    entries, rejected = parse_lines(data := _read_state(folder / MANIFEST))
     if rejected:
         _append_state(folder / REJECTED, b"".join(json.dumps(
             {"line": n, "problem": why, "text": raw.decode(errors="replace")[:4000]}).encode() + b"\n"
@@ -263,32 +226,23 @@ def is_done(output_dir: str | Path, entry: dict | None) -> bool:
     path = Path(output_dir) / entry["file"]
     try:
         info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PNG_BYTES or (
-                "bytes" in entry and info.st_size != entry["bytes"]):
-            return False
-        return outputs.sha256_file(path) == entry["sha256"]
+        return (stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PNG_BYTES and entry.get("bytes", info.st_size)
+                == info.st_size and outputs.sha256_file(path) == entry["sha256"])
     except OSError:
         return False
 
 
 def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: int, seconds: float,
               run_id: str) -> dict:
-    """Save one finished image and record it: PNG complete and fsync'd under `.partial/`, renamed to its real
-    name, then its manifest line appended and fsync'd. Returns the manifest entry."""
-    import io
-
+    """Stage the PNG fsync'd in `.partial/`, rename it into place, then append its manifest line (returned)."""
     from PIL import PngImagePlugin
-
     folder = Path(output_dir)
     if not stat.S_ISDIR(os.lstat(folder / PARTIAL).st_mode):
         raise UnsafeStateFileError(folder / PARTIAL, "is not a folder (a link?)")
     info = PngImagePlugin.PngInfo()
     info.add_text(outputs.METADATA_KEY, json.dumps(metadata, default=str, sort_keys=True))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    data = buffer.getvalue()
-    staged = folder / PARTIAL / f"{rank}-{item.file}"
-    outputs.write_atomically(staged, data)
+    image.save(buffer := io.BytesIO(), format="PNG", pnginfo=info)
+    outputs.write_atomically(staged := folder / PARTIAL / f"{rank}-{item.file}", data := buffer.getvalue())
     os.replace(staged, folder / item.file)  # replaces a link or stray file there, never what it points to
     entry = {"id": item.id, "file": item.file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
              "seconds": round(seconds, 4), "rank": rank, "run": run_id, "prompt": item.prompt, "seed": item.seed}
@@ -298,47 +252,12 @@ def save_item(output_dir: str | Path, image, metadata: dict, item: Item, rank: i
 
 def read_runs(output_dir: str | Path) -> tuple[list[dict], list[str]]:
     """The run summaries in `runs.jsonl`, and a note for each line that is not one (a torn last line)."""
-    runs, notes = [], []
-    for number, line in enumerate(_read_state(Path(output_dir) / RUNS).split(b"\n"), 1):
-        if line.strip():
-            try:
-                summary = json.loads(line)
-                if not isinstance(summary, dict) or not isinstance(summary.get("run"), str):
-                    raise ValueError
-                runs.append(summary)
-            except ValueError:
-                notes.append(f"{RUNS} line {number} is not a run summary (torn or damaged); skipped")
-    return runs, notes
-
-
-# ---------------------------------------------------------------- the launcher (05 and 06)
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for the processes' rendezvous: accelerate's fixed default (29500) makes
-    two runs on one machine (two notebooks, a test and a notebook) fail with "address already in use"."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    runs, bad = parse_lines(_read_state(Path(output_dir) / RUNS),
+                            lambda run: not isinstance(run, dict) or not isinstance(run.get("run"), str))
+    return runs, [f"{RUNS} line {number} is not a run summary (torn or damaged); skipped" for number, _, _ in bad]
 
 
 _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time changes it
-
-
-@contextmanager
-def _private_tempdir():
-    """torch.distributed.elastic (under notebook_launcher) leaves torchelastic_* folders in $TMPDIR after
-    every launch; give it a private one for the launch, removed afterwards, so nothing is left behind."""
-    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private:
-        saved = os.environ.get("TMPDIR"), tempfile.tempdir
-        os.environ["TMPDIR"], tempfile.tempdir = private, private
-        try:
-            yield
-        finally:
-            tempfile.tempdir = saved[1]
-            if saved[0] is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = saved[0]
 
 
 def launch_processes(function, args: tuple, num_processes: int) -> None:
@@ -349,17 +268,20 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
         function(*args)
         return
     from accelerate import notebook_launcher
+    from accelerate.utils import patch_environment
+    from accelerate.utils.other import get_free_port  # accelerate's fixed 29500 fails when two runs share a machine
+    # torch.distributed.elastic leaves torchelastic_* folders in $TMPDIR: give it a private one, removed afterwards.
+    with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private, patch_environment(TMPDIR=private):
+        saved, tempfile.tempdir = tempfile.tempdir, private
+        try:
+            notebook_launcher(function, args, num_processes=num_processes, use_port=str(get_free_port()))
+        finally:
+            tempfile.tempdir = saved
 
-    with _private_tempdir():
-        notebook_launcher(function, args, num_processes=num_processes, use_port=str(free_port()))
-
-
-# ---------------------------------------------------------------- one process's work
 
 @dataclasses.dataclass
 class Job:
     """Everything a process needs: the items, and the load plan every process loads by. Plain data."""
-
     model_id: str
     output_dir: str
     items: list[Item]
@@ -368,85 +290,68 @@ class Job:
 
 
 def load(job: Job, device) -> tuple[object, dict]:
-    """The plan's load, in this process: `from_pretrained(source, **loading.plan_kwargs(plan, source))`, then
-    `loading.apply_offload`. Returns the pipeline and a record of what was loaded (for the run summary)."""
+    """The plan's load in this process: the pipeline, and a record of what was loaded (for the run summary)."""
     import torch
     from diffusers import DiffusionPipeline
 
     from . import hub, loading, memory
-
-    plan = job.load_plan
-    source = hub.resolve_model_source(job.model_id)
+    plan, source = job.load_plan, hub.resolve_model_source(job.model_id)
     load_kwargs = loading.plan_kwargs(plan, source)
     pipe = DiffusionPipeline.from_pretrained(source, **load_kwargs)
     offload = loading.apply_offload(pipe, plan)
     if plan.device == "cuda" and plan.offload == "none" and not plan.quantized():
         pipe.to(device)  # this process's own GPU (device_map "cuda" means the current one)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole batch, not one per image
-    record = {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
-              "quantization_config": type(load_kwargs.get("quantization_config")).__name__
-              if "quantization_config" in load_kwargs else None,
-              "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
-    return pipe, record
+    return pipe, {"dtype": plan.dtype, "device_map": load_kwargs["device_map"], "offload": offload,
+                  "quantization_config": type(load_kwargs.get("quantization_config")).__name__
+                  if "quantization_config" in load_kwargs else None,
+                  "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
 
 
 def render(pipe, job: Job, item: Item, rank: int) -> dict:
-    """Render one item and save it: `generation.call_arguments` builds the call from the same parameters the
-    metadata records, so a PNG's metadata always matches the call that made it."""
+    """Render one item and save it; the call and the PNG's metadata come from the same parameters."""
     from . import generation
-
     start = time.perf_counter()
     call = generation.call_arguments(pipe, **item.call_parameters())
     image = pipe(**call).images[0]
     bands = image.getextrema()
     if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
-        raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN "
-                           f"or nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of "
-                           f"{job.load_plan.dtype!r}.")
+        raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN or "
+                           f"nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of {job.load_plan.dtype!r}.")
     metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.load_plan.dtype,
                                            quantization=job.load_plan.quantization)
     return save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
 
 
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render this process's share: skip what is done, render the rest. Returns this rank's counts and what
-    it loaded."""
+    """Render this process's share but what is done; returns this rank's counts and what it loaded."""
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)
     todo = [item for item in mine if not is_done(job.output_dir, manifest.get(item.id))]
     regenerated = sum(item.id in manifest or os.path.lexists(Path(job.output_dir) / item.file) for item in todo)
-    busy, loaded = 0.0, None
+    loaded = None
     if todo:
-        if pipe is None:
-            pipe, loaded = load(job, device)
+        pipe, loaded = load(job, device) if pipe is None else (pipe, None)
         for item in todo:
-            busy += render(pipe, job, item, rank)["seconds"]
-    return {"rank": rank, "assigned": len(mine), "generated": len(todo), "skipped": len(mine) - len(todo),
-            "regenerated": regenerated, "busy_s": round(busy, 3), "loaded": loaded}
+            render(pipe, job, item, rank)
+    return {"rank": rank, "generated": len(todo), "skipped": len(mine) - len(todo), "regenerated": regenerated,
+            "loaded": loaded}
 
-
-# ---------------------------------------------------------------- progress and summary
 
 @contextmanager
 def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     """A tqdm.auto bar over the whole batch, fed by the manifest (so it counts every process's images)."""
     from tqdm.auto import tqdm
-
-    ids = {item.id for item in job.items}
+    ids, stop = {item.id for item in job.items}, threading.Event()
     seen = set(read_manifest(job.output_dir)) & ids
     bar = tqdm(total=len(ids), initial=len(seen), unit="img", disable=not enabled, desc="batch", dynamic_ncols=True)
-    stop = threading.Event()
 
     def update():
-        new = set(read_manifest(job.output_dir)) & ids - seen
-        seen.update(new)
+        seen.update(new := set(read_manifest(job.output_dir)) & ids - seen)
         bar.update(len(new))
 
-    def poll():
-        while not stop.wait(interval):
-            update()
-
-    thread = threading.Thread(target=poll, daemon=True)
+    # update every `interval` seconds until stopped
+    thread = threading.Thread(target=lambda: [update() for _ in iter(lambda: stop.wait(interval), True)], daemon=True)
     thread.start()
     try:
         yield bar
@@ -459,8 +364,7 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
 
 def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
     """One run's summary; appended to `output_dir/runs.jsonl`."""
-    generated = sum(r["generated"] for r in ranks)
-    ranks = sorted(ranks, key=lambda r: r["rank"])
+    ranks, generated = sorted(ranks, key=lambda r: r["rank"]), sum(r["generated"] for r in ranks)
     summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
                "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
                "per_rank": {r["rank"]: r["generated"] for r in ranks},
@@ -478,57 +382,34 @@ def format_summary(summary: dict) -> str:
             f"regenerated {summary['regenerated']}; {summary['items']} items in the batch")
 
 
-# ---------------------------------------------------------------- the entry points
-
-def _take_lock(output_dir: str) -> ManifestLock:
-    """Lock the folder and repair it; every line set aside is reported here."""
-    lock = ManifestLock(output_dir).__enter__()
-    try:
-        for report in repair(output_dir):
-            print(report, flush=True)
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
-    return lock
-
-
 def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None = None, pipe=None) -> dict | None:
-    """The function every process runs (`notebook_launcher` or `accelerate launch`).
-
-    Rank and world size come from accelerate's `PartialState`. Unless the caller already holds the lock
-    (`launch` does), the main process takes it, repairs the folder and shares the run id; then every process
-    renders its shard; the main process shows the bar, gathers the counts and returns the summary.
-    """
+    """What every process runs (`notebook_launcher` or `accelerate launch`): the main process locks and repairs the
+    folder (unless the caller did) and shares the run id; every process renders its shard; the main one sums up."""
     import torch
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
-
-    from . import env
-
     state = PartialState(cpu=not torch.cuda.is_available())
-    start = time.perf_counter()
-    lock, message = None, [None, job.run_id]
-    if state.is_main_process and not locked_by_caller:
-        try:
-            lock = _take_lock(job.output_dir)
-        except (OutputDirLockedError, UnsafeStateFileError) as error:
-            message[0] = error
-    if state.num_processes > 1:
-        broadcast_object_list(message)  # also the barrier: nobody reads the manifest before it is repaired
-    if message[0]:
-        raise message[0]
-    job.run_id = message[1]
-    try:
+    start, locking, message = time.perf_counter(), state.is_main_process and not locked_by_caller, [None, job.run_id]
+    with ExitStack() as held:
+        if locking:
+            try:
+                held.enter_context(ManifestLock(job.output_dir))
+                for report in repair(job.output_dir):
+                    print(report, flush=True)
+            except (OutputDirLockedError, UnsafeStateFileError) as error:
+                message[0] = error
+        if state.num_processes > 1:
+            broadcast_object_list(message)  # also the barrier: nobody reads the manifest before it is repaired
+        if message[0]:
+            raise message[0]
+        job.run_id = message[1]
         show = not env.quiet_mode() if progress is None else progress
         with progress_bar(job, enabled=show) if state.is_main_process and progress is not False else nullcontext():
             counts = work(job, state.process_index, state.num_processes, state.device, pipe)
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
-        if lock is not None:
+        if locking:
             repair(job.output_dir)  # every process is done: drop the lines that re-rendered items superseded
         return summarize(job, ranks, time.perf_counter() - start) if state.is_main_process else None
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
 
 
 def prepare(job: Job, resume: bool) -> None:
@@ -542,24 +423,20 @@ def prepare(job: Job, resume: bool) -> None:
 
 
 def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict:
-    """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes
-    (`launch_processes`; with 1, in this process, reusing `pipe` if given). Returns the summary (also appended
-    to `output_dir/runs.jsonl`)."""
-    from . import env
-
+    """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes (with 1,
+    in this one, reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
     rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run
-    lock = _take_lock(job.output_dir)
-    try:
+    with ManifestLock(job.output_dir):
+        for report in repair(job.output_dir):
+            print(report, flush=True)
         if num_processes == 1:
             run_process(job, locked_by_caller=True, pipe=pipe)
         else:
             with progress_bar(job, enabled=not env.quiet_mode()):
                 launch_processes(run_process, (job, True, False), num_processes)
         repair(job.output_dir)  # one line per id again: drop the lines that re-rendered items superseded
-    finally:
-        lock.__exit__(None, None, None)
     runs, notes = read_runs(job.output_dir)
     for note in notes:
         print(note, flush=True)
@@ -578,27 +455,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=type(default), default=default)
     parser.add_argument("--force", action="store_true", help="run although the load plan does not fit")
     parser.add_argument("--no_resume", action="store_true", help="refuse a folder that already holds a batch")
-    args = parser.parse_args(argv)
+    given = vars(args := parser.parse_args(argv))
     import torch
 
     from . import planning, validate
-
     if not args.prompts_file and not args.prompt:
         parser.error("give --prompts_file or at least one --prompt")
-    validate.check({k: v for k, v in vars(args).items() if k not in ("prompt", "no_resume")})
+    validate.check({k: v for k, v in given.items() if k not in ("prompt", "no_resume")})
     rows = read_prompts(args.prompts_file) if args.prompts_file else rows_from_list(args.prompt)
     gpu = torch.cuda.is_available()  # each process: the whole pipeline on its GPU, or the CPU
     load_plan = planning.plan_load(args.model_id, dtype=args.dtype if gpu else "float32", device_map="cuda" if gpu
-                                   else "cpu", quantization=args.quantization, offload=args.offload,
-                                   height=args.height, width=args.width)
+                                   else "cpu", **{k: given[k] for k in ("quantization", "offload", "height", "width")})
     planning.enforce(load_plan, force=args.force)
-    items = plan_items(args.model_id, rows, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed,
-                       height=args.height, width=args.width, num_inference_steps=args.num_inference_steps,
-                       guidance_scale=args.guidance_scale, dtype=load_plan.dtype, quantization=load_plan.quantization)
+    items = plan_items(args.model_id, rows, dtype=load_plan.dtype, quantization=load_plan.quantization, **{
+        k: given[k] for k in ("seeds_per_prompt", "seed", "height", "width", "num_inference_steps", "guidance_scale")})
     job = Job(args.model_id, args.output_dir, items, load_plan)
     prepare(job, not args.no_resume)
-    summary = run_process(job)
-    if summary is not None:
+    if (summary := run_process(job)) is not None:
         print(format_summary(summary), flush=True)
     return 0
 

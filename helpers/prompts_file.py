@@ -1,10 +1,6 @@
-"""Read a batch's prompts file: .txt (one prompt per line), .csv (with a header) or .jsonl (one object per line).
-
-Columns: `prompt`, and optionally `negative_prompt`, `seed`, `num_inference_steps`, `guidance_scale`. The
-whole file is read and checked before anything loads; a bad row raises `PromptsFileError` naming its line,
-and unknown columns are refused (a typo such as `negativ_prompt` would otherwise be ignored silently).
-Light to import (standard library only): `helpers.validate` uses it in the notebooks' first cell.
-"""
+"""Read a batch's prompts file (.txt: one prompt per line; .csv with a header; .jsonl: one object per line), checked
+whole before anything loads: a bad row or an unknown column (a typo such as `negativ_prompt`) raises `PromptsFileError`
+naming its line. Standard library only: `helpers.validate` imports it in the notebooks' first cell."""
 
 from __future__ import annotations
 
@@ -17,9 +13,8 @@ from .errors import InvalidParameterError, PromptsFileError
 
 COLUMNS = ("prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale")
 SUFFIXES = (".txt", ".csv", ".jsonl")
-# Each number column: its type and the rule the notebooks' own parameter of that name follows.
-NUMBERS = {"seed": (int, rules.seed), "guidance_scale": (float, rules.guidance),  # TEMP until core-plan: rules.steps
-           "num_inference_steps": (int, getattr(rules, "steps", lambda n, v: rules.whole(n, v, 1)))}
+NUMBERS = {"seed": (int, rules.seed), "guidance_scale": (float, rules.guidance),  # type, and the notebooks' rule
+           "num_inference_steps": (int, rules.steps)}
 
 
 def _row(path, line: int, values: dict) -> dict:
@@ -52,13 +47,10 @@ def _row(path, line: int, values: dict) -> dict:
 
 
 def read_prompts(path: str | Path) -> list[dict]:
-    """Every row of a prompts file, checked; a bad row raises `PromptsFileError` naming its line.
-
-    `.txt`: one prompt per line (blank lines skipped). `.csv` (with a header) and `.jsonl` (one object per
-    line): a `prompt` column, optionally `negative_prompt`, `seed`, `num_inference_steps`, `guidance_scale`.
-    """
+    """Every row of a prompts file (.txt: one prompt a line, blank lines skipped; .csv; .jsonl), checked."""
     path = Path(path).expanduser()
-    if path.suffix.lower() not in SUFFIXES:
+    kind = path.suffix.lower()
+    if kind not in SUFFIXES:
         raise PromptsFileError(path, 0, f"needs a {', '.join(SUFFIXES)} file, got {path.suffix or 'no suffix'!r}")
     if not path.is_file():
         raise PromptsFileError(path, 0, "no such file")
@@ -66,21 +58,17 @@ def read_prompts(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise PromptsFileError(path, 0, f"is not UTF-8 text ({error.reason} at byte {error.start})") from None
-    rows = []
-    kind = path.suffix.lower()
+    rows, lines = [], [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if kind == ".txt":
-        rows = [_row(path, n, {"prompt": line}) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        rows = [_row(path, n, {"prompt": line}) for n, line in lines]
     elif kind == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+        for n, line in lines:
             try:
                 values = json.loads(line)
             except json.JSONDecodeError as error:
                 raise PromptsFileError(path, n, f"is not valid JSON ({error.msg})") from None
             if not isinstance(values, dict):
-                example = '{"prompt": "a cat"}'
-                raise PromptsFileError(path, n, f"needs a JSON object like {example}, got {line[:60]!r}")
+                raise PromptsFileError(path, n, f'needs a JSON object like {{"prompt": "a cat"}}, got {line[:60]!r}')
             rows.append(_row(path, n, values))
     else:
         reader = csv.DictReader(text.splitlines(keepends=True))
@@ -90,9 +78,8 @@ def read_prompts(path: str | Path) -> list[dict]:
         for values in reader:
             if None in values:
                 raise PromptsFileError(path, reader.line_num, f"has more fields than the header's {len(header)}")
-            if not any(v and v.strip() for v in values.values() if isinstance(v, str)):
-                continue
-            rows.append(_row(path, reader.line_num, {k: v for k, v in values.items() if v is not None}))
+            if any(v and v.strip() for v in values.values() if isinstance(v, str)):
+                rows.append(_row(path, reader.line_num, {k: v for k, v in values.items() if v is not None}))
     if not rows:
         raise PromptsFileError(path, 0, "has no prompts")
     return rows

@@ -268,7 +268,6 @@ def test_seeds_past_the_generator_bound_are_refused_before_loading():
     assert len(batch.plan_items("m", batch.rows_from_list(["a"]), **{**CALL, "seed": rules.MAX_SEED})) == 1
 
 
-@pytest.mark.skipif(not hasattr(rules, "steps"), reason="rules.steps (the step bound) arrives with core-plan")
 def test_a_rows_steps_follow_the_notebooks_step_rule(tmp_path):
     with pytest.raises(InvalidParameterError) as rule:
         rules.steps("num_inference_steps", 100_000)
