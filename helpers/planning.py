@@ -1,18 +1,11 @@
-"""Will it fit? The kit's one fit engine: sizes from configs alone, quantized bytes, the LoadPlan.
-
-`plan_load(model_id, hardware=...)` decides, before a byte of weights is downloaded, each component's
-dtype, quantization and placement, the offload mode, and predicts peak VRAM, peak RAM during load,
-download bytes and free disk, with a verdict, its reasons and ranked alternatives.
-
-Sizes come from building each component once on the `meta` device (no weights), cached per
-architecture. Two sizes are kept: the exact one (parameters x bytes, tied weights once) and diffusers'
-own estimate (accelerate's init_empty_weights, buffers included), because `plan_balanced` predicts
-`device_map="balanced"` with diffusers' own placement function, which places components by that estimate.
-"""
+"""Will it fit? The kit's one fit engine: `plan_load` decides dtype, quantization, placement and offload from
+configs alone (components built on the meta device) and predicts VRAM, RAM, download and disk, with reasons and
+alternatives. Sizes are exact and as diffusers estimates them (its balanced placement uses the estimate)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,16 +18,9 @@ from .env import GIB, PROFILES, Hardware, resolve_hardware
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
 from .rules import BIG_TEXT_ENCODER_PARAMS, DENOISERS, DTYPE_ALIASES, FP16_FIX_VAE, OFFLOADS, backend_for, fp16_unsafe
 
-# Memory a program can use on common GPUs (GiB): the card's total as torch reports it, less ~0.5 GiB
-# for the CUDA context. Budgets for planning, not measurements.
-COMMON_SETUPS = {
-    "1x T4": [14.2],
-    "2x T4": [14.2, 14.2],
-    "1x L4": [21.5],
-    "1x A100-40": [39.0],
-    "1x A100-80": [78.7],
-    "2x A100-80": [78.7, 78.7],
-}
+# Usable GiB on common GPUs: the card's total as torch reports it, less ~0.5 GiB of CUDA context.
+COMMON_SETUPS = {"1x T4": [14.2], "2x T4": [14.2, 14.2], "1x L4": [21.5], "1x A100-40": [39.0],
+                 "1x A100-80": [78.7], "2x A100-80": [78.7, 78.7]}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -68,10 +54,7 @@ class ComponentStats:
 
 
 def config_folder(model_id: str) -> Path:
-    """A folder with model_index.json and the components' configs: local, shipped with the kit, or from the Hub.
-
-    From the Hub only the JSON configs are downloaded (a few KB), never weights.
-    """
+    """A folder with model_index.json and the components' configs: local, shipped, or (JSON only) from the Hub."""
     path = Path(model_id).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -98,43 +81,31 @@ def component_stats(folder: Path) -> list[ComponentStats]:
 
 @functools.cache
 def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
+    import accelerate
+
+    from .diffusers_logs import without_empty_fp32_notes
+
     stats = []
     for name, spec in hub.read_model_index(folder).items():
         directory = Path(folder) / name
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
+        # schedulers, tokenizers and processors have no config.json and hold no weights
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None or \
+                not (directory / "config.json").is_file():
             continue
-        if not (directory / "config.json").is_file():
-            continue  # schedulers, tokenizers and processors hold no weights
-        module = _build_empty(spec[0], spec[1], directory)
+        with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
+            module = architectures.instantiate(spec[0], spec[1], directory)  # as diffusers builds it to place it
         if not isinstance(module, torch.nn.Module):
             continue
-        if not _quantized_checkpoint(directory):  # quantized weights have other shapes by design
+        config = json.loads((directory / "config.json").read_text())
+        if not (isinstance(config, dict) and "quantization_config" in config):  # quantized shapes differ by design
             folders.check_shapes(directory, {k: tuple(v.shape) for k, v in module.state_dict().items()})
         stats.append(_module_stats(name, spec[1], module))
     return stats
 
 
-def _build_empty(library: str, class_name: str, directory: Path):
-    """The module as diffusers builds it to place it (accelerate's init_empty_weights)."""
-    import accelerate
-
-    from .diffusers_logs import without_empty_fp32_notes
-
-    with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
-        return architectures.instantiate(library, class_name, directory)
-
-
-def _quantized_checkpoint(component_folder: Path) -> bool:
-    import json
-
-    config = json.loads((component_folder / "config.json").read_text())
-    return isinstance(config, dict) and "quantization_config" in config
-
-
 @contextmanager
 def _config_notes_hidden():
-    """Config notes logged while building on the meta device (unused keys, rope renames) are about the config
-    files, not the plan; they show again, once, when the model is really loaded. Errors still show."""
+    """Hides config notes (unused keys, rope renames) while building on meta: they show at the real load."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -187,7 +158,6 @@ def dtype_name(dtype) -> str:
 
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
     """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order).
-
     `dtype`: a name, or a dict of names per component with a "default" key."""
     if isinstance(dtype, dict) and "default" not in dtype:
         raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key')
@@ -221,11 +191,8 @@ class DevicePlan:
 
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
-    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it, and where it goes wrong.
-
-    diffusers places whole components, largest first, on the GPUs (largest budget first) in a zig-zag cycle;
-    a component too big for the GPU whose turn it is goes to the CPU, and its map keeps only the last such one.
-    """
+    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it (whole components, largest
+    first, zig-zag over the GPUs; an overflow goes to the CPU, and its map keeps only the last one)."""
     from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
 
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
@@ -236,27 +203,19 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     overflow = [s for s in ordered if placement[s.name] == "cpu"]
     used = {d: sum(s.diffusers_bytes for s in ordered if placement[s.name] == d) for d in budgets}
     plan = DevicePlan(budgets, placement, diffusers_map, used)
-    for size in overflow:
-        plan.warnings.append(
-            f"{size.name} ({size.diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
-            "runs it on the CPU, slowly. Prefer enable_model_cpu_offload(), or more GPU memory."
-        )
+    plan.warnings += [f"{s.name} ({s.diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
+                      "runs it on the CPU, slowly. Prefer enable_model_cpu_offload(), or more GPU memory."
+                      for s in overflow]
     if len(overflow) > 1:
-        dropped = ", ".join(s.name for s in overflow[:-1])
-        plan.warnings.append(
-            f"diffusers records only the last overflowing component in hf_device_map: {dropped} will be missing "
-            "from it (diffusers 0.42.1 overwrites its 'cpu' entry)."
-        )
+        plan.warnings.append(f"diffusers records only the last overflowing component in hf_device_map: "
+                             f"{', '.join(s.name for s in overflow[:-1])} will be missing from it (diffusers 0.42.1 "
+                             "overwrites its 'cpu' entry).")
     headroom = activation_headroom(height, width)
-    if ordered and placement[ordered[0].name] != "cpu":
-        device = placement[ordered[0].name]
-        remaining = budgets[device] - used[device]
-        if remaining < headroom:
-            plan.warnings.append(
-                f"GPU {device} keeps {remaining / GIB:.1f} GiB beside {ordered[0].name}; activations at "
-                f"{width}x{height} need about {headroom / GIB:.1f} GiB (the kit's estimate). Lower the resolution "
-                "or give that GPU more room."
-            )
+    if ordered and (device := placement[ordered[0].name]) != "cpu" and \
+            (remaining := budgets[device] - used[device]) < headroom:
+        plan.warnings.append(f"GPU {device} keeps {remaining / GIB:.1f} GiB beside {ordered[0].name}; activations at "
+                             f"{width}x{height} need about {headroom / GIB:.1f} GiB (the kit's estimate). Lower the "
+                             "resolution or give that GPU more room.")
     return plan
 
 
@@ -264,13 +223,11 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
                    max_gpus: int = 8) -> str:
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one GPU, else one GPU with model CPU
     offload (slower) and/or the fewest GPUs that hold it with device_map="balanced"."""
-    headroom = activation_headroom(height, width)
-    budget = int(gpu_gib * GIB)
-    total = sum(size.diffusers_bytes for size in sizes)
+    headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
+    total, largest = sum(s.diffusers_bytes for s in sizes), max(s.diffusers_bytes for s in sizes)
     if total + headroom <= budget:
         return f"one {gpu_gib:g} GiB GPU (device_map='cuda')"
     options = []
-    largest = max(size.diffusers_bytes for size in sizes)
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
     for count in range(2, max_gpus + 1):
@@ -297,8 +254,7 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
     lines = [f"{'component':16s} {'GiB':>7s}  device"]
     lines += [f"{s.name:16s} {s.diffusers_bytes / GIB:>7.2f}  {plan.placement[s.name]}" for s in sizes]
     for device, budget in plan.budgets.items():
-        share = plan.used[device] / budget
-        bar = "#" * round(share * bar_width)
+        bar = "#" * round(plan.used[device] / budget * bar_width)
         lines.append(f"GPU {device}: [{bar:<{bar_width}s}] {plan.used[device] / GIB:.1f} / {budget / GIB:.1f} GiB")
     cpu = sum(s.diffusers_bytes for s in sizes if plan.placement[s.name] == "cpu")
     if cpu:
@@ -307,9 +263,7 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype
-# ---------------------------------------------------------------------------------------------------
+# ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
 
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
 # Block scales beside the data, per parameter: bitsandbytes nf4 keeps one float32 absmax per block of 64
@@ -343,26 +297,20 @@ def _quanto_group_size(in_features: int) -> int | None:
 
 
 def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
-    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out.
-
-    - torchao `Int8WeightOnlyConfig` (Int8Tensor): int8 data, a float32 scale and an int8 zero point per row;
-    - quanto int8: int8 data, a scale per row (load dtype), and the module's input/output scale buffers;
-    - quanto int4: packed 4-bit data, a scale and a shift per group (per row without a group size), buffers;
-    - bitsandbytes nf4: packed 4-bit data and a float32 absmax per block of 64; LLM.int8: a float32 scale per row.
-    """
+    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
     name, _ = rules.parse_quantization(quantization)
     numel = rows * cols
-    if backend == "torchao":
+    if backend == "torchao":  # int8 data, a float32 scale and an int8 zero point per row
         return numel + rows * 5
-    if backend == "quanto" and name == "int8":
+    if backend == "quanto" and name == "int8":  # a scale per row, and input/output scale buffers
         return numel + rows * dtype_bytes + 2 * dtype_bytes
-    if backend == "quanto" and name == "int4":
+    if backend == "quanto" and name == "int4":  # a scale and a shift per group (per row without groups)
         group = _quanto_group_size(cols)
         groups = numel // group if group else rows
         return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
-    if backend == "bitsandbytes" and name == "nf4":
+    if backend == "bitsandbytes" and name == "nf4":  # a float32 absmax per block of 64
         return math.ceil(numel / 2) + math.ceil(numel / 64) * 4
-    if backend == "bitsandbytes" and name == "int8":
+    if backend == "bitsandbytes" and name == "int8":  # LLM.int8: a float32 scale per row
         return numel + rows * 4
     return math.ceil(numel * weight_bytes_per_param(quantization, backend))
 
@@ -373,8 +321,7 @@ def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | N
     Linear weights take `linear_weight_bytes` (data and scales); everything else stays at `dtype`."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
-    total = 0
-    counted: set[int] = set()
+    total, counted = 0, set()
     for submodule in module.modules():
         for param_name, param in submodule.named_parameters(recurse=False):
             if id(param) in counted:
@@ -393,12 +340,9 @@ def _gguf_bytes_per_weight(name: str) -> float:
     return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# The LoadPlan
-# ---------------------------------------------------------------------------------------------------
+# ---- The LoadPlan ----
 
-# How shipped repos store their weights, so download bytes follow from params x stored dtype:
-# (dtype of the default files, the half-precision `variant` the repo also has, gated).
+# How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
 STORAGE = {
     "Qwen/Qwen-Image": ("bfloat16", None, False),
     "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
@@ -412,9 +356,7 @@ OFFLOAD_CALLS = {
     "sequential": "pipe.enable_sequential_cpu_offload()",
 }
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
-# diffusers reads each safetensors shard into CPU memory (model_loading_utils.load_state_dict, map_location
-# "cpu"), then moves its tensors to the device: loading to a GPU peaks at about one shard of RAM. Shards are at
-# most 10 GB (save_pretrained's default max_shard_size).
+# diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
 
 
@@ -496,21 +438,20 @@ class LoadPlan:
             quant = c.quantization + (f" ({c.backend})" if c.backend else "")
             lines.append(f"{c.name:16s} {c.class_name[:36]:36s} {c.params / 1e9:>8.2f}B  {c.dtype:9s} {quant:22s} "
                          f"{c.placement:26s} {c.bytes / GIB:>6.2f}")
-        total = sum(c.bytes for c in self.components)
-        lines.append(f"{'total weights':16s} {'':36s} {sum(c.params for c in self.components) / 1e9:>8.2f}B  "
-                     f"{'':9s} {'':22s} {'':26s} {total / GIB:>6.2f}")
-        lines.append(f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}")
-        lines.append(f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}")
+        lines += [f"{'total weights':16s} {'':36s} {sum(c.params for c in self.components) / 1e9:>8.2f}B  "
+                  f"{'':9s} {'':22s} {'':26s} {sum(c.bytes for c in self.components) / GIB:>6.2f}",
+                  f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}",
+                  f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}"]
         if hw.gpus:
             busiest = " on the busiest GPU" if len(hw.gpus) > 1 else ""
             lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB{busiest} of {max(hw.gpus):g} "
                          f"(activations at {self.width}x{self.height}: {self.activation_bytes / GIB:.1f} GiB, "
                          "the kit's estimate)")
-        lines.append(f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}")
         download = "unknown (configs only; the Hub cannot be asked)" if self.download_bytes is None else \
             f"{self.download_bytes / 1e9:.1f} GB"
-        lines.append(f"download        {download}; disk free {hw.disk_bytes / 1e9:.0f} GB")
-        lines.append(f"verdict         {self.verdict.upper()}")
+        lines += [f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}",
+                  f"download        {download}; disk free {hw.disk_bytes / 1e9:.0f} GB",
+                  f"verdict         {self.verdict.upper()}"]
         lines += [f"  reason: {r}" for r in self.reasons]
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)]
@@ -518,12 +459,8 @@ class LoadPlan:
 
 
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
-    """(compute dtype, notes, blocking reasons) for a pipeline family on this hardware: the kit's one "auto" policy.
-
-    GPU with native bf16: bf16. T4 (no native bf16): fp16 for fp16-safe families; for the others bf16,
-    which runs emulated on a T4 (it works, more slowly), because fp16 gives black images and fp32 doubles the
-    weights. CPU: fp32, because fp16/bf16 matmuls run far slower there.
-    """
+    """(compute dtype, notes, blocking reasons): the kit's one "auto" policy. Native bf16: bf16; a T4: fp16, or
+    bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
     if isinstance(dtype, dict):
         dtype = dtype.get("default", "auto")
     if isinstance(dtype, torch.dtype):
@@ -542,10 +479,8 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
                          "T4: it works but runs slower than fp16 would; float32 would double the weights")
         else:
             chosen = "float16"
-    elif isinstance(dtype, str) and dtype.lower() in DTYPE_ALIASES:
-        chosen = DTYPE_ALIASES[dtype.lower()]
     else:
-        raise InvalidParameterError("dtype", dtype, "choose 'auto', 'float32', 'float16' or 'bfloat16'")
+        chosen = dtype_name(dtype)
     if chosen == "float16" and unsafe:
         blocking.append(f"dtype float16: {unsafe}. Use bfloat16 (dtype='auto' picks it)")
     if chosen == "bfloat16" and on_gpu and not hardware.bf16 and dtype != "auto":
@@ -594,11 +529,8 @@ def cached_variant(model_id: str) -> str | None:
 
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
-    """(bytes the plan downloads, variant) for the files this plan loads; 0 for a local folder.
-
-    Shipped architectures: params x the dtype the repo stores (its fp16 `variant` when it has one and the
-    plan computes in half precision or quantizes). A GGUF transformer replaces the repo's transformer files.
-    """
+    """(bytes the plan downloads, variant); 0 for a local folder. Shipped repos: params x stored dtype (the fp16
+    `variant` for a half-precision or quantized plan). A GGUF file replaces the denoiser's files."""
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
@@ -626,11 +558,8 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
 
 def hub_download_bytes(model_id: str, half: bool, gguf: str = "none", revision: str | None = None) -> tuple[
         int, str | None]:
-    """(bytes, variant) of the files `from_pretrained` fetches: `hub.weight_files`, diffusers' own selection.
-
-    With `half`, the repo's fp16 variant where it has one (as `variant="fp16"` loads it); a GGUF file replaces
-    the denoiser's files (download_bytes adds its size).
-    """
+    """(bytes, variant) of the files `from_pretrained` fetches (`hub.weight_files`): with `half` the fp16 variant
+    where the repo has one; without the denoiser's files for GGUF (download_bytes adds the file's size)."""
     files, variant = hub.weight_files(model_id, variant=None, revision=revision), None
     if half:
         try:
@@ -679,30 +608,26 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         quant = quantization if quantization != "none" and _quantizable(s) else "none"
         if quant.startswith("gguf:") and s.name not in DENOISERS:
             quant = "none"  # a GGUF file holds one model: the transformer
-        components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant,
-                                        backend_for(quant, on_gpu), "", 0))
-        components[-1].bytes = _component_bytes(s, dtype, quant)
+        components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant, backend_for(quant, on_gpu),
+                                        "", _component_bytes(s, dtype, quant)))
     total = sum(c.bytes for c in components)
     largest = max((c.bytes for c in components), default=0)
-    reasons = list(blocking)
-    notes = list(dtype_notes)
-    gib = GIB
-    device_map = None
-    vram = 0
+    reasons, notes, device_map, vram = list(blocking), list(dtype_notes), None, 0
+    stat = {s.name: s for s in stats}
     if not on_gpu:
         for c in components:
             c.placement = "cpu"
-        ram = int(RAM_BASE_GIB["cpu"] * gib) + total + activations
+        ram = int(RAM_BASE_GIB["cpu"] * GIB) + total + activations
         if offload != "none":
             reasons.append(f"offload={offload!r} needs a GPU: on CPU the weights already live in RAM")
         if quantization == "nf4" or any(c.backend == "bitsandbytes" for c in components):
             reasons.append("bitsandbytes (nf4/int8 on GPU) refuses without a GPU; on CPU use int8 (torchao) or "
                            "int4 (quanto)")
     else:
-        ram_base = int(RAM_BASE_GIB["gpu"] * gib)
+        ram_base = int(RAM_BASE_GIB["gpu"] * GIB)
         if offload == "none" and balanced:
             sizes = [ComponentSize(c.name, c.class_name, c.params, c.bytes, c.bytes) for c in components]
-            placed = plan_balanced(sizes, {i: int(g * gib) for i, g in enumerate(hardware.gpus)}, height, width)
+            placed = plan_balanced(sizes, {i: int(g * GIB) for i, g in enumerate(hardware.gpus)}, height, width)
             for c in components:
                 device = placed.placement[c.name]
                 c.placement = "cpu (overflow)" if device == "cpu" else f"cuda:{device}"
@@ -714,15 +639,11 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                                + "; ".join(placed.warnings))
             elif placed.warnings:
                 reasons += placed.warnings
-            device_map = "balanced"
-            ram = ram_base + one_shard
+            device_map, ram = "balanced", ram_base + one_shard
         elif offload == "none":
             for c in components:
                 c.placement = "cuda"
-            vram = total + activations
-            device_map = "cuda"
-            # diffusers loads component by component, one shard at a time through CPU memory (SHARD_BYTES)
-            ram = ram_base + one_shard
+            vram, device_map, ram = total + activations, "cuda", ram_base + one_shard
         else:
             if offload == "model":
                 vram = largest + activations
@@ -730,14 +651,12 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                 notes.append("model CPU offload: each component moves to the GPU while it runs; the whole model "
                              "waits in CPU RAM (a little slower per image)")
             elif offload == "group":
-                stat = {s.name: s for s in stats}
                 vram = max(int((2 * stat[c.name].block_params + stat[c.name].outside_params)
                                * c.bytes / max(c.params, 1)) for c in components) + activations
                 placement = "cpu, one block at a time"
                 notes.append("group offloading (block level, CUDA streams): blocks stream to the GPU as needed; "
                              "the whole model waits in (pinned) CPU RAM; pass low_cpu_mem_usage=True if RAM is tight")
             else:
-                stat = {s.name: s for s in stats}
                 vram = max(int(stat[c.name].leaf_params * c.bytes / max(c.params, 1)) for c in components) \
                     + activations
                 placement = "cpu, one layer at a time"
@@ -747,21 +666,20 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                 c.placement = placement
             ram = ram_base + total
         budget = max(hardware.gpus)
-        if vram > budget * gib and not (balanced and offload == "none"):
-            reasons.append(f"peak VRAM {vram / gib:.1f} GiB (weights on the GPU + {activations / gib:.1f} GiB of "
+        if vram > budget * GIB and not (balanced and offload == "none"):
+            reasons.append(f"peak VRAM {vram / GIB:.1f} GiB (weights on the GPU + {activations / GIB:.1f} GiB of "
                            f"activations at {width}x{height}) is over the GPU's {budget:g} GiB")
-    if ram > hardware.ram_gib * gib:
+    if ram > hardware.ram_gib * GIB:
         where = "the whole model waits in RAM" if on_gpu and offload != "none" else \
             "the weights live in RAM" if not on_gpu else "one shard at a time"
-        reasons.append(f"peak RAM {ram / gib:.1f} GiB ({where}) is over the machine's {hardware.ram_gib:g} GiB")
+        reasons.append(f"peak RAM {ram / GIB:.1f} GiB ({where}) is over the machine's {hardware.ram_gib:g} GiB")
     if download is not None and download > hardware.disk_bytes:
         reasons.append(f"the download ({download / 1e9:.1f} GB) is bigger than the free disk "
                        f"({hardware.disk_bytes / 1e9:.0f} GB)")
     if variant:
         notes.append(f"downloads the repo's {variant} files: from_pretrained(..., variant={variant!r})")
     if model_id in STORAGE and STORAGE[model_id][2]:
-        notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set "
-                     "HF_TOKEN")
+        notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set HF_TOKEN")
     backends = sorted({c.backend for c in components if c.backend})
     if backends:
         which = ", ".join(f"{c.name}: {c.quantization}" for c in components if c.quantization != "none")
@@ -774,13 +692,8 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
               device_map: str = "auto", height: int = 1024, width: int = 1024,
               alternatives: bool = True) -> LoadPlan:
-    """The plan for loading `model_id` on `hardware` with the user's choices ("auto" lets the plan decide).
-
-    Reads configs only (shipped architectures, a local folder, or a Hub id's JSON files): no weights. Tries
-    candidates in the kit's order of preference (see `_candidates`) and keeps the first that fits; when none
-    fits, it returns the user's (or the most natural) choice with `fits=False`, its reasons, and ranked
-    alternatives: looser choices that fit, a known smaller family that fits, or hardware where it fits.
-    """
+    """The plan for loading `model_id` on `hardware` ("auto" lets the plan decide), from configs only: the first
+    candidate (`_candidates`) that fits, else the closest with `fits=False`, its reasons and ranked alternatives."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
     rules.choice("offload", offload, OFFLOADS)
@@ -809,8 +722,7 @@ def what_fits(hardware="auto", height: int = 1024, width: int = 1024) -> dict[st
 
 
 def _shortfall(plan: LoadPlan, device_map: str) -> float:
-    """How far a plan that does not fit is from fitting: its worst need/available ratio. A refused plan shows
-    the closest candidate (e.g. "nf4 + model offload, RAM 17.8 of 12.7 GiB"), the most useful one to read."""
+    """How far a plan that does not fit is from fitting: its worst need/available ratio."""
     hw = plan.hardware
     ratios = [plan.ram_bytes / (hw.ram_gib * GIB), (plan.download_bytes or 0) / hw.disk_bytes]
     if hw.gpus:
@@ -856,23 +768,16 @@ def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, dev
     return found
 
 
-# ---------------------------------------------------------------------------------------------------
-# The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly
-# ---------------------------------------------------------------------------------------------------
+# ---- The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly ----
 
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
 SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call right after printing the plan, before anything is downloaded.
-
-    plan_only=True: the notebook stops here, successfully: every later cell of this kernel prints one
-    "skipped: plan_only=True ..." line instead of running, so papermill exits 0 having downloaded no weights.
-    Cells that mention `plan_only` (the parameters and this one) still run: set plan_only = False and rerun
-    this cell to go on. Otherwise, a plan that does not fit raises PlanDoesNotFitError (reasons and
-    alternatives) unless force=True; papermill still writes the executed notebook with the plan printed.
-    """
+    """Call after printing the plan, before any download. plan_only=True: every later cell (except those that
+    mention `plan_only`) prints "skipped" instead of running, so papermill exits 0 with no weights downloaded.
+    Otherwise a plan that does not fit raises PlanDoesNotFitError unless force=True."""
     _skip_later_cells(False)
     if plan_only:
         _skip_later_cells(True)
@@ -895,8 +800,7 @@ def _skip_later_cells(on: bool) -> None:
         from IPython import get_ipython
     except ImportError:
         return
-    shell = get_ipython()
-    if shell is None:
+    if (shell := get_ipython()) is None:
         return
     transformers = shell.input_transformers_post
     transformers[:] = [t for t in transformers if t is not _skip_cell]
