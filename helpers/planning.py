@@ -58,15 +58,12 @@ def config_folder(model_id: str) -> Path:
     path = Path(model_id).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise LocalPathNotFoundError(
-                f"{model_id!r} has no model_index.json: planning needs a pipeline folder (the one save_pretrained "
-                "or snapshot_download wrote), not a single model."
-            )
+            raise LocalPathNotFoundError(f"{model_id!r} has no model_index.json: planning needs a pipeline folder "
+                                         "(the one save_pretrained or snapshot_download wrote), not a single model.")
         return path
     if model_id in architectures.available():
         return architectures.folder(model_id)
     from huggingface_hub import snapshot_download
-
     hub.resolve_model_source(model_id)  # a clear error for a bad id, a missing path, or an uncached id offline
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
                                   local_files_only=hub.hub_offline()))
@@ -84,7 +81,6 @@ def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
     import accelerate
 
     from .diffusers_logs import without_empty_fp32_notes
-
     stats = []
     for name, spec in hub.read_model_index(folder).items():
         directory = Path(folder) / name
@@ -108,7 +104,6 @@ def _config_notes_hidden():
     """Hides config notes (unused keys, rope renames) while building on meta: they show at the real load."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
-
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
@@ -125,7 +120,6 @@ def _count(module) -> int:
 
 def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
     from accelerate.utils import named_module_tensors
-
     numel, fixed = 0, 0
     for _, tensor in named_module_tensors(module, recurse=True):  # before re-tying: what diffusers counts
         if tensor.is_floating_point():
@@ -194,7 +188,6 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it (whole components, largest
     first, zig-zag over the GPUs; an overflow goes to the CPU, and its map keeps only the last one)."""
     from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
-
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
     gpus = dict(sorted(budgets.items(), key=lambda item: item[1], reverse=True))
     mapping = _assign_components_to_devices({s.name: s.diffusers_bytes for s in ordered}, gpus)
@@ -235,10 +228,9 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
         if plan.fits_on_gpus and not plan.warnings:
             options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
             break
-    if options:
-        return " or ".join(options)
-    return (f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
-            "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
+    return " or ".join(options) if options else (
+        f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
+        "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
 
 
 def format_sizes(sizes: list[ComponentSize]) -> str:
@@ -266,10 +258,9 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
 # ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
 
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
-# Block scales beside the data, per parameter: bitsandbytes nf4 keeps one float32 absmax per block of 64
-# (diffusers' default, no double quantization); quanto int4 a scale and a shift (2 bytes each) per group.
-BLOCK_SCALE_BYTES_PER_PARAM = {("nf4", "bitsandbytes"): 4 / 64}
-GROUP_SIZE = {("int4", "quanto"): 128}
+# Scales beside the data, per parameter: bitsandbytes nf4 one float32 absmax per block of 64 (diffusers' default,
+# no double quantization); quanto int4 a scale and a shift (2 bytes each) per group of 128.
+SCALE_BYTES_PER_PARAM = {("nf4", "bitsandbytes"): 4 / 64, ("int4", "quanto"): 2 * 2 / 128}
 # GGUF block layouts (bytes per block / parameters per block) of the types diffusers 0.42.1 reads:
 # ggml's own table (gguf.GGML_QUANT_SIZES), copied so planning needs no gguf install.
 GGUF_BYTES_PER_PARAM = {
@@ -281,9 +272,7 @@ GGUF_BYTES_PER_PARAM = {
 def weight_bytes_per_param(quantization: str, backend: str) -> float:
     """Bytes a quantized Linear weight takes per parameter, block scales included: the planner's figure."""
     name, _ = rules.parse_quantization(quantization)
-    group = GROUP_SIZE.get((name, backend))
-    group_scales = 2 * 2 / group if group else 0.0  # a scale and a shift per group, 2 bytes each
-    return BYTES_PER_PARAM[name] + BLOCK_SCALE_BYTES_PER_PARAM.get((name, backend), 0.0) + group_scales
+    return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
 
 
 def _quanto_group_size(in_features: int) -> int | None:
@@ -321,16 +310,14 @@ def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | N
     Linear weights take `linear_weight_bytes` (data and scales); everything else stays at `dtype`."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
-    total, counted = 0, set()
-    for submodule in module.modules():
-        for param_name, param in submodule.named_parameters(recurse=False):
-            if id(param) in counted:
-                continue
-            counted.add(id(param))
-            if name != "none" and backend and isinstance(submodule, torch.nn.Linear) and param_name == "weight":
-                total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
-            else:
-                total += param.numel() * dtype_bytes
+    total = 0
+    for full_name, param in module.named_parameters():  # shared parameters once
+        owner, _, param_name = full_name.rpartition(".")
+        if name != "none" and backend and param_name == "weight" and \
+                isinstance(module.get_submodule(owner), torch.nn.Linear):
+            total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
+        else:
+            total += param.numel() * dtype_bytes
     return total
 
 
@@ -349,12 +336,10 @@ STORAGE = {
     "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
     "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False),
 }
-OFFLOAD_CALLS = {
-    "none": "", "model": "pipe.enable_model_cpu_offload()",
-    "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, '
-             'use_stream=True)',
-    "sequential": "pipe.enable_sequential_cpu_offload()",
-}
+OFFLOAD_CALLS = {"none": "", "model": "pipe.enable_model_cpu_offload()",
+                 "sequential": "pipe.enable_sequential_cpu_offload()",
+                 "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
+                          'num_blocks_per_group=1, use_stream=True)'}
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
@@ -452,10 +437,8 @@ class LoadPlan:
         lines += [f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}",
                   f"download        {download}; disk free {hw.disk_bytes / 1e9:.0f} GB",
                   f"verdict         {self.verdict.upper()}"]
-        lines += [f"  reason: {r}" for r in self.reasons]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines += [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)]
-        return "\n".join(lines)
+        lines += [f"  reason: {r}" for r in self.reasons] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines + [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)])
 
 
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
@@ -495,8 +478,7 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
 
 def _quantizable(stats: ComponentStats) -> bool:
     """Only the denoiser and large text encoders are quantized (small ones gain little and lose quality)."""
-    big = stats.params >= BIG_TEXT_ENCODER_PARAMS
-    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and big)
+    return stats.name in DENOISERS or stats.name.startswith("text_encoder") and stats.params >= BIG_TEXT_ENCODER_PARAMS
 
 
 def _local_gguf(quantization: str) -> Path | None:
@@ -507,8 +489,8 @@ def _local_gguf(quantization: str) -> Path | None:
 
 def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> int:
     size = DTYPE_BYTES[dtype]
-    if _local_gguf(quantization):
-        return _local_gguf(quantization).stat().st_size  # the file holds the whole denoiser, as it stays in memory
+    if gguf := _local_gguf(quantization):
+        return gguf.stat().st_size  # the file holds the whole denoiser, as it stays in memory
     if quantization == "none":
         return stats.params * size
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
@@ -520,11 +502,8 @@ def cached_variant(model_id: str) -> str | None:
     """"fp16" when the cached snapshot of `model_id` holds fp16 weight files (an earlier run downloaded the
     variant): offline, the plan cannot ask the Hub, and loading must pick the files that are there."""
     from huggingface_hub import try_to_load_from_cache
-
     index = try_to_load_from_cache(model_id, "model_index.json")
-    if not isinstance(index, str):
-        return None
-    return "fp16" if any(Path(index).parent.glob("*/*.fp16.*")) else None
+    return "fp16" if isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*")) else None
 
 
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
@@ -546,14 +525,9 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
         return total, variant
     stored, variant, _ = STORAGE[model_id]
     use_variant = variant if variant and (dtype != "float32" or quantization != "none") else None
-    size = DTYPE_BYTES["float16" if use_variant else stored]
-    total = 0
-    for s in stats:
-        if quantization.startswith("gguf:") and s.name in DENOISERS:
-            total += 0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization))
-        else:
-            total += s.params * size
-    return total, use_variant
+    size, gguf = DTYPE_BYTES["float16" if use_variant else stored], quantization.startswith("gguf:")
+    return sum((0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization)))
+               if gguf and s.name in DENOISERS else s.params * size for s in stats), use_variant
 
 
 def hub_download_bytes(model_id: str, half: bool, gguf: str = "none", revision: str | None = None) -> tuple[
@@ -586,13 +560,11 @@ def _candidates(quantization: str, offload: str, device_map: str, hardware: Hard
         wanted = [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
     out = []
     for q, o in wanted:
-        if on_gpu and o == "none":
-            if device_map in ("auto", "cuda"):
-                out.append((q, o, False))
-            if len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced":
-                out.append((q, o, True))
-        else:
+        on_gpus = on_gpu and o == "none"
+        if not on_gpus or device_map in ("auto", "cuda"):
             out.append((q, o, False))
+        if on_gpus and (len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced"):
+            out.append((q, o, True))
     return out
 
 
@@ -733,37 +705,29 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
 
 
 def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
-    found = []
-    if (dtype, quantization, offload, device_map) != ("auto",) * 4:
-        looser = plan_load(model_id, hw, height=height, width=width, alternatives=False)
-        if looser.fits:
-            found.append(f"let the plan choose (dtype, quantization, offload, device_map 'auto'): {looser.summary()}")
+    found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
+
+    def fits(label: str, model: str = model_id, hardware=hw, **choices) -> bool:
+        plan = plan_load(model, hardware, **{"height": height, "width": width, **choices}, alternatives=False)
+        if plan.fits:
+            found.append(f"{label}: {plan.summary()}")
+        return plan.fits
+
+    if tuple(asked.values()) != ("auto",) * 4:
+        fits("let the plan choose (dtype, quantization, offload, device_map 'auto')")
     if not hw.gpus or device_map == "cpu":
-        half = plan_load(model_id, hw, dtype="bfloat16", quantization=quantization, offload=offload,
-                         device_map=device_map, height=height, width=width, alternatives=False)
-        if half.fits:
-            found.append(f"dtype='bfloat16' (80-125x slower than float32 on CPU): {half.summary()}")
+        fits("dtype='bfloat16' (80-125x slower than float32 on CPU)", **{**asked, "dtype": "bfloat16"})
     if height * width > 512 * 512:
-        small = plan_load(model_id, hw, dtype=dtype, quantization=quantization, offload=offload,
-                          device_map=device_map, height=512, width=512, alternatives=False)
-        if small.fits:
-            found.append(f"a smaller image (height=width=512): {small.summary()}")
+        fits("a smaller image (height=width=512)", **asked, height=512, width=512)
     size = sum(s.params for s in stats)
     others = {other: sum(s.params for s in component_stats(architectures.folder(other)))
               for other in architectures.available() if other != model_id and other in STORAGE}
     for other in sorted(others, key=others.get, reverse=True):  # the largest (most capable) smaller family first
-        if others[other] >= size:
-            continue
-        other_plan = plan_load(other, hw, height=height, width=width, alternatives=False)
-        if other_plan.fits:
+        if others[other] < size:
             gated = " (gated: accept its licence on the Hub, then set HF_TOKEN)" if STORAGE[other][2] else ""
-            found.append(f"a smaller model that fits here, model_id={other!r}{gated}: {other_plan.summary()}")
+            fits(f"a smaller model that fits here, model_id={other!r}{gated}", other)
     for name, profile in PROFILES.items():
-        if profile == hw or not profile.gpus:
-            continue
-        bigger = plan_load(model_id, profile, height=height, width=width, alternatives=False)
-        if bigger.fits:
-            found.append(f"hardware={name!r}: {bigger.summary()}")
+        if profile != hw and profile.gpus and fits(f"hardware={name!r}", hardware=profile):
             break
     return found
 
