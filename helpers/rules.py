@@ -3,6 +3,7 @@ No torch, diffusers or huggingface_hub here, so a notebook can check its paramet
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import shutil
@@ -43,9 +44,6 @@ NOT_FP16_SAFE = {
     "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)",
 }
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
-COMMIT = re.compile(r"[0-9a-f]{40}")
-CUSTOM_REVISION = re.compile(r"main|\d+\.\d+\.\d+")
-COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_]+")
 MIN_GPU_BUDGET_GIB = 0.01  # 10 MiB; smaller rounds to zero bytes per GPU
 MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
@@ -219,7 +217,6 @@ def unwritable(folder: Path) -> str | None:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         return error.strerror or str(error)
-    return None
 
 
 def writable_folder(name: str, value, purpose: str = "", alternative: str = "") -> Path:
@@ -252,7 +249,7 @@ def output_folder(name: str, value) -> Path:
 
 def commit(name: str, value, allow_empty: bool = True) -> None:
     """A full 40-hex commit: branches and tags can be moved to new code after you read it."""
-    if not (isinstance(value, str) and (COMMIT.fullmatch(value) or (allow_empty and value == ""))):
+    if not (isinstance(value, str) and (re.fullmatch(r"[0-9a-f]{40}", value) or (allow_empty and value == ""))):
         fail(name, value, "empty, or a full 40-character commit hash" if allow_empty else "needs a full 40-character "
              "commit hash", "Branches and tags can move to new code: find the commit in the repo's History, or "
              "huggingface_hub.model_info(repo).sha.")
@@ -260,14 +257,14 @@ def commit(name: str, value, allow_empty: bool = True) -> None:
 
 def custom_revision(name: str, value) -> None:
     """diffusers takes "0.41.0" or "main" for a community pipeline's version, never "v0.41.0"."""
-    if not (isinstance(value, str) and CUSTOM_REVISION.fullmatch(value)):
+    if not (isinstance(value, str) and re.fullmatch(r"main|\d+\.\d+\.\d+", value)):
         v = isinstance(value, str) and value[:1] == "v"
         fail(name, value, "a diffusers release like '0.41.0', or 'main'",
              f"Use {value[1:]!r}: diffusers adds the 'v' itself." if v else "")
 
 
 def community_name(name: str, value) -> None:
-    if not isinstance(value, str) or not COMMUNITY_NAME.fullmatch(value):
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_]+", value):
         fail(name, value, "needs a community pipeline name like 'lpw_stable_diffusion'",
              "For a local file or folder pass it as custom_pipeline (a path).")
 
@@ -298,14 +295,12 @@ def custom_pipeline_path(name: str, value) -> Path:
     raise LocalPathNotFoundError(
         f"needs an existing local .py file or folder with pipeline.py (looked at {looked})", name=name, value=value,
         fix="diffusers would treat a missing path as a Hub repo or community pipeline name and run the code it "
-            "downloads. For a community pipeline by name use community.load_community_pipeline().",
-    )
+            "downloads. For a community pipeline by name use community.load_community_pipeline().")
 
 
 def defines_pipeline_class(name: str, value, script: Path) -> None:
     """The file defines a `...Pipeline` subclass (without one diffusers fails deep in from_pretrained); read with
     ast: nothing is run."""
-    import ast
     try:
         tree = ast.parse(script.read_bytes(), filename=str(script))
     except (SyntaxError, ValueError) as error:
