@@ -120,12 +120,9 @@ def _count(module) -> int:
 
 def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
     from accelerate.utils import named_module_tensors
-    numel, fixed = 0, 0
-    for _, tensor in named_module_tensors(module, recurse=True):  # before re-tying: what diffusers counts
-        if tensor.is_floating_point():
-            numel += tensor.numel()
-        else:
-            fixed += tensor.numel() * tensor.element_size()
+    tensors = [tensor for _, tensor in named_module_tensors(module, recurse=True)]  # before re-tying, as diffusers
+    numel = sum(t.numel() for t in tensors if t.is_floating_point())
+    fixed = sum(t.numel() * t.element_size() for t in tensors if not t.is_floating_point())
     if hasattr(module, "tie_weights"):
         module.tie_weights()  # init_empty_weights breaks T5's tied embedding; the real load ties it
     params = _count(module)
@@ -223,11 +220,9 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
     options = []
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
-    for count in range(2, max_gpus + 1):
-        plan = plan_balanced(sizes, {i: budget for i in range(count)}, height, width)
-        if plan.fits_on_gpus and not plan.warnings:
-            options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
-            break
+    if count := next((n for n in range(2, max_gpus + 1) if (p := plan_balanced(
+            sizes, {i: budget for i in range(n)}, height, width)).fits_on_gpus and not p.warnings), None):
+        options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
     return " or ".join(options) if options else (
         f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
@@ -326,8 +321,6 @@ def _gguf_bytes_per_weight(name: str) -> float:
     upper = name.removeprefix("gguf:").upper()
     return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
 
-
-# ---- The LoadPlan ----
 
 # How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
 STORAGE = {
@@ -446,8 +439,6 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
     bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
     if isinstance(dtype, dict):
         dtype = dtype.get("default", "auto")
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
     unsafe = fp16_unsafe(family)
     notes, blocking = [], []
     if dtype == "auto":
@@ -584,11 +575,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                                         "", _component_bytes(s, dtype, quant)))
     total = sum(c.bytes for c in components)
     largest = max((c.bytes for c in components), default=0)
-    reasons, notes, device_map, vram = list(blocking), list(dtype_notes), None, 0
+    reasons, notes, device_map, vram, placement = list(blocking), list(dtype_notes), None, 0, "cpu"
     stat = {s.name: s for s in stats}
     if not on_gpu:
-        for c in components:
-            c.placement = "cpu"
         ram = int(RAM_BASE_GIB["cpu"] * GIB) + total + activations
         if offload != "none":
             reasons.append(f"offload={offload!r} needs a GPU: on CPU the weights already live in RAM")
@@ -611,11 +600,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                                + "; ".join(placed.warnings))
             elif placed.warnings:
                 reasons += placed.warnings
-            device_map, ram = "balanced", ram_base + one_shard
+            device_map, ram, placement = "balanced", ram_base + one_shard, ""  # placed per component above
         elif offload == "none":
-            for c in components:
-                c.placement = "cuda"
-            vram, device_map, ram = total + activations, "cuda", ram_base + one_shard
+            vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
         else:
             if offload == "model":
                 vram = largest + activations
@@ -634,8 +621,6 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                 placement = "cpu, one layer at a time"
                 notes.append("sequential CPU offload: every layer moves to the GPU for each step: very slow "
                              "(minutes per image)")
-            for c in components:
-                c.placement = placement
             ram = ram_base + total
         budget = max(hardware.gpus)
         if vram > budget * GIB and not (balanced and offload == "none"):
@@ -648,6 +633,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
     if download is not None and download > hardware.disk_bytes:
         reasons.append(f"the download ({download / 1e9:.1f} GB) is bigger than the free disk "
                        f"({hardware.disk_bytes / 1e9:.0f} GB)")
+    if placement:
+        for c in components:
+            c.placement = placement
     if variant:
         notes.append(f"downloads the repo's {variant} files: from_pretrained(..., variant={variant!r})")
     if model_id in STORAGE and STORAGE[model_id][2]:
@@ -662,8 +650,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
 
 
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
-              device_map: str = "auto", height: int = 1024, width: int = 1024,
-              alternatives: bool = True) -> LoadPlan:
+              device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
     """The plan for loading `model_id` on `hardware` ("auto" lets the plan decide), from configs only: the first
     candidate (`_candidates`) that fits, else the closest with `fits=False`, its reasons and ranked alternatives."""
     hw = resolve_hardware(hardware)
@@ -681,8 +668,7 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
                        blocking) for q, o, b in _candidates(quantization, offload, device_map, hw, on_gpu)]
     plan = next((p for p in plans if p.fits), None) or min(plans, key=lambda p: _shortfall(p, device_map))
     if not plan.fits and alternatives:
-        plan.alternatives = _alternatives(model_id, family, stats, hw, dtype, quantization, offload, device_map,
-                                          height, width)
+        plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width)
     return plan
 
 
@@ -704,7 +690,7 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
     return max(ratios)
 
 
-def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
+def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
     found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
 
     def fits(label: str, model: str = model_id, hardware=hw, **choices) -> bool:
