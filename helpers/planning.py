@@ -84,10 +84,9 @@ def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
     stats = []
     for name, spec in hub.read_model_index(folder).items():
         directory = Path(folder) / name
-        # schedulers, tokenizers and processors have no config.json and hold no weights
         if name.startswith("_") or not isinstance(spec, list) or spec[1] is None or \
                 not (directory / "config.json").is_file():
-            continue
+            continue  # schedulers, tokenizers and processors have no config.json and hold no weights
         with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
             module = architectures.instantiate(spec[0], spec[1], directory)  # as diffusers builds it to place it
         if not isinstance(module, torch.nn.Module):
@@ -232,8 +231,7 @@ def format_sizes(sizes: list[ComponentSize]) -> str:
     lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
     lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
     params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
-    lines.append(f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
 
 
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
@@ -246,8 +244,7 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
     cpu = sum(s.diffusers_bytes for s in sizes if plan.placement[s.name] == "cpu")
     if cpu:
         lines.append(f"CPU: {cpu / GIB:.1f} GiB")
-    lines += [f"warning: {w}" for w in plan.warnings]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"warning: {w}" for w in plan.warnings])
 
 
 # ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
@@ -270,16 +267,6 @@ def weight_bytes_per_param(quantization: str, backend: str) -> float:
     return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
 
 
-def _quanto_group_size(in_features: int) -> int | None:
-    """optimum-quanto's int4 group size for a Linear (QModuleMixin.__init__): 128, lowered by 32 until it divides."""
-    group = 128
-    if in_features <= group:
-        return None
-    while in_features % group and group > 32:
-        group -= 32
-    return group if in_features % group == 0 else None
-
-
 def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
     """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
     name, _ = rules.parse_quantization(quantization)
@@ -289,7 +276,8 @@ def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, d
     if backend == "quanto" and name == "int8":  # a scale per row, and input/output scale buffers
         return numel + rows * dtype_bytes + 2 * dtype_bytes
     if backend == "quanto" and name == "int4":  # a scale and a shift per group (per row without groups)
-        group = _quanto_group_size(cols)
+        # optimum-quanto's group size (QModuleMixin.__init__): 128, lowered by 32 until it divides in_features
+        group = next((g for g in (128, 96, 64, 32) if cols % g == 0), None) if cols > 128 else None
         groups = numel // group if group else rows
         return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
     if backend == "bitsandbytes" and name == "nf4":  # a float32 absmax per block of 64
@@ -323,12 +311,9 @@ def _gguf_bytes_per_weight(name: str) -> float:
 
 
 # How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
-STORAGE = {
-    "Qwen/Qwen-Image": ("bfloat16", None, False),
-    "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
-    "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False),
-}
+STORAGE = {"Qwen/Qwen-Image": ("bfloat16", None, False), "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
+           "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
+           "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False)}
 OFFLOAD_CALLS = {"none": "", "model": "pipe.enable_model_cpu_offload()",
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
@@ -400,8 +385,7 @@ class LoadPlan:
     def summary(self) -> str:
         """One line: dtype, quantization, offload, VRAM, RAM, download, verdict."""
         quant = ", ".join(f"{n} {q}" for n, q in self.quantized().items()) or "none"
-        gpu = f"VRAM {self.vram_bytes / GIB:.1f}/{max(self.hardware.gpus, default=0):g} GiB, " \
-            if self.hardware.gpus else ""
+        gpu = f"VRAM {self.vram_bytes / GIB:.1f}/{max(self.hardware.gpus):g} GiB, " if self.hardware.gpus else ""
         download = "?" if self.download_bytes is None else f"{self.download_bytes / 1e9:.1f} GB"
         return (f"{self.dtype}, quantization {quant}, offload {self.offload}, device_map {self.device_map!r}: "
                 f"{gpu}RAM {self.ram_bytes / GIB:.1f}/{self.hardware.ram_gib:g} GiB, download {download}: "
@@ -421,8 +405,8 @@ class LoadPlan:
                   f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}",
                   f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}"]
         if hw.gpus:
-            busiest = " on the busiest GPU" if len(hw.gpus) > 1 else ""
-            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB{busiest} of {max(hw.gpus):g} "
+            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB"
+                         f"{' on the busiest GPU' if len(hw.gpus) > 1 else ''} of {max(hw.gpus):g} "
                          f"(activations at {self.width}x{self.height}: {self.activation_bytes / GIB:.1f} GiB, "
                          "the kit's estimate)")
         download = "unknown (configs only; the Hub cannot be asked)" if self.download_bytes is None else \
@@ -467,11 +451,6 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
     return chosen, notes, blocking
 
 
-def _quantizable(stats: ComponentStats) -> bool:
-    """Only the denoiser and large text encoders are quantized (small ones gain little and lose quality)."""
-    return stats.name in DENOISERS or stats.name.startswith("text_encoder") and stats.params >= BIG_TEXT_ENCODER_PARAMS
-
-
 def _local_gguf(quantization: str) -> Path | None:
     """The GGUF file of "gguf:<path>" when it is already on this machine (its size is then exact)."""
     path = Path(quantization.removeprefix("gguf:")).expanduser()
@@ -489,14 +468,6 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
 
-def cached_variant(model_id: str) -> str | None:
-    """"fp16" when the cached snapshot of `model_id` holds fp16 weight files (an earlier run downloaded the
-    variant): offline, the plan cannot ask the Hub, and loading must pick the files that are there."""
-    from huggingface_hub import try_to_load_from_cache
-    index = try_to_load_from_cache(model_id, "model_index.json")
-    return "fp16" if isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*")) else None
-
-
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
     """(bytes the plan downloads, variant); 0 for a local folder. Shipped repos: params x stored dtype (the fp16
@@ -505,8 +476,11 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
         return 0, None
     if model_id not in STORAGE:
         half = dtype != "float32" or quantization != "none"
-        if hub.hub_offline():
-            return None, cached_variant(model_id) if half else None
+        if hub.hub_offline():  # loading must pick the files there: fp16 ones if an earlier run downloaded them
+            from huggingface_hub import try_to_load_from_cache
+            index = try_to_load_from_cache(model_id, "model_index.json")
+            fp16 = isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*"))
+            return None, "fp16" if half and fp16 else None
         try:
             total, variant = hub_download_bytes(model_id, half, gguf=quantization)
         except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
@@ -521,14 +495,13 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
                if gguf and s.name in DENOISERS else s.params * size for s in stats), use_variant
 
 
-def hub_download_bytes(model_id: str, half: bool, gguf: str = "none", revision: str | None = None) -> tuple[
-        int, str | None]:
+def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[int, str | None]:
     """(bytes, variant) of the files `from_pretrained` fetches (`hub.weight_files`): with `half` the fp16 variant
     where the repo has one; without the denoiser's files for GGUF (download_bytes adds the file's size)."""
-    files, variant = hub.weight_files(model_id, variant=None, revision=revision), None
+    files, variant = hub.weight_files(model_id, variant=None), None
     if half:
         try:
-            fp16 = hub.weight_files(model_id, variant="fp16", revision=revision)
+            fp16 = hub.weight_files(model_id, variant="fp16")
         except ValueError:  # diffusers: no fp16 variant files in this repo at all
             fp16 = files
         if fp16 != files:
@@ -568,9 +541,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
     one_shard = min(max((s.params * stored for s in stats), default=0), SHARD_BYTES)  # RAM while loading to a GPU
     components = []
     for s in stats:
-        quant = quantization if quantization != "none" and _quantizable(s) else "none"
-        if quant.startswith("gguf:") and s.name not in DENOISERS:
-            quant = "none"  # a GGUF file holds one model: the transformer
+        # only the denoiser and big text encoders (small ones gain little and lose quality); a GGUF file holds one model
+        big = s.name.startswith("text_encoder") and s.params >= BIG_TEXT_ENCODER_PARAMS
+        quant = quantization if s.name in DENOISERS or big and not quantization.startswith("gguf:") else "none"
         components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant, backend_for(quant, on_gpu),
                                         "", _component_bytes(s, dtype, quant)))
     total = sum(c.bytes for c in components)
@@ -728,9 +701,8 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
     """Call after printing the plan, before any download. plan_only=True: every later cell (except those that
     mention `plan_only`) prints "skipped" instead of running, so papermill exits 0 with no weights downloaded.
     Otherwise a plan that does not fit raises PlanDoesNotFitError unless force=True."""
-    _skip_later_cells(False)
+    _skip_later_cells(plan_only)
     if plan_only:
-        _skip_later_cells(True)
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
               "running (set plan_only = False and rerun this cell to continue).")
         return
