@@ -213,15 +213,17 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one GPU, else one GPU with model CPU
     offload (slower) and/or the fewest GPUs that hold it with device_map="balanced"."""
     headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
-    total, largest = sum(s.diffusers_bytes for s in sizes), max(s.diffusers_bytes for s in sizes)
+    total = sum(s.diffusers_bytes for s in sizes)
     if total + headroom <= budget:
         return f"one {gpu_gib:g} GiB GPU (device_map='cuda')"
-    options = []
+    options, largest = [], max(s.diffusers_bytes for s in sizes)
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
-    if count := next((n for n in range(2, max_gpus + 1) if (p := plan_balanced(
-            sizes, {i: budget for i in range(n)}, height, width)).fits_on_gpus and not p.warnings), None):
-        options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
+    for count in range(2, max_gpus + 1):
+        plan = plan_balanced(sizes, {i: budget for i in range(count)}, height, width)
+        if plan.fits_on_gpus and not plan.warnings:
+            options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
+            break
     return " or ".join(options) if options else (
         f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
@@ -589,8 +591,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                 notes.append("group offloading (block level, CUDA streams): blocks stream to the GPU as needed; "
                              "the whole model waits in (pinned) CPU RAM; pass low_cpu_mem_usage=True if RAM is tight")
             else:
-                vram = max(int(stat[c.name].leaf_params * c.bytes / max(c.params, 1)) for c in components) \
-                    + activations
+                vram = max(int(stat[c.name].leaf_params * c.bytes / max(c.params, 1)) for c in components) + activations
                 placement = "cpu, one layer at a time"
                 notes.append("sequential CPU offload: every layer moves to the GPU for each step: very slow "
                              "(minutes per image)")

@@ -31,18 +31,14 @@ AUTO_BACKENDS = {"nf4": ("bitsandbytes", "bitsandbytes"), "int8": ("bitsandbytes
                  "int4": ("quanto", "quanto"), "gguf": ("gguf", "gguf")}
 # The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept
 # (transformers' *_MIN_VERSION and diffusers' quantizers' version checks; tests/test_env.py compares them).
-BACKENDS = {
-    "bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
-    "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
-    "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
-    "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"},
-}
+BACKENDS = {"bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
+            "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
+            "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
+            "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"}}
 
 # Families whose activations overflow float16 (NaN latents, black images): never planned in fp16.
-NOT_FP16_SAFE = {
-    "QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
-    "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)",
-}
+NOT_FP16_SAFE = {"QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
+                 "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)"}
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 MIN_GPU_BUDGET_GIB = 0.01  # 10 MiB; smaller rounds to zero bytes per GPU
 MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
