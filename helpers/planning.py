@@ -1,18 +1,11 @@
-"""Will it fit? The kit's one fit engine: sizes from configs alone, quantized bytes, the LoadPlan.
-
-`plan_load(model_id, hardware=...)` decides, before a byte of weights is downloaded, each component's
-dtype, quantization and placement, the offload mode, and predicts peak VRAM, peak RAM during load,
-download bytes and free disk, with a verdict, its reasons and ranked alternatives.
-
-Sizes come from building each component once on the `meta` device (no weights), cached per
-architecture. Two sizes are kept: the exact one (parameters x bytes, tied weights once) and diffusers'
-own estimate (accelerate's init_empty_weights, buffers included), because `plan_balanced` predicts
-`device_map="balanced"` with diffusers' own placement function, which places components by that estimate.
-"""
+"""Will it fit? The kit's one fit engine: `plan_load` decides dtype, quantization, placement and offload from
+configs alone (components built on the meta device) and predicts VRAM, RAM, download and disk, with reasons and
+alternatives. Sizes are exact and as diffusers estimates them (its balanced placement uses the estimate)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,16 +18,9 @@ from .env import GIB, PROFILES, Hardware, resolve_hardware
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
 from .rules import BIG_TEXT_ENCODER_PARAMS, DENOISERS, DTYPE_ALIASES, FP16_FIX_VAE, OFFLOADS, backend_for, fp16_unsafe
 
-# Memory a program can use on common GPUs (GiB): the card's total as torch reports it, less ~0.5 GiB
-# for the CUDA context. Budgets for planning, not measurements.
-COMMON_SETUPS = {
-    "1x T4": [14.2],
-    "2x T4": [14.2, 14.2],
-    "1x L4": [21.5],
-    "1x A100-40": [39.0],
-    "1x A100-80": [78.7],
-    "2x A100-80": [78.7, 78.7],
-}
+# Usable GiB on common GPUs: the card's total as torch reports it, less ~0.5 GiB of CUDA context.
+COMMON_SETUPS = {"1x T4": [14.2], "2x T4": [14.2, 14.2], "1x L4": [21.5], "1x A100-40": [39.0],
+                 "1x A100-80": [78.7], "2x A100-80": [78.7, 78.7]}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -68,22 +54,16 @@ class ComponentStats:
 
 
 def config_folder(model_id: str) -> Path:
-    """A folder with model_index.json and the components' configs: local, shipped with the kit, or from the Hub.
-
-    From the Hub only the JSON configs are downloaded (a few KB), never weights.
-    """
+    """A folder with model_index.json and the components' configs: local, shipped, or (JSON only) from the Hub."""
     path = Path(model_id).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise LocalPathNotFoundError(
-                f"{model_id!r} has no model_index.json: planning needs a pipeline folder (the one save_pretrained "
-                "or snapshot_download wrote), not a single model."
-            )
+            raise LocalPathNotFoundError(f"{model_id!r} has no model_index.json: planning needs a pipeline folder "
+                                         "(the one save_pretrained or snapshot_download wrote), not a single model.")
         return path
     if model_id in architectures.available():
         return architectures.folder(model_id)
     from huggingface_hub import snapshot_download
-
     hub.resolve_model_source(model_id)  # a clear error for a bad id, a missing path, or an uncached id offline
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
                                   local_files_only=hub.hub_offline()))
@@ -98,46 +78,31 @@ def component_stats(folder: Path) -> list[ComponentStats]:
 
 @functools.cache
 def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
+    import accelerate
+
+    from .diffusers_logs import without_empty_fp32_notes
     stats = []
     for name, spec in hub.read_model_index(folder).items():
         directory = Path(folder) / name
-        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None:
-            continue
-        if not (directory / "config.json").is_file():
-            continue  # schedulers, tokenizers and processors hold no weights
-        module = _build_empty(spec[0], spec[1], directory)
+        if name.startswith("_") or not isinstance(spec, list) or spec[1] is None or \
+                not (directory / "config.json").is_file():
+            continue  # schedulers, tokenizers and processors have no config.json and hold no weights
+        with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
+            module = architectures.instantiate(spec[0], spec[1], directory)  # as diffusers builds it to place it
         if not isinstance(module, torch.nn.Module):
             continue
-        if not _quantized_checkpoint(directory):  # quantized weights have other shapes by design
+        config = json.loads((directory / "config.json").read_text())
+        if not (isinstance(config, dict) and "quantization_config" in config):  # quantized shapes differ by design
             folders.check_shapes(directory, {k: tuple(v.shape) for k, v in module.state_dict().items()})
         stats.append(_module_stats(name, spec[1], module))
     return stats
 
 
-def _build_empty(library: str, class_name: str, directory: Path):
-    """The module as diffusers builds it to place it (accelerate's init_empty_weights)."""
-    import accelerate
-
-    from .diffusers_logs import without_empty_fp32_notes
-
-    with accelerate.init_empty_weights(), without_empty_fp32_notes(), _config_notes_hidden():
-        return architectures.instantiate(library, class_name, directory)
-
-
-def _quantized_checkpoint(component_folder: Path) -> bool:
-    import json
-
-    config = json.loads((component_folder / "config.json").read_text())
-    return isinstance(config, dict) and "quantization_config" in config
-
-
 @contextmanager
 def _config_notes_hidden():
-    """Config notes logged while building on the meta device (unused keys, rope renames) are about the config
-    files, not the plan; they show again, once, when the model is really loaded. Errors still show."""
+    """Hides config notes (unused keys, rope renames) while building on meta: they show at the real load."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
-
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
@@ -154,13 +119,9 @@ def _count(module) -> int:
 
 def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
     from accelerate.utils import named_module_tensors
-
-    numel, fixed = 0, 0
-    for _, tensor in named_module_tensors(module, recurse=True):  # before re-tying: what diffusers counts
-        if tensor.is_floating_point():
-            numel += tensor.numel()
-        else:
-            fixed += tensor.numel() * tensor.element_size()
+    tensors = [tensor for _, tensor in named_module_tensors(module, recurse=True)]  # before re-tying, as diffusers
+    numel = sum(t.numel() for t in tensors if t.is_floating_point())
+    fixed = sum(t.numel() * t.element_size() for t in tensors if not t.is_floating_point())
     if hasattr(module, "tie_weights"):
         module.tie_weights()  # init_empty_weights breaks T5's tied embedding; the real load ties it
     params = _count(module)
@@ -187,7 +148,6 @@ def dtype_name(dtype) -> str:
 
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
     """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order).
-
     `dtype`: a name, or a dict of names per component with a "default" key."""
     if isinstance(dtype, dict) and "default" not in dtype:
         raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key')
@@ -221,13 +181,9 @@ class DevicePlan:
 
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
-    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it, and where it goes wrong.
-
-    diffusers places whole components, largest first, on the GPUs (largest budget first) in a zig-zag cycle;
-    a component too big for the GPU whose turn it is goes to the CPU, and its map keeps only the last such one.
-    """
+    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it (whole components, largest
+    first, zig-zag over the GPUs; an overflow goes to the CPU, and its map keeps only the last one)."""
     from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
-
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
     gpus = dict(sorted(budgets.items(), key=lambda item: item[1], reverse=True))
     mapping = _assign_components_to_devices({s.name: s.diffusers_bytes for s in ordered}, gpus)
@@ -236,27 +192,19 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     overflow = [s for s in ordered if placement[s.name] == "cpu"]
     used = {d: sum(s.diffusers_bytes for s in ordered if placement[s.name] == d) for d in budgets}
     plan = DevicePlan(budgets, placement, diffusers_map, used)
-    for size in overflow:
-        plan.warnings.append(
-            f"{size.name} ({size.diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
-            "runs it on the CPU, slowly. Prefer enable_model_cpu_offload(), or more GPU memory."
-        )
+    plan.warnings += [f"{s.name} ({s.diffusers_bytes / GIB:.1f} GiB) does not fit the GPU whose turn it is: diffusers "
+                      "runs it on the CPU, slowly. Prefer enable_model_cpu_offload(), or more GPU memory."
+                      for s in overflow]
     if len(overflow) > 1:
-        dropped = ", ".join(s.name for s in overflow[:-1])
-        plan.warnings.append(
-            f"diffusers records only the last overflowing component in hf_device_map: {dropped} will be missing "
-            "from it (diffusers 0.42.1 overwrites its 'cpu' entry)."
-        )
+        plan.warnings.append(f"diffusers records only the last overflowing component in hf_device_map: "
+                             f"{', '.join(s.name for s in overflow[:-1])} will be missing from it (diffusers 0.42.1 "
+                             "overwrites its 'cpu' entry).")
     headroom = activation_headroom(height, width)
-    if ordered and placement[ordered[0].name] != "cpu":
-        device = placement[ordered[0].name]
-        remaining = budgets[device] - used[device]
-        if remaining < headroom:
-            plan.warnings.append(
-                f"GPU {device} keeps {remaining / GIB:.1f} GiB beside {ordered[0].name}; activations at "
-                f"{width}x{height} need about {headroom / GIB:.1f} GiB (the kit's estimate). Lower the resolution "
-                "or give that GPU more room."
-            )
+    if ordered and (device := placement[ordered[0].name]) != "cpu" and \
+            (remaining := budgets[device] - used[device]) < headroom:
+        plan.warnings.append(f"GPU {device} keeps {remaining / GIB:.1f} GiB beside {ordered[0].name}; activations at "
+                             f"{width}x{height} need about {headroom / GIB:.1f} GiB (the kit's estimate). Lower the "
+                             "resolution or give that GPU more room.")
     return plan
 
 
@@ -264,13 +212,11 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
                    max_gpus: int = 8) -> str:
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one GPU, else one GPU with model CPU
     offload (slower) and/or the fewest GPUs that hold it with device_map="balanced"."""
-    headroom = activation_headroom(height, width)
-    budget = int(gpu_gib * GIB)
-    total = sum(size.diffusers_bytes for size in sizes)
+    headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
+    total = sum(s.diffusers_bytes for s in sizes)
     if total + headroom <= budget:
         return f"one {gpu_gib:g} GiB GPU (device_map='cuda')"
-    options = []
-    largest = max(size.diffusers_bytes for size in sizes)
+    options, largest = [], max(s.diffusers_bytes for s in sizes)
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
     for count in range(2, max_gpus + 1):
@@ -278,18 +224,16 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
         if plan.fits_on_gpus and not plan.warnings:
             options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
             break
-    if options:
-        return " or ".join(options)
-    return (f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
-            "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
+    return " or ".join(options) if options else (
+        f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
+        "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
 
 
 def format_sizes(sizes: list[ComponentSize]) -> str:
     lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
     lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
     params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
-    lines.append(f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
 
 
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
@@ -297,25 +241,20 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
     lines = [f"{'component':16s} {'GiB':>7s}  device"]
     lines += [f"{s.name:16s} {s.diffusers_bytes / GIB:>7.2f}  {plan.placement[s.name]}" for s in sizes]
     for device, budget in plan.budgets.items():
-        share = plan.used[device] / budget
-        bar = "#" * round(share * bar_width)
+        bar = "#" * round(plan.used[device] / budget * bar_width)
         lines.append(f"GPU {device}: [{bar:<{bar_width}s}] {plan.used[device] / GIB:.1f} / {budget / GIB:.1f} GiB")
     cpu = sum(s.diffusers_bytes for s in sizes if plan.placement[s.name] == "cpu")
     if cpu:
         lines.append(f"CPU: {cpu / GIB:.1f} GiB")
-    lines += [f"warning: {w}" for w in plan.warnings]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"warning: {w}" for w in plan.warnings])
 
 
-# ---------------------------------------------------------------------------------------------------
-# Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype
-# ---------------------------------------------------------------------------------------------------
+# ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
 
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
-# Block scales beside the data, per parameter: bitsandbytes nf4 keeps one float32 absmax per block of 64
-# (diffusers' default, no double quantization); quanto int4 a scale and a shift (2 bytes each) per group.
-BLOCK_SCALE_BYTES_PER_PARAM = {("nf4", "bitsandbytes"): 4 / 64}
-GROUP_SIZE = {("int4", "quanto"): 128}
+# Scales beside the data, per parameter: bitsandbytes nf4 one float32 absmax per block of 64 (diffusers' default,
+# no double quantization); quanto int4 a scale and a shift (2 bytes each) per group of 128.
+SCALE_BYTES_PER_PARAM = {("nf4", "bitsandbytes"): 4 / 64, ("int4", "quanto"): 2 * 2 / 128}
 # GGUF block layouts (bytes per block / parameters per block) of the types diffusers 0.42.1 reads:
 # ggml's own table (gguf.GGML_QUANT_SIZES), copied so planning needs no gguf install.
 GGUF_BYTES_PER_PARAM = {
@@ -327,42 +266,25 @@ GGUF_BYTES_PER_PARAM = {
 def weight_bytes_per_param(quantization: str, backend: str) -> float:
     """Bytes a quantized Linear weight takes per parameter, block scales included: the planner's figure."""
     name, _ = rules.parse_quantization(quantization)
-    group = GROUP_SIZE.get((name, backend))
-    group_scales = 2 * 2 / group if group else 0.0  # a scale and a shift per group, 2 bytes each
-    return BYTES_PER_PARAM[name] + BLOCK_SCALE_BYTES_PER_PARAM.get((name, backend), 0.0) + group_scales
-
-
-def _quanto_group_size(in_features: int) -> int | None:
-    """optimum-quanto's int4 group size for a Linear (QModuleMixin.__init__): 128, lowered by 32 until it divides."""
-    group = 128
-    if in_features <= group:
-        return None
-    while in_features % group and group > 32:
-        group -= 32
-    return group if in_features % group == 0 else None
+    return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
 
 
 def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
-    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out.
-
-    - torchao `Int8WeightOnlyConfig` (Int8Tensor): int8 data, a float32 scale and an int8 zero point per row;
-    - quanto int8: int8 data, a scale per row (load dtype), and the module's input/output scale buffers;
-    - quanto int4: packed 4-bit data, a scale and a shift per group (per row without a group size), buffers;
-    - bitsandbytes nf4: packed 4-bit data and a float32 absmax per block of 64; LLM.int8: a float32 scale per row.
-    """
+    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
     name, _ = rules.parse_quantization(quantization)
     numel = rows * cols
-    if backend == "torchao":
+    if backend == "torchao":  # int8 data, a float32 scale and an int8 zero point per row
         return numel + rows * 5
-    if backend == "quanto" and name == "int8":
+    if backend == "quanto" and name == "int8":  # a scale per row, and input/output scale buffers
         return numel + rows * dtype_bytes + 2 * dtype_bytes
-    if backend == "quanto" and name == "int4":
-        group = _quanto_group_size(cols)
+    if backend == "quanto" and name == "int4":  # a scale and a shift per group (per row without groups)
+        # optimum-quanto's group size (QModuleMixin.__init__): 128, lowered by 32 until it divides in_features
+        group = next((g for g in (128, 96, 64, 32) if cols % g == 0), None) if cols > 128 else None
         groups = numel // group if group else rows
         return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
-    if backend == "bitsandbytes" and name == "nf4":
+    if backend == "bitsandbytes" and name == "nf4":  # a float32 absmax per block of 64
         return math.ceil(numel / 2) + math.ceil(numel / 64) * 4
-    if backend == "bitsandbytes" and name == "int8":
+    if backend == "bitsandbytes" and name == "int8":  # LLM.int8: a float32 scale per row
         return numel + rows * 4
     return math.ceil(numel * weight_bytes_per_param(quantization, backend))
 
@@ -374,16 +296,13 @@ def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | N
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
     total = 0
-    counted: set[int] = set()
-    for submodule in module.modules():
-        for param_name, param in submodule.named_parameters(recurse=False):
-            if id(param) in counted:
-                continue
-            counted.add(id(param))
-            if name != "none" and backend and isinstance(submodule, torch.nn.Linear) and param_name == "weight":
-                total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
-            else:
-                total += param.numel() * dtype_bytes
+    for full_name, param in module.named_parameters():  # shared parameters once
+        owner, _, param_name = full_name.rpartition(".")
+        if name != "none" and backend and param_name == "weight" and \
+                isinstance(module.get_submodule(owner), torch.nn.Linear):
+            total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
+        else:
+            total += param.numel() * dtype_bytes
     return total
 
 
@@ -393,28 +312,16 @@ def _gguf_bytes_per_weight(name: str) -> float:
     return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# The LoadPlan
-# ---------------------------------------------------------------------------------------------------
-
-# How shipped repos store their weights, so download bytes follow from params x stored dtype:
-# (dtype of the default files, the half-precision `variant` the repo also has, gated).
-STORAGE = {
-    "Qwen/Qwen-Image": ("bfloat16", None, False),
-    "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
-    "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False),
-}
-OFFLOAD_CALLS = {
-    "none": "", "model": "pipe.enable_model_cpu_offload()",
-    "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", num_blocks_per_group=1, '
-             'use_stream=True)',
-    "sequential": "pipe.enable_sequential_cpu_offload()",
-}
+# How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
+STORAGE = {"Qwen/Qwen-Image": ("bfloat16", None, False), "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
+           "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
+           "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False)}
+OFFLOAD_CALLS = {"none": "", "model": "pipe.enable_model_cpu_offload()",
+                 "sequential": "pipe.enable_sequential_cpu_offload()",
+                 "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
+                          'num_blocks_per_group=1, use_stream=True)'}
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
-# diffusers reads each safetensors shard into CPU memory (model_loading_utils.load_state_dict, map_location
-# "cpu"), then moves its tensors to the device: loading to a GPU peaks at about one shard of RAM. Shards are at
-# most 10 GB (save_pretrained's default max_shard_size).
+# diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
 
 
@@ -480,8 +387,7 @@ class LoadPlan:
     def summary(self) -> str:
         """One line: dtype, quantization, offload, VRAM, RAM, download, verdict."""
         quant = ", ".join(f"{n} {q}" for n, q in self.quantized().items()) or "none"
-        gpu = f"VRAM {self.vram_bytes / GIB:.1f}/{max(self.hardware.gpus, default=0):g} GiB, " \
-            if self.hardware.gpus else ""
+        gpu = f"VRAM {self.vram_bytes / GIB:.1f}/{max(self.hardware.gpus):g} GiB, " if self.hardware.gpus else ""
         download = "?" if self.download_bytes is None else f"{self.download_bytes / 1e9:.1f} GB"
         return (f"{self.dtype}, quantization {quant}, offload {self.offload}, device_map {self.device_map!r}: "
                 f"{gpu}RAM {self.ram_bytes / GIB:.1f}/{self.hardware.ram_gib:g} GiB, download {download}: "
@@ -496,38 +402,29 @@ class LoadPlan:
             quant = c.quantization + (f" ({c.backend})" if c.backend else "")
             lines.append(f"{c.name:16s} {c.class_name[:36]:36s} {c.params / 1e9:>8.2f}B  {c.dtype:9s} {quant:22s} "
                          f"{c.placement:26s} {c.bytes / GIB:>6.2f}")
-        total = sum(c.bytes for c in self.components)
-        lines.append(f"{'total weights':16s} {'':36s} {sum(c.params for c in self.components) / 1e9:>8.2f}B  "
-                     f"{'':9s} {'':22s} {'':26s} {total / GIB:>6.2f}")
-        lines.append(f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}")
-        lines.append(f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}")
+        lines += [f"{'total weights':16s} {'':36s} {sum(c.params for c in self.components) / 1e9:>8.2f}B  "
+                  f"{'':9s} {'':22s} {'':26s} {sum(c.bytes for c in self.components) / GIB:>6.2f}",
+                  f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}",
+                  f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}"]
         if hw.gpus:
-            busiest = " on the busiest GPU" if len(hw.gpus) > 1 else ""
-            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB{busiest} of {max(hw.gpus):g} "
+            lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB"
+                         f"{' on the busiest GPU' if len(hw.gpus) > 1 else ''} of {max(hw.gpus):g} "
                          f"(activations at {self.width}x{self.height}: {self.activation_bytes / GIB:.1f} GiB, "
                          "the kit's estimate)")
-        lines.append(f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}")
         download = "unknown (configs only; the Hub cannot be asked)" if self.download_bytes is None else \
             f"{self.download_bytes / 1e9:.1f} GB"
-        lines.append(f"download        {download}; disk free {hw.disk_bytes / 1e9:.0f} GB")
-        lines.append(f"verdict         {self.verdict.upper()}")
-        lines += [f"  reason: {r}" for r in self.reasons]
-        lines += [f"  note: {n}" for n in self.notes]
-        lines += [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)]
-        return "\n".join(lines)
+        lines += [f"peak RAM        {self.ram_bytes / GIB:.1f} GiB of {hw.ram_gib:g}",
+                  f"download        {download}; disk free {hw.disk_bytes / 1e9:.0f} GB",
+                  f"verdict         {self.verdict.upper()}"]
+        lines += [f"  reason: {r}" for r in self.reasons] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines + [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)])
 
 
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
-    """(compute dtype, notes, blocking reasons) for a pipeline family on this hardware: the kit's one "auto" policy.
-
-    GPU with native bf16: bf16. T4 (no native bf16): fp16 for fp16-safe families; for the others bf16,
-    which runs emulated on a T4 (it works, more slowly), because fp16 gives black images and fp32 doubles the
-    weights. CPU: fp32, because fp16/bf16 matmuls run far slower there.
-    """
+    """(compute dtype, notes, blocking reasons): the kit's one "auto" policy. Native bf16: bf16; a T4: fp16, or
+    bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
     if isinstance(dtype, dict):
         dtype = dtype.get("default", "auto")
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).removeprefix("torch.")
     unsafe = fp16_unsafe(family)
     notes, blocking = [], []
     if dtype == "auto":
@@ -542,10 +439,8 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
                          "T4: it works but runs slower than fp16 would; float32 would double the weights")
         else:
             chosen = "float16"
-    elif isinstance(dtype, str) and dtype.lower() in DTYPE_ALIASES:
-        chosen = DTYPE_ALIASES[dtype.lower()]
     else:
-        raise InvalidParameterError("dtype", dtype, "choose 'auto', 'float32', 'float16' or 'bfloat16'")
+        chosen = dtype_name(dtype)
     if chosen == "float16" and unsafe:
         blocking.append(f"dtype float16: {unsafe}. Use bfloat16 (dtype='auto' picks it)")
     if chosen == "bfloat16" and on_gpu and not hardware.bf16 and dtype != "auto":
@@ -558,12 +453,6 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
     return chosen, notes, blocking
 
 
-def _quantizable(stats: ComponentStats) -> bool:
-    """Only the denoiser and large text encoders are quantized (small ones gain little and lose quality)."""
-    big = stats.params >= BIG_TEXT_ENCODER_PARAMS
-    return stats.name in DENOISERS or (stats.name.startswith("text_encoder") and big)
-
-
 def _local_gguf(quantization: str) -> Path | None:
     """The GGUF file of "gguf:<path>" when it is already on this machine (its size is then exact)."""
     path = Path(quantization.removeprefix("gguf:")).expanduser()
@@ -572,8 +461,8 @@ def _local_gguf(quantization: str) -> Path | None:
 
 def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> int:
     size = DTYPE_BYTES[dtype]
-    if _local_gguf(quantization):
-        return _local_gguf(quantization).stat().st_size  # the file holds the whole denoiser, as it stays in memory
+    if gguf := _local_gguf(quantization):
+        return gguf.stat().st_size  # the file holds the whole denoiser, as it stays in memory
     if quantization == "none":
         return stats.params * size
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
@@ -581,30 +470,19 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
 
-def cached_variant(model_id: str) -> str | None:
-    """"fp16" when the cached snapshot of `model_id` holds fp16 weight files (an earlier run downloaded the
-    variant): offline, the plan cannot ask the Hub, and loading must pick the files that are there."""
-    from huggingface_hub import try_to_load_from_cache
-
-    index = try_to_load_from_cache(model_id, "model_index.json")
-    if not isinstance(index, str):
-        return None
-    return "fp16" if any(Path(index).parent.glob("*/*.fp16.*")) else None
-
-
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
-    """(bytes the plan downloads, variant) for the files this plan loads; 0 for a local folder.
-
-    Shipped architectures: params x the dtype the repo stores (its fp16 `variant` when it has one and the
-    plan computes in half precision or quantizes). A GGUF transformer replaces the repo's transformer files.
-    """
+    """(bytes the plan downloads, variant); 0 for a local folder. Shipped repos: params x stored dtype (the fp16
+    `variant` for a half-precision or quantized plan). A GGUF file replaces the denoiser's files."""
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
         half = dtype != "float32" or quantization != "none"
-        if hub.hub_offline():
-            return None, cached_variant(model_id) if half else None
+        if hub.hub_offline():  # loading must pick the files there: fp16 ones if an earlier run downloaded them
+            from huggingface_hub import try_to_load_from_cache
+            index = try_to_load_from_cache(model_id, "model_index.json")
+            fp16 = isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*"))
+            return None, "fp16" if half and fp16 else None
         try:
             total, variant = hub_download_bytes(model_id, half, gguf=quantization)
         except Exception:  # noqa: BLE001 - an unanswered size question must not stop the plan: it says "unknown"
@@ -614,27 +492,18 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
         return total, variant
     stored, variant, _ = STORAGE[model_id]
     use_variant = variant if variant and (dtype != "float32" or quantization != "none") else None
-    size = DTYPE_BYTES["float16" if use_variant else stored]
-    total = 0
-    for s in stats:
-        if quantization.startswith("gguf:") and s.name in DENOISERS:
-            total += 0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization))
-        else:
-            total += s.params * size
-    return total, use_variant
+    size, gguf = DTYPE_BYTES["float16" if use_variant else stored], quantization.startswith("gguf:")
+    return sum((0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization)))
+               if gguf and s.name in DENOISERS else s.params * size for s in stats), use_variant
 
 
-def hub_download_bytes(model_id: str, half: bool, gguf: str = "none", revision: str | None = None) -> tuple[
-        int, str | None]:
-    """(bytes, variant) of the files `from_pretrained` fetches: `hub.weight_files`, diffusers' own selection.
-
-    With `half`, the repo's fp16 variant where it has one (as `variant="fp16"` loads it); a GGUF file replaces
-    the denoiser's files (download_bytes adds its size).
-    """
-    files, variant = hub.weight_files(model_id, variant=None, revision=revision), None
+def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[int, str | None]:
+    """(bytes, variant) of the files `from_pretrained` fetches (`hub.weight_files`): with `half` the fp16 variant
+    where the repo has one; without the denoiser's files for GGUF (download_bytes adds the file's size)."""
+    files, variant = hub.weight_files(model_id, variant=None), None
     if half:
         try:
-            fp16 = hub.weight_files(model_id, variant="fp16", revision=revision)
+            fp16 = hub.weight_files(model_id, variant="fp16")
         except ValueError:  # diffusers: no fp16 variant files in this repo at all
             fp16 = files
         if fp16 != files:
@@ -657,13 +526,11 @@ def _candidates(quantization: str, offload: str, device_map: str, hardware: Hard
         wanted = [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
     out = []
     for q, o in wanted:
-        if on_gpu and o == "none":
-            if device_map in ("auto", "cuda"):
-                out.append((q, o, False))
-            if len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced":
-                out.append((q, o, True))
-        else:
+        on_gpus = on_gpu and o == "none"
+        if not on_gpus or device_map in ("auto", "cuda"):
             out.append((q, o, False))
+        if on_gpus and (len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced"):
+            out.append((q, o, True))
     return out
 
 
@@ -676,33 +543,27 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
     one_shard = min(max((s.params * stored for s in stats), default=0), SHARD_BYTES)  # RAM while loading to a GPU
     components = []
     for s in stats:
-        quant = quantization if quantization != "none" and _quantizable(s) else "none"
-        if quant.startswith("gguf:") and s.name not in DENOISERS:
-            quant = "none"  # a GGUF file holds one model: the transformer
-        components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant,
-                                        backend_for(quant, on_gpu), "", 0))
-        components[-1].bytes = _component_bytes(s, dtype, quant)
+        # only the denoiser and big text encoders (small ones gain little and lose quality); a GGUF file holds one model
+        big = s.name.startswith("text_encoder") and s.params >= BIG_TEXT_ENCODER_PARAMS
+        quant = quantization if s.name in DENOISERS or big and not quantization.startswith("gguf:") else "none"
+        components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant, backend_for(quant, on_gpu),
+                                        "", _component_bytes(s, dtype, quant)))
     total = sum(c.bytes for c in components)
     largest = max((c.bytes for c in components), default=0)
-    reasons = list(blocking)
-    notes = list(dtype_notes)
-    gib = GIB
-    device_map = None
-    vram = 0
+    reasons, notes, device_map, vram, placement = list(blocking), list(dtype_notes), None, 0, "cpu"
+    stat = {s.name: s for s in stats}
     if not on_gpu:
-        for c in components:
-            c.placement = "cpu"
-        ram = int(RAM_BASE_GIB["cpu"] * gib) + total + activations
+        ram = int(RAM_BASE_GIB["cpu"] * GIB) + total + activations
         if offload != "none":
             reasons.append(f"offload={offload!r} needs a GPU: on CPU the weights already live in RAM")
         if quantization == "nf4" or any(c.backend == "bitsandbytes" for c in components):
             reasons.append("bitsandbytes (nf4/int8 on GPU) refuses without a GPU; on CPU use int8 (torchao) or "
                            "int4 (quanto)")
     else:
-        ram_base = int(RAM_BASE_GIB["gpu"] * gib)
+        ram_base = int(RAM_BASE_GIB["gpu"] * GIB)
         if offload == "none" and balanced:
             sizes = [ComponentSize(c.name, c.class_name, c.params, c.bytes, c.bytes) for c in components]
-            placed = plan_balanced(sizes, {i: int(g * gib) for i, g in enumerate(hardware.gpus)}, height, width)
+            placed = plan_balanced(sizes, {i: int(g * GIB) for i, g in enumerate(hardware.gpus)}, height, width)
             for c in components:
                 device = placed.placement[c.name]
                 c.placement = "cpu (overflow)" if device == "cpu" else f"cuda:{device}"
@@ -714,15 +575,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                                + "; ".join(placed.warnings))
             elif placed.warnings:
                 reasons += placed.warnings
-            device_map = "balanced"
-            ram = ram_base + one_shard
+            device_map, ram, placement = "balanced", ram_base + one_shard, ""  # placed per component above
         elif offload == "none":
-            for c in components:
-                c.placement = "cuda"
-            vram = total + activations
-            device_map = "cuda"
-            # diffusers loads component by component, one shard at a time through CPU memory (SHARD_BYTES)
-            ram = ram_base + one_shard
+            vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
         else:
             if offload == "model":
                 vram = largest + activations
@@ -730,38 +585,35 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                 notes.append("model CPU offload: each component moves to the GPU while it runs; the whole model "
                              "waits in CPU RAM (a little slower per image)")
             elif offload == "group":
-                stat = {s.name: s for s in stats}
                 vram = max(int((2 * stat[c.name].block_params + stat[c.name].outside_params)
                                * c.bytes / max(c.params, 1)) for c in components) + activations
                 placement = "cpu, one block at a time"
                 notes.append("group offloading (block level, CUDA streams): blocks stream to the GPU as needed; "
                              "the whole model waits in (pinned) CPU RAM; pass low_cpu_mem_usage=True if RAM is tight")
             else:
-                stat = {s.name: s for s in stats}
-                vram = max(int(stat[c.name].leaf_params * c.bytes / max(c.params, 1)) for c in components) \
-                    + activations
+                vram = max(int(stat[c.name].leaf_params * c.bytes / max(c.params, 1)) for c in components) + activations
                 placement = "cpu, one layer at a time"
                 notes.append("sequential CPU offload: every layer moves to the GPU for each step: very slow "
                              "(minutes per image)")
-            for c in components:
-                c.placement = placement
             ram = ram_base + total
         budget = max(hardware.gpus)
-        if vram > budget * gib and not (balanced and offload == "none"):
-            reasons.append(f"peak VRAM {vram / gib:.1f} GiB (weights on the GPU + {activations / gib:.1f} GiB of "
+        if vram > budget * GIB and not (balanced and offload == "none"):
+            reasons.append(f"peak VRAM {vram / GIB:.1f} GiB (weights on the GPU + {activations / GIB:.1f} GiB of "
                            f"activations at {width}x{height}) is over the GPU's {budget:g} GiB")
-    if ram > hardware.ram_gib * gib:
+    if ram > hardware.ram_gib * GIB:
         where = "the whole model waits in RAM" if on_gpu and offload != "none" else \
             "the weights live in RAM" if not on_gpu else "one shard at a time"
-        reasons.append(f"peak RAM {ram / gib:.1f} GiB ({where}) is over the machine's {hardware.ram_gib:g} GiB")
+        reasons.append(f"peak RAM {ram / GIB:.1f} GiB ({where}) is over the machine's {hardware.ram_gib:g} GiB")
     if download is not None and download > hardware.disk_bytes:
         reasons.append(f"the download ({download / 1e9:.1f} GB) is bigger than the free disk "
                        f"({hardware.disk_bytes / 1e9:.0f} GB)")
+    if placement:
+        for c in components:
+            c.placement = placement
     if variant:
         notes.append(f"downloads the repo's {variant} files: from_pretrained(..., variant={variant!r})")
     if model_id in STORAGE and STORAGE[model_id][2]:
-        notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set "
-                     "HF_TOKEN")
+        notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set HF_TOKEN")
     backends = sorted({c.backend for c in components if c.backend})
     if backends:
         which = ", ".join(f"{c.name}: {c.quantization}" for c in components if c.quantization != "none")
@@ -772,15 +624,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
 
 
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
-              device_map: str = "auto", height: int = 1024, width: int = 1024,
-              alternatives: bool = True) -> LoadPlan:
-    """The plan for loading `model_id` on `hardware` with the user's choices ("auto" lets the plan decide).
-
-    Reads configs only (shipped architectures, a local folder, or a Hub id's JSON files): no weights. Tries
-    candidates in the kit's order of preference (see `_candidates`) and keeps the first that fits; when none
-    fits, it returns the user's (or the most natural) choice with `fits=False`, its reasons, and ranked
-    alternatives: looser choices that fit, a known smaller family that fits, or hardware where it fits.
-    """
+              device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
+    """The plan for loading `model_id` on `hardware` ("auto" lets the plan decide), from configs only: the first
+    candidate (`_candidates`) that fits, else the closest with `fits=False`, its reasons and ranked alternatives."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
     rules.choice("offload", offload, OFFLOADS)
@@ -796,8 +642,7 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
                        blocking) for q, o, b in _candidates(quantization, offload, device_map, hw, on_gpu)]
     plan = next((p for p in plans if p.fits), None) or min(plans, key=lambda p: _shortfall(p, device_map))
     if not plan.fits and alternatives:
-        plan.alternatives = _alternatives(model_id, family, stats, hw, dtype, quantization, offload, device_map,
-                                          height, width)
+        plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width)
     return plan
 
 
@@ -809,8 +654,7 @@ def what_fits(hardware="auto", height: int = 1024, width: int = 1024) -> dict[st
 
 
 def _shortfall(plan: LoadPlan, device_map: str) -> float:
-    """How far a plan that does not fit is from fitting: its worst need/available ratio. A refused plan shows
-    the closest candidate (e.g. "nf4 + model offload, RAM 17.8 of 12.7 GiB"), the most useful one to read."""
+    """How far a plan that does not fit is from fitting: its worst need/available ratio."""
     hw = plan.hardware
     ratios = [plan.ram_bytes / (hw.ram_gib * GIB), (plan.download_bytes or 0) / hw.disk_bytes]
     if hw.gpus:
@@ -820,62 +664,46 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
     return max(ratios)
 
 
-def _alternatives(model_id, family, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
-    found = []
-    if (dtype, quantization, offload, device_map) != ("auto",) * 4:
-        looser = plan_load(model_id, hw, height=height, width=width, alternatives=False)
-        if looser.fits:
-            found.append(f"let the plan choose (dtype, quantization, offload, device_map 'auto'): {looser.summary()}")
+def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
+    found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
+
+    def fits(label: str, model: str = model_id, hardware=hw, **choices) -> bool:
+        plan = plan_load(model, hardware, **{"height": height, "width": width, **choices}, alternatives=False)
+        if plan.fits:
+            found.append(f"{label}: {plan.summary()}")
+        return plan.fits
+
+    if tuple(asked.values()) != ("auto",) * 4:
+        fits("let the plan choose (dtype, quantization, offload, device_map 'auto')")
     if not hw.gpus or device_map == "cpu":
-        half = plan_load(model_id, hw, dtype="bfloat16", quantization=quantization, offload=offload,
-                         device_map=device_map, height=height, width=width, alternatives=False)
-        if half.fits:
-            found.append(f"dtype='bfloat16' (80-125x slower than float32 on CPU): {half.summary()}")
+        fits("dtype='bfloat16' (80-125x slower than float32 on CPU)", **{**asked, "dtype": "bfloat16"})
     if height * width > 512 * 512:
-        small = plan_load(model_id, hw, dtype=dtype, quantization=quantization, offload=offload,
-                          device_map=device_map, height=512, width=512, alternatives=False)
-        if small.fits:
-            found.append(f"a smaller image (height=width=512): {small.summary()}")
+        fits("a smaller image (height=width=512)", **asked, height=512, width=512)
     size = sum(s.params for s in stats)
     others = {other: sum(s.params for s in component_stats(architectures.folder(other)))
               for other in architectures.available() if other != model_id and other in STORAGE}
     for other in sorted(others, key=others.get, reverse=True):  # the largest (most capable) smaller family first
-        if others[other] >= size:
-            continue
-        other_plan = plan_load(other, hw, height=height, width=width, alternatives=False)
-        if other_plan.fits:
+        if others[other] < size:
             gated = " (gated: accept its licence on the Hub, then set HF_TOKEN)" if STORAGE[other][2] else ""
-            found.append(f"a smaller model that fits here, model_id={other!r}{gated}: {other_plan.summary()}")
+            fits(f"a smaller model that fits here, model_id={other!r}{gated}", other)
     for name, profile in PROFILES.items():
-        if profile == hw or not profile.gpus:
-            continue
-        bigger = plan_load(model_id, profile, height=height, width=width, alternatives=False)
-        if bigger.fits:
-            found.append(f"hardware={name!r}: {bigger.summary()}")
+        if profile != hw and profile.gpus and fits(f"hardware={name!r}", hardware=profile):
             break
     return found
 
 
-# ---------------------------------------------------------------------------------------------------
-# The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly
-# ---------------------------------------------------------------------------------------------------
+# ---- The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly ----
 
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
 SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call right after printing the plan, before anything is downloaded.
-
-    plan_only=True: the notebook stops here, successfully: every later cell of this kernel prints one
-    "skipped: plan_only=True ..." line instead of running, so papermill exits 0 having downloaded no weights.
-    Cells that mention `plan_only` (the parameters and this one) still run: set plan_only = False and rerun
-    this cell to go on. Otherwise, a plan that does not fit raises PlanDoesNotFitError (reasons and
-    alternatives) unless force=True; papermill still writes the executed notebook with the plan printed.
-    """
-    _skip_later_cells(False)
+    """Call after printing the plan, before any download. plan_only=True: every later cell (except those that
+    mention `plan_only`) prints "skipped" instead of running, so papermill exits 0 with no weights downloaded.
+    Otherwise a plan that does not fit raises PlanDoesNotFitError unless force=True."""
+    _skip_later_cells(plan_only)
     if plan_only:
-        _skip_later_cells(True)
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
               "running (set plan_only = False and rerun this cell to continue).")
         return
@@ -895,8 +723,7 @@ def _skip_later_cells(on: bool) -> None:
         from IPython import get_ipython
     except ImportError:
         return
-    shell = get_ipython()
-    if shell is None:
+    if (shell := get_ipython()) is None:
         return
     transformers = shell.input_transformers_post
     transformers[:] = [t for t in transformers if t is not _skip_cell]

@@ -1,49 +1,27 @@
-"""diffusers' quantization configs for a load plan: which backend, which config, checked before loading.
-
-A quantization choice is a name (`helpers.rules.parse_quantization`): "none", "int8", "int4", "nf4", or
-"gguf:<file or URL>". This module turns it into what diffusers takes:
-
-- `pipeline_config(...)` builds `diffusers.PipelineQuantizationConfig(quant_mapping={component: config})`
-  with one backend config per component (bitsandbytes `BitsAndBytesConfig`, torchao
-  `TorchAoConfig(Int8WeightOnlyConfig())`, quanto `QuantoConfig`). `quant_mapping` rather than
-  `quant_backend=` + `quant_kwargs=`: with the pinned stack the latter raises "signatures ... don't match"
-  for torchao.
-- `gguf_component(...)` loads a GGUF denoiser file with the model class's `from_single_file` and
-  `GGUFQuantizationConfig`; pass the result to `from_pretrained(..., <component>=model)`.
-
-Nothing is installed here (the setup cell installs the backend before diffusers is imported), and a
-backend is imported only when its config is built, so a run that does not quantize never imports one.
-quanto (int4 on any device) is deprecated in diffusers 0.42.1 (FutureWarning, removal in 1.0.0); it is the
-CPU int4 backend until torchao's int4 runs on CPU.
-"""
+"""diffusers' quantization configs for a load plan ("none", "int8", "int4", "nf4", "gguf:<file or URL>"), checked
+before loading. `PipelineQuantizationConfig(quant_mapping=...)`, as `quant_backend=` + `quant_kwargs=` fail for
+torchao on the pinned stack. A backend is imported only when its config is built; nothing is installed here."""
 
 from __future__ import annotations
 
 from .errors import InvalidParameterError, QuantizationUnavailableError
 from .rules import BACKENDS, DENOISERS, backend_for, parse_quantization
 
+# quanto is deprecated in diffusers 0.42.1 (removal in 1.0.0): the CPU int4 backend until torchao's int4 runs on CPU.
 SUPPORTED = {"bitsandbytes": ("nf4", "int8"), "torchao": ("int8",), "quanto": ("int8", "int4")}
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve_backend(quantization: str, backend: str = "auto", device: str | None = None) -> str | None:
-    """The backend that runs `quantization` on `device` ("cuda"/"cpu"; detected when None). None for "none".
-
-    auto: on CUDA, bitsandbytes for nf4/int8 and quanto for int4; on CPU, torchao for int8 and quanto for int4.
-    nf4 exists only in bitsandbytes, so it has no CPU backend: that is refused here, with the alternative.
-    """
+    """The backend that runs `quantization` on `device` ("cuda"/"cpu"; detected when None), None for "none"
+    (`rules.backend_for` by default); bitsandbytes without CUDA is refused here, with the alternative."""
     name, _ = parse_quantization(quantization)
     if name == "auto":
         raise InvalidParameterError("quantization", quantization, "a config needs a decided quantization",
                                     "Use the load plan's (planning.plan_load decides 'auto').")
     if name in ("none", "gguf"):
         return None if name == "none" else "gguf"
-    cuda = _has_cuda() if device is None else str(device).startswith("cuda")
+    import torch
+    cuda = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     if backend == "auto":
         backend = backend_for(name, cuda)
     if backend not in SUPPORTED:
@@ -66,7 +44,6 @@ def check_installed(quantization: str, backend: str = "auto", device: str | None
     from importlib import metadata
 
     from packaging.version import Version
-
     chosen = resolve_backend(quantization, backend, device)
     if chosen is None:
         return
@@ -86,16 +63,11 @@ def check_installed(quantization: str, backend: str = "auto", device: str | None
         )
 
 
-def _library(component: str) -> str:
-    return "transformers" if component.startswith("text_encoder") else "diffusers"
-
-
 def backend_config(quantization: str, backend: str, library: str = "diffusers", dtype=None):
     """One component's quantization config, from diffusers (denoisers) or transformers (text encoders)."""
     import diffusers
     import torch
     import transformers
-
     module = diffusers if library == "diffusers" else transformers
     if backend == "bitsandbytes":
         if quantization == "nf4":
@@ -114,11 +86,8 @@ def backend_config(quantization: str, backend: str, library: str = "diffusers", 
 
 def pipeline_config(quantization: str, components: list[str], backend: str = "auto", device: str | None = None,
                     dtype=None):
-    """`PipelineQuantizationConfig(quant_mapping=...)` for `components`, or None for "none".
-
-    The result goes to `DiffusionPipeline.from_pretrained(..., quantization_config=config)`.
-    GGUF is not a pipeline config: use `gguf_component`.
-    """
+    """`PipelineQuantizationConfig(quant_mapping=...)` for `components` (from_pretrained's quantization_config=),
+    or None for "none". GGUF is not a pipeline config: use `gguf_component`."""
     name, _ = parse_quantization(quantization)
     if name == "none":
         return None
@@ -131,24 +100,19 @@ def pipeline_config(quantization: str, components: list[str], backend: str = "au
     chosen = resolve_backend(quantization, backend, device)
     check_installed(quantization, chosen, device)
     from diffusers import PipelineQuantizationConfig
-
-    return PipelineQuantizationConfig(quant_mapping={
-        component: backend_config(name, chosen, _library(component), dtype) for component in components})
+    return PipelineQuantizationConfig(quant_mapping={component: backend_config(
+        name, chosen, "transformers" if component.startswith("text_encoder") else "diffusers", dtype)
+        for component in components})
 
 
 def gguf_component(model_id: str, quantization: str, dtype=None, **hub_kwargs) -> dict:
-    """{denoiser name: model} loaded from the GGUF file in `quantization` ("gguf:<file or URL>").
-
-    Wraps `<DenoiserClass>.from_single_file(source, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-    config=model_id, subfolder=<name>)`: the file holds the weights, the pipeline (`model_id`) the config.
-    Use it as `DiffusionPipeline.from_pretrained(model_id, dtype=dtype, **gguf_component(...))`.
-    """
+    """{denoiser name: model} from the GGUF file in `quantization` (`from_single_file` with the pipeline's config):
+    use it as `DiffusionPipeline.from_pretrained(model_id, dtype=dtype, **gguf_component(...))`."""
     from pathlib import Path
 
     import torch
 
     from . import hub
-
     dtype = dtype or torch.bfloat16
     _, source = parse_quantization(quantization)
     check_installed(quantization)
@@ -164,7 +128,6 @@ def gguf_component(model_id: str, quantization: str, dtype=None, **hub_kwargs) -
     import diffusers
     from diffusers import GGUFQuantizationConfig
     from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
-
     class_name = index[name][1]
     if class_name not in SINGLE_FILE_LOADABLE_CLASSES:
         raise InvalidParameterError("quantization", quantization, f"diffusers cannot load a {class_name} from a "
@@ -179,8 +142,7 @@ def gguf_component(model_id: str, quantization: str, dtype=None, **hub_kwargs) -
 
 
 def plan_config(plan, device: str, dtype):
-    """A load plan's quantization (`helpers.planning.LoadPlan`) as the `quantization_config=` for
-    `from_pretrained`: diffusers' `PipelineQuantizationConfig`, or None when nothing is quantized (or GGUF)."""
+    """A `LoadPlan`'s `quantization_config=` for from_pretrained, or None when nothing is quantized (or GGUF)."""
     quantized = plan.quantized()
     if not quantized or plan.quantization.startswith("gguf:"):
         return None

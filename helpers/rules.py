@@ -1,12 +1,9 @@
-"""Every parameter rule of the kit, each defined once: the notebooks' check and the helpers call these.
-
-A rule takes the parameter's name and value and raises `InvalidParameterError` (name, value, rule, fix)
-when the value breaks it. Light on purpose: no torch, no diffusers, no huggingface_hub, so a notebook can
-check all its parameters before the pinned stack is installed or imported.
-"""
+"""Every parameter rule of the kit, defined once: each raises `InvalidParameterError` (name, value, rule, fix).
+No torch, diffusers or huggingface_hub here, so a notebook can check its parameters before the stack is installed."""
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import shutil
@@ -31,30 +28,27 @@ BIG_TEXT_ENCODER_PARAMS = 1_000_000_000
 
 # The backend that runs each quantization by default: (on a CUDA GPU, on CPU). nf4 exists only in bitsandbytes.
 AUTO_BACKENDS = {"nf4": ("bitsandbytes", "bitsandbytes"), "int8": ("bitsandbytes", "torchao"),
-                 "int4": ("quanto", "quanto")}
-# The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept.
-BACKENDS = {
-    # transformers/utils/import_utils.py:166 BITSANDBYTES_MIN_VERSION = "0.46.1" (diffusers' bnb_quantizer: 0.43.3)
-    "bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
-    # diffusers/quantizers/quantization_config.py:647 `if not is_torchao_version(">=", "0.15.0")`;
-    # transformers/utils/import_utils.py:173 TORCHAO_MIN_VERSION = "0.15.0"
-    "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
-    # diffusers/quantizers/quanto/quanto_quantizer.py:60 `if not is_optimum_quanto_version(">=", "0.2.6")`
-    "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
-    # diffusers/quantizers/gguf/gguf_quantizer.py:58 `is_gguf_version("<", "0.10.0")`;
-    # transformers/utils/import_utils.py:169 GGUF_MIN_VERSION = "0.10.0"
-    "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"},
-}
+                 "int4": ("quanto", "quanto"), "gguf": ("gguf", "gguf")}
+# The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept
+# (transformers' *_MIN_VERSION and diffusers' quantizers' version checks; tests/test_env.py compares them).
+BACKENDS = {"bitsandbytes": {"package": "bitsandbytes", "module": "bitsandbytes", "pin": "0.50.2", "min": "0.46.1"},
+            "torchao": {"package": "torchao", "module": "torchao", "pin": "0.18.0", "min": "0.15.0"},
+            "quanto": {"package": "optimum-quanto", "module": "optimum.quanto", "pin": "0.2.7", "min": "0.2.6"},
+            "gguf": {"package": "gguf", "module": "gguf", "pin": "0.19.0", "min": "0.10.0"}}
 
 # Families whose activations overflow float16 (NaN latents, black images): never planned in fp16.
-NOT_FP16_SAFE = {
-    "QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
-    "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)",
-}
+NOT_FP16_SAFE = {"QwenImage": "Qwen-Image overflows in float16 (NaN latents, black images; Comfy-Org/ComfyUI#10751)",
+                 "Flux": "FLUX overflows in float16 (NaN latents, black images; huggingface/diffusers#9096)"}
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
-COMMIT = re.compile(r"[0-9a-f]{40}")
-CUSTOM_REVISION = re.compile(r"main|\d+\.\d+\.\d+")
-COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_]+")
+MIN_GPU_BUDGET_GIB = 0.01  # 10 MiB; smaller rounds to zero bytes per GPU
+MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
+MAX_SIDE = 8192  # pixels: beyond this no pipeline the kit teaches has been trained, and memory explodes
+MAX_GUIDANCE = 100.0  # far past any useful value; 1e300 overflows to NaN latents and a black image
+MAX_STEPS = 1000  # the timesteps schedulers are trained on
+MAX_FRAMES = 1000  # about a minute of video at 16 fps, far past what a GPU holds
+MAX_BATCH_ITEMS = 100_000  # images in one batch run
+MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) and the gallery
 
 
 def fail(name: str, value, rule: str, fix: str = ""):
@@ -67,8 +61,7 @@ def truthy(value: str | None) -> bool:
 
 
 def fp16_unsafe(pipeline_class) -> str:
-    """Why float16 breaks this pipeline family ("" when it is fp16-safe). A repo with its own pipeline code
-    names it as [module, Class] in model_index.json: the class decides."""
+    """Why float16 breaks this pipeline family ("" when fp16-safe); for [module, Class] the class decides."""
     name = pipeline_class[-1] if isinstance(pipeline_class, list | tuple) else str(pipeline_class or "")
     return next((why for prefix, why in NOT_FP16_SAFE.items() if name.startswith(prefix)), "")
 
@@ -118,8 +111,8 @@ def choice(name: str, value, choices) -> None:
 def size(name: str, value, multiple: int = 8, family: str = "") -> None:
     """Height or width in pixels: a positive multiple of `multiple` (8 for any family; more once loaded)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_SIDE:
-        fail(name, value, f"is larger than {MAX_SIDE} pixels", "Generate at the model's native size (e.g. 1024), "
-             "then upscale.")
+        fail(name, value, f"is larger than {MAX_SIDE} pixels",
+             "Generate at the model's native size (e.g. 1024), then upscale.")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
         near = max(multiple, round(value / multiple) * multiple) if _is_number(value) else 1024
         needs = f"{family} needs a positive multiple of {multiple}" if family else \
@@ -171,8 +164,6 @@ def quantization(name: str, value) -> None:
 def backend_for(quantization, on_gpu: bool) -> str:
     """The library that runs a quantization choice by default ("" for "none" and "auto")."""
     kind, _ = parse_quantization(quantization)
-    if kind == "gguf":
-        return "gguf"
     return AUTO_BACKENDS[kind][0 if on_gpu else 1] if kind in AUTO_BACKENDS else ""
 
 
@@ -196,16 +187,6 @@ def memory_map(name: str, value) -> None:
         fail(name, value, 'needs a dict of per-GPU limits like {0: "14GiB", 1: "14GiB"} (empty: the plan\'s)')
 
 
-MIN_GPU_BUDGET_GIB = 0.01  # 10 MiB; smaller rounds to zero bytes per GPU
-MAX_GPU_BUDGET_GIB = 4096  # far past any GPU made
-MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most this
-MAX_SIDE = 8192  # pixels: beyond this no pipeline the kit teaches has been trained, and memory explodes
-MAX_GUIDANCE = 100.0  # far past any useful value; 1e300 overflows to NaN latents and a black image
-MAX_STEPS = 1000  # the timesteps schedulers are trained on
-MAX_FRAMES = 1000  # about a minute of video at 16 fps, far past what a GPU holds
-MAX_BATCH_ITEMS = 100_000  # images in one batch run
-
-
 def seed(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
         fail(name, value, f"needs a whole number from 0 to 2**64 - 1 ({MAX_SEED})", "e.g. 42.")
@@ -223,35 +204,28 @@ def strength_and_steps(strength: float, num_inference_steps: int) -> None:
              f"Raise strength to at least {1 / num_inference_steps:g}, or take more steps.")
 
 
-MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) and the gallery
-
-
 def nearest_existing(folder: Path) -> Path:
     return next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why `folder` (or its nearest existing parent, when it does not exist yet) cannot be written, else None.
-    Checked by writing a temporary file: permission bits say little when running as root."""
+    """Why `folder` (or its nearest existing parent) cannot be written, else None: a temporary file tells (as root
+    permission bits say little)."""
     existing = nearest_existing(folder)
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         return error.strerror or str(error)
-    return None
 
 
 def writable_folder(name: str, value, purpose: str = "", alternative: str = "") -> Path:
-    """`value` with `~` expanded: not a file, and writable (or creatable); `purpose` and `alternative` extend the
-    message and the fix."""
+    """`value` with `~` expanded: not a file, and writable (or creatable)."""
     folder = Path(value).expanduser()
     if folder.exists() and not folder.is_dir():
         fail(name, value, "is an existing file, not a folder", "Give a folder path (it is created if missing).")
-    reason = unwritable(folder)
-    if reason:
+    if reason := unwritable(folder):
         fail(name, value, f"cannot be written ({reason}){purpose}",
              f"Choose a folder you can write to (in Colab, under /content or a mounted Drive){alternative}.")
     return folder
@@ -260,47 +234,38 @@ def writable_folder(name: str, value, purpose: str = "", alternative: str = "") 
 def cache_folder(name: str, value) -> None:
     """Empty (the default cache), or a folder for the Hugging Face cache that can be written (created if missing)."""
     text(name, value)
-    if not value:
-        return
-    writable_folder(name, value, ": downloads and the custom code diffusers runs go there",
-                    ", or leave it empty for ~/.cache/huggingface")
+    if value:
+        writable_folder(name, value, ": downloads and the custom code diffusers runs go there",
+                        ", or leave it empty for ~/.cache/huggingface")
 
 
 def output_folder(name: str, value) -> Path:
-    """A folder the kit can write images into: `~` expanded, not a file, writable (or creatable), with room.
-
-    Checked by writing a temporary file in the folder, or in its nearest existing parent when it does not exist
-    yet (permission bits say little when running as root). Nothing is left behind, not even the folder.
-    """
+    """A folder the kit can write images into: `~` expanded, not a file, writable (or creatable), with room."""
     text(name, value, allow_empty=False)
     folder = writable_folder(name, value)
-    free = shutil.disk_usage(nearest_existing(folder)).free
-    if free < MIN_FREE_BYTES:
+    if (free := shutil.disk_usage(nearest_existing(folder)).free) < MIN_FREE_BYTES:
         fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
     return folder
 
 
 def commit(name: str, value, allow_empty: bool = True) -> None:
     """A full 40-hex commit: branches and tags can be moved to new code after you read it."""
-    if isinstance(value, str) and (COMMIT.fullmatch(value) or (allow_empty and value == "")):
-        return
-    fail(name, value, "needs a full 40-character commit hash" if not allow_empty else
-         "empty, or a full 40-character commit hash",
-         "Branches and tags can move to new code: find the commit in the repo's History, or "
-         "huggingface_hub.model_info(repo).sha.")
+    if not (isinstance(value, str) and (re.fullmatch(r"[0-9a-f]{40}", value) or (allow_empty and value == ""))):
+        fail(name, value, "empty, or a full 40-character commit hash" if allow_empty else "needs a full 40-character "
+             "commit hash", "Branches and tags can move to new code: find the commit in the repo's History, or "
+             "huggingface_hub.model_info(repo).sha.")
 
 
 def custom_revision(name: str, value) -> None:
     """diffusers takes "0.41.0" or "main" for a community pipeline's version, never "v0.41.0"."""
-    if isinstance(value, str) and CUSTOM_REVISION.fullmatch(value):
-        return
-    starts_with_v = isinstance(value, str) and value[:1] == "v"
-    fail(name, value, "a diffusers release like '0.41.0', or 'main'",
-         f"Use {value[1:]!r}: diffusers adds the 'v' itself." if starts_with_v else "")
+    if not (isinstance(value, str) and re.fullmatch(r"main|\d+\.\d+\.\d+", value)):
+        v = isinstance(value, str) and value[:1] == "v"
+        fail(name, value, "a diffusers release like '0.41.0', or 'main'",
+             f"Use {value[1:]!r}: diffusers adds the 'v' itself." if v else "")
 
 
 def community_name(name: str, value) -> None:
-    if not isinstance(value, str) or not COMMUNITY_NAME.fullmatch(value):
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_]+", value):
         fail(name, value, "needs a community pipeline name like 'lpw_stable_diffusion'",
              "For a local file or folder pass it as custom_pipeline (a path).")
 
@@ -320,29 +285,23 @@ def custom_pipeline_path(name: str, value) -> Path:
     """An existing `.py` file or a folder with `pipeline.py`, never a Hub lookup."""
     candidates = find_local(value) if isinstance(value, str | Path) and str(value) else []
     for candidate in candidates:
-        if candidate.is_file() and candidate.suffix == ".py":
-            defines_pipeline_class(name, value, candidate.resolve())
+        if candidate.is_file() and candidate.suffix == ".py" or (candidate / "pipeline.py").is_file():
+            script = candidate.resolve() if candidate.is_file() else candidate.resolve() / "pipeline.py"
+            defines_pipeline_class(name, value, script)
             return candidate.resolve()
         if candidate.is_dir():
-            if (candidate / "pipeline.py").is_file():
-                defines_pipeline_class(name, value, candidate.resolve() / "pipeline.py")
-                return candidate.resolve()
             raise LocalPathNotFoundError("the folder has no pipeline.py", name=name, value=str(candidate),
                                          fix="A custom pipeline folder holds pipeline.py.")
     looked = ", ".join(repr(str(c)) for c in candidates) or "nothing"
     raise LocalPathNotFoundError(
-        f"needs an existing local .py file or folder with pipeline.py (looked at {looked})",
-        name=name, value=value,
+        f"needs an existing local .py file or folder with pipeline.py (looked at {looked})", name=name, value=value,
         fix="diffusers would treat a missing path as a Hub repo or community pipeline name and run the code it "
-            "downloads. For a community pipeline by name use community.load_community_pipeline().",
-    )
+            "downloads. For a community pipeline by name use community.load_community_pipeline().")
 
 
 def defines_pipeline_class(name: str, value, script: Path) -> None:
-    """The file defines a class deriving from a `...Pipeline` (diffusers takes the one DiffusionPipeline
-    subclass it finds; with none it fails deep inside from_pretrained). Read with ast: nothing is run."""
-    import ast
-
+    """The file defines a `...Pipeline` subclass (without one diffusers fails deep in from_pretrained); read with
+    ast: nothing is run."""
     try:
         tree = ast.parse(script.read_bytes(), filename=str(script))
     except (SyntaxError, ValueError) as error:

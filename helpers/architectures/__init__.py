@@ -1,9 +1,5 @@
-"""Real model architectures, configs only (no weights), shipped with the kit.
-
-They let the kit build a real-sized component offline: on the `meta` device to count parameters
-and plan memory, or on the CPU with random weights for benchmarks. Provenance of every file is in
-each folder's SOURCE.md; verified parameter counts are in PARAMS.md.
-"""
+"""Real model architectures, configs only (no weights), shipped with the kit: real-sized components offline, on the
+`meta` device for planning or with random weights for benchmarks. Provenance: each SOURCE.md; counts: PARAMS.md."""
 
 from __future__ import annotations
 
@@ -43,11 +39,8 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def build_component(model_id: str, name: str, device: str = "meta", dtype: torch.dtype = torch.float32):
-    """Instantiate one component from its shipped config on `device` (weights random, or none on meta).
-
-    `with torch.device(...)` is used rather than accelerate's init_empty_weights, which breaks T5's
-    tied embedding (PARAMS.md).
-    """
+    """Instantiate one component from its shipped config on `device` (weights random, or none on meta); with
+    `torch.device`, as accelerate's init_empty_weights breaks T5's tied embedding (PARAMS.md)."""
     library, class_name = model_index(model_id)[name]
     return build_from_config(library, class_name, folder(model_id) / name, device, dtype)
 
@@ -56,10 +49,8 @@ def build_from_config(library: str, class_name: str, directory: Path, device: st
                       dtype: torch.dtype = torch.float32):
     """Instantiate `library.class_name` from the config in `directory` (any pipeline folder)."""
     from ..diffusers_logs import without_empty_fp32_notes
-
     with torch.device(device), _default_dtype(dtype), without_empty_fp32_notes():
-        # transformers models take their dtype from the config, so cast to the one asked for.
-        return instantiate(library, class_name, directory).to(dtype)
+        return instantiate(library, class_name, directory).to(dtype)  # transformers takes the config's dtype
 
 
 def instantiate(library: str, class_name: str, directory: Path):
@@ -67,14 +58,11 @@ def instantiate(library: str, class_name: str, directory: Path):
     if class_name == "StableDiffusionSafetyChecker":
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPConfig
-
         return StableDiffusionSafetyChecker(CLIPConfig.from_pretrained(directory))
     if library == "diffusers":
         import diffusers
-
         cls = getattr(diffusers, class_name)
         return cls.from_config(cls.load_config(directory))
     import transformers
-
     cls = getattr(transformers, class_name)
     return cls._from_config(transformers.AutoConfig.from_pretrained(directory))
