@@ -1,7 +1,5 @@
 """Where a model comes from (a local folder, the kit's shipped configs, the Hub) and whether the Hub can be used now.
-
-Standard library only at import: the parameter checks use it before the pinned packages are installed.
-"""
+Standard library only at import: the parameter checks use it before the pinned packages are installed."""
 
 from __future__ import annotations
 
@@ -29,10 +27,8 @@ from .errors import (
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package imports torch: only for a shipped id
 
-# --- can the Hub be reached: one bounded HTTPS request, DNS included --------------------------------------------
-# A TCP connect is not enough (a captive portal or a stalled proxy accepts and never answers, and huggingface_hub
-# then retries for minutes), so a real request goes through huggingface_hub's own client, in a thread with a hard
-# deadline: a DNS lookup is bounded by no socket timeout. Any HTTP answer counts as reachable.
+# --- can the Hub be reached: one real HTTPS request (a captive portal accepts a TCP connect and never answers), in a
+# thread with a hard deadline (a DNS lookup has no socket timeout). Any HTTP answer counts as reachable.
 
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
 FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
@@ -71,23 +67,25 @@ class HubProbe:
                       f"{FIXES[self.problem]}.{cache_only}")
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    found = []
+    while error is not None and error not in found and len(found) < 10:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
+
 def _http_library():
     """The HTTP library of huggingface_hub's session: httpx (huggingface_hub 1.x) or httpx2 (2.x); Colab has both."""
     import importlib
 
     from huggingface_hub.utils import get_session
-
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
 
 
 def _classify(error: BaseException) -> tuple[str, str]:
     """(problem, detail) from an httpx exception and the OS or TLS error behind it."""
-    httpx2 = _http_library()
-
-    chain, cause = [], error
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    httpx2, chain = _http_library(), _chain(error)[:8]
     text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e))) or type(error).__name__
     detail = text.splitlines()[0][:200]
     if any(isinstance(e, ssl.SSLError) for e in chain) or any(k in text for k in ("SSL", "TLS", "certificate")):
@@ -104,15 +102,6 @@ def _classify(error: BaseException) -> tuple[str, str]:
     if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
         return "refused", detail
     return "other", detail
-
-
-def _request(endpoint: str, timeout: float) -> None:
-    from huggingface_hub.utils import get_session
-
-    httpx2 = _http_library()
-
-    get_session().request("HEAD", endpoint.rstrip("/") + "/api/models", timeout=httpx2.Timeout(timeout),
-                          follow_redirects=False)
 
 
 _ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
@@ -134,11 +123,13 @@ probe.cache_clear = _ANSWERS.clear
 
 
 def _probe(endpoint: str, timeout: float) -> HubProbe:
+    from huggingface_hub.utils import get_session
     outcome: dict = {}
 
     def attempt() -> None:
         try:
-            _request(endpoint, timeout)
+            get_session().request("HEAD", endpoint.rstrip("/") + "/api/models",
+                                  timeout=_http_library().Timeout(timeout), follow_redirects=False)
             outcome["ok"] = True
         except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
             outcome["error"] = error
@@ -159,7 +150,6 @@ def _probe(endpoint: str, timeout: float) -> HubProbe:
 def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
     import socket
-
     done = threading.Event()
 
     def lookup() -> None:
@@ -176,7 +166,6 @@ def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
 def hub_probe() -> HubProbe:
     """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now, and if not, why."""
     from huggingface_hub import constants
-
     return probe(constants.ENDPOINT)
 
 
@@ -205,19 +194,10 @@ def offline_reason() -> str:
 
 # --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
 
-def _chain(error: BaseException | None) -> list[BaseException]:
-    found = []
-    while error is not None and error not in found and len(found) < 10:
-        found.append(error)
-        error = error.__cause__ or error.__context__
-    return found
-
-
 def _hub_status(error: BaseException) -> tuple[int | None, bool]:
-    """(HTTP status, gated?) of a refusal (a gated repo, a 403) anywhere in the chain; (None, False) if none.
-    A RepositoryNotFoundError that is not gated (the Hub's 401 for a missing repo too) passes through."""
+    """(HTTP status, gated?) of a gated repo or a 403 anywhere in the chain, else (None, False); a not gated
+    RepositoryNotFoundError (the Hub's 401 for a missing repo too) passes through."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
     for cause in _chain(error):
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, GatedRepoError):
@@ -229,14 +209,12 @@ def _hub_status(error: BaseException) -> tuple[int | None, bool]:
 
 def _token_state() -> str:
     from huggingface_hub import get_token
-
     return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
 
 
 def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str = "model") -> str:
     """What to do about a refused download: the licence page, HF_TOKEN, `hf auth login`. Never the token."""
     from huggingface_hub import constants
-
     prefix = "" if repo_type == "model" else f"{repo_type}s/"
     page = redact(f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}")
     what = "is gated" if gated else "refused access"
@@ -254,7 +232,6 @@ def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str 
 def _where(error: BaseException) -> tuple[str, str]:
     """(host, file) of the request behind a Hub error, for a one-line message."""
     from urllib.parse import unquote
-
     try:
         response = getattr(error, "response", None)
         url = response.request.url if response is not None else error.request.url
@@ -270,16 +247,15 @@ def _where(error: BaseException) -> tuple[str, str]:
 def _failure(error: BaseException) -> str | None:
     """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
     httpx2 = _http_library()
     for cause in _chain(error):
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
             host, file = _where(cause)
             if status == 401:
-                sent = _token_state().startswith("a ")
-                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): "
-                        f"{'the token is not valid' if sent else 'it asks for a token'}. Fix: make a read token at "
+                state = _token_state()
+                why = "the token is not valid" if state.startswith("a ") else "it asks for a token"
+                return (f"The Hub at {host} refused {file} (HTTP 401; {state}): {why}. Fix: make a read token at "
                         "https://huggingface.co/settings/tokens, set HF_TOKEN (or run `hf auth login`) and restart "
                         "the kernel.")
             if status == 429:
@@ -300,8 +276,7 @@ LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, 
 
 
 class _LongRateLimitWait(logging.Filter):
-    """Stops huggingface_hub's retry loop before it sleeps when the Hub asks for a longer wait than allowed;
-    lets through only what the logger showed before."""
+    """Stops huggingface_hub's retry loop before it sleeps out a too long wait; lets through what the logger showed."""
 
     def __init__(self, shown_from: int):
         super().__init__()
@@ -333,9 +308,8 @@ def _no_long_rate_limit_waits():
 
 @contextmanager
 def hub_access(repo_id: str, repo_type: str = "model"):
-    """Re-raise, inside the block, a gated or private repo's 401/403 as GatedModelError (licence page, token),
-    and a refused token, a rate limit, a server error or a cut download as a one-line HubRequestError naming
-    the host and the file. A long Retry-After is refused, not slept out. The rest (a missing file) passes."""
+    """Re-raise a gated or private repo's 401/403 as GatedModelError, and a refused token, a rate limit, a server error
+    or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
     try:
         with _no_long_rate_limit_waits():
             yield
@@ -356,13 +330,11 @@ def _looks_like_local_path(model_id: str) -> bool:
         return True
     if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
         return True
-    # "models/tiny" where ./models exists is a mistyped local folder, not a Hub id.
     return "/" in model_id and Path(model_id).parent.is_dir()
 
 
 def is_hub_id(model_id) -> bool:
-    """Whether resolving `model_id` would consult huggingface_hub: a string that is neither an existing
-    folder nor a local-looking path (those are checked without importing anything heavy)."""
+    """Whether resolving `model_id` would consult huggingface_hub: not an existing folder nor a local-looking path."""
     if isinstance(model_id, os.PathLike):
         model_id = os.fspath(model_id)
     if not isinstance(model_id, str) or not model_id.strip():
@@ -373,7 +345,6 @@ def is_hub_id(model_id) -> bool:
 def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError
-
     try:
         found = try_to_load_from_cache(repo_id, filename, revision=revision)
     except HFValidationError:
@@ -382,11 +353,8 @@ def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | Non
 
 
 def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
-    """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
-
-    diffusers treats any path that does not exist as a Hub id; here a missing local path is an
-    error, and an uncached Hub id on an offline machine fails at once instead of after retries.
-    """
+    """A local folder (checked to hold a model) or a Hub id (checked to be usable now): a missing local path is an
+    error (diffusers sends it to the Hub), an uncached Hub id offline fails at once instead of after retries."""
     if isinstance(model_id, os.PathLike):
         model_id = os.fspath(model_id)
     if not isinstance(model_id, str) or not model_id.strip():
@@ -405,7 +373,6 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
             fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.",
         )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(model_id)
     except HFValidationError as error:
@@ -414,18 +381,16 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     if not any(_cached_file(model_id, name, revision) for name in candidates) and hub_offline():
         raise ModelNotCachedOfflineError(
             f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
-            value=model_id,
-            fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
-                "that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
-                "downloads nothing).",
+            value=model_id, fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the "
+            "local folder that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
+            "downloads nothing).",
         )
     return model_id
 
 
 def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
-    """The pipeline's model_index.json, the one reader for every caller: a local folder's; for a Hub id the cached
-    copy, else the Hub's (a few hundred bytes; a gated repo says what to do), else offline the kit's shipped copy.
-    prefer_shipped: the shipped copy answers first, without a request (parameter checks, plans from configs)."""
+    """The pipeline's model_index.json: a local folder's; for a Hub id the cached copy, else the Hub's, else offline the
+    kit's shipped copy. prefer_shipped: the shipped copy answers first, without a request."""
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if is_hub_id(source):
@@ -435,14 +400,12 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
             return folders.read_json_object(Path(cached))
         if shipped and (prefer_shipped or hub_offline()):
             from . import architectures
-
             return architectures.model_index(source)
     source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
     if Path(source).is_dir():
         index = Path(source) / "model_index.json"
     else:
         from huggingface_hub import hf_hub_download
-
         with hub_access(source):
             index = Path(hf_hub_download(source, "model_index.json", revision=revision,
                                          local_files_only=hub_offline()))
@@ -453,8 +416,7 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
 
 # --- which files a pipeline download fetches ---------------------------------------------------------------------
 
-# Weight formats and variants from_pretrained does not read by default: skipping them keeps a
-# snapshot to what the pipeline loads (an SDXL repo holds fp32, fp16, ONNX and Flax copies).
+# Weight formats and variants from_pretrained does not read by default (an SDXL repo holds fp32, fp16, ONNX, Flax).
 SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
 
 
@@ -476,20 +438,17 @@ def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
         snapshot = Path(index).parent
         return {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in snapshot.rglob("*") if p.is_file()}
     from huggingface_hub import HfApi, constants
-
     with hub_access(repo_id):
         info = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, revision=revision, files_metadata=True)
     return {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
 
 
 def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[str]]:
-    """With a variant, diffusers' own selection: the variant's weights where a component has them, else its
-    default weights, never both copies."""
+    """With a variant, diffusers' own selection: the variant's weights where a component has them, else its default."""
     patterns = pipeline_file_patterns(model_index)
     if variant is None:
         return patterns
     from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
-
     other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
     try:
         usable, _ = variant_compatible_siblings(set(files), variant=variant, ignore_patterns=other_formats)
@@ -501,17 +460,14 @@ def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[s
 
 
 def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
-    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads (the load
-    plan's `variant`); a variant costs one metadata request for the repo's file list."""
-    index = read_model_index(repo_id, revision)
-    return _patterns(index, repo_files(repo_id, revision) if variant else (), variant)
+    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads; a variant costs
+    one metadata request for the repo's file list."""
+    return _patterns(read_model_index(repo_id, revision), repo_files(repo_id, revision) if variant else (), variant)
 
 
 def weight_files(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, int]:
-    """{repo filename: bytes} of exactly the files `snapshot_patterns(repo_id, variant)` downloads (weights,
-    configs, code), so a plan sizes the download it gets."""
+    """{repo filename: bytes} of exactly the files `snapshot_patterns(repo_id, variant)` downloads."""
     from huggingface_hub.utils import filter_repo_objects
-
     files = repo_files(repo_id, revision)
     patterns = _patterns(read_model_index(repo_id, revision), files, variant)
     return {name: files[name] for name in filter_repo_objects(sorted(files), **patterns)}
