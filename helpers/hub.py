@@ -50,7 +50,6 @@ FIXES = {
 @dataclass(frozen=True)
 class HubProbe:
     """The probe's verdict: `ok`, or which step failed (`problem`, a key of FIXES) and what was said."""
-
     endpoint: str
     ok: bool
     seconds: float
@@ -115,14 +114,6 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
         asked, verdict = _ANSWERS[key]
         if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
             return verdict
-    _ANSWERS[key] = (time.monotonic(), _probe(endpoint, timeout))
-    return _ANSWERS[key][1]
-
-
-probe.cache_clear = _ANSWERS.clear
-
-
-def _probe(endpoint: str, timeout: float) -> HubProbe:
     from huggingface_hub.utils import get_session
     outcome: dict = {}
 
@@ -140,11 +131,17 @@ def _probe(endpoint: str, timeout: float) -> HubProbe:
     worker.join(timeout + 2)
     seconds = time.monotonic() - start
     if outcome.get("ok"):
-        return HubProbe(endpoint, True, seconds)
-    if "error" in outcome:
-        return HubProbe(endpoint, False, seconds, *_classify(outcome["error"]))
-    return HubProbe(endpoint, False, seconds, "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout",
-                    f"no answer within {timeout + 2:.0f} s")
+        verdict = HubProbe(endpoint, True, seconds)
+    elif "error" in outcome:
+        verdict = HubProbe(endpoint, False, seconds, *_classify(outcome["error"]))
+    else:
+        verdict = HubProbe(endpoint, False, seconds, "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout",
+                           f"no answer within {timeout + 2:.0f} s")
+    _ANSWERS[key] = (start, verdict)
+    return verdict
+
+
+probe.cache_clear = _ANSWERS.clear
 
 
 def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
@@ -275,44 +272,26 @@ def _failure(error: BaseException) -> str | None:
 LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
 
 
-class _LongRateLimitWait(logging.Filter):
-    """Stops huggingface_hub's retry loop before it sleeps out a too long wait; lets through what the logger showed."""
+@contextmanager
+def hub_access(repo_id: str, repo_type: str = "model"):
+    """Re-raise a gated or private repo's 401/403 as GatedModelError, and a refused token, a rate limit, a server error
+    or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
+    target = logging.getLogger("huggingface_hub.utils._http")
+    previous, shown_from = target.level, target.getEffectiveLevel()
 
-    def __init__(self, shown_from: int):
-        super().__init__()
-        self.shown_from = shown_from
-
-    def filter(self, record: logging.LogRecord) -> bool:
+    def guard(record: logging.LogRecord) -> bool:  # stops the retry loop before it sleeps; shows what it showed
         found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
         if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
             raise HubRequestError(
                 f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, Retry-After); "
                 f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
                 "logged-in requests (HF_TOKEN) get a higher limit.")
-        return record.levelno >= self.shown_from
+        return record.levelno >= shown_from
 
-
-@contextmanager
-def _no_long_rate_limit_waits():
-    target = logging.getLogger("huggingface_hub.utils._http")
-    previous = target.level
-    guard = _LongRateLimitWait(target.getEffectiveLevel())
     target.addFilter(guard)
-    target.setLevel(min(target.getEffectiveLevel(), logging.WARNING))
+    target.setLevel(min(shown_from, logging.WARNING))
     try:
         yield
-    finally:
-        target.removeFilter(guard)
-        target.setLevel(previous)
-
-
-@contextmanager
-def hub_access(repo_id: str, repo_type: str = "model"):
-    """Re-raise a gated or private repo's 401/403 as GatedModelError, and a refused token, a rate limit, a server error
-    or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
-    try:
-        with _no_long_rate_limit_waits():
-            yield
     except Exception as error:
         status, gated = _hub_status(error)
         if status is not None or gated:
@@ -321,6 +300,9 @@ def hub_access(repo_id: str, repo_type: str = "model"):
         if failure is None:
             raise
         raise HubRequestError(failure) from None
+    finally:
+        target.removeFilter(guard)
+        target.setLevel(previous)
 
 
 # --- where a model comes from ------------------------------------------------------------------------------------
