@@ -20,6 +20,7 @@ from .errors import (
     GatedModelError,
     HubRequestError,
     InvalidParameterError,
+    KitError,
     LocalPathNotFoundError,
     ModelNotCachedOfflineError,
     redact,
@@ -191,19 +192,6 @@ def offline_reason() -> str:
 
 # --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
 
-def _hub_status(error: BaseException) -> tuple[int | None, bool]:
-    """(HTTP status, gated?) of a gated repo or a 403 anywhere in the chain, else (None, False); a not gated
-    RepositoryNotFoundError (the Hub's 401 for a missing repo too) passes through."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-    for cause in _chain(error):
-        status = getattr(getattr(cause, "response", None), "status_code", None)
-        if isinstance(cause, GatedRepoError):
-            return status, True
-        if status == 403 and isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError):
-            return status, False
-    return None, False
-
-
 def _token_state() -> str:
     from huggingface_hub import get_token
     return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
@@ -241,31 +229,40 @@ def _where(error: BaseException) -> tuple[str, str]:
     return redact(f"{url.host}:{url.port}" if url.port else url.host), path.strip("/")
 
 
-def _failure(error: BaseException) -> str | None:
-    """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-    httpx2 = _http_library()
-    for cause in _chain(error):
+def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | None:
+    """GatedModelError for a gated repo or a 403 anywhere in the chain (a not gated RepositoryNotFoundError, the Hub's
+    401 for a missing repo too, passes); else a one-line HubRequestError (what, where, the fix) for a token refusal,
+    a rate limit, a server error or a cut download; else None."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    httpx2, chain = _http_library(), _chain(error)
+    for cause in chain:
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        gated, plain = isinstance(cause, GatedRepoError), not isinstance(cause, RepositoryNotFoundError)
+        if gated or (status == 403 and plain and isinstance(cause, HfHubHTTPError)):
+            return GatedModelError(gated_message(repo_id, status, gated, repo_type))
+    for cause in chain:
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
             host, file = _where(cause)
             if status == 401:
                 state = _token_state()
                 why = "the token is not valid" if state.startswith("a ") else "it asks for a token"
-                return (f"The Hub at {host} refused {file} (HTTP 401; {state}): {why}. Fix: make a read token at "
-                        "https://huggingface.co/settings/tokens, set HF_TOKEN (or run `hf auth login`) and restart "
-                        "the kernel.")
+                return HubRequestError(f"The Hub at {host} refused {file} (HTTP 401; {state}): {why}. Fix: make a "
+                                       "read token at https://huggingface.co/settings/tokens, set HF_TOKEN (or run "
+                                       "`hf auth login`) and restart the kernel.")
             if status == 429:
                 wait = cause.response.headers.get("Retry-After")
-                return (f"The Hub at {host} rate-limited {file} (HTTP 429{f', retry after {wait} s' if wait else ''})."
-                        " Fix: wait and run again; logged-in requests (HF_TOKEN) get a higher limit.")
+                return HubRequestError(f"The Hub at {host} rate-limited {file} (HTTP 429"
+                                       f"{f', retry after {wait} s' if wait else ''}). Fix: wait and run again; "
+                                       "logged-in requests (HF_TOKEN) get a higher limit.")
             if status >= 500:
-                return (f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your setup). Fix: "
-                        "run again in a few minutes (https://status.huggingface.co), or use a mirror (HF_ENDPOINT).")
+                return HubRequestError(f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your "
+                                       "setup). Fix: run again in a few minutes (https://status.huggingface.co), or "
+                                       "use a mirror (HF_ENDPOINT).")
         if isinstance(cause, httpx2.RemoteProtocolError):
             host, file = _where(cause)
-            return (f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). Fix: run again; "
-                    "huggingface_hub resumes what it has.")
+            return HubRequestError(f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). "
+                                   "Fix: run again; huggingface_hub resumes what it has.")
     return None
 
 
@@ -293,13 +290,10 @@ def hub_access(repo_id: str, repo_type: str = "model"):
     try:
         yield
     except Exception as error:
-        status, gated = _hub_status(error)
-        if status is not None or gated:
-            raise GatedModelError(gated_message(repo_id, status, gated, repo_type)) from None
-        failure = _failure(error)
-        if failure is None:
+        refusal = _refusal(error, repo_id, repo_type)
+        if refusal is None:
             raise
-        raise HubRequestError(failure) from None
+        raise refusal from None
     finally:
         target.removeFilter(guard)
         target.setLevel(previous)
@@ -308,17 +302,14 @@ def hub_access(repo_id: str, repo_type: str = "model"):
 # --- where a model comes from ------------------------------------------------------------------------------------
 
 def _looks_like_local_path(model_id: str) -> bool:
-    if model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1:
-        return True
-    if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
-        return True
-    return "/" in model_id and Path(model_id).parent.is_dir()
+    return (model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
+            or Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py")
+            or ("/" in model_id and Path(model_id).parent.is_dir()))
 
 
 def is_hub_id(model_id) -> bool:
     """Whether resolving `model_id` would consult huggingface_hub: not an existing folder nor a local-looking path."""
-    if isinstance(model_id, os.PathLike):
-        model_id = os.fspath(model_id)
+    model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id
     if not isinstance(model_id, str) or not model_id.strip():
         return False
     return not Path(model_id).expanduser().is_dir() and not _looks_like_local_path(model_id)
@@ -337,8 +328,7 @@ def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | Non
 def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
     """A local folder (checked to hold a model) or a Hub id (checked to be usable now): a missing local path is an
     error (diffusers sends it to the Hub), an uncached Hub id offline fails at once instead of after retries."""
-    if isinstance(model_id, os.PathLike):
-        model_id = os.fspath(model_id)
+    model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
     path = Path(model_id).expanduser()
@@ -346,14 +336,12 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
         if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
             raise LocalPathNotFoundError(
                 "the local folder has no model_index.json (pipeline) or config.json (model)", name="model_id",
-                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.",
-            )
+                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.")
         return str(path.resolve())
     if _looks_like_local_path(model_id):
         raise LocalPathNotFoundError(
             f"the local path does not exist (resolved to {str(path.resolve())!r})", name="model_id", value=model_id,
-            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.",
-        )
+            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
     try:
         validate_repo_id(model_id)
@@ -365,16 +353,14 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
             f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
             value=model_id, fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the "
             "local folder that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
-            "downloads nothing).",
-        )
+            "downloads nothing).")
     return model_id
 
 
 def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
     """The pipeline's model_index.json: a local folder's; for a Hub id the cached copy, else the Hub's, else offline the
     kit's shipped copy. prefer_shipped: the shipped copy answers first, without a request."""
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if is_hub_id(source):
         shipped = revision is None and (SHIPPED / source.replace("/", "--", 1) / "model_index.json").is_file()
         cached = None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision)
@@ -442,8 +428,7 @@ def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[s
 
 
 def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
-    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads; a variant costs
-    one metadata request for the repo's file list."""
+    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads."""
     return _patterns(read_model_index(repo_id, revision), repo_files(repo_id, revision) if variant else (), variant)
 
 
