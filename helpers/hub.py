@@ -3,13 +3,14 @@ Standard library only at import: the parameter checks use it before the pinned p
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
 import ssl
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -77,8 +78,6 @@ def _chain(error: BaseException | None) -> list[BaseException]:
 
 def _http_library():
     """The HTTP library of huggingface_hub's session: httpx (huggingface_hub 1.x) or httpx2 (2.x); Colab has both."""
-    import importlib
-
     from huggingface_hub.utils import get_session
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
 
@@ -117,7 +116,6 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
             return verdict
     from huggingface_hub.utils import get_session
     outcome: dict = {}
-
     def attempt() -> None:
         try:
             get_session().request("HEAD", endpoint.rstrip("/") + "/api/models",
@@ -125,7 +123,6 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
             outcome["ok"] = True
         except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
             outcome["error"] = error
-
     start = time.monotonic()
     worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
     worker.start()
@@ -149,14 +146,10 @@ def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
     import socket
     done = threading.Event()
-
     def lookup() -> None:
-        try:
+        with suppress(OSError):
             socket.getaddrinfo(host, 443)
-        except OSError:
-            pass
         done.set()
-
     threading.Thread(target=lookup, daemon=True).start()
     return not done.wait(wait)
 
@@ -275,7 +268,6 @@ def hub_access(repo_id: str, repo_type: str = "model"):
     or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
     target = logging.getLogger("huggingface_hub.utils._http")
     previous, shown_from = target.level, target.getEffectiveLevel()
-
     def guard(record: logging.LogRecord) -> bool:  # stops the retry loop before it sleeps; shows what it showed
         found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
         if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
@@ -284,7 +276,6 @@ def hub_access(repo_id: str, repo_type: str = "model"):
                 f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
                 "logged-in requests (HF_TOKEN) get a higher limit.")
         return record.levelno >= shown_from
-
     target.addFilter(guard)
     target.setLevel(min(shown_from, logging.WARNING))
     try:
