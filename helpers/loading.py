@@ -46,8 +46,7 @@ def resolve_dtype(dtype):
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
     """The kit's device_map as a string diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU).
     diffusers rejects "auto", dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
-    if gpu_count is None:
-        gpu_count = torch.cuda.device_count()
+    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if device_map is None:
         return None
     if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
@@ -59,9 +58,7 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
         allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES if c)}"
         raise InvalidParameterError("device_map", device_map, allowed, hint)
     if device_map == "auto":
-        if gpu_count:
-            return accelerator
-        return "mps" if env.recommended_device() == "mps" else None
+        return accelerator if gpu_count else "mps" if env.recommended_device() == "mps" else None
     if device_map in ("cuda", "balanced") and gpu_count == 0:
         raise InvalidParameterError("device_map", device_map, "it needs a CUDA GPU and none is visible",
                                     'Use device_map="auto" (loads on CPU here) or "cpu"; in Colab pick a GPU runtime.')
@@ -70,9 +67,7 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
 
 def device_for(device_map: str | None) -> str:
     """The device the pipeline's weights land on for a resolved device_map (the first GPU for "balanced")."""
-    if device_map in (None, "cpu"):
-        return "cpu"
-    return "cuda" if device_map == "balanced" else device_map
+    return "cpu" if device_map in (None, "cpu") else "cuda" if device_map == "balanced" else device_map
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
@@ -125,9 +120,8 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
 
 def _has_weights(spec) -> bool:
     """model_index entries whose class holds weights (not schedulers, tokenizers or processors)."""
-    if not isinstance(spec, list) or spec[1] is None:
-        return False
-    return not any(word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
+    return isinstance(spec, list) and spec[1] is not None and not any(
+        word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
 
 
 def from_pipe_dtype(pipe, dtype=None):
@@ -140,10 +134,9 @@ def from_pipe_dtype(pipe, dtype=None):
     if quantized:
         raise InvalidParameterError(
             "pipe", type(pipe).__name__, f"its {', '.join(quantized)} is quantized, and from_pipe casts every shared "
-            "module with .to(dtype), which diffusers refuses for quantized models",
-            "Load the other task's class with from_pretrained(..., quantization_config=...) instead (a second copy "
-            "of the weights), or plan without quantization on a bigger machine.",
-        )
+            "module with .to(dtype), which diffusers refuses for quantized models", "Load the other task's class with "
+            "from_pretrained(..., quantization_config=...) instead (a second copy of the weights), or plan without "
+            "quantization on a bigger machine.")
     if dtype not in (None, "auto"):  # "auto": keep the source's (it was loaded with the plan's dtype)
         return resolve_dtype(dtype)
     current = module_dtypes(pipe)
@@ -175,9 +168,8 @@ def task_variant(pipe, task: str):
     if task not in TASKS:
         raise InvalidParameterError("task", task, f"choose one of {', '.join(TASKS)}")
     from diffusers.pipelines import auto_pipeline  # imports every pipeline class: only when asked
-
-    mapping = getattr(auto_pipeline, TASKS[task])
-    return auto_pipeline._get_task_class(mapping, type(pipe).__name__, throw_error_if_not_exist=False)
+    return auto_pipeline._get_task_class(getattr(auto_pipeline, TASKS[task]), type(pipe).__name__,
+                                         throw_error_if_not_exist=False)
 
 
 # Config values that must agree for a component to fit the others: latent shape and scaling, conditioning widths.
@@ -197,14 +189,13 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
         known = ", ".join(n for n in index if not n.startswith("_"))
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
                                     f"Its components are: {known}.")
-    class_name = index[name][1]
     if Path(source).is_dir():
         config_path = Path(source) / name / "config.json"
     else:
         from huggingface_hub import hf_hub_download
         config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
                                            local_files_only=hub_offline()))
-    return class_name, json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return index[name][1], json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
 def check_component(spec: tuple[str, dict], name: str, component) -> None:
@@ -227,8 +218,7 @@ def check_swap(pipe, name: str, component) -> None:
     """Check `component` against the one it replaces in a loaded pipeline (same rules as at load time)."""
     if name not in pipe.components or pipe.components[name] is None:
         raise InvalidParameterError(name, type(component).__name__, f"{type(pipe).__name__} has no {name} to replace")
-    current = pipe.components[name]
-    check_component((type(current).__name__, _config_dict(current)), name, component)
+    check_component((type(pipe.components[name]).__name__, _config_dict(pipe.components[name])), name, component)
 
 
 def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
@@ -269,11 +259,10 @@ def check_constructor_arguments(pipeline_class, **kwargs) -> None:
     accepted = inspect.signature(pipeline_class.__init__).parameters
     for name in kwargs:
         if name in LOADING_OPTIONS and name not in accepted:
-            raise InvalidParameterError(
-                name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, not loading options",
-                "Build the pipeline from its components, then move and cast it: pipe = pipe.to('cuda', "
-                "torch.float16). (device_map= and dtype= belong to from_pretrained.)",
-            )
+            raise InvalidParameterError(name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, "
+                                        "not loading options", "Build the pipeline from its components, then move and "
+                                        "cast it: pipe = pipe.to('cuda', torch.float16). (device_map= and dtype= "
+                                        "belong to from_pretrained.)")
 
 
 def plan_kwargs(load_plan, source: str) -> dict:
@@ -317,14 +306,6 @@ DEFAULT_OPTIONS = {
 }
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's torch.OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
-    if isinstance(error, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(error)
-    return "can't allocate memory" in text or "not enough memory" in text
-
-
 @contextmanager
 def out_of_memory(stage: str = "load", options: list[str] | None = None):
     """Re-raise an out-of-memory error (CUDA's, the CPU allocator's, MemoryError) as a KitOutOfMemoryError listing what
@@ -332,7 +313,9 @@ def out_of_memory(stage: str = "load", options: list[str] | None = None):
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
-        if isinstance(error, KitError) or not _is_out_of_memory(error):
+        text = str(error)  # the CPU allocator's RuntimeError says "can't allocate memory"
+        if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
+                                               or "can't allocate memory" in text or "not enough memory" in text):
             raise
         from .errors import KitOutOfMemoryError
         choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
