@@ -10,6 +10,7 @@ import re
 import secrets
 import tempfile
 import warnings
+from contextlib import suppress
 from pathlib import Path
 
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -20,22 +21,11 @@ from .errors import BlankImageWarning, NotAnImageError
 METADATA_KEY = "diffusers-notebook-kit"
 
 
-def _describe_input(value):
-    """A short text for an input that is not stored in the PNG (an image, a tensor, a callback)."""
-    if isinstance(value, Image.Image):
-        return f"image {value.size[0]}x{value.size[1]} {value.mode}"
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"tensor {tuple(shape)} {getattr(value, 'dtype', '')}".strip()
-    return type(value).__name__
-
-
 def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
     """What made an image, read from the call itself (`pipe(**call)`): the pipeline's class, the plain-data arguments,
     the generator's seed, a description of each image/tensor input, the versions; `context`: labels (a run id)."""
     import diffusers
     import torch
-
     parameters, inputs = {}, {}
     for name, value in call.items():
         if name.startswith("callback"):
@@ -45,8 +35,12 @@ def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
         elif value is None or isinstance(value, str | int | float | bool) or (
                 isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)):
             parameters[name] = value
+        elif isinstance(value, Image.Image):  # inputs are described, not stored
+            inputs[name] = f"image {value.size[0]}x{value.size[1]} {value.mode}"
+        elif getattr(value, "shape", None) is not None:
+            inputs[name] = f"tensor {tuple(value.shape)} {getattr(value, 'dtype', '')}".strip()
         else:
-            inputs[name] = _describe_input(value)
+            inputs[name] = type(value).__name__
     return {"model_id": str(model_id), "pipeline": type(pipe).__name__, "parameters": parameters, "inputs": inputs,
             "context": context, "kit_version": __version__, "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__}
@@ -74,8 +68,7 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(stem)
-    problem = image_problem(image)
-    if problem:
+    if problem := image_problem(image):
         parameters = (metadata or {}).get("parameters") or {}
         message = (f"This image is {problem}: either the safety checker blanked it (see nsfw_content_detected), or the "
                    "pipeline produced NaN. Likely cause if NaN: "
@@ -91,11 +84,9 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
         os.chmod(temp_name, 0o666 & ~current_umask())
         for counter in range(10_000):
             target = output_dir / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
-            try:
+            with suppress(FileExistsError):
                 os.link(temp_name, target)
                 return target
-            except FileExistsError:
-                continue
         raise FileExistsError(f"More than 10000 images named {stem!r} in {str(output_dir)!r}; choose another name.")
     finally:
         os.unlink(temp_name)
@@ -170,8 +161,7 @@ def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run")
     cards = []
     for png, meta in saved_images(folder, "**/*.png"):
         params = meta.get("parameters", {})
-        variant = meta.get("context", {}).get("variant")
-        caption = " | ".join(str(part) for part in (variant, meta.get("pipeline"),
+        caption = " | ".join(str(part) for part in (meta.get("context", {}).get("variant"), meta.get("pipeline"),
                                                      f"seed {params['seed']}" if "seed" in params else None) if part)
         relative = html.escape(png.relative_to(folder).as_posix())
         prompt = html.escape(str(params.get("prompt", png.stem)))
@@ -226,11 +216,10 @@ TYPICAL_GUIDANCE = (1.0, 30.0)  # what diffusers' pipelines are used with; far a
 
 def likely_cause(guidance_scale: float | None = None, dtype=None) -> str:
     """The most likely reason for NaN/black output, and its fix, from the call's settings."""
-    causes = []
-    if guidance_scale is not None and not TYPICAL_GUIDANCE[0] / 100 <= abs(guidance_scale) <= TYPICAL_GUIDANCE[1] * 10:
-        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {TYPICAL_GUIDANCE[0]:g}-"
-                      f"{TYPICAL_GUIDANCE[1]:g}): the guided noise prediction overflows. Fix: use a value in that "
-                      "range")
+    causes, (low, high) = [], TYPICAL_GUIDANCE
+    if guidance_scale is not None and not low / 100 <= abs(guidance_scale) <= high * 10:
+        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {low:g}-{high:g}): the guided "
+                      "noise prediction overflows. Fix: use a value in that range")
     if str(dtype).removeprefix("torch.") == "float16":
         causes.append("float16 overflow (float16 tops out at 65504; Qwen-Image and FLUX overflow in it, SDXL's VAE "
                       "too). Fix: dtype='bfloat16' on GPUs that have it, float32 on a T4 or CPU, or for SDXL the "
