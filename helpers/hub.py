@@ -128,15 +128,10 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
     worker.start()
     worker.join(timeout + 2)
     seconds = time.monotonic() - start
-    if outcome.get("ok"):
-        verdict = HubProbe(endpoint, True, seconds)
-    elif "error" in outcome:
-        verdict = HubProbe(endpoint, False, seconds, *_classify(outcome["error"]))
-    else:
-        verdict = HubProbe(endpoint, False, seconds, "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout",
-                           f"no answer within {timeout + 2:.0f} s")
-    _ANSWERS[key] = (start, verdict)
-    return verdict
+    problem = () if outcome.get("ok") else _classify(outcome["error"]) if "error" in outcome else (
+        "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout", f"no answer within {timeout + 2:.0f} s")
+    _ANSWERS[key] = (start, HubProbe(endpoint, not problem, seconds, *problem))
+    return _ANSWERS[key][1]
 
 
 probe.cache_clear = _ANSWERS.clear
@@ -154,14 +149,10 @@ def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     return not done.wait(wait)
 
 
-def hub_probe() -> HubProbe:
-    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now, and if not, why."""
-    from huggingface_hub import constants
-    return probe(constants.ENDPOINT)
-
-
 def hub_reachable() -> bool:
-    return hub_probe().ok
+    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now."""
+    from huggingface_hub import constants
+    return probe(constants.ENDPOINT).ok
 
 
 hub_reachable.cache_clear = probe.cache_clear  # tests and long sessions can ask again
@@ -180,7 +171,8 @@ def offline_reason() -> str:
     """Why the kit treats the Hub as unavailable: HF_HUB_OFFLINE, or what the probe found (with the fix)."""
     if offline_by_setting():
         return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
-    return hub_probe().explain()
+    from huggingface_hub import constants
+    return probe(constants.ENDPOINT).explain()
 
 
 # --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
@@ -193,18 +185,14 @@ def _token_state() -> str:
 def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str = "model") -> str:
     """What to do about a refused download: the licence page, HF_TOKEN, `hf auth login`. Never the token."""
     from huggingface_hub import constants
-    prefix = "" if repo_type == "model" else f"{repo_type}s/"
-    page = redact(f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}")
+    page = redact(f"{constants.ENDPOINT.rstrip('/')}/{'' if repo_type == 'model' else f'{repo_type}s/'}{repo_id}")
     what = "is gated" if gated else "refused access"
-    return (
-        f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download it:\n"
-        f"  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
-        "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the "
-        "HF_TOKEN environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), "
-        "or run `hf auth login` in a terminal.\n"
-        "  3. Restart the kernel and run again. Never paste the token into a notebook cell. "
-        "Or pick a model that is not gated."
-    )
+    return (f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download "
+            f"it:\n  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
+            "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the HF_TOKEN "
+            "environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), or run `hf auth "
+            "login` in a terminal.\n  3. Restart the kernel and run again. Never paste the token into a notebook cell. "
+            "Or pick a model that is not gated.")
 
 
 def _where(error: BaseException) -> tuple[str, str]:
@@ -223,9 +211,8 @@ def _where(error: BaseException) -> tuple[str, str]:
 
 
 def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | None:
-    """GatedModelError for a gated repo or a 403 anywhere in the chain (a not gated RepositoryNotFoundError, the Hub's
-    401 for a missing repo too, passes); else a one-line HubRequestError (what, where, the fix) for a token refusal,
-    a rate limit, a server error or a cut download; else None."""
+    """GatedModelError for a gated repo or a 403 anywhere in the chain (a not gated RepositoryNotFoundError passes);
+    else a one-line HubRequestError (what, where, the fix) for a 401, a 429, a 5xx or a cut download; else None."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
     httpx2, chain = _http_library(), _chain(error)
     for cause in chain:
@@ -271,10 +258,9 @@ def hub_access(repo_id: str, repo_type: str = "model"):
     def guard(record: logging.LogRecord) -> bool:  # stops the retry loop before it sleeps; shows what it showed
         found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
         if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
-            raise HubRequestError(
-                f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, Retry-After); "
-                f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
-                "logged-in requests (HF_TOKEN) get a higher limit.")
+            raise HubRequestError(f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, "
+                                  f"Retry-After); the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s "
+                                  "unseen. Fix: run again later; logged-in requests (HF_TOKEN) get a higher limit.")
         return record.levelno >= shown_from
     target.addFilter(guard)
     target.setLevel(min(shown_from, logging.WARNING))
@@ -301,9 +287,8 @@ def _looks_like_local_path(model_id: str) -> bool:
 def is_hub_id(model_id) -> bool:
     """Whether resolving `model_id` would consult huggingface_hub: not an existing folder nor a local-looking path."""
     model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id
-    if not isinstance(model_id, str) or not model_id.strip():
-        return False
-    return not Path(model_id).expanduser().is_dir() and not _looks_like_local_path(model_id)
+    return (isinstance(model_id, str) and bool(model_id.strip()) and not Path(model_id).expanduser().is_dir()
+            and not _looks_like_local_path(model_id))
 
 
 def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
