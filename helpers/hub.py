@@ -7,13 +7,14 @@ import importlib
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from . import folders
 from .env import truthy
@@ -31,7 +32,6 @@ SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package impor
 
 # --- can the Hub be reached: one real HTTPS request (a captive portal accepts a TCP connect and never answers), in a
 # thread with a hard deadline (a DNS lookup has no socket timeout). Any HTTP answer counts as reachable.
-
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
 FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
 
@@ -139,7 +139,6 @@ probe.cache_clear = _ANSWERS.clear
 
 def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
-    import socket
     done = threading.Event()
     def lookup() -> None:
         with suppress(OSError):
@@ -150,7 +149,6 @@ def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
 
 
 def hub_reachable() -> bool:
-    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now."""
     from huggingface_hub import constants
     return probe(constants.ENDPOINT).ok
 
@@ -176,7 +174,6 @@ def offline_reason() -> str:
 
 
 # --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
-
 def _token_state() -> str:
     from huggingface_hub import get_token
     return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
@@ -197,7 +194,6 @@ def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str 
 
 def _where(error: BaseException) -> tuple[str, str]:
     """(host, file) of the request behind a Hub error, for a one-line message."""
-    from urllib.parse import unquote
     try:
         response = getattr(error, "response", None)
         url = response.request.url if response is not None else error.request.url
@@ -277,7 +273,6 @@ def hub_access(repo_id: str, repo_type: str = "model"):
 
 
 # --- where a model comes from ------------------------------------------------------------------------------------
-
 def _looks_like_local_path(model_id: str) -> bool:
     return (model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
             or Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py")
@@ -359,7 +354,6 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
 
 
 # --- which files a pipeline download fetches ---------------------------------------------------------------------
-
 # Weight formats and variants from_pretrained does not read by default (an SDXL repo holds fp32, fp16, ONNX, Flax).
 SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
 
