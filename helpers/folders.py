@@ -12,8 +12,6 @@ from pathlib import Path
 
 from .errors import InvalidParameterError, LocalPathNotFoundError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".gguf")
 CONFIG_FILES = ("config.json", "scheduler_config.json", "preprocessor_config.json", "tokenizer_config.json",
                 "tokenizer.json", "vocab.json")
 
@@ -58,8 +56,7 @@ def check_safetensors(path: Path, name: str = "model_id") -> dict:
 
 
 def check_shapes(component_folder: Path, expected: dict[str, tuple], name: str = "model_id") -> None:
-    """Every tensor in the folder's .safetensors files that the config's model also has must have its shape;
-    `expected`: {tensor name: shape} of the model built from config.json on the meta device."""
+    """Each tensor of the folder's .safetensors files named in `expected` ({name: shape} of the config's model) fits."""
     for path in sorted(component_folder.glob("*.safetensors")):
         for key, entry in check_safetensors(path, name).items():
             if key in expected and isinstance(entry, dict) and tuple(entry.get("shape", ())) != tuple(expected[key]):
@@ -83,7 +80,7 @@ def check_component(folder: Path, component: str, spec: list, name: str = "model
     for config in (c for c in configs if c.suffix == ".json" and c.name != "vocab.json"):
         read_json_object(config, name)
     if (sub / "config.json").is_file():
-        weights = [p for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")]
+        weights = [p for p in sub.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
         if not weights:
             raise _broken(name, sub, f"{component}/ has a config.json but no weights (*.safetensors, *.bin)",
                           "The download is incomplete: run snapshot_download again for this model.")
@@ -93,8 +90,7 @@ def check_component(folder: Path, component: str, spec: list, name: str = "model
 
 @cache
 def _diffusers_names() -> str:
-    spec = importlib.util.find_spec("diffusers")
-    return Path(spec.origin).read_text() if spec and spec.origin else ""
+    return Path(spec.origin).read_text() if (spec := importlib.util.find_spec("diffusers")) and spec.origin else ""
 
 
 def diffusers_exports(class_name: str) -> bool:
@@ -140,8 +136,7 @@ IMAGE_CONDITIONED = re.compile(r"Img2Img|Inpaint|ImageToImage|ImageToVideo|Video
 
 def refuse_image_conditioned(index: dict, name: str, value) -> None:
     """Refuse a folder whose pipeline needs an input image where the notebook starts from a prompt alone."""
-    pipeline_class = index.get("_class_name")
-    if isinstance(pipeline_class, str) and IMAGE_CONDITIONED.search(pipeline_class):
+    if isinstance(pipeline_class := index.get("_class_name"), str) and IMAGE_CONDITIONED.search(pipeline_class):
         raise InvalidParameterError(name, value, f"holds a {pipeline_class}, which needs an input image; this notebook "
                                     "starts from a prompt", "Pass the text-to-image (or text-to-video) folder of that "
                                     "model; the notebook builds the image-conditioned variants from it with from_pipe.")
@@ -149,7 +144,7 @@ def refuse_image_conditioned(index: dict, name: str, value) -> None:
 
 def refuse_single_file(path: Path, name: str = "model_id") -> None:
     """A checkpoint file given where a pipeline folder or Hub id is expected: say how to load it."""
-    if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
+    if path.is_file() and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".gguf"):
         raise InvalidParameterError(name, str(path), "is a single-file checkpoint, not a pipeline folder or Hub id",
                                     "Load it with the family's class, e.g. StableDiffusionXLPipeline.from_single_file("
                                     "path), or convert it once with save_pretrained(folder) and pass that folder.")
