@@ -56,7 +56,7 @@ def check_safetensors(path: Path, name: str = "model_id") -> dict:
 
 
 def check_shapes(component_folder: Path, expected: dict[str, tuple], name: str = "model_id") -> None:
-    """Each tensor of the folder's .safetensors files named in `expected` ({name: shape} of the config's model) fits."""
+    """Each tensor in `expected` ({name: shape}, from config.json) has that shape in the folder's .safetensors files."""
     for path in sorted(component_folder.glob("*.safetensors")):
         for key, entry in check_safetensors(path, name).items():
             if key in expected and isinstance(entry, dict) and tuple(entry.get("shape", ())) != tuple(expected[key]):
