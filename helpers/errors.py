@@ -1,11 +1,6 @@
-"""Every exception the kit raises, and `redact`, which keeps secrets out of their messages.
-
-Each error subclasses the builtin a caller would expect to catch and carries its parts as fields:
-`name` (the parameter, when there is one), `value` (what was given), `rule` (what is allowed or what went
-wrong) and `fix` (what to do). The message is built from them by one rule: what was wrong, the bad value,
-then the fix. Code that re-reports an error under another parameter name uses the fields, never the text.
-Standard library only: this module is imported before anything is installed.
-"""
+"""Every exception the kit raises, and `redact`, which keeps secrets out of their messages. Each error subclasses the
+builtin a caller would catch and carries `name`, `value`, `rule` and `fix` as fields (re-report with those, never the
+text). Standard library only: imported before anything is installed."""
 
 from __future__ import annotations
 

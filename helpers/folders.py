@@ -1,9 +1,5 @@
-"""Check a local pipeline folder before `from_pretrained` reads it, so a broken copy fails with the file's name.
-
-diffusers reports a truncated download, a missing component folder or an invalid `model_index.json` as a
-bare `KeyError`, `TypeError` or `JSONDecodeError` deep inside loading. This reads only small files (JSON, and
-the first bytes of each weight file), never the weights themselves. Light: no torch, no diffusers.
-"""
+"""Check a local pipeline folder before `from_pretrained` reads it, so a broken copy fails with the file's name (not a
+bare KeyError deep inside loading). Reads only JSON and weight headers; no torch, no diffusers."""
 
 from __future__ import annotations
 
@@ -16,8 +12,6 @@ from pathlib import Path
 
 from .errors import InvalidParameterError, LocalPathNotFoundError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".gguf")
 CONFIG_FILES = ("config.json", "scheduler_config.json", "preprocessor_config.json", "tokenizer_config.json",
                 "tokenizer.json", "vocab.json")
 
@@ -41,8 +35,7 @@ def read_json_object(path: Path, name: str = "model_id") -> dict:
 
 def check_safetensors(path: Path, name: str = "model_id") -> dict:
     """The first 8 bytes give the header length; the header must be JSON and fit in the file. Returns it."""
-    size = path.stat().st_size
-    fix = "The download was interrupted or the file was replaced: download it again."
+    size, fix = path.stat().st_size, "The download was interrupted or the file was replaced: download it again."
     if size < 8:
         raise _broken(name, path, f"{path.name} is {size} bytes, too short to be a safetensors file", fix)
     with open(path, "rb") as file:
@@ -63,15 +56,9 @@ def check_safetensors(path: Path, name: str = "model_id") -> dict:
 
 
 def check_shapes(component_folder: Path, expected: dict[str, tuple], name: str = "model_id") -> None:
-    """Every tensor in the folder's .safetensors files that the config's model also has must have its shape.
-
-    A config.json from another model or version makes diffusers fail deep in loading, suggesting
-    `ignore_mismatched_sizes` (which would load random weights); this names the file, the tensor and the fix.
-    `expected`: {tensor name: shape} of the model built from config.json on the meta device.
-    """
+    """Each tensor in `expected` ({name: shape}, from config.json) has that shape in the folder's .safetensors files."""
     for path in sorted(component_folder.glob("*.safetensors")):
-        header = check_safetensors(path, name)
-        for key, entry in header.items():
+        for key, entry in check_safetensors(path, name).items():
             if key in expected and isinstance(entry, dict) and tuple(entry.get("shape", ())) != tuple(expected[key]):
                 raise _broken(name, path, f"{component_folder.name}/{path.name} holds {key} with shape "
                               f"{list(entry['shape'])}, but {component_folder.name}/config.json builds "
@@ -90,35 +77,29 @@ def check_component(folder: Path, component: str, spec: list, name: str = "model
     if not configs:
         raise _broken(name, sub, f"{component}/ has no config file ({', '.join(CONFIG_FILES[:3])}, ...)",
                       "Download the model again; save_pretrained writes one for every component.")
-    for config in configs:
-        if config.suffix == ".json" and config.name != "vocab.json":
-            read_json_object(config, name)
+    for config in (c for c in configs if c.suffix == ".json" and c.name != "vocab.json"):
+        read_json_object(config, name)
     if (sub / "config.json").is_file():
-        weights = [p for p in sub.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")]
+        weights = [p for p in sub.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
         if not weights:
             raise _broken(name, sub, f"{component}/ has a config.json but no weights (*.safetensors, *.bin)",
                           "The download is incomplete: run snapshot_download again for this model.")
-        for weight in weights:
-            if weight.suffix == ".safetensors":
-                check_safetensors(weight, name)
+        for weight in (w for w in weights if w.suffix == ".safetensors"):
+            check_safetensors(weight, name)
 
 
 @cache
 def _diffusers_names() -> str:
-    spec = importlib.util.find_spec("diffusers")
-    return Path(spec.origin).read_text() if spec and spec.origin else ""
+    return Path(spec.origin).read_text() if (spec := importlib.util.find_spec("diffusers")) and spec.origin else ""
 
 
 def diffusers_exports(class_name: str) -> bool:
-    """Whether the installed diffusers exports `class_name`, read from its lazy import table (diffusers/__init__.py)
-    without importing it: parameter checks run before the import-time settings that must precede `import diffusers`."""
-    names = _diffusers_names()
-    return not names or f'"{class_name}"' in names
+    """Whether the installed diffusers exports `class_name`, read from its lazy import table without importing it."""
+    return not _diffusers_names() or f'"{class_name}"' in _diffusers_names()
 
 
 def check_pipeline_class(folder: str | Path, name: str = "model_id") -> None:
-    """The folder's pipeline class is one the installed diffusers exports. Run after the pins are installed:
-    before, a hosted runtime's preinstalled (older) diffusers would refuse a class the pinned one has."""
+    """The folder's pipeline class is one the installed diffusers exports (run after the pins are installed)."""
     index_path = Path(folder).expanduser() / "model_index.json"
     pipeline_class = read_json_object(index_path, name).get("_class_name")
     if isinstance(pipeline_class, str) and not diffusers_exports(pipeline_class):
@@ -154,21 +135,16 @@ IMAGE_CONDITIONED = re.compile(r"Img2Img|Inpaint|ImageToImage|ImageToVideo|Video
 
 
 def refuse_image_conditioned(index: dict, name: str, value) -> None:
-    """A folder whose pipeline needs an input image (an Inpaint or Img2Img class) given where the notebook starts
-    from a prompt alone: diffusers would load it, and the first call would fail asking for `image`."""
-    pipeline_class = index.get("_class_name")
-    if isinstance(pipeline_class, str) and IMAGE_CONDITIONED.search(pipeline_class):
-        raise InvalidParameterError(
-            name, value, f"holds a {pipeline_class}, which needs an input image; this notebook starts from a prompt",
-            "Pass the text-to-image (or text-to-video) folder of that model; the notebook builds the image-"
-            "conditioned variants from it with from_pipe.")
+    """Refuse a folder whose pipeline needs an input image where the notebook starts from a prompt alone."""
+    if isinstance(pipeline_class := index.get("_class_name"), str) and IMAGE_CONDITIONED.search(pipeline_class):
+        raise InvalidParameterError(name, value, f"holds a {pipeline_class}, which needs an input image; this notebook "
+                                    "starts from a prompt", "Pass the text-to-image (or text-to-video) folder of that "
+                                    "model; the notebook builds the image-conditioned variants from it with from_pipe.")
 
 
 def refuse_single_file(path: Path, name: str = "model_id") -> None:
     """A checkpoint file given where a pipeline folder or Hub id is expected: say how to load it."""
-    if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
-        raise InvalidParameterError(
-            name, str(path), "is a single-file checkpoint, not a pipeline folder or Hub id",
-            "Load it with the family's class, e.g. StableDiffusionXLPipeline.from_single_file(path), or convert it "
-            "once with save_pretrained(folder) and pass that folder.",
-        )
+    if path.is_file() and path.suffix in (".safetensors", ".ckpt", ".bin", ".pt", ".gguf"):
+        raise InvalidParameterError(name, str(path), "is a single-file checkpoint, not a pipeline folder or Hub id",
+                                    "Load it with the family's class, e.g. StableDiffusionXLPipeline.from_single_file("
+                                    "path), or convert it once with save_pretrained(folder) and pass that folder.")

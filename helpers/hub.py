@@ -1,20 +1,20 @@
 """Where a model comes from (a local folder, the kit's shipped configs, the Hub) and whether the Hub can be used now.
-
-Standard library only at import: the parameter checks use it before the pinned packages are installed.
-"""
+Standard library only at import: the parameter checks use it before the pinned packages are installed."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from . import folders
 from .env import truthy
@@ -22,6 +22,7 @@ from .errors import (
     GatedModelError,
     HubRequestError,
     InvalidParameterError,
+    KitError,
     LocalPathNotFoundError,
     ModelNotCachedOfflineError,
     redact,
@@ -29,11 +30,8 @@ from .errors import (
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package imports torch: only for a shipped id
 
-# --- can the Hub be reached: one bounded HTTPS request, DNS included --------------------------------------------
-# A TCP connect is not enough (a captive portal or a stalled proxy accepts and never answers, and huggingface_hub
-# then retries for minutes), so a real request goes through huggingface_hub's own client, in a thread with a hard
-# deadline: a DNS lookup is bounded by no socket timeout. Any HTTP answer counts as reachable.
-
+# --- can the Hub be reached: one real HTTPS request (a captive portal accepts a TCP connect and never answers), in a
+# thread with a hard deadline (a DNS lookup has no socket timeout). Any HTTP answer counts as reachable.
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
 FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
 
@@ -54,7 +52,6 @@ FIXES = {
 @dataclass(frozen=True)
 class HubProbe:
     """The probe's verdict: `ok`, or which step failed (`problem`, a key of FIXES) and what was said."""
-
     endpoint: str
     ok: bool
     seconds: float
@@ -71,23 +68,23 @@ class HubProbe:
                       f"{FIXES[self.problem]}.{cache_only}")
 
 
+def _chain(error: BaseException | None) -> list[BaseException]:
+    found = []
+    while error is not None and error not in found and len(found) < 10:
+        found.append(error)
+        error = error.__cause__ or error.__context__
+    return found
+
+
 def _http_library():
     """The HTTP library of huggingface_hub's session: httpx (huggingface_hub 1.x) or httpx2 (2.x); Colab has both."""
-    import importlib
-
     from huggingface_hub.utils import get_session
-
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
 
 
 def _classify(error: BaseException) -> tuple[str, str]:
     """(problem, detail) from an httpx exception and the OS or TLS error behind it."""
-    httpx2 = _http_library()
-
-    chain, cause = [], error
-    while cause is not None and len(chain) < 8:
-        chain.append(cause)
-        cause = cause.__cause__ or cause.__context__
+    httpx2, chain = _http_library(), _chain(error)[:8]
     text = "; ".join(dict.fromkeys(str(e) for e in chain if str(e))) or type(error).__name__
     detail = text.splitlines()[0][:200]
     if any(isinstance(e, ssl.SSLError) for e in chain) or any(k in text for k in ("SSL", "TLS", "certificate")):
@@ -106,15 +103,6 @@ def _classify(error: BaseException) -> tuple[str, str]:
     return "other", detail
 
 
-def _request(endpoint: str, timeout: float) -> None:
-    from huggingface_hub.utils import get_session
-
-    httpx2 = _http_library()
-
-    get_session().request("HEAD", endpoint.rstrip("/") + "/api/models", timeout=httpx2.Timeout(timeout),
-                          follow_redirects=False)
-
-
 _ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
 
 
@@ -126,62 +114,43 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
         asked, verdict = _ANSWERS[key]
         if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
             return verdict
-    _ANSWERS[key] = (time.monotonic(), _probe(endpoint, timeout))
+    from huggingface_hub.utils import get_session
+    outcome: dict = {}
+    def attempt() -> None:
+        try:
+            get_session().request("HEAD", endpoint.rstrip("/") + "/api/models",
+                                  timeout=_http_library().Timeout(timeout), follow_redirects=False)
+            outcome["ok"] = True
+        except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
+            outcome["error"] = error
+    start = time.monotonic()
+    worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + 2)
+    seconds = time.monotonic() - start
+    problem = () if outcome.get("ok") else _classify(outcome["error"]) if "error" in outcome else (
+        "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout", f"no answer within {timeout + 2:.0f} s")
+    _ANSWERS[key] = (start, HubProbe(endpoint, not problem, seconds, *problem))
     return _ANSWERS[key][1]
 
 
 probe.cache_clear = _ANSWERS.clear
 
 
-def _probe(endpoint: str, timeout: float) -> HubProbe:
-    outcome: dict = {}
-
-    def attempt() -> None:
-        try:
-            _request(endpoint, timeout)
-            outcome["ok"] = True
-        except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
-            outcome["error"] = error
-
-    start = time.monotonic()
-    worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
-    worker.start()
-    worker.join(timeout + 2)
-    seconds = time.monotonic() - start
-    if outcome.get("ok"):
-        return HubProbe(endpoint, True, seconds)
-    if "error" in outcome:
-        return HubProbe(endpoint, False, seconds, *_classify(outcome["error"]))
-    return HubProbe(endpoint, False, seconds, "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout",
-                    f"no answer within {timeout + 2:.0f} s")
-
-
 def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
-    import socket
-
     done = threading.Event()
-
     def lookup() -> None:
-        try:
+        with suppress(OSError):
             socket.getaddrinfo(host, 443)
-        except OSError:
-            pass
         done.set()
-
     threading.Thread(target=lookup, daemon=True).start()
     return not done.wait(wait)
 
 
-def hub_probe() -> HubProbe:
-    """Whether the Hub endpoint (HF_ENDPOINT, e.g. a mirror) answers now, and if not, why."""
-    from huggingface_hub import constants
-
-    return probe(constants.ENDPOINT)
-
-
 def hub_reachable() -> bool:
-    return hub_probe().ok
+    from huggingface_hub import constants
+    return probe(constants.ENDPOINT).ok
 
 
 hub_reachable.cache_clear = probe.cache_clear  # tests and long sessions can ask again
@@ -200,61 +169,31 @@ def offline_reason() -> str:
     """Why the kit treats the Hub as unavailable: HF_HUB_OFFLINE, or what the probe found (with the fix)."""
     if offline_by_setting():
         return "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
-    return hub_probe().explain()
+    from huggingface_hub import constants
+    return probe(constants.ENDPOINT).explain()
 
 
 # --- a refused or failed Hub request: gated or private repositories, bad tokens, server errors, cut downloads ---
-
-def _chain(error: BaseException | None) -> list[BaseException]:
-    found = []
-    while error is not None and error not in found and len(found) < 10:
-        found.append(error)
-        error = error.__cause__ or error.__context__
-    return found
-
-
-def _hub_status(error: BaseException) -> tuple[int | None, bool]:
-    """(HTTP status, gated?) of a refusal (a gated repo, a 403) anywhere in the chain; (None, False) if none.
-    A RepositoryNotFoundError that is not gated (the Hub's 401 for a missing repo too) passes through."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
-    for cause in _chain(error):
-        status = getattr(getattr(cause, "response", None), "status_code", None)
-        if isinstance(cause, GatedRepoError):
-            return status, True
-        if status == 403 and isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError):
-            return status, False
-    return None, False
-
-
 def _token_state() -> str:
     from huggingface_hub import get_token
-
     return "a Hugging Face token was sent" if get_token() is not None else "no Hugging Face token was found"
 
 
 def gated_message(repo_id: str, status: int | None, gated: bool, repo_type: str = "model") -> str:
     """What to do about a refused download: the licence page, HF_TOKEN, `hf auth login`. Never the token."""
     from huggingface_hub import constants
-
-    prefix = "" if repo_type == "model" else f"{repo_type}s/"
-    page = redact(f"{constants.ENDPOINT.rstrip('/')}/{prefix}{repo_id}")
+    page = redact(f"{constants.ENDPOINT.rstrip('/')}/{'' if repo_type == 'model' else f'{repo_type}s/'}{repo_id}")
     what = "is gated" if gated else "refused access"
-    return (
-        f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download it:\n"
-        f"  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
-        "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the "
-        "HF_TOKEN environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), "
-        "or run `hf auth login` in a terminal.\n"
-        "  3. Restart the kernel and run again. Never paste the token into a notebook cell. "
-        "Or pick a model that is not gated."
-    )
+    return (f"{repo_id!r} {what} (HTTP {status or '401/403'}; {_token_state()}); nothing was downloaded. To download "
+            f"it:\n  1. Open {page} while logged in and accept the licence (access can take a while to be granted).\n"
+            "  2. Give the kernel a token with read access (https://huggingface.co/settings/tokens): set the HF_TOKEN "
+            "environment variable (Colab: the key icon > Secrets > HF_TOKEN, with notebook access on), or run `hf auth "
+            "login` in a terminal.\n  3. Restart the kernel and run again. Never paste the token into a notebook cell. "
+            "Or pick a model that is not gated.")
 
 
 def _where(error: BaseException) -> tuple[str, str]:
     """(host, file) of the request behind a Hub error, for a one-line message."""
-    from urllib.parse import unquote
-
     try:
         response = getattr(error, "response", None)
         url = response.request.url if response is not None else error.request.url
@@ -267,113 +206,89 @@ def _where(error: BaseException) -> tuple[str, str]:
     return redact(f"{url.host}:{url.port}" if url.port else url.host), path.strip("/")
 
 
-def _failure(error: BaseException) -> str | None:
-    """One line (what, where, the fix) for a token refusal, a rate limit, a server error or a cut download."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    httpx2 = _http_library()
-    for cause in _chain(error):
+def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | None:
+    """GatedModelError for a gated repo or a 403 anywhere in the chain (a not gated RepositoryNotFoundError passes);
+    else a one-line HubRequestError (what, where, the fix) for a 401, a 429, a 5xx or a cut download; else None."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    httpx2, chain = _http_library(), _chain(error)
+    for cause in chain:
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        gated, plain = isinstance(cause, GatedRepoError), not isinstance(cause, RepositoryNotFoundError)
+        if gated or (status == 403 and plain and isinstance(cause, HfHubHTTPError)):
+            return GatedModelError(gated_message(repo_id, status, gated, repo_type))
+    for cause in chain:
         status = getattr(getattr(cause, "response", None), "status_code", None)
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
             host, file = _where(cause)
             if status == 401:
-                sent = _token_state().startswith("a ")
-                return (f"The Hub at {host} refused {file} (HTTP 401; {_token_state()}): "
-                        f"{'the token is not valid' if sent else 'it asks for a token'}. Fix: make a read token at "
-                        "https://huggingface.co/settings/tokens, set HF_TOKEN (or run `hf auth login`) and restart "
-                        "the kernel.")
+                state = _token_state()
+                why = "the token is not valid" if state.startswith("a ") else "it asks for a token"
+                return HubRequestError(f"The Hub at {host} refused {file} (HTTP 401; {state}): {why}. Fix: make a "
+                                       "read token at https://huggingface.co/settings/tokens, set HF_TOKEN (or run "
+                                       "`hf auth login`) and restart the kernel.")
             if status == 429:
                 wait = cause.response.headers.get("Retry-After")
-                return (f"The Hub at {host} rate-limited {file} (HTTP 429{f', retry after {wait} s' if wait else ''})."
-                        " Fix: wait and run again; logged-in requests (HF_TOKEN) get a higher limit.")
+                return HubRequestError(f"The Hub at {host} rate-limited {file} (HTTP 429"
+                                       f"{f', retry after {wait} s' if wait else ''}). Fix: wait and run again; "
+                                       "logged-in requests (HF_TOKEN) get a higher limit.")
             if status >= 500:
-                return (f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your setup). Fix: "
-                        "run again in a few minutes (https://status.huggingface.co), or use a mirror (HF_ENDPOINT).")
+                return HubRequestError(f"The Hub at {host} failed on {file} (HTTP {status}: a server error, not your "
+                                       "setup). Fix: run again in a few minutes (https://status.huggingface.co), or "
+                                       "use a mirror (HF_ENDPOINT).")
         if isinstance(cause, httpx2.RemoteProtocolError):
             host, file = _where(cause)
-            return (f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). Fix: run again; "
-                    "huggingface_hub resumes what it has.")
+            return HubRequestError(f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). "
+                                   "Fix: run again; huggingface_hub resumes what it has.")
     return None
 
 
 LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
 
 
-class _LongRateLimitWait(logging.Filter):
-    """Stops huggingface_hub's retry loop before it sleeps when the Hub asks for a longer wait than allowed;
-    lets through only what the logger showed before."""
-
-    def __init__(self, shown_from: int):
-        super().__init__()
-        self.shown_from = shown_from
-
-    def filter(self, record: logging.LogRecord) -> bool:
+@contextmanager
+def hub_access(repo_id: str, repo_type: str = "model"):
+    """Re-raise a gated or private repo's 401/403 as GatedModelError, and a refused token, a rate limit, a server error
+    or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
+    target = logging.getLogger("huggingface_hub.utils._http")
+    previous, shown_from = target.level, target.getEffectiveLevel()
+    def guard(record: logging.LogRecord) -> bool:  # stops the retry loop before it sleeps; shows what it showed
         found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
         if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:
-            raise HubRequestError(
-                f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, Retry-After); "
-                f"the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s unseen. Fix: run again later; "
-                "logged-in requests (HF_TOKEN) get a higher limit.")
-        return record.levelno >= self.shown_from
-
-
-@contextmanager
-def _no_long_rate_limit_waits():
-    target = logging.getLogger("huggingface_hub.utils._http")
-    previous = target.level
-    guard = _LongRateLimitWait(target.getEffectiveLevel())
+            raise HubRequestError(f"The Hub rate-limited a request and asks to wait {float(found[1]):.0f} s (HTTP 429, "
+                                  f"Retry-After); the kit does not wait more than {LONGEST_RATE_LIMIT_WAIT_S:.0f} s "
+                                  "unseen. Fix: run again later; logged-in requests (HF_TOKEN) get a higher limit.")
+        return record.levelno >= shown_from
     target.addFilter(guard)
-    target.setLevel(min(target.getEffectiveLevel(), logging.WARNING))
+    target.setLevel(min(shown_from, logging.WARNING))
     try:
         yield
+    except Exception as error:
+        refusal = _refusal(error, repo_id, repo_type)
+        if refusal is None:
+            raise
+        raise refusal from None
     finally:
         target.removeFilter(guard)
         target.setLevel(previous)
 
 
-@contextmanager
-def hub_access(repo_id: str, repo_type: str = "model"):
-    """Re-raise, inside the block, a gated or private repo's 401/403 as GatedModelError (licence page, token),
-    and a refused token, a rate limit, a server error or a cut download as a one-line HubRequestError naming
-    the host and the file. A long Retry-After is refused, not slept out. The rest (a missing file) passes."""
-    try:
-        with _no_long_rate_limit_waits():
-            yield
-    except Exception as error:
-        status, gated = _hub_status(error)
-        if status is not None or gated:
-            raise GatedModelError(gated_message(repo_id, status, gated, repo_type)) from None
-        failure = _failure(error)
-        if failure is None:
-            raise
-        raise HubRequestError(failure) from None
-
-
 # --- where a model comes from ------------------------------------------------------------------------------------
-
 def _looks_like_local_path(model_id: str) -> bool:
-    if model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1:
-        return True
-    if Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py"):
-        return True
-    # "models/tiny" where ./models exists is a mistyped local folder, not a Hub id.
-    return "/" in model_id and Path(model_id).parent.is_dir()
+    return (model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
+            or Path(model_id).suffix in (".json", ".safetensors", ".ckpt", ".bin", ".py")
+            or ("/" in model_id and Path(model_id).parent.is_dir()))
 
 
 def is_hub_id(model_id) -> bool:
-    """Whether resolving `model_id` would consult huggingface_hub: a string that is neither an existing
-    folder nor a local-looking path (those are checked without importing anything heavy)."""
-    if isinstance(model_id, os.PathLike):
-        model_id = os.fspath(model_id)
-    if not isinstance(model_id, str) or not model_id.strip():
-        return False
-    return not Path(model_id).expanduser().is_dir() and not _looks_like_local_path(model_id)
+    """Whether resolving `model_id` would consult huggingface_hub: not an existing folder nor a local-looking path."""
+    model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id
+    return (isinstance(model_id, str) and bool(model_id.strip()) and not Path(model_id).expanduser().is_dir()
+            and not _looks_like_local_path(model_id))
 
 
 def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError
-
     try:
         found = try_to_load_from_cache(repo_id, filename, revision=revision)
     except HFValidationError:
@@ -382,13 +297,9 @@ def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | Non
 
 
 def resolve_model_source(model_id: str, revision: str | None = None, subfolder: str = "") -> str:
-    """A local folder (checked to exist and hold a model) or a Hub id (checked to be usable now).
-
-    diffusers treats any path that does not exist as a Hub id; here a missing local path is an
-    error, and an uncached Hub id on an offline machine fails at once instead of after retries.
-    """
-    if isinstance(model_id, os.PathLike):
-        model_id = os.fspath(model_id)
+    """A local folder (checked to hold a model) or a Hub id (checked to be usable now): a missing local path is an
+    error (diffusers sends it to the Hub), an uncached Hub id offline fails at once instead of after retries."""
+    model_id = os.fspath(model_id) if isinstance(model_id, os.PathLike) else model_id
     if not isinstance(model_id, str) or not model_id.strip():
         raise InvalidParameterError("model_id", model_id, "give a Hub id like 'Qwen/Qwen-Image' or a local folder")
     path = Path(model_id).expanduser()
@@ -396,16 +307,13 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
         if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
             raise LocalPathNotFoundError(
                 "the local folder has no model_index.json (pipeline) or config.json (model)", name="model_id",
-                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.",
-            )
+                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.")
         return str(path.resolve())
     if _looks_like_local_path(model_id):
         raise LocalPathNotFoundError(
             f"the local path does not exist (resolved to {str(path.resolve())!r})", name="model_id", value=model_id,
-            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.",
-        )
+            fix="Check the path; diffusers would have sent it to the Hub as a repo id. Hub ids look like 'org/name'.")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(model_id)
     except HFValidationError as error:
@@ -414,20 +322,16 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     if not any(_cached_file(model_id, name, revision) for name in candidates) and hub_offline():
         raise ModelNotCachedOfflineError(
             f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
-            value=model_id,
-            fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the local folder "
-                "that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
-                "downloads nothing).",
-        )
+            value=model_id, fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the "
+            "local folder that holds it. To see first whether it fits, run with plan_only=True (plans from configs, "
+            "downloads nothing).")
     return model_id
 
 
 def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
-    """The pipeline's model_index.json, the one reader for every caller: a local folder's; for a Hub id the cached
-    copy, else the Hub's (a few hundred bytes; a gated repo says what to do), else offline the kit's shipped copy.
-    prefer_shipped: the shipped copy answers first, without a request (parameter checks, plans from configs)."""
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
+    """The pipeline's model_index.json: a local folder's; for a Hub id the cached copy, else the Hub's, else offline the
+    kit's shipped copy. prefer_shipped: the shipped copy answers first, without a request."""
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if is_hub_id(source):
         shipped = revision is None and (SHIPPED / source.replace("/", "--", 1) / "model_index.json").is_file()
         cached = None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision)
@@ -435,14 +339,12 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
             return folders.read_json_object(Path(cached))
         if shipped and (prefer_shipped or hub_offline()):
             from . import architectures
-
             return architectures.model_index(source)
     source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
     if Path(source).is_dir():
         index = Path(source) / "model_index.json"
     else:
         from huggingface_hub import hf_hub_download
-
         with hub_access(source):
             index = Path(hf_hub_download(source, "model_index.json", revision=revision,
                                          local_files_only=hub_offline()))
@@ -452,9 +354,7 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
 
 
 # --- which files a pipeline download fetches ---------------------------------------------------------------------
-
-# Weight formats and variants from_pretrained does not read by default: skipping them keeps a
-# snapshot to what the pipeline loads (an SDXL repo holds fp32, fp16, ONNX and Flax copies).
+# Weight formats and variants from_pretrained does not read by default (an SDXL repo holds fp32, fp16, ONNX, Flax).
 SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
 
 
@@ -476,20 +376,17 @@ def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
         snapshot = Path(index).parent
         return {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in snapshot.rglob("*") if p.is_file()}
     from huggingface_hub import HfApi, constants
-
     with hub_access(repo_id):
         info = HfApi(endpoint=constants.ENDPOINT).model_info(repo_id, revision=revision, files_metadata=True)
     return {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
 
 
 def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[str]]:
-    """With a variant, diffusers' own selection: the variant's weights where a component has them, else its
-    default weights, never both copies."""
+    """With a variant, diffusers' own selection: the variant's weights where a component has them, else its default."""
     patterns = pipeline_file_patterns(model_index)
     if variant is None:
         return patterns
     from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
-
     other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
     try:
         usable, _ = variant_compatible_siblings(set(files), variant=variant, ignore_patterns=other_formats)
@@ -501,17 +398,13 @@ def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[s
 
 
 def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:
-    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads (the load
-    plan's `variant`); a variant costs one metadata request for the repo's file list."""
-    index = read_model_index(repo_id, revision)
-    return _patterns(index, repo_files(repo_id, revision) if variant else (), variant)
+    """`snapshot_download` patterns for exactly what `from_pretrained(repo_id, variant=variant)` loads."""
+    return _patterns(read_model_index(repo_id, revision), repo_files(repo_id, revision) if variant else (), variant)
 
 
 def weight_files(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, int]:
-    """{repo filename: bytes} of exactly the files `snapshot_patterns(repo_id, variant)` downloads (weights,
-    configs, code), so a plan sizes the download it gets."""
+    """{repo filename: bytes} of exactly the files `snapshot_patterns(repo_id, variant)` downloads."""
     from huggingface_hub.utils import filter_repo_objects
-
     files = repo_files(repo_id, revision)
     patterns = _patterns(read_model_index(repo_id, revision), files, variant)
     return {name: files[name] for name in filter_repo_objects(sorted(files), **patterns)}

@@ -1,8 +1,5 @@
-"""Thin guards around `DiffusionPipeline.from_pretrained` and `from_pipe`, and the out-of-memory guard.
-
-Each function checks what diffusers would otherwise get wrong silently or with a deep traceback, then
-makes the real diffusers call and returns the real diffusers pipeline.
-"""
+"""Thin guards around `DiffusionPipeline.from_pretrained` and `from_pipe`, and the out-of-memory guard: each checks
+what diffusers would get wrong silently or with a deep traceback, then makes the real diffusers call."""
 
 from __future__ import annotations
 
@@ -29,18 +26,14 @@ TASKS = {"text2image": "AUTO_TEXT2IMAGE_PIPELINES_MAPPING", "image2image": "AUTO
 
 
 def resolve_dtype(dtype):
-    """A dtype name (or a per-component dict of names) -> torch dtypes. "auto" is the load plan's to decide.
-
-    A dict must carry a "default" key: without it diffusers loads every unlisted component as fp32.
-    """
+    """A dtype name (or a per-component dict of names, with a "default" key) -> torch dtypes."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if isinstance(dtype, dict):
         if "default" not in dtype:
-            raise InvalidParameterError(
-                "dtype", dtype, 'a per-component dict needs a "default" key',
-                'Without it diffusers loads every unlisted component as float32. Add "default": "bfloat16" (say).',
-            )
+            raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key', "Without it "
+                                        'diffusers loads every unlisted component as float32. Add "default": '
+                                        '"bfloat16" (say).')
         return {name: resolve_dtype(value) for name, value in dtype.items()}
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
         return DTYPES[dtype.lower()]
@@ -51,11 +44,9 @@ def resolve_dtype(dtype):
 
 
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
-    """The kit's device_map values as the strings diffusers accepts ("balanced", the accelerator, "cpu"); None
-    means load on CPU (None in, None out: the caller places the pipeline with `.to()`). diffusers rejects "auto",
-    dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
-    if gpu_count is None:
-        gpu_count = torch.cuda.device_count()
+    """The kit's device_map as a string diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU).
+    diffusers rejects "auto", dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
+    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if device_map is None:
         return None
     if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
@@ -67,78 +58,56 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
         allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES if c)}"
         raise InvalidParameterError("device_map", device_map, allowed, hint)
     if device_map == "auto":
-        if gpu_count:
-            return accelerator
-        return "mps" if env.recommended_device() == "mps" else None
+        return accelerator if gpu_count else "mps" if env.recommended_device() == "mps" else None
     if device_map in ("cuda", "balanced") and gpu_count == 0:
-        raise InvalidParameterError(
-            "device_map", device_map, "it needs a CUDA GPU and none is visible",
-            'Use device_map="auto" (loads on CPU here) or "cpu"; in Colab pick a GPU runtime.',
-        )
+        raise InvalidParameterError("device_map", device_map, "it needs a CUDA GPU and none is visible",
+                                    'Use device_map="auto" (loads on CPU here) or "cpu"; in Colab pick a GPU runtime.')
     return device_map
 
 
 def device_for(device_map: str | None) -> str:
     """The device the pipeline's weights land on for a resolved device_map (the first GPU for "balanced")."""
-    if device_map in (None, "cpu"):
-        return "cpu"
-    return "cuda" if device_map == "balanced" else device_map
+    return "cpu" if device_map in (None, "cpu") else "cuda" if device_map == "balanced" else device_map
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
-    """Refuse per-component dtype mixes that fail at inference.
-
-    SD/SDXL components exchange tensors (text encoder -> UNet, UNet -> VAE) and fail with a dtype
-    error on the first call when their dtypes differ. Qwen-Image tolerates a VAE of another dtype.
-    """
-    distinct = set(dtypes.values())
-    if len(distinct) <= 1:
+    """Refuse per-component dtype mixes that fail at inference (SD/SDXL components exchange tensors; Qwen-Image
+    tolerates a VAE of another dtype)."""
+    if len(set(dtypes.values())) <= 1:
         return
     if pipeline_class_name.startswith("QwenImage") and len({d for n, d in dtypes.items() if n != "vae"}) == 1:
         return
     listing = ", ".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in sorted(dtypes.items()))
-    raise InvalidParameterError(
-        "dtype", listing, f"{pipeline_class_name} components must share one dtype",
-        "Mixed dtypes fail at inference on SD/SDXL-style pipelines; only Qwen-Image accepts a VAE of "
-        'another dtype (e.g. {"default": "bfloat16", "vae": "float32"}).',
-    )
+    raise InvalidParameterError("dtype", listing, f"{pipeline_class_name} components must share one dtype",
+                                "Mixed dtypes fail at inference on SD/SDXL-style pipelines; only Qwen-Image accepts a "
+                                'VAE of another dtype (e.g. {"default": "bfloat16", "vae": "float32"}).')
 
 
 def _refuse_torch_dtype(kwargs: dict) -> None:
     if "torch_dtype" in kwargs:
-        raise InvalidParameterError(
-            "torch_dtype", kwargs["torch_dtype"], "torch_dtype= is deprecated in diffusers 0.42", "Pass dtype= instead."
-        )
+        raise InvalidParameterError("torch_dtype", kwargs["torch_dtype"],
+                                    "torch_dtype= is deprecated in diffusers 0.42", "Pass dtype= instead.")
 
 
 def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="auto", device_map="auto",
                   revision: str | None = None, **kwargs):
-    """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards.
-
-    dtype="auto" takes the load plan's dtype policy (`planning.choose_dtype`). A gated repo (401/403) or running
-    out of memory raises `GatedModelError` / `KitOutOfMemoryError` with the fix (token and licence page; more
-    offload, quantization).
-
-    Returns the diffusers pipeline itself, its denoising progress bar set by the quiet policy.
-    """
+    """`pipeline_class.from_pretrained(model_id, dtype=..., device_map=...)` with the kit's guards; dtype="auto" takes
+    the load plan's policy. A gated repo or out of memory raises GatedModelError / KitOutOfMemoryError with the fix."""
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision)
     resolved_map = resolve_device_map(device_map)
     if dtype == "auto":  # the plan's dtype policy for this family and machine (never float16 for Qwen-Image, FLUX)
         from . import planning
-
         hardware = planning.resolve_hardware("auto")
         family = read_model_index(source, revision).get("_class_name", "")
         dtype = planning.choose_dtype(family, "auto", hardware, bool(hardware.gpus) and resolved_map != "cpu")[0]
     resolved_dtype = resolve_dtype(dtype)
-    passed = {name: value for name, value in kwargs.items() if isinstance(value, torch.nn.Module)}
-    for name, component in passed.items():
+    for name, component in ((n, v) for n, v in kwargs.items() if isinstance(v, torch.nn.Module)):
         check_component(component_spec(source, name, revision), name, component)
     if isinstance(resolved_dtype, dict):
         index = read_model_index(source, revision)
-        components = [name for name, spec in index.items() if not name.startswith("_") and _has_weights(spec)]
-        default = resolved_dtype["default"]
-        check_dtype_mix(index["_class_name"], {name: resolved_dtype.get(name, default) for name in components})
+        check_dtype_mix(index["_class_name"], {name: resolved_dtype.get(name, resolved_dtype["default"]) for name, spec
+                                               in index.items() if not name.startswith("_") and _has_weights(spec)})
     if not Path(source).is_dir() and hub_offline():
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
@@ -151,39 +120,32 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
 
 def _has_weights(spec) -> bool:
     """model_index entries whose class holds weights (not schedulers, tokenizers or processors)."""
-    if not isinstance(spec, list) or spec[1] is None:
-        return False
-    return not any(word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
+    return isinstance(spec, list) and spec[1] is not None and not any(
+        word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
 
 
 def from_pipe_dtype(pipe, dtype=None):
-    """The dtype to pass to `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own.
-
-    diffusers' from_pipe casts every shared module to `dtype`, defaulting to float32, so a bf16 source
-    silently becomes fp32, the source included (diffusers issue 12754). A source of mixed dtypes must choose.
-    """
+    """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own (diffusers casts
+    every shared module, the source's too, to `dtype`, defaulting to float32)."""
     if not isinstance(pipe, DiffusionPipeline):
-        raise InvalidParameterError(
-            "pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline", "Load one with from_pretrained."
-        )
+        raise InvalidParameterError("pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline",
+                                    "Load one with from_pretrained.")
     quantized = quantized_components(pipe)
     if quantized:
         raise InvalidParameterError(
             "pipe", type(pipe).__name__, f"its {', '.join(quantized)} is quantized, and from_pipe casts every shared "
-            "module with .to(dtype), which diffusers refuses for quantized models",
-            "Load the other task's class with from_pretrained(..., quantization_config=...) instead (a second copy "
-            "of the weights), or plan without quantization on a bigger machine.",
-        )
+            "module with .to(dtype), which diffusers refuses for quantized models", "Load the other task's class with "
+            "from_pretrained(..., quantization_config=...) instead (a second copy of the weights), or plan without "
+            "quantization on a bigger machine.")
     if dtype not in (None, "auto"):  # "auto": keep the source's (it was loaded with the plan's dtype)
         return resolve_dtype(dtype)
     current = module_dtypes(pipe)
     distinct = set(current.values())
     if len(distinct) > 1:
         listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in current.items())
-        raise InvalidParameterError(
-            "dtype", None, f"the source pipeline has mixed dtypes ({listing})",
-            "diffusers casts every shared module (the source's too) to one dtype: pass dtype= to choose it.",
-        )
+        raise InvalidParameterError("dtype", None, f"the source pipeline has mixed dtypes ({listing})", "diffusers "
+                                    "casts every shared module (the source's too) to one dtype: pass dtype= to "
+                                    "choose it.")
     return distinct.pop() if distinct else torch.float32
 
 
@@ -192,12 +154,9 @@ def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
     dtype = from_pipe_dtype(pipe, dtype)
     _refuse_torch_dtype(kwargs)
     if "device_map" in kwargs:
-        raise InvalidParameterError(
-            "device_map", kwargs["device_map"], "from_pipe does not take a device_map",
-            "The new pipeline shares the source's modules, and so their placement.",
-        )
-    # diffusers' cast logs "modules ... should be kept in float32: []" for every model even when the
-    # dtype does not change; only that empty-list note is dropped, every other warning stays.
+        raise InvalidParameterError("device_map", kwargs["device_map"], "from_pipe does not take a device_map",
+                                    "The new pipeline shares the source's modules, and so their placement.")
+    # diffusers logs "modules ... should be kept in float32: []" even when the dtype does not change: only that goes
     with without_empty_fp32_notes() if set(module_dtypes(pipe).values()) == {dtype} else nullcontext():
         new_pipe = pipeline_class.from_pipe(pipe, dtype=dtype, **kwargs)
     new_pipe.set_progress_bar_config(disable=env.quiet_mode())
@@ -205,24 +164,17 @@ def from_pipe(pipeline_class, pipe, dtype=None, **kwargs):
 
 
 def task_variant(pipe, task: str):
-    """The pipeline class of `pipe`'s family for `task` ("image2image", "inpaint"), or None.
-
-    Uses the same mapping as AutoPipelineForImage2Image / AutoPipelineForInpainting.
-    """
+    """The pipeline class of `pipe`'s family for `task` ("image2image", "inpaint"), or None (AutoPipelineFor*'s map)."""
     if task not in TASKS:
         raise InvalidParameterError("task", task, f"choose one of {', '.join(TASKS)}")
     from diffusers.pipelines import auto_pipeline  # imports every pipeline class: only when asked
+    return auto_pipeline._get_task_class(getattr(auto_pipeline, TASKS[task]), type(pipe).__name__,
+                                         throw_error_if_not_exist=False)
 
-    mapping = getattr(auto_pipeline, TASKS[task])
-    return auto_pipeline._get_task_class(mapping, type(pipe).__name__, throw_error_if_not_exist=False)
 
-
-# Config values that must agree for a component to fit the others: latent shape and scaling (VAE),
-# conditioning widths (denoiser, text encoders).
-INTERFACE_KEYS = (
-    "latent_channels", "z_dim", "scaling_factor", "in_channels", "out_channels", "cross_attention_dim",
-    "joint_attention_dim", "hidden_size", "projection_dim",
-)
+# Config values that must agree for a component to fit the others: latent shape and scaling, conditioning widths.
+INTERFACE_KEYS = ("latent_channels", "z_dim", "scaling_factor", "in_channels", "out_channels", "cross_attention_dim",
+                  "joint_attention_dim", "hidden_size", "projection_dim")
 
 
 def _config_dict(component) -> dict:
@@ -237,16 +189,13 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
         known = ", ".join(n for n in index if not n.startswith("_"))
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
                                     f"Its components are: {known}.")
-    class_name = index[name][1]
     if Path(source).is_dir():
         config_path = Path(source) / name / "config.json"
     else:
         from huggingface_hub import hf_hub_download
-
         config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
                                            local_files_only=hub_offline()))
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    return class_name, config
+    return index[name][1], json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
 def check_component(spec: tuple[str, dict], name: str, component) -> None:
@@ -254,39 +203,28 @@ def check_component(spec: tuple[str, dict], name: str, component) -> None:
     expected_class, expected_config = spec
     actual_class = type(component).__name__
     if expected_class not in {cls.__name__ for cls in type(component).__mro__}:
-        raise InvalidParameterError(
-            name, actual_class, f"this pipeline's {name} must be of class {expected_class}",
-            f"Load a {name} made for this model family ({expected_class}).",
-        )
+        raise InvalidParameterError(name, actual_class, f"this pipeline's {name} must be of class {expected_class}",
+                                    f"Load a {name} made for this model family ({expected_class}).")
     config = _config_dict(component)
-    differing = {
-        key: (config[key], expected_config[key])
-        for key in INTERFACE_KEYS
-        if key in config and key in expected_config and config[key] != expected_config[key]
-    }
+    differing = [f"{key} {config[key]} (expected {expected_config[key]})" for key in INTERFACE_KEYS
+                 if key in config and key in expected_config and config[key] != expected_config[key]]
     if differing:
-        listing = ", ".join(f"{key} {got} (expected {want})" for key, (got, want) in differing.items())
-        raise InvalidParameterError(
-            name, actual_class, f"its config does not match this pipeline's {name}: {listing}",
-            f"It was made for another model family; use a {name} trained for this one.",
-        )
+        raise InvalidParameterError(name, actual_class, f"its config does not match this pipeline's {name}: "
+                                    f"{', '.join(differing)}", f"It was made for another model family; use a {name} "
+                                    "trained for this one.")
 
 
 def check_swap(pipe, name: str, component) -> None:
     """Check `component` against the one it replaces in a loaded pipeline (same rules as at load time)."""
     if name not in pipe.components or pipe.components[name] is None:
         raise InvalidParameterError(name, type(component).__name__, f"{type(pipe).__name__} has no {name} to replace")
-    current = pipe.components[name]
-    check_component((type(current).__name__, _config_dict(current)), name, component)
+    check_component((type(pipe.components[name]).__name__, _config_dict(pipe.components[name])), name, component)
 
 
 def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
     """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's).
-
-    The path is passed as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1.
-    """
+    The path goes as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1."""
     from diffusers import AutoModel
-
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision, subfolder)
     if not Path(source).is_dir() and hub_offline():
@@ -304,9 +242,8 @@ def scheduler_class(pipe, name: str):
     """The scheduler class called `name`, if it is one of `pipe.scheduler.compatibles`."""
     compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
     if name not in compatible:
-        raise InvalidParameterError(
-            "scheduler", name, f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}",
-        )
+        raise InvalidParameterError("scheduler", name,
+                                    f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}")
     return compatible[name]
 
 
@@ -316,28 +253,22 @@ LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_
 
 
 def check_constructor_arguments(pipeline_class, **kwargs) -> None:
-    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`).
-
-    A constructor receives components that are already loaded; diffusers raises `TypeError: ... unexpected
-    keyword argument 'device_map'`. Placement and precision are then set with `pipe.to(device, dtype)`.
-    """
+    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`), which
+    takes loaded components; diffusers raises `TypeError: ... unexpected keyword argument 'device_map'`."""
     import inspect
-
     accepted = inspect.signature(pipeline_class.__init__).parameters
     for name in kwargs:
         if name in LOADING_OPTIONS and name not in accepted:
-            raise InvalidParameterError(
-                name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, not loading options",
-                "Build the pipeline from its components, then move and cast it: pipe = pipe.to('cuda', "
-                "torch.float16). (device_map= and dtype= belong to from_pretrained.)",
-            )
+            raise InvalidParameterError(name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, "
+                                        "not loading options", "Build the pipeline from its components, then move and "
+                                        "cast it: pipe = pipe.to('cuda', torch.float16). (device_map= and dtype= "
+                                        "belong to from_pretrained.)")
 
 
 def plan_kwargs(load_plan, source: str) -> dict:
     """The `from_pretrained` keyword arguments a LoadPlan implies: dtype, device_map, variant, and
-    `quantization_config` or GGUF-loaded components when the plan quantizes. One function for every notebook."""
+    `quantization_config` or GGUF-loaded components when the plan quantizes."""
     from . import quantization
-
     dtype = load_plan.resolved_dtype
     kwargs = {"dtype": dtype, "device_map": load_plan.device_map, "variant": load_plan.variant}
     config = quantization.plan_config(load_plan, load_plan.device, dtype)
@@ -375,26 +306,18 @@ DEFAULT_OPTIONS = {
 }
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's torch.OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
-    if isinstance(error, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(error)
-    return "can't allocate memory" in text or "not enough memory" in text
-
-
 @contextmanager
 def out_of_memory(stage: str = "load", options: list[str] | None = None):
-    """Re-raise an out-of-memory error inside the block (CUDA's, the CPU allocator's RuntimeError, Python's
-    MemoryError) as a KitOutOfMemoryError listing what to try next: the plan's `options` (best first) when
-    there is a plan, else the kit's general ones for `stage` ("load" or "generation")."""
+    """Re-raise an out-of-memory error (CUDA's, the CPU allocator's, MemoryError) as a KitOutOfMemoryError listing what
+    to try next: the plan's `options` (best first), else the kit's general ones for `stage` ("load" or "generation")."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
-        if isinstance(error, KitError) or not _is_out_of_memory(error):
+        text = str(error)  # the CPU allocator's RuntimeError says "can't allocate memory"
+        if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
+                                               or "can't allocate memory" in text or "not enough memory" in text):
             raise
         from .errors import KitOutOfMemoryError
-
         choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
         gc.collect()

@@ -26,14 +26,10 @@ def component_table(pipe) -> list[ComponentInfo]:
         if not isinstance(module, torch.nn.Module):
             continue
         params = list(module.parameters())
-        rows.append(ComponentInfo(
-            name=name,
-            class_name=type(module).__name__,
-            params=sum(p.numel() for p in params),
-            bytes=sum(p.numel() * p.element_size() for p in params),
-            dtype=str(params[0].dtype).removeprefix("torch.") if params else "-",
-            device=str(params[0].device) if params else "-",
-        ))
+        rows.append(ComponentInfo(name, type(module).__name__, sum(p.numel() for p in params),
+                                  sum(p.numel() * p.element_size() for p in params),
+                                  str(params[0].dtype).removeprefix("torch.") if params else "-",
+                                  str(params[0].device) if params else "-"))
     return rows
 
 
@@ -49,11 +45,8 @@ def format_table(rows: list[ComponentInfo]) -> str:
 
 def parameter_pointers(pipe) -> dict[str, set[int]]:
     """The storage address of every parameter, by component, for the torch modules of a pipeline."""
-    return {
-        name: {p.data_ptr() for p in module.parameters()}
-        for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module)
-    }
+    return {name: {p.data_ptr() for p in module.parameters()} for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module)}
 
 
 def shared_components(a, b) -> dict[str, bool]:
@@ -72,20 +65,6 @@ def shares_weights(a, b) -> bool:
 
 
 @dataclass
-class Snapshot:
-    ram_mb: float
-    cuda_mb: float | None
-
-
-def snapshot() -> Snapshot:
-    """This process's resident memory, and CUDA memory allocated by torch when a GPU is present."""
-    import psutil
-
-    cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return Snapshot(psutil.Process().memory_info().rss / 2**20, cuda)
-
-
-@dataclass
 class MemoryDelta:
     ram_mb: float = 0.0
     cuda_mb: float | None = None
@@ -98,24 +77,25 @@ class MemoryDelta:
 @contextmanager
 def measure():
     """`with measure() as delta:` ... then `delta` holds the RAM (RSS) and VRAM growth of the block."""
-    gc.collect()
-    before = snapshot()
-    delta = MemoryDelta()
+    import psutil
+
+    def now() -> tuple[float, float | None]:  # this process's RSS, and the CUDA memory torch allocated (MB)
+        gc.collect()
+        cuda = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        return psutil.Process().memory_info().rss / 2**20, cuda
+
+    (ram, cuda), delta = now(), MemoryDelta()
     yield delta
-    gc.collect()
-    after = snapshot()
-    delta.ram_mb = after.ram_mb - before.ram_mb
-    if after.cuda_mb is not None:
-        delta.cuda_mb = after.cuda_mb - before.cuda_mb
+    ram_after, cuda_after = now()
+    delta.ram_mb = ram_after - ram
+    if cuda_after is not None:
+        delta.cuda_mb = cuda_after - cuda
 
 
 def module_dtypes(pipe) -> dict[str, torch.dtype]:
     """The dtype of every torch module of a pipeline, by component name."""
-    return {
-        name: next(module.parameters()).dtype
-        for name, module in pipe.components.items()
-        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
-    }
+    return {name: next(module.parameters()).dtype for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())}
 
 
 def quantized_components(pipe) -> list[str]:

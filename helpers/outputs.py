@@ -10,6 +10,7 @@ import re
 import secrets
 import tempfile
 import warnings
+from contextlib import suppress
 from pathlib import Path
 
 from PIL import Image, ImageDraw, PngImagePlugin
@@ -20,27 +21,11 @@ from .errors import BlankImageWarning, NotAnImageError
 METADATA_KEY = "diffusers-notebook-kit"
 
 
-def _describe_input(value):
-    """A short text for an input that is not stored in the PNG (an image, a tensor, a callback)."""
-    size = getattr(value, "size", None)
-    if isinstance(value, Image.Image):
-        return f"image {size[0]}x{size[1]} {value.mode}"
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"tensor {tuple(shape)} {getattr(value, 'dtype', '')}".strip()
-    return type(value).__name__
-
-
 def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
-    """What made an image, read from the call itself: `pipe(**call)`.
-
-    Records the pipeline's real class (not a name the notebook passes), every call argument that is plain
-    data, the seed from the call's generator, a description of each image/tensor input, the model and the
-    versions. `context` holds labels that are not call arguments (a variant name, a run id).
-    """
+    """What made an image, read from the call itself (`pipe(**call)`): the pipeline's class, the plain-data arguments,
+    the generator's seed, a description of each image/tensor input, the versions; `context`: labels (a run id)."""
     import diffusers
     import torch
-
     parameters, inputs = {}, {}
     for name, value in call.items():
         if name.startswith("callback"):
@@ -50,18 +35,15 @@ def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
         elif value is None or isinstance(value, str | int | float | bool) or (
                 isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value)):
             parameters[name] = value
+        elif isinstance(value, Image.Image):  # inputs are described, not stored
+            inputs[name] = f"image {value.size[0]}x{value.size[1]} {value.mode}"
+        elif getattr(value, "shape", None) is not None:
+            inputs[name] = f"tensor {tuple(value.shape)} {getattr(value, 'dtype', '')}".strip()
         else:
-            inputs[name] = _describe_input(value)
-    return {
-        "model_id": str(model_id),
-        "pipeline": type(pipe).__name__,
-        "parameters": parameters,
-        "inputs": inputs,
-        "context": context,
-        "kit_version": __version__,
-        "diffusers_version": diffusers.__version__,
-        "torch_version": torch.__version__,
-    }
+            inputs[name] = type(value).__name__
+    return {"model_id": str(model_id), "pipeline": type(pipe).__name__, "parameters": parameters, "inputs": inputs,
+            "context": context, "kit_version": __version__, "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__}
 
 
 def save_generated(image: Image.Image, pipe, model_id: str, call: dict, output_dir: str | Path, name: str,
@@ -81,18 +63,16 @@ def safe_stem(stem: str) -> str:
 
 
 def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: dict | None = None) -> Path:
-    """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk.
-
-    Written under a temporary name, then hard-linked into place (which fails rather than overwrite), so two
-    writers never clobber each other and a killed run leaves no truncated PNG. An all-black image is saved as
-    `stem-blank.png` with the reason in its metadata, and warned about.
-    """
+    """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk: written
+    under a temporary name, then hard-linked into place (never overwrites). A blank image is `stem-blank.png`."""
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(stem)
-    problem = image_problem(image)
-    if problem:  # never saved as a normal result: a warning, "-blank" in the name, the reason in the metadata
-        message = blank_image_message(problem, (metadata or {}).get("parameters"))
+    if problem := image_problem(image):
+        parameters = (metadata or {}).get("parameters") or {}
+        message = (f"This image is {problem}: either the safety checker blanked it (see nsfw_content_detected), or the "
+                   "pipeline produced NaN. Likely cause if NaN: "
+                   f"{likely_cause(parameters.get('guidance_scale'), parameters.get('dtype'))}")
         warnings.warn(BlankImageWarning(message), stacklevel=2)
         stem, metadata = f"{stem}-blank", {**(metadata or {}), "image_check": message}
     info = PngImagePlugin.PngInfo()
@@ -104,11 +84,9 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
         os.chmod(temp_name, 0o666 & ~current_umask())
         for counter in range(10_000):
             target = output_dir / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
-            try:
+            with suppress(FileExistsError):
                 os.link(temp_name, target)
                 return target
-            except FileExistsError:
-                continue
         raise FileExistsError(f"More than 10000 images named {stem!r} in {str(output_dir)!r}; choose another name.")
     finally:
         os.unlink(temp_name)
@@ -122,10 +100,7 @@ def current_umask() -> int:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The generation metadata saved by `save_image` ({} for a PNG without it).
-
-    Raises `NotAnImageError` (a ValueError naming the file) for a file that is not a readable image.
-    """
+    """The generation metadata saved by `save_image` ({} for a PNG without it); NotAnImageError for a non-image."""
     try:
         with Image.open(path) as image:
             text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
@@ -152,11 +127,9 @@ def make_grid(images: list[Image.Image], labels: list[str] | None = None, cols: 
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"Got {len(labels)} labels for {len(images)} images; give one label per image.")
     cols = cols or min(len(images), 4)
-    rows = math.ceil(len(images) / cols)
-    width = max(image.width for image in images)
-    height = max(image.height for image in images)
+    width, height = max(image.width for image in images), max(image.height for image in images)
     caption = 14 if labels else 0
-    grid = Image.new("RGB", (cols * width, rows * (height + caption)), "white")
+    grid = Image.new("RGB", (cols * width, math.ceil(len(images) / cols) * (height + caption)), "white")
     draw = ImageDraw.Draw(grid)
     for i, image in enumerate(images):
         x, y = (i % cols) * width, (i // cols) * (height + caption)
@@ -172,7 +145,6 @@ def show(images, labels: list[str] | None = None, cols: int | None = None) -> No
     picture = images[0] if len(images) == 1 and not labels else make_grid(images, labels, cols)
     try:
         from IPython.display import display
-
         display(picture)
     except ImportError:
         picture.show()
@@ -181,45 +153,29 @@ def show(images, labels: list[str] | None = None, cols: int | None = None) -> No
 GALLERY_MARKER = "<!-- written by diffusers-notebook-kit: safe to replace -->"
 
 
-def gallery_path(folder: Path) -> Path:
-    """`folder/index.html`, unless a file the kit did not write is there: then `kit-gallery.html` beside it."""
-    index = folder / "index.html"
-    if not index.exists() or GALLERY_MARKER in index.read_text(errors="replace"):
-        return index
-    return folder / "kit-gallery.html"
-
-
 def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run") -> Path:
-    """Write an HTML page of every PNG below `folder` with its prompt, seed and pipeline, openable in a browser.
-
-    The page is `index.html`, or `kit-gallery.html` when an `index.html` the kit did not write is there (never
-    overwritten). It is written to a temporary file and renamed, so a full disk leaves no partial page.
-    """
+    """Write an HTML page of every PNG below `folder` with its prompt, seed and pipeline: `index.html`, or
+    `kit-gallery.html` when an `index.html` the kit did not write is there (never overwritten); written atomically."""
     import html
-
     folder = Path(folder).expanduser()
     cards = []
     for png, meta in saved_images(folder, "**/*.png"):
         params = meta.get("parameters", {})
-        variant = meta.get("context", {}).get("variant")
-        caption = " | ".join(str(part) for part in (variant, meta.get("pipeline"),
+        caption = " | ".join(str(part) for part in (meta.get("context", {}).get("variant"), meta.get("pipeline"),
                                                      f"seed {params['seed']}" if "seed" in params else None) if part)
-        relative = png.relative_to(folder).as_posix()
-        cards.append(
-            f'<figure><a href="{html.escape(relative)}"><img src="{html.escape(relative)}" alt="'
-            f'{html.escape(str(params.get("prompt", png.stem)))}"></a><figcaption><b>'
-            f'{html.escape(str(params.get("prompt", png.stem)))}</b><br>{html.escape(caption)}<br>'
-            f"<small>{html.escape(relative)}</small></figcaption></figure>"
-        )
-    page = (
-        f"<!doctype html>{GALLERY_MARKER}<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:1em}"
-        "figure{width:260px;margin:0}figcaption{overflow-wrap:anywhere}"
-        "img{width:256px;image-rendering:pixelated;border:1px solid #ccc}"
-        f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(cards)} images</p><main>{''.join(cards)}</main>"
-        "</body></html>\n"
-    )
-    target = gallery_path(folder)
+        relative = html.escape(png.relative_to(folder).as_posix())
+        prompt = html.escape(str(params.get("prompt", png.stem)))
+        cards.append(f'<figure><a href="{relative}"><img src="{relative}" alt="{prompt}"></a><figcaption><b>{prompt}'
+                     f"</b><br>{html.escape(caption)}<br><small>{relative}</small></figcaption></figure>")
+    page = (f"<!doctype html>{GALLERY_MARKER}<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:1em}main{display:flex;flex-wrap:wrap;gap:1em}figure{width:260px;"
+            "margin:0}figcaption{overflow-wrap:anywhere}img{width:256px;image-rendering:pixelated;border:1px solid "
+            "#ccc}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(cards)} images</p><main>{''.join(cards)}</main>"
+            "</body></html>\n")
+    target = folder / "index.html"
+    if target.exists() and GALLERY_MARKER not in target.read_text(errors="replace"):
+        target = folder / "kit-gallery.html"
     if target.exists() and GALLERY_MARKER not in target.read_text(errors="replace"):
         raise FileExistsError(f"{str(target)!r} exists and was not written by the kit; move it to write the gallery.")
     write_atomically(target, page)
@@ -227,10 +183,9 @@ def write_gallery(folder: str | Path, title: str = "diffusers-notebook-kit run")
 
 
 def write_atomically(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to `path` all or nothing: a new temporary file beside it (O_EXCL, never through a link),
-    fsynced, then renamed over `path`; on any failure the temporary file is removed and `path` is untouched."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else bytes(data)
+    """Write `data` to `path` all or nothing: a new temporary file beside it (O_EXCL, never through a link), fsynced,
+    then renamed over `path`; on any failure the temporary file is removed and `path` is untouched."""
+    path, payload = Path(path), data.encode() if isinstance(data, str) else bytes(data)
     temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
@@ -261,11 +216,10 @@ TYPICAL_GUIDANCE = (1.0, 30.0)  # what diffusers' pipelines are used with; far a
 
 def likely_cause(guidance_scale: float | None = None, dtype=None) -> str:
     """The most likely reason for NaN/black output, and its fix, from the call's settings."""
-    causes = []
-    if guidance_scale is not None and not TYPICAL_GUIDANCE[0] / 100 <= abs(guidance_scale) <= TYPICAL_GUIDANCE[1] * 10:
-        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {TYPICAL_GUIDANCE[0]:g}-"
-                      f"{TYPICAL_GUIDANCE[1]:g}): the guided noise prediction overflows. "
-                      "Fix: use a value in that range")
+    causes, (low, high) = [], TYPICAL_GUIDANCE
+    if guidance_scale is not None and not low / 100 <= abs(guidance_scale) <= high * 10:
+        causes.append(f"guidance_scale={guidance_scale!r} is far out of range (typical {low:g}-{high:g}): the guided "
+                      "noise prediction overflows. Fix: use a value in that range")
     if str(dtype).removeprefix("torch.") == "float16":
         causes.append("float16 overflow (float16 tops out at 65504; Qwen-Image and FLUX overflow in it, SDXL's VAE "
                       "too). Fix: dtype='bfloat16' on GPUs that have it, float32 on a T4 or CPU, or for SDXL the "
@@ -277,10 +231,9 @@ def likely_cause(guidance_scale: float | None = None, dtype=None) -> str:
 
 
 def image_problem(image) -> str | None:
-    """"all black" for an image whose pixels are all zero (NaN output decodes to 0), "NaN/inf pixels" for a
-    float array holding them, else None. Takes a PIL image or an array."""
+    """"all black" for an image (PIL or array) whose pixels are all zero (NaN output decodes to 0), "NaN/inf pixels"
+    for a float array holding them, else None."""
     import numpy as np
-
     array = np.asarray(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         return "NaN/inf pixels"
@@ -289,16 +242,8 @@ def image_problem(image) -> str | None:
     return None
 
 
-def blank_image_message(problem: str, parameters: dict | None = None) -> str:
-    parameters = parameters or {}
-    return (f"This image is {problem}: either the safety checker blanked it (see nsfw_content_detected), or the "
-            f"pipeline produced NaN. Likely cause if NaN: "
-            f"{likely_cause(parameters.get('guidance_scale'), parameters.get('dtype'))}")
-
-
 def gather(output_dir: str, run_id: str, prompts: list[str]) -> tuple[list[Image.Image], list[dict]]:
-    """A data-parallel run's images in prompt order, with their metadata (`prompt_index`, `run_id` in the
-    context); raises if a prompt is missing or doubled."""
+    """A data-parallel run's images in prompt order, with their metadata; raises if a prompt is missing or doubled."""
     found: dict[int, list[tuple[Path, dict]]] = {}
     for path, metadata in saved_images(output_dir):
         context = metadata.get("context", {})

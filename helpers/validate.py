@@ -1,11 +1,5 @@
-"""Check every notebook parameter before anything slow runs (no torch, no diffusers imported here).
-
-`check(globals())` in the first cell after the parameters validates each parameter the notebook defines,
-by name, against one table shared by all notebooks; the rules themselves live in `helpers.rules`. A bad
-value fails at once with a message that names the parameter, the value and what is allowed. Rules about a
-particular model (a size multiple of 16 for Qwen-Image, a scheduler from `pipe.scheduler.compatibles`) are
-checked again once it is loaded.
-"""
+"""Check every notebook parameter before anything slow runs (no torch, no diffusers imported here): `check(globals())`
+validates each parameter by name against one table shared by all notebooks (the rules live in `helpers.rules`)."""
 
 from __future__ import annotations
 
@@ -40,7 +34,6 @@ def _model(name, value, optional=False):
 def _plannable_model(name, value, optional=False):
     """plan_only=True: a shipped architecture's Hub id plans from the kit's own configs, cached or not."""
     from .architectures import ROOT
-
     if isinstance(value, str) and value.count("/") == 1 and (ROOT / value.replace("/", "--", 1)).is_dir():
         return
     _model(name, value, optional)
@@ -51,7 +44,6 @@ def _prompts_file(name, value):
     rules.text(name, value)
     if value:
         from .prompts_file import PromptsFileError, read_prompts
-
         try:
             read_prompts(value)
         except PromptsFileError as error:
@@ -71,30 +63,23 @@ def _custom_pipeline(name, value):
 
 
 def model_index(value, name: str = "model_id") -> dict | None:
-    """A pipeline's model_index.json, nothing loaded: a local folder, a shipped architecture, or the Hub
-    (a few hundred bytes, after the install). None when there is none (a component folder)."""
-    path = Path(value).expanduser()
-    if path.is_dir():
-        return folders.read_json_object(path / "model_index.json", name) if (path / "model_index.json").is_file() \
-            else None
+    """A pipeline's model_index.json, nothing loaded: a local folder, a shipped architecture, or the Hub (after the
+    install). None when there is none (a component folder)."""
+    index = Path(value).expanduser() / "model_index.json"
+    if index.parent.is_dir():
+        return folders.read_json_object(index, name) if index.is_file() else None
     if not hub.is_hub_id(value):
         return None
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
+    from huggingface_hub import errors
     try:
         return hub.read_model_index(value, prefer_shipped=True)
-    except RemoteEntryNotFoundError:  # a repository without model_index.json: a single model, not a pipeline
+    except errors.RemoteEntryNotFoundError:  # a repository without model_index.json: a single model, not a pipeline
         return None
-    except LocalEntryNotFoundError as error:
+    except errors.LocalEntryNotFoundError as error:
         raise InvalidParameterError(name, value, "its model_index.json is not in the local Hub cache and the Hub "
                                     f"cannot be used: {hub.offline_reason()}",
                                     "Download the whole model once while online (snapshot_download).") from error
-    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError) as error:
         raise InvalidParameterError(name, value, "the Hub has no such repository (or it is private)",
                                     "Check the id on huggingface.co; for a private one, log in (HF_TOKEN).") from error
 
@@ -122,63 +107,31 @@ def _safety_model(name, value):
 
 
 RULES = {
-    "model_id": _model,
-    "vae_id": _model,
-    "safety_model_id": _safety_model,
-    "components_repo": _optional_model,
-    "prompt": lambda n, v: rules.text(n, v, allow_empty=False),
-    "negative_prompt": rules.text,
-    "height": rules.size,
-    "width": rules.size,
-    "num_inference_steps": rules.steps,
-    "num_processes": lambda n, v: rules.whole(n, v, 1),
-    "seed": rules.seed,
-    "guidance_scale": rules.guidance,
+    "model_id": _model, "vae_id": _model, "safety_model_id": _safety_model, "components_repo": _optional_model,
+    "prompt": lambda n, v: rules.text(n, v, allow_empty=False), "negative_prompt": rules.text,
+    "height": rules.size, "width": rules.size, "num_inference_steps": rules.steps,
+    "num_processes": lambda n, v: rules.whole(n, v, 1), "seed": rules.seed, "guidance_scale": rules.guidance,
     "strength": lambda n, v: rules.number(n, v, 0, 1, low_open=True),
     "dtype": lambda n, v: rules.choice(n, v, rules.DTYPE_NAMES),
     "device_map": lambda n, v: rules.choice(n, v, rules.DEVICE_MAPS),
-    "parallel_loading": rules.flag,
-    "install": rules.flag,
-    "report_only": rules.flag,
-    "enable_pag": rules.flag,
-    "publish_to_hub": rules.flag,
-    "local_dir": rules.text,
-    "hf_home": rules.cache_folder,
-    "output_dir": rules.output_folder,
-    "scheduler": rules.scheduler_name,
-    "prompts": rules.prompt_list,
-    "gpu_memory_gib": lambda n, v: v == [] or rules.gpu_budgets(n, v),
-    "max_memory": rules.memory_map,
+    "parallel_loading": rules.flag, "install": rules.flag, "report_only": rules.flag, "enable_pag": rules.flag,
+    "publish_to_hub": rules.flag, "local_dir": rules.text, "hf_home": rules.cache_folder,
+    "output_dir": rules.output_folder, "scheduler": rules.scheduler_name, "prompts": rules.prompt_list,
+    "gpu_memory_gib": lambda n, v: v == [] or rules.gpu_budgets(n, v), "max_memory": rules.memory_map,
     "community_pipeline": _custom_pipeline,
     "allow_dynamic_code": lambda n, v: isinstance(v, list) and all(isinstance(x, str) and x for x in v) or rules.fail(
         n, v, "needs a list of file names, like ['pipeline.py']"),
-    "pinned_manifest": rules.text,
-    "hub_community_name": rules.community_name,
-    "custom_revision": rules.custom_revision,
-    "revision": rules.commit,
-    "t2v_model_id": _model,
-    "i2v_model_id": _model,
-    "num_frames": rules.num_frames,
-    "fps": lambda n, v: rules.whole(n, v, 1),
-    "input_image": rules.input_image,
-    "pipeline_kwargs": rules.call_kwargs,
-    "run_image_to_video": rules.flag,
-    "prompts_file": _prompts_file,
-    "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1),
-    "resume": rules.flag,
-    "quantization": rules.quantization,
+    "pinned_manifest": rules.text, "hub_community_name": rules.community_name, "custom_revision": rules.custom_revision,
+    "revision": rules.commit, "t2v_model_id": _model, "i2v_model_id": _model, "num_frames": rules.num_frames,
+    "fps": lambda n, v: rules.whole(n, v, 1), "input_image": rules.input_image, "pipeline_kwargs": rules.call_kwargs,
+    "run_image_to_video": rules.flag, "prompts_file": _prompts_file,
+    "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1), "resume": rules.flag, "quantization": rules.quantization,
     "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS),
-    "hardware": lambda n, v: rules.choice(n, v, env.HARDWARE_NAMES),
-    "plan_only": rules.flag,
-    "force": rules.flag,
+    "hardware": lambda n, v: rules.choice(n, v, env.HARDWARE_NAMES), "plan_only": rules.flag, "force": rules.flag,
 }
 # With plan_only=True nothing is downloaded, so a model id needs only configs: these rules replace RULES'.
-PLAN_ONLY_RULES = {
-    "model_id": _plannable_model,
-    "vae_id": _plannable_model,
-    "safety_model_id": _plannable_model,
-    "components_repo": lambda n, v: _plannable_model(n, v, optional=True),
-}
+PLAN_ONLY_RULES = {"model_id": _plannable_model, "vae_id": _plannable_model, "safety_model_id": _plannable_model,
+                   "components_repo": lambda n, v: _plannable_model(n, v, optional=True)}
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.
@@ -199,21 +152,11 @@ MODEL_SOURCES = frozenset(name for name, rule in RULES.items() if rule in (_mode
 STAGES = ("all", "before_install", "after_install")
 
 
-def _needs_hub(name: str, value) -> bool:
-    return name in MODEL_SOURCES and hub.is_hub_id(value)
-
-
 def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...] = ()) -> None:
-    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule, and refuse names
-    that are no parameter of any notebook (a typo papermill would only warn about).
-
-    stage="before_install" runs every rule that imports none of the pinned packages (everything except
-    Hub-id model sources; local folders are checked here), so a hosted runtime can still install without a
-    restart; stage="after_install" runs the rest; "all" runs both. `pipeline_classes`: the model_index
-    `_class_name`s the notebook is written for (model_id is refused when it names another).
-    """
+    """Validate every parameter in `namespace` (a notebook's `globals()`) that has a rule, and refuse names that are no
+    parameter of any notebook. stage="before_install" runs the rules that import none of the pinned packages (all but
+    Hub-id model sources), "after_install" the rest, "all" both. `pipeline_classes`: the `_class_name`s allowed."""
     import difflib
-
     if stage not in STAGES:
         raise ValueError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
     if stage != "after_install":
@@ -223,8 +166,9 @@ def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...]
             raise InvalidParameterError(name, namespace[name], "is not a parameter of this notebook", fix)
     plan_only = namespace.get("plan_only") is True
 
-    def now(name):
-        return name in namespace and (stage == "all" or (stage == "after_install") == _needs_hub(name, namespace[name]))
+    def now(name):  # a Hub-id model source needs huggingface_hub: after the install
+        return name in namespace and (stage == "all" or (stage == "after_install") == (
+            name in MODEL_SOURCES and hub.is_hub_id(namespace[name])))
 
     for name, rule in RULES.items():
         if now(name):
