@@ -1,13 +1,11 @@
-"""Community pipelines and remote code (a `custom_pipeline`, a repository's own pipeline class and components).
-
-`audit` shows every file diffusers will run, with its sha256, before anything runs, and refuses each form that
-would run code nobody was shown; `only_audited_code` makes the diffusers call after it import exactly those
-files. This is the only module that passes `trust_remote_code=True`.
-"""
+"""Community pipelines and remote code: `audit` shows every file diffusers will run, with its sha256, and refuses
+code nobody was shown; `only_audited_code` makes the diffusers call import exactly those files. The only module
+that passes `trust_remote_code=True`."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import posixpath
@@ -55,8 +53,7 @@ def _refuse_if_disabled() -> None:
 
 
 def check_modules_cache() -> None:
-    """diffusers copies each code file under HF_MODULES_CACHE (HF_HOME/modules) before running it; a folder
-    it cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
+    """diffusers copies each code file under HF_MODULES_CACHE before running it: fail early if it cannot write."""
     from diffusers.utils.constants import HF_MODULES_CACHE
     from huggingface_hub import constants
     if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
@@ -102,24 +99,22 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
 
 
 def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
-    """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a form its regex
-    misses (`from . import x`, `from .. import x`, `from.x import y`) is not copied with the file: refused."""
+    """The modules a file imports relatively, as diffusers' regex finds them; a form it misses is refused."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     seen = set(get_relative_imports(str(path)))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
             written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
-            raise RemoteCodeRefused(
-                f"{name} line {node.lineno}: `{written}` is a relative import diffusers does not copy with the "
-                "file, so Python would import whatever another pipeline left in HF_MODULES_CACHE/diffusers_modules"
-                "/local (code nobody audited), or fail. Nothing was run. Fix: write it as `from .module import "
-                "name` on its own line, with module.py next to the file.")
+            raise RemoteCodeRefused(f"{name} line {node.lineno}: `{written}` is a relative import diffusers does not "
+                                    "copy with the file, so Python would import whatever another pipeline left in "
+                                    "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing "
+                                    "was run. Fix: write it as `from .module import name` on its own line, with "
+                                    "module.py next to the file.")
     return sorted(seen)
 
 
 def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
-    """(line, call, its string literals) for each call that runs code no import statement shows: exec, eval,
-    compile, __import__, runpy, importlib's loaders, or reading a .py file."""
+    """(line, call, its string literals) for each call that runs code no import statement shows."""
     found = []
     for node in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
         func = node.func
@@ -133,8 +128,7 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
 
 
 def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str]:
-    """What a dynamic load in `current` runs: the files its string literals name beside it (a path or a module
-    name); when none resolves, every .py file in its folder."""
+    """The files a dynamic load in `current` runs: those its literals name beside it, else its whole folder."""
     from huggingface_hub.errors import EntryNotFoundError
     here, names = posixpath.dirname(current), set()
     for text in literals:
@@ -156,9 +150,8 @@ def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str
 
 def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
                            listing=None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time (all of it runs), from `fetch(path)`.
-    From a `local` folder diffusers copies only the files `name` imports directly: a deeper relative import is
-    refused; a dynamic load too, unless `allowed` names its file (then it lists what `listing(folder)` finds)."""
+    """`name` and every file it imports relatively or loads at run time, from `fetch(path)`. From a `local` folder
+    diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless `allowed` names it."""
     files, queue, seen = [], [(name, None, None)], set()
     while queue:
         current, importer, line = queue.pop(0)
@@ -200,20 +193,17 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
 
 
 def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
-    """`script` in the local folder `root` and what it imports or loads (listing the folder when it must)."""
     listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
                                   if "__pycache__" not in p.parts)
     return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
 
 
-def _pipeline_script(resolved: Path) -> tuple[Path, str]:
-    """(folder, script) of a resolved custom_pipeline: a .py file, or a folder's pipeline.py."""
+def _pipeline_script(resolved: Path) -> tuple[Path, str]:  # a .py file, or a folder's pipeline.py
     return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
 
 
 def _custom_code(index: dict) -> list[tuple[str, str]]:
-    """(role, module file) for each piece of a repository's own code its model_index.json names: the
-    pipeline class and custom components (not diffusers' or transformers' classes)."""
+    """(role, module file) for the repository's own pipeline class and components its model_index.json names."""
     import diffusers.pipelines
     code = [(f"pipeline class {index['_class_name'][1]}", f"{index['_class_name'][0]}.py")] if isinstance(
         index.get("_class_name"), list) else []
@@ -224,17 +214,13 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
                allowed: dict | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way. A Hub repo's
-    own code is loaded from its snapshot folder, as local files."""
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
     files = []
     if custom_pipeline is not None:
         files += _local_files(*_pipeline_script(resolve_custom_pipeline(custom_pipeline)), "custom_pipeline", allowed)
     for role, module_file in _custom_code(hub.read_model_index(source, revision)):
-        if Path(source).is_dir():
-            files += _local_files(Path(source), module_file, role, allowed)
-        else:
-            files += _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True,
-                                            allowed)
+        files += _local_files(Path(source), module_file, role, allowed) if Path(source).is_dir() else \
+            _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True, allowed)
     return files
 
 
@@ -252,16 +238,8 @@ def manifest(files: list[CodeFile]) -> dict[str, str]:
 
 
 def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str:
-    lines = [f"{runner} {len(files)} code file(s):"]
-    return "\n".join(lines + [f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
-
-
-def verify(files: list[CodeFile], pinned: dict[str, str]) -> None:
-    """Raise RemoteCodeChanged when any file was added, removed or changed against `pinned`."""
-    found = manifest(files)
-    if changes := {name: (pinned.get(name), found.get(name))
-                   for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
-        raise RemoteCodeChanged(changes)
+    return "\n".join([f"{runner} {len(files)} code file(s):"] + [
+        f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
 
 
 class _Pairs(list):
@@ -269,8 +247,7 @@ class _Pairs(list):
 
 
 def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
-    """`pinned` as {file: sha256}, from a dict or a JSON file; untrusted input, so every entry is checked:
-    a file name inside the audited folder (`roots`, the local ones), no symlink, a 64-hex sha256."""
+    """`pinned` (a dict or a JSON file) as {file: sha256}, each entry checked: a file inside `roots`, no symlink."""
     text, value, pairs = None, pinned, _Pairs(pinned.items()) if isinstance(pinned, dict) else None
     if pairs is None:
         path, value = Path(pinned), str(pinned)
@@ -320,8 +297,7 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
 
 
 def _pin_if_codeless(model_id: str) -> str | None:
-    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin):
-    with trust_remote_code=True diffusers would also run code the repo gained later."""
+    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin)."""
     if hub.hub_offline():
         return None
     from huggingface_hub import model_info
@@ -337,15 +313,17 @@ def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers wil
     if files and runner.startswith("diffusers"):
         check_modules_cache()
     print(report(files, runner))
-    if pinned is not None:
-        verify(files, read_manifest(pinned, roots))
+    if pinned is not None:  # any file added, removed or changed against `pinned` is refused
+        pinned, found = read_manifest(pinned, roots), manifest(files)
+        if changes := {name: (pinned.get(name), found.get(name))
+                       for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
+            raise RemoteCodeChanged(changes)
         print("  all files match the pinned manifest")
 
 
 @dataclass(frozen=True)
 class Audit:
     """What an audit checked, and the exact values to pass to the diffusers call that follows it."""
-
     source: str | None  # the model to pass to from_pretrained: a resolved folder, or the Hub id
     revision: str | None  # the commit to pass (None for local folders, which diffusers ignores it for)
     custom_pipeline: str | None  # the resolved file or folder, or the Hub repo id, to pass as custom_pipeline=
@@ -360,13 +338,9 @@ class Audit:
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
           custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
-    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run,
-    compared with `pinned` ({file: sha256}, or a JSON file of it) when given. Pass the returned values to the
-    diffusers call, inside `with only_audited_code(audit):`. `model_id=None` audits a `custom_pipeline` alone
-    (for `from_pipe`); a Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`; a Hub model
-    without `revision` that holds no code is pinned at its current commit. `allow_dynamic_code`: the files you
-    have read that load code at run time (exec, runpy, importlib); what they load is shown and hashed too.
-    """
+    """Show (and check against `pinned`) every code file `from_pretrained`/`from_pipe(trust_remote_code=True)` would
+    run; pass the returned values to that call inside `with only_audited_code(audit):`. `allow_dynamic_code`: files
+    you have read that load code at run time; what they load is shown and hashed too."""
     _refuse_if_disabled()
     if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
                                                                    for n in allow_dynamic_code):
@@ -382,8 +356,8 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             allowed)
     elif custom_pipeline is not None:
         resolved = resolve_custom_pipeline(custom_pipeline)
-        roots.append(_pipeline_script(resolved)[0])
-        files, resolved = _local_files(*_pipeline_script(resolved), "custom_pipeline", allowed), str(resolved)
+        roots.append((script := _pipeline_script(resolved))[0])
+        files, resolved = _local_files(*script, "custom_pipeline", allowed), str(resolved)
     elif model_id is None:
         rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
     if model_id is not None:
@@ -405,8 +379,8 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
 
 
 def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
-    """The copies diffusers made of `module_file` and its relative imports, and the files loaded at run time
-    (placed beside it here, from the audited paths), must each be an audited file: same name, same sha256."""
+    """Each copy diffusers made of `module_file` and its imports, and each file loaded at run time (placed beside it
+    here), must be an audited file: same name, same sha256."""
     from diffusers.utils.dynamic_modules_utils import get_relative_import_files
     for file in (f for f in files if f.beside):
         (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
@@ -423,11 +397,8 @@ def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
 
 @contextmanager
 def only_audited_code(audited: Audit):
-    """Around the diffusers call after `audit`: diffusers copies the code into a modules folder private to this
-    load (not the HF_MODULES_CACHE other kernels share and may rewrite), and each copy is hashed again just
-    before its import; one that differs from the audited file is refused before it runs."""
-    import importlib
-
+    """Around the diffusers call after `audit`: the code is copied into a modules folder private to this load (not
+    the shared HF_MODULES_CACHE) and each copy is hashed again just before its import."""
     from diffusers.utils import dynamic_modules_utils as dynamic
     _refuse_if_disabled()
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
@@ -467,8 +438,8 @@ def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, cus
 
 def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
                                i_accept_unpinned_remote_code: bool = False, dtype="auto"):
-    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit: with
-    `subfolder=` diffusers 0.42.1 reads model_index.json, not the component's `auto_map`; the folder itself works."""
+    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit (with `subfolder=`
+    diffusers reads model_index.json, not the component's `auto_map`)."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
     local = Path(source).is_dir()
@@ -476,11 +447,9 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
     check_revision(source, revision, i_accept_unpinned_remote_code)
     files = component_code_files(source, subfolder, revision)
     _audit(files, pinned, [Path(source)] if local else [])
-    if local:
-        folder = Path(source) / subfolder
-    else:
+    folder = Path(source) / subfolder
+    if not local:
         from huggingface_hub import snapshot_download
-
         folder = Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"], revision=revision,
                                         local_files_only=hub.hub_offline())) / subfolder
     with only_audited_code(Audit(source, revision, None, files)):
