@@ -148,10 +148,14 @@ def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str
     return sorted(names) or [name for name in listing(here) if name != current]
 
 
-def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
-                           listing=None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time, from `fetch(path)`. From a `local` folder
-    diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless `allowed` names it."""
+def _with_relative_imports(role: str, name: str, source, revision: str | None = None, local: bool = True,
+                           allowed: dict | None = None) -> list[CodeFile]:
+    """`name` and every file it imports relatively or loads at run time, from `source` (a folder or Hub id). From a
+    `local` folder diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless
+    `allowed` names it."""
+    fetch = lambda file: _fetch(str(source), file, revision)
+    listing = (lambda here: sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
+                                   if "__pycache__" not in p.parts)) if Path(source).is_dir() else None
     files, queue, seen = [], [(name, None, None)], set()
     while queue:
         current, importer, line = queue.pop(0)
@@ -192,12 +196,6 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
     return files
 
 
-def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
-    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
-                                  if "__pycache__" not in p.parts)
-    return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
-
-
 def _pipeline_script(resolved: Path) -> tuple[Path, str]:  # a .py file, or a folder's pipeline.py
     return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
 
@@ -217,10 +215,10 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, re
     """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
     files = []
     if custom_pipeline is not None:
-        files += _local_files(*_pipeline_script(resolve_custom_pipeline(custom_pipeline)), "custom_pipeline", allowed)
+        root, script = _pipeline_script(resolve_custom_pipeline(custom_pipeline))
+        files += _with_relative_imports("custom_pipeline", script, root, allowed=allowed)
     for role, module_file in _custom_code(hub.read_model_index(source, revision)):
-        files += _local_files(Path(source), module_file, role, allowed) if Path(source).is_dir() else \
-            _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True, allowed)
+        files += _with_relative_imports(role, module_file, source, revision, allowed=allowed)
     return files
 
 
@@ -229,7 +227,7 @@ def component_code_files(source: str, subfolder: str, revision: str | None = Non
     config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
     return [file for reference in sorted(set(config.get("auto_map", {}).values()))
             for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
-                                               lambda name: _fetch(source, name, revision), True)]
+                                               source, revision)]
 
 
 def manifest(files: list[CodeFile]) -> dict[str, str]:
@@ -352,12 +350,11 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     if repo_id is not None:
         check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
         resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
-            f"custom_pipeline {repo_id}", "pipeline.py", lambda name: _fetch(repo_id, name, custom_revision), False,
-            allowed)
+            f"custom_pipeline {repo_id}", "pipeline.py", repo_id, custom_revision, False, allowed)
     elif custom_pipeline is not None:
         resolved = resolve_custom_pipeline(custom_pipeline)
-        roots.append((script := _pipeline_script(resolved))[0])
-        files, resolved = _local_files(*script, "custom_pipeline", allowed), str(resolved)
+        roots.append((root := _pipeline_script(resolved))[0])
+        files, resolved = _with_relative_imports("custom_pipeline", root[1], root[0], allowed=allowed), str(resolved)
     elif model_id is None:
         rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
     if model_id is not None:
@@ -549,8 +546,7 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> 
             raise errors.LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was "
                                                 "imported.")
         base = Path(root).resolve() if root else path.resolve().parent
-        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(),
-                                        lambda module, base=base: base / module, False)
+        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(), base, local=False)
     _audit(files, pinned, [Path(root)] if root else [], runner="importing runs")
     return files
 
