@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -52,18 +52,6 @@ def _refuse_if_disabled() -> None:
             "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code.")
 
 
-def check_modules_cache() -> None:
-    """diffusers copies each code file under HF_MODULES_CACHE before running it: fail early if it cannot write."""
-    from diffusers.utils.constants import HF_MODULES_CACHE
-    from huggingface_hub import constants
-    if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
-        name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
-        raise errors.FolderNotWritableError(
-            f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
-            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
-            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
-
-
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
     """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root);
     never a Hub lookup. A Hub repo id needs `custom_revision`."""
@@ -80,13 +68,11 @@ def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
 def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1 or not hub.is_hub_id(
-            custom_pipeline) or any(c.exists() for c in rules.find_local(custom_pipeline)):
-        return None
-    try:
-        return validate_repo_id(custom_pipeline) or custom_pipeline
-    except HFValidationError:
-        return None
+    if isinstance(custom_pipeline, str) and custom_pipeline.count("/") == 1 and hub.is_hub_id(custom_pipeline) and \
+            not any(c.exists() for c in rules.find_local(custom_pipeline)):
+        with suppress(HFValidationError):
+            return validate_repo_id(custom_pipeline) or custom_pipeline
+    return None
 
 
 def _fetch(source: str, name: str, revision: str | None) -> Path:
@@ -259,12 +245,10 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
         if not isinstance(pairs, _Pairs):
             rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
-
     def refuse(key, problem):
         where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
                      "")
         rules.fail("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
-
     checked = {}
     for key, sha256 in pairs:
         parts = PurePosixPath(key).parts if isinstance(key, str) else ()
@@ -294,22 +278,15 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
         ) from None
 
 
-def _pin_if_codeless(model_id: str) -> str | None:
-    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin)."""
-    if hub.hub_offline():
-        return None
-    from huggingface_hub import model_info
-    with hub.hub_access(model_id):
-        commit = model_info(model_id).sha
-    if code_files(model_id, None, commit):
-        return None
-    print(f"note: {model_id} holds no code; loading it at its current commit {commit}")
-    return commit
-
-
 def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers will execute") -> None:
-    if files and runner.startswith("diffusers"):
-        check_modules_cache()
+    from diffusers.utils.constants import HF_MODULES_CACHE
+    from huggingface_hub import constants
+    if files and runner.startswith("diffusers") and (reason := rules.unwritable(Path(HF_MODULES_CACHE))):
+        name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
+        raise errors.FolderNotWritableError(
+            f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
+            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
+            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
     print(report(files, runner))
     if pinned is not None:  # any file added, removed or changed against `pinned` is refused
         pinned, found = read_manifest(pinned, roots), manifest(files)
@@ -364,8 +341,13 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
                 print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers too)")
             revision = None
             roots.append(Path(source))
-        elif revision is None and not i_accept_unpinned_remote_code:
-            revision = _pin_if_codeless(source)
+        elif revision is None and not i_accept_unpinned_remote_code and not hub.hub_offline():
+            from huggingface_hub import model_info
+            with hub.hub_access(source):
+                commit = model_info(source).sha
+            if not code_files(source, None, commit):  # a Hub model that holds no code is pinned at its current commit
+                print(f"note: {source} holds no code; loading it at its current commit {commit}")
+                revision = commit
         check_revision(source, revision, i_accept_unpinned_remote_code)
         files += code_files(source, None, revision, allowed)
     if not all(allowed.values()):
@@ -382,13 +364,11 @@ def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
     for file in (f for f in files if f.beside):
         (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file.path, module_file.parent / file.beside)
-    copies = [module_file, *map(Path, get_relative_import_files(str(module_file)))]
     audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
-    changes = {}
-    for copy in copies + [module_file.parent / f.beside for f in files if f.beside]:
-        if (copy.name, found := outputs.sha256_file(copy)) not in audited:
-            changes[copy.name] = (next((sha for name, sha in audited if name == copy.name), None), found)
-    if changes:
+    copies = [module_file, *map(Path, get_relative_import_files(str(module_file))),
+              *(module_file.parent / f.beside for f in files if f.beside)]
+    if changes := {copy.name: (next((sha for name, sha in audited if name == copy.name), None), found)
+                   for copy in copies if (copy.name, found := outputs.sha256_file(copy)) not in audited}:
         raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
 
 
@@ -401,11 +381,9 @@ def only_audited_code(audited: Audit):
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
     Path(shared).mkdir(parents=True, exist_ok=True)
     private = tempfile.mkdtemp(prefix="kit-load-", dir=shared)  # 0700
-
     def checked_import(class_name, module_path, force_reload=False):
         _verify_copies(Path(private) / module_path, audited.files)
         return original(class_name, module_path, force_reload)
-
     for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
         del sys.modules[name]  # so `diffusers_modules` resolves to this load's folder (loaded classes keep theirs)
     importlib.invalidate_caches()
@@ -465,24 +443,18 @@ def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinn
                                  audited.custom_revision else {})
 
 
-def community_file(name: str, custom_revision: str | None = None) -> str:
-    """The mirror path diffusers fetches for `custom_pipeline=name, custom_revision=...`: "v0.42.1/name.py"
-    for a release (the installed one by default), "main/name.py" for "main"."""
-    import diffusers
-    rules.community_name("name", name)
-    if custom_revision is not None:
-        rules.custom_revision("custom_revision", custom_revision)
-    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])
-    return f"{'main' if release == 'main' else 'v' + release}/{name}.py"
-
-
 def download_community_pipeline(name: str, custom_revision: str | None = None,
                                 mirror_revision: str | None = None) -> Path:
     """`name` from diffusers/community-pipelines-mirror (cached when offline) without diffusers' by-name path,
     which first asks PyPI with no timeout for this same file name. `mirror_revision` pins the mirror itself."""
+    import diffusers
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-    path, offline = community_file(name, custom_revision), hub.hub_offline()
+    rules.community_name("name", name)
+    if custom_revision is not None:
+        rules.custom_revision("custom_revision", custom_revision)
+    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])  # the installed one by default
+    path, offline = f"{'main' if release == 'main' else 'v' + release}/{name}.py", hub.hub_offline()
     try:
         with hub.hub_access(MIRROR, "dataset"):
             return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
@@ -515,9 +487,8 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
-    """Turn a saved pipeline folder into a community-components repository: copy back the .py files that
-    `save_pretrained` drops (from `code_dir`, same layout), point model_index.json at them ([module, Class])
-    and add an `auto_map` so each component also loads alone with AutoModel. Returns the files written."""
+    """Copy back into a saved pipeline folder the .py files `save_pretrained` drops (from `code_dir`, same layout),
+    point model_index.json at them and add each component an `auto_map` for AutoModel. Returns the files written."""
     repo, code = Path(repo_dir), Path(code_dir)
     index = json.loads((repo / "model_index.json").read_text())
     written = []
@@ -537,8 +508,7 @@ def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pi
 
 
 def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> list[CodeFile]:
-    """Show and hash local .py files before you import them yourself (`from my_unet import MyUNet`): importing
-    a file runs it, so it gets the same audit (and the same dynamic-loading refusal) as remote code."""
+    """Show and hash local .py files before you import them yourself: importing runs them, so same audit."""
     _refuse_if_disabled()
     files = []
     for path in map(Path, paths):
@@ -552,8 +522,7 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> 
 
 
 def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
-    """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
-    and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
+    """Before `upload_folder`: every code file model_index.json names is in the folder. Returns them, audited."""
     folder = Path(hub.resolve_model_source(os.fspath(folder)))
     if missing := [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
                    if not (folder / module_file).is_file()]:
