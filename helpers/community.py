@@ -84,21 +84,6 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
 
 
-def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
-    """The modules a file imports relatively, as diffusers' regex finds them; a form it misses is refused."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_imports
-    seen = set(get_relative_imports(str(path)))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
-            written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
-            raise RemoteCodeRefused(f"{name} line {node.lineno}: `{written}` is a relative import diffusers does not "
-                                    "copy with the file, so Python would import whatever another pipeline left in "
-                                    "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing "
-                                    "was run. Fix: write it as `from .module import name` on its own line, with "
-                                    "module.py next to the file.")
-    return sorted(seen)
-
-
 def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     """(line, call, its string literals) for each call that runs code no import statement shows."""
     found = []
@@ -139,6 +124,7 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
     """`name` and every file it imports relatively or loads at run time, from `source` (a folder or Hub id). From a
     `local` folder diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless
     `allowed` names it."""
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
     fetch = lambda file: _fetch(str(source), file, revision)
     listing = (lambda here: sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
                                    if "__pycache__" not in p.parts)) if Path(source).is_dir() else None
@@ -167,8 +153,17 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
         beside = posixpath.relpath(current, posixpath.dirname(name) or ".") if line else None
         files.append(CodeFile(how if importer else role, current, path, outputs.sha256_file(path),
                               path.stat().st_size, beside))
+        imported = set(get_relative_imports(str(path)))  # as diffusers' regex finds them: a form it misses is refused
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in imported):
+                written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
+                raise RemoteCodeRefused(
+                    f"{current} line {node.lineno}: `{written}` is a relative import diffusers does not copy with the "
+                    "file, so Python would import whatever another pipeline left in HF_MODULES_CACHE/diffusers_modules"
+                    "/local (code nobody audited), or fail. Nothing was run. Fix: write it as `from .module import "
+                    "name` on its own line, with module.py next to the file.")
         queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
-                  for module in _relative_imports(tree, path, current)]
+                  for module in sorted(imported)]
         for line, call, literals in dynamic_loads(tree):
             opted = [entry for entry in (allowed or {}) if entry in (current, posixpath.basename(current))]
             if not opted:
