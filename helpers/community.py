@@ -98,36 +98,14 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     return sorted(found)
 
 
-def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str]:
-    """The files a dynamic load in `current` runs: those its literals name beside it, else its whole folder."""
-    from huggingface_hub.errors import EntryNotFoundError
-    here, names = posixpath.dirname(current), set()
-    for text in literals:
-        if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
-            raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows only the "
-                                    "folder's files. Nothing was run. Fix: keep the code it loads beside it.")
-        for candidate in {posixpath.normpath(posixpath.join(here, t)) for t in (text, text.replace(".", "/") + ".py")}:
-            try:
-                if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
-                    names.add(candidate)
-            except EntryNotFoundError:  # not in the Hub repository
-                pass
-    if not names and listing is None:
-        raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a "
-                                "Hub repository's folder cannot be listed here. Nothing was run. Fix: name the files "
-                                "it loads as string literals, or download the folder and audit that.")
-    return sorted(names) or [name for name in listing(here) if name != current]
-
-
 def _with_relative_imports(role: str, name: str, source, revision: str | None = None, local: bool = True,
                            allowed: dict | None = None) -> list[CodeFile]:
     """`name` and every file it imports relatively or loads at run time, from `source` (a folder or Hub id). From a
     `local` folder diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless
     `allowed` names it."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
+    from huggingface_hub.errors import EntryNotFoundError
     fetch = lambda file: _fetch(str(source), file, revision)
-    listing = (lambda here: sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
-                                   if "__pycache__" not in p.parts)) if Path(source).is_dir() else None
     files, queue, seen = [], [(name, None, None)], set()
     while queue:
         current, importer, line = queue.pop(0)
@@ -173,7 +151,25 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
                     f"{current} and the files it loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}]"
                     " to show, hash and pin them too.")
             allowed.update(dict.fromkeys(opted, True))
-            queue += [(loaded, current, line) for loaded in _loaded_files(current, literals, fetch, listing)]
+            here, names = posixpath.dirname(current), set()  # it loads the files its literals name beside it
+            for text in literals:
+                if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
+                    raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows "
+                                            "only the folder's files. Nothing was run. Fix: keep the code it loads "
+                                            "beside it.")
+                for candidate in {posixpath.normpath(posixpath.join(here, t))
+                                  for t in (text, text.replace(".", "/") + ".py")}:
+                    with suppress(EntryNotFoundError):  # not in the Hub repository
+                        if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
+                            names.add(candidate)
+            if not names and not Path(source).is_dir():
+                raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, "
+                                        "and a Hub repository's folder cannot be listed here. Nothing was run. Fix: "
+                                        "name the files it loads as string literals, or download the folder and "
+                                        "audit that.")
+            listing = sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
+                             if "__pycache__" not in p.parts) if not names else []  # else its whole folder
+            queue += [(loaded, current, line) for loaded in sorted(names) or [n for n in listing if n != current]]
     return files
 
 
