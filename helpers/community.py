@@ -53,8 +53,7 @@ def _refuse_if_disabled() -> None:
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
-    """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root);
-    never a Hub lookup. A Hub repo id needs `custom_revision`."""
+    """An existing `.py` file or folder with `pipeline.py`, never a Hub lookup (a Hub repo needs `custom_revision`)."""
     try:
         return rules.custom_pipeline_path("custom_pipeline", path)
     except errors.LocalPathNotFoundError as error:
@@ -348,32 +347,25 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 
-def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
-    """Each copy diffusers made of `module_file` and its imports, and each file loaded at run time (placed beside it
-    here), must be an audited file: same name, same sha256."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
-    for file in (f for f in files if f.beside):
-        (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file.path, module_file.parent / file.beside)
-    audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
-    copies = [module_file, *map(Path, get_relative_import_files(str(module_file))),
-              *(module_file.parent / f.beside for f in files if f.beside)]
-    if changes := {copy.name: (next((sha for name, sha in audited if name == copy.name), None), found)
-                   for copy in copies if (copy.name, found := outputs.sha256_file(copy)) not in audited}:
-        raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
-
-
 @contextmanager
 def only_audited_code(audited: Audit):
-    """Around the diffusers call after `audit`: the code is copied into a modules folder private to this load (not
-    the shared HF_MODULES_CACHE) and each copy is hashed again just before its import."""
+    """Around the diffusers call after `audit`: code is copied to a private modules folder, hashed again on import."""
     from diffusers.utils import dynamic_modules_utils as dynamic
     _refuse_if_disabled()
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
     Path(shared).mkdir(parents=True, exist_ok=True)
     private = tempfile.mkdtemp(prefix="kit-load-", dir=shared)  # 0700
-    def checked_import(class_name, module_path, force_reload=False):
-        _verify_copies(Path(private) / module_path, audited.files)
+    def checked_import(class_name, module_path, force_reload=False):  # each copy must be an audited file
+        module_file, files = Path(private) / module_path, audited.files
+        for file in (f for f in files if f.beside):  # loaded at run time: placed beside it, from the audited paths
+            (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file.path, module_file.parent / file.beside)
+        shown = {(PurePosixPath(f.name).name, f.sha256) for f in files}
+        copies = [module_file, *map(Path, dynamic.get_relative_import_files(str(module_file))),
+                  *(module_file.parent / f.beside for f in files if f.beside)]
+        if changes := {copy.name: (next((sha for name, sha in shown if name == copy.name), None), found)
+                       for copy in copies if (copy.name, found := outputs.sha256_file(copy)) not in shown}:
+            raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
         return original(class_name, module_path, force_reload)
     for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
         del sys.modules[name]  # so `diffusers_modules` resolves to this load's folder (loaded classes keep theirs)
@@ -389,9 +381,8 @@ def only_audited_code(audited: Audit):
 
 
 def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, custom_pipeline=None,
-                              custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
-                              i_accept_unpinned_remote_code: bool = False, dtype="auto", device_map="auto",
-                              **kwargs):
+                              custom_revision: str | None = None, pinned=None, allow_dynamic_code=(), dtype="auto",
+                              i_accept_unpinned_remote_code: bool = False, device_map="auto", **kwargs):
     """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`, inside `only_audited_code`."""
     audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, custom_revision=custom_revision,
                     pinned=pinned, allow_dynamic_code=allow_dynamic_code,
@@ -404,8 +395,7 @@ def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, cus
 
 def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
                                i_accept_unpinned_remote_code: bool = False, dtype="auto"):
-    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit (with `subfolder=`
-    diffusers reads model_index.json, not the component's `auto_map`)."""
+    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit (not `subfolder=`)."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
     local = Path(source).is_dir()
@@ -464,8 +454,7 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
 
 
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
-                            mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto",
-                            **kwargs):
+                            mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto", **kwargs):
     """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first:
     the kit downloads the file diffusers would fetch and loads a private copy of exactly that file."""
     _refuse_if_disabled()
