@@ -99,9 +99,8 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
 
 def _with_relative_imports(role: str, name: str, source, revision: str | None = None, local: bool = True,
                            allowed: dict | None = None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time, from `source` (a folder or Hub id). From a
-    `local` folder diffusers copies only `name`'s direct imports: deeper ones are refused; a dynamic load unless
-    `allowed` names it."""
+    """`name` and all it imports relatively or loads at run time, from `source` (a folder or Hub id); `local`: diffusers
+    copies only `name`'s direct imports, deeper ones are refused; a dynamic load unless `allowed` names its file."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
     fetch = lambda file: _fetch(str(source), file, revision)
@@ -172,10 +171,6 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
     return files
 
 
-def _pipeline_script(resolved: Path) -> tuple[Path, str]:  # a .py file, or a folder's pipeline.py
-    return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-
-
 def _custom_code(index: dict) -> list[tuple[str, str]]:
     """(role, module file) for the repository's own pipeline class and components its model_index.json names."""
     import diffusers.pipelines
@@ -191,7 +186,8 @@ def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, re
     """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
     files = []
     if custom_pipeline is not None:
-        root, script = _pipeline_script(resolve_custom_pipeline(custom_pipeline))
+        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
+        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
         files += _with_relative_imports("custom_pipeline", script, root, allowed=allowed)
     for role, module_file in _custom_code(hub.read_model_index(source, revision)):
         files += _with_relative_imports(role, module_file, source, revision, allowed=allowed)
@@ -304,8 +300,7 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
           custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
     """Show (and check against `pinned`) every code file `from_pretrained`/`from_pipe(trust_remote_code=True)` would
-    run; pass the returned values to that call inside `with only_audited_code(audit):`. `allow_dynamic_code`: files
-    you have read that load code at run time; what they load is shown and hashed too."""
+    run; pass the returned values to that call inside `with only_audited_code(audit):`."""
     _refuse_if_disabled()
     if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
                                                                    for n in allow_dynamic_code):
@@ -320,8 +315,9 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             f"custom_pipeline {repo_id}", "pipeline.py", repo_id, custom_revision, False, allowed)
     elif custom_pipeline is not None:
         resolved = resolve_custom_pipeline(custom_pipeline)
-        roots.append((root := _pipeline_script(resolved))[0])
-        files, resolved = _with_relative_imports("custom_pipeline", root[1], root[0], allowed=allowed), str(resolved)
+        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
+        files, resolved = _with_relative_imports("custom_pipeline", script, root, allowed=allowed), str(resolved)
+        roots.append(root)
     elif model_id is None:
         rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
     if model_id is not None:
@@ -398,8 +394,7 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
     """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit (not `subfolder=`)."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
-    local = Path(source).is_dir()
-    revision = None if local else revision
+    revision = None if (local := Path(source).is_dir()) else revision
     check_revision(source, revision, i_accept_unpinned_remote_code)
     files = component_code_files(source, subfolder, revision)
     _audit(files, pinned, [Path(source)] if local else [])
@@ -426,8 +421,7 @@ def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinn
 
 def download_community_pipeline(name: str, custom_revision: str | None = None,
                                 mirror_revision: str | None = None) -> Path:
-    """`name` from diffusers/community-pipelines-mirror (cached when offline) without diffusers' by-name path,
-    which first asks PyPI with no timeout for this same file name. `mirror_revision` pins the mirror itself."""
+    """`name` from the community mirror (pinned by `mirror_revision`), not by diffusers' path that asks PyPI first."""
     import diffusers
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
@@ -455,8 +449,7 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
 
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
                             mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto", **kwargs):
-    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first:
-    the kit downloads the file diffusers would fetch and loads a private copy of exactly that file."""
+    """A pipeline from diffusers' community mirror by name ("lpw_stable_diffusion"), audited, from a private copy."""
     _refuse_if_disabled()
     script = download_community_pipeline(name, custom_revision, mirror_revision)
     with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
@@ -469,9 +462,8 @@ def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pi
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
     """Copy back into a saved pipeline folder the .py files `save_pretrained` drops (from `code_dir`, same layout),
     point model_index.json at them and add each component an `auto_map` for AutoModel. Returns the files written."""
-    repo, code = Path(repo_dir), Path(code_dir)
+    repo, code, written = Path(repo_dir), Path(code_dir), []
     index = json.loads((repo / "model_index.json").read_text())
-    written = []
     if pipeline:
         written.append(Path(shutil.copyfile(code / f"{pipeline[0]}.py", repo / f"{pipeline[0]}.py")))
         index["_class_name"] = list(pipeline)
