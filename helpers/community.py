@@ -116,11 +116,10 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
                 f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
                 "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run.")
         if local and line is None and importer not in (None, name):
-            raise RemoteCodeRefused(
-                f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
-                f"files {name} imports directly: it would import whatever another pipeline left in "
-                "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
-                f"import {current!r} directly in {name}, or merge it into {importer}.")
+            raise RemoteCodeRefused(f"{importer} imports {current!r} relatively, but from a local folder diffusers "
+                                    f"copies only {name}'s direct imports: Python would import whatever another "
+                                    "pipeline left in HF_MODULES_CACHE/diffusers_modules/local (unaudited), or fail. "
+                                    f"Nothing was run. Fix: import {current!r} in {name}, or merge it into {importer}.")
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError) as error:
@@ -133,21 +132,18 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in imported):
                 written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
-                raise RemoteCodeRefused(
-                    f"{current} line {node.lineno}: `{written}` is a relative import diffusers does not copy with the "
-                    "file, so Python would import whatever another pipeline left in HF_MODULES_CACHE/diffusers_modules"
-                    "/local (code nobody audited), or fail. Nothing was run. Fix: write it as `from .module import "
-                    "name` on its own line, with module.py next to the file.")
+                raise RemoteCodeRefused(f"{current} line {node.lineno}: `{written}` is a relative import diffusers "
+                                        "does not copy with the file: Python would import whatever another pipeline "
+                                        "left in HF_MODULES_CACHE/diffusers_modules/local (unaudited), or fail. "
+                                        "Nothing was run. Fix: `from .module import name`, module.py beside it.")
         queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
                   for module in sorted(imported)]
         for line, call, literals in dynamic_loads(tree):
             opted = [entry for entry in (allowed or {}) if entry in (current, posixpath.basename(current))]
             if not opted:
-                raise RemoteCodeRefused(
-                    f"{current} line {line}: `{call[:100]}` loads code at run time that no import statement shows: "
-                    "diffusers would run it without it being listed or hashed. Nothing was run. Fix: read "
-                    f"{current} and the files it loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}]"
-                    " to show, hash and pin them too.")
+                raise RemoteCodeRefused(f"{current} line {line}: `{call[:100]}` loads code at run time that no import "
+                                        "shows, unlisted and unhashed. Nothing was run. Fix: read it and the files it "
+                                        f"loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}].")
             allowed.update(dict.fromkeys(opted, True))
             here, names = posixpath.dirname(current), set()  # it loads the files its literals name beside it
             for text in literals:
@@ -161,10 +157,9 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
                         if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
                             names.add(candidate)
             if not names and not Path(source).is_dir():
-                raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, "
-                                        "and a Hub repository's folder cannot be listed here. Nothing was run. Fix: "
-                                        "name the files it loads as string literals, or download the folder and "
-                                        "audit that.")
+                raise RemoteCodeRefused(f"{current} loads code at run time by names not written in it, and a Hub "
+                                        "repository's folder cannot be listed here. Nothing was run. Fix: name the "
+                                        "files as string literals, or download the folder and audit that.")
             listing = sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
                              if "__pycache__" not in p.parts) if not names else []  # else its whole folder
             queue += [(loaded, current, line) for loaded in sorted(names) or [n for n in listing if n != current]]
