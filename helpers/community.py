@@ -27,8 +27,7 @@ MIRROR = "diffusers/community-pipelines-mirror"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
                 "audit(...).manifest gives it.")
-# Calls that run code no import statement shows (the builtins only as bare names or builtins.<name>).
-DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}
+DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # calls that run code no import shows (as x or builtins.x)
 DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
                    "SourceFileLoader", "load_source", "load_module"}
 FILE_READERS = {"open", "read_text", "read_bytes"}  # dynamic when they read a .py file
@@ -47,9 +46,9 @@ class CodeFile:
 def _refuse_if_disabled() -> None:
     from diffusers.utils import constants
     if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
-        raise RemoteCodeRefused(
-            "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
-            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code.")
+        raise RemoteCodeRefused("DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and "
+                                "custom component, and so does the kit. Unset it (it is read when diffusers is "
+                                "imported: restart the kernel) to load code.")
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
@@ -99,8 +98,7 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
 
 def _with_relative_imports(role: str, name: str, source, revision: str | None = None, local: bool = True,
                            allowed: dict | None = None) -> list[CodeFile]:
-    """`name` and all it imports relatively or loads at run time, from `source` (a folder or Hub id); `local`: diffusers
-    copies only `name`'s direct imports, deeper ones are refused; a dynamic load unless `allowed` names its file."""
+    """`name` and all it imports or loads at run time, from `source` (folder or Hub id); refuses what can't be shown."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
     fetch = lambda file: _fetch(str(source), file, revision)
@@ -207,13 +205,9 @@ def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str
         f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
 
 
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs, duplicates kept."""
-
-
 def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
     """`pinned` (a dict or a JSON file) as {file: sha256}, each entry checked: a file inside `roots`, no symlink."""
-    text, value, pairs = None, pinned, _Pairs(pinned.items()) if isinstance(pinned, dict) else None
+    text, value, pairs = None, pinned, tuple(pinned.items()) if isinstance(pinned, dict) else None
     if pairs is None:
         path, value = Path(pinned), str(pinned)
         if path.is_symlink() or not path.is_file():
@@ -221,10 +215,10 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
                        "manifest file", "Pass the manifest file itself.")
         text = path.read_text(errors="replace")
         try:
-            pairs = json.loads(text, object_pairs_hook=_Pairs)
+            pairs = json.loads(text, object_pairs_hook=tuple)  # an object as its (key, value) pairs, duplicates kept
         except json.JSONDecodeError as error:
             rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
-        if not isinstance(pairs, _Pairs):
+        if not isinstance(pairs, tuple):
             rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
     def refuse(key, problem):
         where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
@@ -285,7 +279,6 @@ class Audit:
     custom_pipeline: str | None  # the resolved file or folder, or the Hub repo id, to pass as custom_pipeline=
     files: list[CodeFile]
     custom_revision: str | None = None  # the commit to pass as custom_revision= (a Hub repo custom_pipeline)
-
     @property
     def manifest(self) -> dict[str, str]:
         return manifest(self.files)
@@ -294,8 +287,7 @@ class Audit:
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
           custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
-    """Show (and check against `pinned`) every code file `from_pretrained`/`from_pipe(trust_remote_code=True)` would
-    run; pass the returned values to that call inside `with only_audited_code(audit):`."""
+    """Show (and check against `pinned`) every code file diffusers would run; pass the result to only_audited_code."""
     _refuse_if_disabled()
     if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
                                                                    for n in allow_dynamic_code):
@@ -432,11 +424,10 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     except LocalEntryNotFoundError:
         if not offline:
             raise
-        raise errors.ModelNotCachedOfflineError(
-            f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
-            f"{hub.offline_reason()} (diffusers' own by-name path would also ask PyPI for its release list with "
-            "no timeout and hang.) Run this online once, or pass a local copy of the file as custom_pipeline."
-        ) from None
+        raise errors.ModelNotCachedOfflineError(f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the "
+                                                f"Hub cannot be used: {hub.offline_reason()} (diffusers' by-name path "
+                                                "would also ask PyPI with no timeout and hang.) Run this online once, "
+                                                "or pass a local copy of the file as custom_pipeline.") from None
     except EntryNotFoundError:
         rules.fail("custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
                    "Pick a diffusers release that has this pipeline, or 'main'.")
@@ -455,8 +446,7 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
-    """Copy back into a saved pipeline folder the .py files `save_pretrained` drops (from `code_dir`, same layout),
-    point model_index.json at them and add each component an `auto_map` for AutoModel. Returns the files written."""
+    """Copy back the .py files `save_pretrained` drops (from `code_dir`); point model_index.json, auto_map at them."""
     repo, code, written = Path(repo_dir), Path(code_dir), []
     index = json.loads((repo / "model_index.json").read_text())
     if pipeline:
