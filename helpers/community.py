@@ -1,6 +1,5 @@
-"""Community pipelines and remote code: `audit` shows every file diffusers will run, with its sha256, and refuses
-code nobody was shown; `only_audited_code` makes the diffusers call import exactly those files. The only module
-that passes `trust_remote_code=True`."""
+"""Community pipelines and remote code: `audit` shows every file diffusers will run, with its sha256, refusing code
+nobody was shown; `only_audited_code` imports exactly those files (the only module passing trust_remote_code=True)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,7 @@ COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
-                "audit(...).manifest gives it.")
+MANIFEST_FIX = 'A manifest is a JSON object {"file in the audited folder": "its sha256"}, as audit(...).manifest gives.'
 DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # calls that run code no import shows (as x or builtins.x)
 DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
                    "SourceFileLoader", "load_source", "load_module"}
@@ -242,10 +240,9 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
 def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False,
                    name: str = "revision") -> None:
     """Remote code from the Hub runs only at a full commit hash: a branch or tag can be moved to new code."""
-    if Path(model_id).is_dir() or i_accept_unpinned_remote_code:
-        return
     try:
-        rules.commit(name, revision, allow_empty=False)
+        if not (Path(model_id).is_dir() or i_accept_unpinned_remote_code):
+            rules.commit(name, revision, allow_empty=False)
     except errors.InvalidParameterError as error:
         raise RemoteCodeRefused(
             f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load", name=name,
@@ -383,8 +380,7 @@ def load_remote_code_component(model_id: str, subfolder: str, *, revision: str |
     source = hub.resolve_model_source(model_id, revision, subfolder)
     revision = None if (local := Path(source).is_dir()) else revision
     check_revision(source, revision, i_accept_unpinned_remote_code)
-    files = component_code_files(source, subfolder, revision)
-    _audit(files, pinned, [Path(source)] if local else [])
+    _audit(files := component_code_files(source, subfolder, revision), pinned, [Path(source)] if local else [])
     folder = Path(source) / subfolder
     if not local:
         from huggingface_hub import snapshot_download
@@ -470,8 +466,7 @@ def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> 
     files = []
     for path in map(Path, paths):
         if not path.is_file() or path.suffix != ".py":
-            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was "
-                                                "imported.")
+            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r}: no such .py file; nothing was imported.")
         base = Path(root).resolve() if root else path.resolve().parent
         files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(), base, local=False)
     _audit(files, pinned, [Path(root)] if root else [], runner="importing runs")
@@ -486,6 +481,5 @@ def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
         raise errors.LocalPathNotFoundError(
             f"{str(folder)!r} names code that is not in it: {', '.join(missing)}. save_pretrained (and push_to_hub) "
             "write weights and configs only; copy the code back with community.add_remote_code() before uploading.")
-    files = code_files(str(folder))
-    print(report(files))
+    print(report(files := code_files(str(folder))))
     return files
