@@ -23,7 +23,6 @@ from .rules import truthy
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
-SHA256 = re.compile(r"[0-9a-f]{64}")
 MANIFEST_FIX = 'A manifest is a JSON object {"file in the audited folder": "its sha256"}, as audit(...).manifest gives.'
 DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # calls that run code no import shows (as x or builtins.x)
 DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
@@ -45,8 +44,7 @@ def _refuse_if_disabled() -> None:
     from diffusers.utils import constants
     if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
         raise RemoteCodeRefused("DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and "
-                                "custom component, and so does the kit. Unset it (it is read when diffusers is "
-                                "imported: restart the kernel) to load code.")
+                                "component, and so does the kit. Unset it and restart the kernel to load code.")
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
@@ -100,12 +98,11 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
     fetch = lambda file: _fetch(str(source), file, revision)
-    files, queue, seen = [], [(name, None, None)], set()
+    files, queue = [], [(name, None, None)]
     while queue:
         current, importer, line = queue.pop(0)
-        if current in seen:
+        if current in (f.name for f in files):  # each file once
             continue
-        seen.add(current)
         path = Path(fetch(current))
         if not path.is_file():
             raise errors.LocalPathNotFoundError(
@@ -113,9 +110,9 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
                 "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run.")
         if local and line is None and importer not in (None, name):
             raise RemoteCodeRefused(f"{importer} imports {current!r} relatively, but from a local folder diffusers "
-                                    f"copies only {name}'s direct imports: Python would import whatever another "
-                                    "pipeline left in HF_MODULES_CACHE/diffusers_modules/local (unaudited), or fail. "
-                                    f"Nothing was run. Fix: import {current!r} in {name}, or merge it into {importer}.")
+                                    f"copies only {name}'s direct imports: Python would import another pipeline's "
+                                    f"leftover, or fail. Nothing was run. Fix: import it in {name}, or merge it into "
+                                    f"{importer}.")
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError) as error:
@@ -129,9 +126,8 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
             if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in imported):
                 written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
                 raise RemoteCodeRefused(f"{current} line {node.lineno}: `{written}` is a relative import diffusers "
-                                        "does not copy with the file: Python would import whatever another pipeline "
-                                        "left in HF_MODULES_CACHE/diffusers_modules/local (unaudited), or fail. "
-                                        "Nothing was run. Fix: `from .module import name`, module.py beside it.")
+                                        "does not copy: Python would import another pipeline's leftover from "
+                                        "HF_MODULES_CACHE, or fail. Nothing was run. Fix: `from .module import name`.")
         queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
                   for module in sorted(imported)]
         for line, call, literals in dynamic_loads(tree):
@@ -144,9 +140,8 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
             here, names = posixpath.dirname(current), set()  # it loads the files its literals name beside it
             for text in literals:
                 if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
-                    raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows "
-                                            "only the folder's files. Nothing was run. Fix: keep the code it loads "
-                                            "beside it.")
+                    raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder (the audit shows its "
+                                            "files only). Nothing was run. Fix: keep the code it loads beside it.")
                 for candidate in {posixpath.normpath(posixpath.join(here, t))
                                   for t in (text, text.replace(".", "/") + ".py")}:
                     with suppress(EntryNotFoundError):  # not in the Hub repository
@@ -229,7 +224,7 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             refuse(key, "is not a file name inside the audited folder")
         if key in checked:
             refuse(key, "appears twice")
-        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
             refuse(key, f"has {sha256!r}, not a sha256 (64 lowercase hex digits)")
         for root in (r for r in roots if any(r.joinpath(*parts[:n]).is_symlink() for n in range(1, len(parts) + 1))):
             refuse(key, f"is a symbolic link in {root}: the audit reads only the folder's own files")
