@@ -1,13 +1,10 @@
-"""Community pipelines and remote code (a `custom_pipeline`, a repository's own pipeline class and components).
-
-`audit` shows every file diffusers will run, with its sha256, before anything runs, and refuses each form that
-would run code nobody was shown; `only_audited_code` makes the diffusers call after it import exactly those
-files. This is the only module that passes `trust_remote_code=True`.
-"""
+"""Community pipelines and remote code: `audit` shows every file diffusers will run, with its sha256, refusing code
+nobody was shown; `only_audited_code` imports exactly those files (the only module passing trust_remote_code=True)."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import posixpath
@@ -15,7 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -26,11 +23,8 @@ from .rules import truthy
 COMMUNITY = KIT_ROOT / "community"
 KNOWN_LIBRARIES = {"diffusers", "transformers", None}
 MIRROR = "diffusers/community-pipelines-mirror"
-SHA256 = re.compile(r"[0-9a-f]{64}")
-MANIFEST_FIX = ('A manifest is a JSON object {"file inside the audited folder": "its sha256 (64 hex)"}, as '
-                "audit(...).manifest gives it.")
-# Calls that run code no import statement shows (the builtins only as bare names or builtins.<name>).
-DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}
+MANIFEST_FIX = 'A manifest is a JSON object {"file in the audited folder": "its sha256"}, as audit(...).manifest gives.'
+DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # calls that run code no import shows (as x or builtins.x)
 DYNAMIC_LOADERS = {"run_path", "run_module", "import_module", "spec_from_file_location", "exec_module",
                    "SourceFileLoader", "load_source", "load_module"}
 FILE_READERS = {"open", "read_text", "read_bytes"}  # dynamic when they read a .py file
@@ -49,27 +43,12 @@ class CodeFile:
 def _refuse_if_disabled() -> None:
     from diffusers.utils import constants
     if truthy(os.environ.get("DIFFUSERS_DISABLE_REMOTE_CODE")) or constants.DIFFUSERS_DISABLE_REMOTE_CODE:
-        raise RemoteCodeRefused(
-            "DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and custom component, "
-            "and so does the kit. Unset it (it is read when diffusers is imported: restart the kernel) to load code.")
-
-
-def check_modules_cache() -> None:
-    """diffusers copies each code file under HF_MODULES_CACHE (HF_HOME/modules) before running it; a folder
-    it cannot write fails deep inside from_pretrained. Checked before any code is listed or run."""
-    from diffusers.utils.constants import HF_MODULES_CACHE
-    from huggingface_hub import constants
-    if reason := rules.unwritable(Path(HF_MODULES_CACHE)):
-        name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
-        raise errors.FolderNotWritableError(
-            f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
-            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
-            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
+        raise RemoteCodeRefused("DIFFUSERS_DISABLE_REMOTE_CODE is set: diffusers refuses every custom pipeline and "
+                                "component, and so does the kit. Unset it and restart the kernel to load code.")
 
 
 def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
-    """An existing `.py` file or folder with `pipeline.py` (the working folder first, then the kit's root);
-    never a Hub lookup. A Hub repo id needs `custom_revision`."""
+    """An existing `.py` file or folder with `pipeline.py`, never a Hub lookup (a Hub repo needs `custom_revision`)."""
     try:
         return rules.custom_pipeline_path("custom_pipeline", path)
     except errors.LocalPathNotFoundError as error:
@@ -83,13 +62,11 @@ def resolve_custom_pipeline(path: str | os.PathLike) -> Path:
 def hub_repo_id(custom_pipeline) -> str | None:
     """`custom_pipeline` as a Hub repo id ("user/repo") when it is one and no local path by that name exists."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
-    if not isinstance(custom_pipeline, str) or custom_pipeline.count("/") != 1 or not hub.is_hub_id(
-            custom_pipeline) or any(c.exists() for c in rules.find_local(custom_pipeline)):
-        return None
-    try:
-        return validate_repo_id(custom_pipeline) or custom_pipeline
-    except HFValidationError:
-        return None
+    if isinstance(custom_pipeline, str) and custom_pipeline.count("/") == 1 and hub.is_hub_id(custom_pipeline) and \
+            not any(c.exists() for c in rules.find_local(custom_pipeline)):
+        with suppress(HFValidationError):
+            return validate_repo_id(custom_pipeline) or custom_pipeline
+    return None
 
 
 def _fetch(source: str, name: str, revision: str | None) -> Path:
@@ -101,25 +78,8 @@ def _fetch(source: str, name: str, revision: str | None) -> Path:
         return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
 
 
-def _relative_imports(tree: ast.Module, path: Path, name: str) -> list[str]:
-    """The modules a file imports relatively, as diffusers finds them (a regex over its lines); a form its regex
-    misses (`from . import x`, `from .. import x`, `from.x import y`) is not copied with the file: refused."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_imports
-    seen = set(get_relative_imports(str(path)))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in seen):
-            written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
-            raise RemoteCodeRefused(
-                f"{name} line {node.lineno}: `{written}` is a relative import diffusers does not copy with the "
-                "file, so Python would import whatever another pipeline left in HF_MODULES_CACHE/diffusers_modules"
-                "/local (code nobody audited), or fail. Nothing was run. Fix: write it as `from .module import "
-                "name` on its own line, with module.py next to the file.")
-    return sorted(seen)
-
-
 def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
-    """(line, call, its string literals) for each call that runs code no import statement shows: exec, eval,
-    compile, __import__, runpy, importlib's loaders, or reading a .py file."""
+    """(line, call, its string literals) for each call that runs code no import statement shows."""
     found = []
     for node in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
         func = node.func
@@ -132,50 +92,27 @@ def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     return sorted(found)
 
 
-def _loaded_files(current: str, literals: list[str], fetch, listing) -> list[str]:
-    """What a dynamic load in `current` runs: the files its string literals name beside it (a path or a module
-    name); when none resolves, every .py file in its folder."""
+def _with_relative_imports(role: str, name: str, source, revision: str | None = None, local: bool = True,
+                           allowed: dict | None = None) -> list[CodeFile]:
+    """`name` and all it imports or loads at run time, from `source` (folder or Hub id); refuses what can't be shown."""
+    from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
-    here, names = posixpath.dirname(current), set()
-    for text in literals:
-        if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
-            raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder: the audit shows only the "
-                                    "folder's files. Nothing was run. Fix: keep the code it loads beside it.")
-        for candidate in {posixpath.normpath(posixpath.join(here, t)) for t in (text, text.replace(".", "/") + ".py")}:
-            try:
-                if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
-                    names.add(candidate)
-            except EntryNotFoundError:  # not in the Hub repository
-                pass
-    if not names and listing is None:
-        raise RemoteCodeRefused(f"{current} loads code at run time whose file names are not written in it, and a "
-                                "Hub repository's folder cannot be listed here. Nothing was run. Fix: name the files "
-                                "it loads as string literals, or download the folder and audit that.")
-    return sorted(names) or [name for name in listing(here) if name != current]
-
-
-def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: dict | None = None,
-                           listing=None) -> list[CodeFile]:
-    """`name` and every file it imports relatively or loads at run time (all of it runs), from `fetch(path)`.
-    From a `local` folder diffusers copies only the files `name` imports directly: a deeper relative import is
-    refused; a dynamic load too, unless `allowed` names its file (then it lists what `listing(folder)` finds)."""
-    files, queue, seen = [], [(name, None, None)], set()
+    fetch = lambda file: _fetch(str(source), file, revision)
+    files, queue = [], [(name, None, None)]
     while queue:
         current, importer, line = queue.pop(0)
-        if current in seen:
+        if current in (f.name for f in files):  # each file once
             continue
-        seen.add(current)
         path = Path(fetch(current))
         if not path.is_file():
             raise errors.LocalPathNotFoundError(
                 f"{importer} imports {current!r}, which does not exist ({path}); nothing was run. Add the file, or "
                 "remove the import." if importer else f"code file {current!r} not found ({path}); nothing was run.")
         if local and line is None and importer not in (None, name):
-            raise RemoteCodeRefused(
-                f"{importer} imports {current!r} relatively, but from a local folder diffusers copies only the "
-                f"files {name} imports directly: it would import whatever another pipeline left in "
-                "HF_MODULES_CACHE/diffusers_modules/local (code nobody audited), or fail. Nothing was run. Fix: "
-                f"import {current!r} directly in {name}, or merge it into {importer}.")
+            raise RemoteCodeRefused(f"{importer} imports {current!r} relatively, but from a local folder diffusers "
+                                    f"copies only {name}'s direct imports: Python would import another pipeline's "
+                                    f"leftover, or fail. Nothing was run. Fix: import it in {name}, or merge it into "
+                                    f"{importer}.")
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError) as error:
@@ -184,36 +121,44 @@ def _with_relative_imports(role: str, name: str, fetch, local: bool, allowed: di
         beside = posixpath.relpath(current, posixpath.dirname(name) or ".") if line else None
         files.append(CodeFile(how if importer else role, current, path, outputs.sha256_file(path),
                               path.stat().st_size, beside))
+        imported = set(get_relative_imports(str(path)))  # as diffusers' regex finds them: a form it misses is refused
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level and (node.level > 1 or node.module not in imported):
+                written = f"from {'.' * node.level}{node.module or ''} import {', '.join(a.name for a in node.names)}"
+                raise RemoteCodeRefused(f"{current} line {node.lineno}: `{written}` is a relative import diffusers "
+                                        "does not copy: Python would import another pipeline's leftover from "
+                                        "HF_MODULES_CACHE, or fail. Nothing was run. Fix: `from .module import name`.")
         queue += [(posixpath.join(posixpath.dirname(current), module.replace(".", "/") + ".py"), current, None)
-                  for module in _relative_imports(tree, path, current)]
+                  for module in sorted(imported)]
         for line, call, literals in dynamic_loads(tree):
             opted = [entry for entry in (allowed or {}) if entry in (current, posixpath.basename(current))]
             if not opted:
-                raise RemoteCodeRefused(
-                    f"{current} line {line}: `{call[:100]}` loads code at run time that no import statement shows: "
-                    "diffusers would run it without it being listed or hashed. Nothing was run. Fix: read "
-                    f"{current} and the files it loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}]"
-                    " to show, hash and pin them too.")
+                raise RemoteCodeRefused(f"{current} line {line}: `{call[:100]}` loads code at run time that no import "
+                                        "shows, unlisted and unhashed. Nothing was run. Fix: read it and the files it "
+                                        f"loads, then pass allow_dynamic_code=[{posixpath.basename(current)!r}].")
             allowed.update(dict.fromkeys(opted, True))
-            queue += [(loaded, current, line) for loaded in _loaded_files(current, literals, fetch, listing)]
+            here, names = posixpath.dirname(current), set()  # it loads the files its literals name beside it
+            for text in literals:
+                if text.endswith(".py") and (text.startswith(("/", "~")) or ".." in PurePosixPath(text).parts):
+                    raise RemoteCodeRefused(f"{current} loads {text!r}, outside its own folder (the audit shows its "
+                                            "files only). Nothing was run. Fix: keep the code it loads beside it.")
+                for candidate in {posixpath.normpath(posixpath.join(here, t))
+                                  for t in (text, text.replace(".", "/") + ".py")}:
+                    with suppress(EntryNotFoundError):  # not in the Hub repository
+                        if candidate.endswith(".py") and candidate != current and Path(fetch(candidate)).is_file():
+                            names.add(candidate)
+            if not names and not Path(source).is_dir():
+                raise RemoteCodeRefused(f"{current} loads code at run time by names not written in it, and a Hub "
+                                        "repository's folder cannot be listed here. Nothing was run. Fix: name the "
+                                        "files as string literals, or download the folder and audit that.")
+            listing = sorted(p.relative_to(source).as_posix() for p in (Path(source) / here).rglob("*.py")
+                             if "__pycache__" not in p.parts) if not names else []  # else its whole folder
+            queue += [(loaded, current, line) for loaded in sorted(names) or [n for n in listing if n != current]]
     return files
 
 
-def _local_files(root: Path, script: str, role: str, allowed: dict | None) -> list[CodeFile]:
-    """`script` in the local folder `root` and what it imports or loads (listing the folder when it must)."""
-    listing = lambda here: sorted(p.relative_to(root).as_posix() for p in (root / here).rglob("*.py")
-                                  if "__pycache__" not in p.parts)
-    return _with_relative_imports(role, script, lambda name: root / name, True, allowed, listing)
-
-
-def _pipeline_script(resolved: Path) -> tuple[Path, str]:
-    """(folder, script) of a resolved custom_pipeline: a .py file, or a folder's pipeline.py."""
-    return (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-
-
 def _custom_code(index: dict) -> list[tuple[str, str]]:
-    """(role, module file) for each piece of a repository's own code its model_index.json names: the
-    pipeline class and custom components (not diffusers' or transformers' classes)."""
+    """(role, module file) for the repository's own pipeline class and components its model_index.json names."""
     import diffusers.pipelines
     code = [(f"pipeline class {index['_class_name'][1]}", f"{index['_class_name'][0]}.py")] if isinstance(
         index.get("_class_name"), list) else []
@@ -224,17 +169,14 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
 
 def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
                allowed: dict | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way. A Hub repo's
-    own code is loaded from its snapshot folder, as local files."""
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
     files = []
     if custom_pipeline is not None:
-        files += _local_files(*_pipeline_script(resolve_custom_pipeline(custom_pipeline)), "custom_pipeline", allowed)
+        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
+        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
+        files += _with_relative_imports("custom_pipeline", script, root, allowed=allowed)
     for role, module_file in _custom_code(hub.read_model_index(source, revision)):
-        if Path(source).is_dir():
-            files += _local_files(Path(source), module_file, role, allowed)
-        else:
-            files += _with_relative_imports(role, module_file, lambda name: _fetch(source, name, revision), True,
-                                            allowed)
+        files += _with_relative_imports(role, module_file, source, revision, allowed=allowed)
     return files
 
 
@@ -243,7 +185,7 @@ def component_code_files(source: str, subfolder: str, revision: str | None = Non
     config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
     return [file for reference in sorted(set(config.get("auto_map", {}).values()))
             for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
-                                               lambda name: _fetch(source, name, revision), True)]
+                                               source, revision)]
 
 
 def manifest(files: list[CodeFile]) -> dict[str, str]:
@@ -252,26 +194,13 @@ def manifest(files: list[CodeFile]) -> dict[str, str]:
 
 
 def report(files: list[CodeFile], runner: str = "diffusers will execute") -> str:
-    lines = [f"{runner} {len(files)} code file(s):"]
-    return "\n".join(lines + [f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
-
-
-def verify(files: list[CodeFile], pinned: dict[str, str]) -> None:
-    """Raise RemoteCodeChanged when any file was added, removed or changed against `pinned`."""
-    found = manifest(files)
-    if changes := {name: (pinned.get(name), found.get(name))
-                   for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
-        raise RemoteCodeChanged(changes)
-
-
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs, duplicates kept."""
+    return "\n".join([f"{runner} {len(files)} code file(s):"] + [
+        f"  {f.name:40s} sha256 {f.sha256}  {f.size:>7,d} bytes  ({f.role})" for f in files])
 
 
 def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
-    """`pinned` as {file: sha256}, from a dict or a JSON file; untrusted input, so every entry is checked:
-    a file name inside the audited folder (`roots`, the local ones), no symlink, a 64-hex sha256."""
-    text, value, pairs = None, pinned, _Pairs(pinned.items()) if isinstance(pinned, dict) else None
+    """`pinned` (a dict or a JSON file) as {file: sha256}, each entry checked: a file inside `roots`, no symlink."""
+    text, value, pairs = None, pinned, tuple(pinned.items()) if isinstance(pinned, dict) else None
     if pairs is None:
         path, value = Path(pinned), str(pinned)
         if path.is_symlink() or not path.is_file():
@@ -279,17 +208,15 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
                        "manifest file", "Pass the manifest file itself.")
         text = path.read_text(errors="replace")
         try:
-            pairs = json.loads(text, object_pairs_hook=_Pairs)
+            pairs = json.loads(text, object_pairs_hook=tuple)  # an object as its (key, value) pairs, duplicates kept
         except json.JSONDecodeError as error:
             rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
-        if not isinstance(pairs, _Pairs):
+        if not isinstance(pairs, tuple):
             rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
-
     def refuse(key, problem):
         where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
                      "")
         rules.fail("pinned", value, f"{where}entry {key!r} {problem}", MANIFEST_FIX)
-
     checked = {}
     for key, sha256 in pairs:
         parts = PurePosixPath(key).parts if isinstance(key, str) else ()
@@ -297,7 +224,7 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             refuse(key, "is not a file name inside the audited folder")
         if key in checked:
             refuse(key, "appears twice")
-        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256):
+        if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
             refuse(key, f"has {sha256!r}, not a sha256 (64 lowercase hex digits)")
         for root in (r for r in roots if any(r.joinpath(*parts[:n]).is_symlink() for n in range(1, len(parts) + 1))):
             refuse(key, f"is a symbolic link in {root}: the audit reads only the folder's own files")
@@ -308,10 +235,9 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
 def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote_code: bool = False,
                    name: str = "revision") -> None:
     """Remote code from the Hub runs only at a full commit hash: a branch or tag can be moved to new code."""
-    if Path(model_id).is_dir() or i_accept_unpinned_remote_code:
-        return
     try:
-        rules.commit(name, revision, allow_empty=False)
+        if not (Path(model_id).is_dir() or i_accept_unpinned_remote_code):
+            rules.commit(name, revision, allow_empty=False)
     except errors.InvalidParameterError as error:
         raise RemoteCodeRefused(
             f"{error.rule}, so the code of {model_id!r} could change between the audit and a later load", name=name,
@@ -319,39 +245,32 @@ def check_revision(model_id: str, revision: str | None, i_accept_unpinned_remote
         ) from None
 
 
-def _pin_if_codeless(model_id: str) -> str | None:
-    """The current commit of a Hub model repo that holds no code of its own, else None (the caller must pin):
-    with trust_remote_code=True diffusers would also run code the repo gained later."""
-    if hub.hub_offline():
-        return None
-    from huggingface_hub import model_info
-    with hub.hub_access(model_id):
-        commit = model_info(model_id).sha
-    if code_files(model_id, None, commit):
-        return None
-    print(f"note: {model_id} holds no code; loading it at its current commit {commit}")
-    return commit
-
-
 def _audit(files: list[CodeFile], pinned, roots=(), runner: str = "diffusers will execute") -> None:
-    if files and runner.startswith("diffusers"):
-        check_modules_cache()
+    from diffusers.utils.constants import HF_MODULES_CACHE
+    from huggingface_hub import constants
+    if files and runner.startswith("diffusers") and (reason := rules.unwritable(Path(HF_MODULES_CACHE))):
+        name = "HF_MODULES_CACHE" if os.environ.get("HF_MODULES_CACHE") else "HF_HOME"
+        raise errors.FolderNotWritableError(
+            f"cannot be written ({reason}): diffusers copies custom code into {HF_MODULES_CACHE} before running it",
+            name=name, value=os.environ.get(name, constants.HF_HOME), fix=f"Set {name} to a folder you can write "
+            "to, then restart the kernel (notebook 01's hf_home sets HF_HOME).")
     print(report(files, runner))
-    if pinned is not None:
-        verify(files, read_manifest(pinned, roots))
+    if pinned is not None:  # any file added, removed or changed against `pinned` is refused
+        pinned, found = read_manifest(pinned, roots), manifest(files)
+        if changes := {name: (pinned.get(name), found.get(name))
+                       for name in pinned.keys() | found.keys() if pinned.get(name) != found.get(name)}:
+            raise RemoteCodeChanged(changes)
         print("  all files match the pinned manifest")
 
 
 @dataclass(frozen=True)
 class Audit:
     """What an audit checked, and the exact values to pass to the diffusers call that follows it."""
-
     source: str | None  # the model to pass to from_pretrained: a resolved folder, or the Hub id
     revision: str | None  # the commit to pass (None for local folders, which diffusers ignores it for)
     custom_pipeline: str | None  # the resolved file or folder, or the Hub repo id, to pass as custom_pipeline=
     files: list[CodeFile]
     custom_revision: str | None = None  # the commit to pass as custom_revision= (a Hub repo custom_pipeline)
-
     @property
     def manifest(self) -> dict[str, str]:
         return manifest(self.files)
@@ -360,13 +279,7 @@ class Audit:
 def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | None = None,
           custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
           i_accept_unpinned_remote_code: bool = False) -> Audit:
-    """Check and show every code file that `from_pretrained`/`from_pipe(..., trust_remote_code=True)` would run,
-    compared with `pinned` ({file: sha256}, or a JSON file of it) when given. Pass the returned values to the
-    diffusers call, inside `with only_audited_code(audit):`. `model_id=None` audits a `custom_pipeline` alone
-    (for `from_pipe`); a Hub repo id as `custom_pipeline` needs `custom_revision="<40-hex commit>"`; a Hub model
-    without `revision` that holds no code is pinned at its current commit. `allow_dynamic_code`: the files you
-    have read that load code at run time (exec, runpy, importlib); what they load is shown and hashed too.
-    """
+    """Show (and check against `pinned`) every code file diffusers would run; pass the result to only_audited_code."""
     _refuse_if_disabled()
     if not isinstance(allow_dynamic_code, list | tuple) or not all(isinstance(n, str) and n
                                                                    for n in allow_dynamic_code):
@@ -378,12 +291,12 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     if repo_id is not None:
         check_revision(repo_id, custom_revision, i_accept_unpinned_remote_code, name="custom_revision")
         resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
-            f"custom_pipeline {repo_id}", "pipeline.py", lambda name: _fetch(repo_id, name, custom_revision), False,
-            allowed)
+            f"custom_pipeline {repo_id}", "pipeline.py", repo_id, custom_revision, False, allowed)
     elif custom_pipeline is not None:
         resolved = resolve_custom_pipeline(custom_pipeline)
-        roots.append(_pipeline_script(resolved)[0])
-        files, resolved = _local_files(*_pipeline_script(resolved), "custom_pipeline", allowed), str(resolved)
+        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
+        files, resolved = _with_relative_imports("custom_pipeline", script, root, allowed=allowed), str(resolved)
+        roots.append(root)
     elif model_id is None:
         rules.fail("custom_pipeline", None, "audit needs a model_id, a custom_pipeline or both")
     if model_id is not None:
@@ -393,8 +306,13 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
                 print(f"note: revision={revision!r} is ignored for the local folder {source} (diffusers too)")
             revision = None
             roots.append(Path(source))
-        elif revision is None and not i_accept_unpinned_remote_code:
-            revision = _pin_if_codeless(source)
+        elif revision is None and not i_accept_unpinned_remote_code and not hub.hub_offline():
+            from huggingface_hub import model_info
+            with hub.hub_access(source):
+                commit = model_info(source).sha
+            if not code_files(source, None, commit):  # a Hub model that holds no code is pinned at its current commit
+                print(f"note: {source} holds no code; loading it at its current commit {commit}")
+                revision = commit
         check_revision(source, revision, i_accept_unpinned_remote_code)
         files += code_files(source, None, revision, allowed)
     if not all(allowed.values()):
@@ -404,40 +322,26 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
     return Audit(source, revision or None, resolved, files, custom_revision)
 
 
-def _verify_copies(module_file: Path, files: list[CodeFile]) -> None:
-    """The copies diffusers made of `module_file` and its relative imports, and the files loaded at run time
-    (placed beside it here, from the audited paths), must each be an audited file: same name, same sha256."""
-    from diffusers.utils.dynamic_modules_utils import get_relative_import_files
-    for file in (f for f in files if f.beside):
-        (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file.path, module_file.parent / file.beside)
-    copies = [module_file, *map(Path, get_relative_import_files(str(module_file)))]
-    audited = {(PurePosixPath(f.name).name, f.sha256) for f in files}
-    changes = {}
-    for copy in copies + [module_file.parent / f.beside for f in files if f.beside]:
-        if (copy.name, found := outputs.sha256_file(copy)) not in audited:
-            changes[copy.name] = (next((sha for name, sha in audited if name == copy.name), None), found)
-    if changes:
-        raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
-
-
 @contextmanager
 def only_audited_code(audited: Audit):
-    """Around the diffusers call after `audit`: diffusers copies the code into a modules folder private to this
-    load (not the HF_MODULES_CACHE other kernels share and may rewrite), and each copy is hashed again just
-    before its import; one that differs from the audited file is refused before it runs."""
-    import importlib
-
+    """Around the diffusers call after `audit`: code is copied to a private modules folder, hashed again on import."""
     from diffusers.utils import dynamic_modules_utils as dynamic
     _refuse_if_disabled()
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
     Path(shared).mkdir(parents=True, exist_ok=True)
     private = tempfile.mkdtemp(prefix="kit-load-", dir=shared)  # 0700
-
-    def checked_import(class_name, module_path, force_reload=False):
-        _verify_copies(Path(private) / module_path, audited.files)
+    def checked_import(class_name, module_path, force_reload=False):  # each copy must be an audited file
+        module_file, files = Path(private) / module_path, audited.files
+        for file in (f for f in files if f.beside):  # loaded at run time: placed beside it, from the audited paths
+            (module_file.parent / file.beside).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file.path, module_file.parent / file.beside)
+        shown = {(PurePosixPath(f.name).name, f.sha256) for f in files}
+        copies = [module_file, *map(Path, dynamic.get_relative_import_files(str(module_file))),
+                  *(module_file.parent / f.beside for f in files if f.beside)]
+        if changes := {copy.name: (next((sha for name, sha in shown if name == copy.name), None), found)
+                       for copy in copies if (copy.name, found := outputs.sha256_file(copy)) not in shown}:
+            raise RemoteCodeChanged(changes, against="the code the audit showed (it changed after the audit)")
         return original(class_name, module_path, force_reload)
-
     for name in [n for n in sys.modules if n.split(".")[0] == "diffusers_modules"]:
         del sys.modules[name]  # so `diffusers_modules` resolves to this load's folder (loaded classes keep theirs)
     importlib.invalidate_caches()
@@ -452,9 +356,8 @@ def only_audited_code(audited: Audit):
 
 
 def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, custom_pipeline=None,
-                              custom_revision: str | None = None, pinned=None, allow_dynamic_code=(),
-                              i_accept_unpinned_remote_code: bool = False, dtype="auto", device_map="auto",
-                              **kwargs):
+                              custom_revision: str | None = None, pinned=None, allow_dynamic_code=(), dtype="auto",
+                              i_accept_unpinned_remote_code: bool = False, device_map="auto", **kwargs):
     """`DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` after `audit`, inside `only_audited_code`."""
     audited = audit(model_id, custom_pipeline=custom_pipeline, revision=revision, custom_revision=custom_revision,
                     pinned=pinned, allow_dynamic_code=allow_dynamic_code,
@@ -467,20 +370,15 @@ def load_remote_code_pipeline(model_id: str, *, revision: str | None = None, cus
 
 def load_remote_code_component(model_id: str, subfolder: str, *, revision: str | None = None, pinned=None,
                                i_accept_unpinned_remote_code: bool = False, dtype="auto"):
-    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit: with
-    `subfolder=` diffusers 0.42.1 reads model_index.json, not the component's `auto_map`; the folder itself works."""
+    """`AutoModel.from_pretrained(<component folder>, trust_remote_code=True)` after the audit (not `subfolder=`)."""
     _refuse_if_disabled()
     source = hub.resolve_model_source(model_id, revision, subfolder)
-    local = Path(source).is_dir()
-    revision = None if local else revision
+    revision = None if (local := Path(source).is_dir()) else revision
     check_revision(source, revision, i_accept_unpinned_remote_code)
-    files = component_code_files(source, subfolder, revision)
-    _audit(files, pinned, [Path(source)] if local else [])
-    if local:
-        folder = Path(source) / subfolder
-    else:
+    _audit(files := component_code_files(source, subfolder, revision), pinned, [Path(source)] if local else [])
+    folder = Path(source) / subfolder
+    if not local:
         from huggingface_hub import snapshot_download
-
         folder = Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"], revision=revision,
                                         local_files_only=hub.hub_offline())) / subfolder
     with only_audited_code(Audit(source, revision, None, files)):
@@ -499,24 +397,17 @@ def from_pipe(pipe, custom_pipeline, *, custom_revision: str | None = None, pinn
                                  audited.custom_revision else {})
 
 
-def community_file(name: str, custom_revision: str | None = None) -> str:
-    """The mirror path diffusers fetches for `custom_pipeline=name, custom_revision=...`: "v0.42.1/name.py"
-    for a release (the installed one by default), "main/name.py" for "main"."""
+def download_community_pipeline(name: str, custom_revision: str | None = None,
+                                mirror_revision: str | None = None) -> Path:
+    """`name` from the community mirror (pinned by `mirror_revision`), not by diffusers' path that asks PyPI first."""
     import diffusers
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     rules.community_name("name", name)
     if custom_revision is not None:
         rules.custom_revision("custom_revision", custom_revision)
-    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])
-    return f"{'main' if release == 'main' else 'v' + release}/{name}.py"
-
-
-def download_community_pipeline(name: str, custom_revision: str | None = None,
-                                mirror_revision: str | None = None) -> Path:
-    """`name` from diffusers/community-pipelines-mirror (cached when offline) without diffusers' by-name path,
-    which first asks PyPI with no timeout for this same file name. `mirror_revision` pins the mirror itself."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-    path, offline = community_file(name, custom_revision), hub.hub_offline()
+    release = custom_revision or ".".join(diffusers.__version__.split(".")[:3])  # the installed one by default
+    path, offline = f"{'main' if release == 'main' else 'v' + release}/{name}.py", hub.hub_offline()
     try:
         with hub.hub_access(MIRROR, "dataset"):
             return Path(hf_hub_download(MIRROR, path, repo_type="dataset", revision=mirror_revision,
@@ -524,21 +415,18 @@ def download_community_pipeline(name: str, custom_revision: str | None = None,
     except LocalEntryNotFoundError:
         if not offline:
             raise
-        raise errors.ModelNotCachedOfflineError(
-            f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the Hub cannot be used: "
-            f"{hub.offline_reason()} (diffusers' own by-name path would also ask PyPI for its release list with "
-            "no timeout and hang.) Run this online once, or pass a local copy of the file as custom_pipeline."
-        ) from None
+        raise errors.ModelNotCachedOfflineError(f"Community pipeline {name!r} ({MIRROR}/{path}) is not cached and the "
+                                                f"Hub cannot be used: {hub.offline_reason()} (diffusers' by-name path "
+                                                "would also ask PyPI with no timeout and hang.) Run this online once, "
+                                                "or pass a local copy of the file as custom_pipeline.") from None
     except EntryNotFoundError:
         rules.fail("custom_revision", custom_revision, f"the mirror {MIRROR} has no {path}",
                    "Pick a diffusers release that has this pipeline, or 'main'.")
 
 
 def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | None = None,
-                            mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto",
-                            **kwargs):
-    """A pipeline from diffusers' community mirror by name (e.g. "lpw_stable_diffusion"), audited first:
-    the kit downloads the file diffusers would fetch and loads a private copy of exactly that file."""
+                            mirror_revision: str | None = None, pinned=None, dtype="auto", device_map="auto", **kwargs):
+    """A pipeline from diffusers' community mirror by name ("lpw_stable_diffusion"), audited, from a private copy."""
     _refuse_if_disabled()
     script = download_community_pipeline(name, custom_revision, mirror_revision)
     with tempfile.TemporaryDirectory(prefix="kit-community-") as private:  # 0700, removed after the load
@@ -549,12 +437,9 @@ def load_community_pipeline(model_id: str, name: str, *, custom_revision: str | 
 
 def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pipeline: tuple[str, str] | None = None,
                     components: dict[str, tuple[str, str]] | None = None) -> list[Path]:
-    """Turn a saved pipeline folder into a community-components repository: copy back the .py files that
-    `save_pretrained` drops (from `code_dir`, same layout), point model_index.json at them ([module, Class])
-    and add an `auto_map` so each component also loads alone with AutoModel. Returns the files written."""
-    repo, code = Path(repo_dir), Path(code_dir)
+    """Copy back the .py files `save_pretrained` drops (from `code_dir`); point model_index.json, auto_map at them."""
+    repo, code, written = Path(repo_dir), Path(code_dir), []
     index = json.loads((repo / "model_index.json").read_text())
-    written = []
     if pipeline:
         written.append(Path(shutil.copyfile(code / f"{pipeline[0]}.py", repo / f"{pipeline[0]}.py")))
         index["_class_name"] = list(pipeline)
@@ -571,30 +456,25 @@ def add_remote_code(repo_dir: str | os.PathLike, code_dir: str | os.PathLike, pi
 
 
 def audit_imports(paths, root: str | os.PathLike | None = None, pinned=None) -> list[CodeFile]:
-    """Show and hash local .py files before you import them yourself (`from my_unet import MyUNet`): importing
-    a file runs it, so it gets the same audit (and the same dynamic-loading refusal) as remote code."""
+    """Show and hash local .py files before you import them yourself: importing runs them, so same audit."""
     _refuse_if_disabled()
     files = []
     for path in map(Path, paths):
         if not path.is_file() or path.suffix != ".py":
-            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r} not found or not a .py file; nothing was "
-                                                "imported.")
+            raise errors.LocalPathNotFoundError(f"Code file {str(path)!r}: no such .py file; nothing was imported.")
         base = Path(root).resolve() if root else path.resolve().parent
-        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(),
-                                        lambda module, base=base: base / module, False)
+        files += _with_relative_imports("direct import", path.resolve().relative_to(base).as_posix(), base, local=False)
     _audit(files, pinned, [Path(root)] if root else [], runner="importing runs")
     return files
 
 
 def check_publishable(folder: str | os.PathLike) -> list[CodeFile]:
-    """Before `upload_folder`: every code file the folder's model_index.json names is there (save_pretrained
-    and push_to_hub drop them, and the uploaded repo would then fail to load). Returns them, audited."""
+    """Before `upload_folder`: every code file model_index.json names is in the folder. Returns them, audited."""
     folder = Path(hub.resolve_model_source(os.fspath(folder)))
     if missing := [module_file for _, module_file in _custom_code(hub.read_model_index(str(folder)))
                    if not (folder / module_file).is_file()]:
         raise errors.LocalPathNotFoundError(
             f"{str(folder)!r} names code that is not in it: {', '.join(missing)}. save_pretrained (and push_to_hub) "
             "write weights and configs only; copy the code back with community.add_remote_code() before uploading.")
-    files = code_files(str(folder))
-    print(report(files))
+    print(report(files := code_files(str(folder))))
     return files
