@@ -1,11 +1,5 @@
-"""Build the keyword arguments of a pipeline call from the notebooks' parameters, read from the pipeline itself.
-
-Every name comes from the pipeline's own `__call__` signature, so one set of parameters serves every family:
-`guidance_scale` goes to the guidance argument the pipeline takes, `negative_prompt`, `num_frames` and `image`
-only where accepted, and `pipeline_kwargs` (extra call arguments) are checked against the signature before the
-call. The size multiple is read from the loaded VAE and transformer. Where the pipeline takes
-`callback_on_step_end`, `FiniteLatents` stops the call at the first NaN/inf step.
-"""
+"""Build a pipeline call's keyword arguments from the notebooks' parameters, read from the pipeline's own `__call__`
+signature (so one set of parameters serves every family), checked before the call."""
 
 from __future__ import annotations
 
@@ -29,10 +23,7 @@ KIT_ARGUMENTS = {
 
 
 class FiniteLatents:
-    """A `callback_on_step_end` that stops denoising at the first step whose latents hold NaN or inf.
-
-    Wraps an existing callback (progress bars) so both run. Costs one `isfinite` per step.
-    """
+    """A `callback_on_step_end` that stops denoising at the first NaN/inf latents; wraps an existing callback."""
 
     def __init__(self, guidance_scale: float | None = None, dtype: torch.dtype | None = None, then=None):
         self.guidance_scale, self.dtype, self.then = guidance_scale, dtype, then
@@ -48,11 +39,6 @@ class FiniteLatents:
         if self.then is not None:
             return self.then(pipe, step, timestep, callback_kwargs)
         return callback_kwargs
-
-
-def _last(value) -> int:
-    """The spatial entry of a patch size given as an int or a (time, height, width) tuple."""
-    return int(value[-1]) if isinstance(value, (list, tuple)) else int(value or 1)
 
 
 def spatial_factor(pipe) -> int:
@@ -72,7 +58,8 @@ def patch_size(pipe) -> int:
     """Latent pixels per token of the denoiser: its config's `patch_size`, or 2 where the pipeline packs latents
     into 2x2 patches itself (FLUX-like pipelines, whose transformer has patch size 1)."""
     denoiser = pipe.components.get("transformer") or pipe.components.get("unet")
-    patch = _last(getattr(getattr(denoiser, "config", None), "patch_size", 1))
+    patch = getattr(getattr(denoiser, "config", None), "patch_size", 1)  # an int or a (time, height, width) tuple
+    patch = int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch or 1)
     return max(patch, 2) if hasattr(pipe, "_pack_latents") else patch
 
 
@@ -82,11 +69,8 @@ def size_multiple(pipe) -> int:
 
 
 def temporal_factor(pipe) -> int | None:
-    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None.
-
-    CogVideoX's VAE decodes an even number of latent frames to one frame too many per pair (its first latent
-    frame is kept apart only when the count is odd), so CogVideoX's own rule is 8k + 1 (49 = 8 * 6 + 1).
-    """
+    """Frames per latent frame of a video pipeline's VAE (num_frames must be k * factor + 1), or None. CogVideoX's
+    VAE keeps its first latent frame apart only for an odd count, so its rule is 8k + 1 (49 = 8 * 6 + 1)."""
     pairs = 2 if type(pipe.components.get("vae")).__name__ == "AutoencoderKLCogVideoX" else 1
     for name in ("vae_scale_factor_temporal", "vae_temporal_compression_ratio", "vae_temporal_scale_factor"):
         if isinstance(getattr(pipe, name, None), int):
@@ -112,20 +96,9 @@ def check_num_frames(pipe, num_frames: int) -> None:
         )
 
 
-def check_generation_parameters(pipe, height: int, width: int, num_inference_steps: int, guidance_scale: float) -> None:
-    """Fail before the pipeline does, with a message naming the parameter and what is allowed."""
-    multiple = size_multiple(pipe)
-    rules.size("height", height, multiple, type(pipe).__name__)
-    rules.size("width", width, multiple, type(pipe).__name__)
-    rules.whole("num_inference_steps", num_inference_steps, 1)
-    rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
-
-
 def accepted_arguments(pipeline_class) -> set[str]:
-    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes.
-
-    A community pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts.
-    """
+    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes (a community
+    pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts)."""
     accepted: set[str] = set()
     for cls in pipeline_class.__mro__:
         if "__call__" not in vars(cls):
@@ -147,69 +120,41 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
     return next((name for name in GUIDANCE_NAMES if name in accepted), None)
 
 
-def check_pipeline_kwargs(pipe, pipeline_kwargs, accepted: set[str]) -> dict:
-    """Extra call arguments, refused before the call when the pipeline does not take them or the kit sets them."""
-    if pipeline_kwargs is None:
-        return {}
-    name = type(pipe).__name__
-    if not isinstance(pipeline_kwargs, dict) or not all(isinstance(key, str) for key in pipeline_kwargs):
+def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int, width: int, num_inference_steps: int,
+                   guidance_scale: float, seed: int, num_frames: int | None = None, image=None,
+                   pipeline_kwargs: dict | None = None, **extra) -> dict:
+    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
+    `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
+    `pipeline_kwargs` are the user's own call arguments: one the pipeline does not take or the kit sets is an error."""
+    name, multiple = type(pipe).__name__, size_multiple(pipe)
+    rules.size("height", height, multiple, name)
+    rules.size("width", width, multiple, name)
+    rules.whole("num_inference_steps", num_inference_steps, 1)
+    rules.number("guidance_scale", guidance_scale, 0, fix="1 turns guidance off.")
+    accepted = accepted_arguments(type(pipe))
+    if pipeline_kwargs is not None and (not isinstance(pipeline_kwargs, dict)
+                                        or not all(isinstance(key, str) for key in pipeline_kwargs)):
         raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, "needs a dict of call argument names to "
                                     "values", 'Example: pipeline_kwargs={"max_sequence_length": 128}.')
-    for key in pipeline_kwargs:
+    for key in pipeline_kwargs or {}:
         if key in KIT_ARGUMENTS:
             raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{key!r} is set by the kit",
                                         f"Use the parameter {KIT_ARGUMENTS[key]} instead.")
         if key not in accepted:
             close = difflib.get_close_matches(key, sorted(accepted), n=3)
             hint = f"Did you mean {', '.join(map(repr, close))}? " if close else ""
-            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs,
-                                        f"{name}.__call__ takes no argument {key!r}",
-                                        f"{hint}It takes: {', '.join(sorted(accepted))}.")
-    return dict(pipeline_kwargs)
-
-
-def call_arguments(
-    pipe,
-    *,
-    prompt: str,
-    negative_prompt: str = "",
-    height: int,
-    width: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    num_frames: int | None = None,
-    image=None,
-    pipeline_kwargs: dict | None = None,
-    **extra,
-) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
-
-    `extra` holds the kit's task arguments (`strength`, `mask_image`, a `callback_on_step_end`): each is kept only
-    where the pipeline takes it, so an image-to-image call and a text-to-image call share one set of parameters.
-    `pipeline_kwargs` are the user's own call arguments: a key the pipeline does not take is an error.
-    """
-    check_generation_parameters(pipe, height, width, num_inference_steps, guidance_scale)
-    accepted = accepted_arguments(type(pipe))
-    user = check_pipeline_kwargs(pipe, pipeline_kwargs, accepted)
+            raise InvalidParameterError("pipeline_kwargs", pipeline_kwargs, f"{name}.__call__ takes no argument "
+                                        f"{key!r}", f"{hint}It takes: {', '.join(sorted(accepted))}.")
     if num_frames is not None and "num_frames" in accepted:
         check_num_frames(pipe, num_frames)
     if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
         extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
                                                       then=extra.get("callback_on_step_end"))
-    kwargs = dict(
-        prompt=prompt,
-        negative_prompt=negative_prompt or None,
-        height=height,
-        width=width,
-        num_inference_steps=num_inference_steps,
-        num_frames=num_frames,
-        image=image,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        **extra,
-    )
+    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or None, height=height, width=width,
+                  num_inference_steps=num_inference_steps, num_frames=num_frames, image=image,
+                  generator=torch.Generator("cpu").manual_seed(seed), **extra)
     guidance = guidance_argument(pipe, accepted)
     if guidance is not None:
         kwargs[guidance] = guidance_scale
-    kwargs = {name: value for name, value in kwargs.items() if name in accepted and value is not None}
-    return {**kwargs, **user}
+    kwargs = {key: value for key, value in kwargs.items() if key in accepted and value is not None}
+    return {**kwargs, **dict(pipeline_kwargs or {})}

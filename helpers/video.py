@@ -1,52 +1,41 @@
-"""Video pipelines' output: check the frames, save an MP4 with its record beside it, show it inline.
-
-Which pipeline, and for which task, is read from the model: `video_pipeline_class` checks the class named in
-model_index.json before any weight is read. Video pipelines return `.frames[0]`: a (frames, height, width, 3)
-float array in [0, 1], or a list of PIL images. diffusers' `export_to_video` writes the MP4 through imageio
-and imageio-ffmpeg (the ffmpeg binary ships inside the imageio-ffmpeg wheel). An MP4 has no free-text field
-like a PNG's text chunk, so the generation record (the same shape as `outputs.generation_metadata`) goes in a
-sidecar `<name>.json` beside it. Saving never overwrites: a taken name gets a numbered suffix, for the pair.
-"""
+"""Video pipelines' output: check the frames, save an MP4 (diffusers' `export_to_video`) with its generation record
+in a sidecar `<name>.json` (an MP4 has no text field), and show it inline."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import tempfile
+import urllib.request
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .errors import BadVideoError, InvalidParameterError
+from . import hub
+from .errors import BadVideoError, InvalidParameterError, redact
 from .outputs import current_umask, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
 MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb
-MAX_DOWNLOAD_BYTES = 50 * 2**20
-DOWNLOAD_TIMEOUT_S = 30
+MAX_DOWNLOAD_BYTES, DOWNLOAD_TIMEOUT_S = 50 * 2**20, 30
 
 
 def pipeline_task(pipeline_class) -> str:
     """What a pipeline class makes, read from its `__call__`: a video from an image, from text, or images."""
     from .generation import accepted_arguments
-
-    accepted = accepted_arguments(pipeline_class)
-    if "num_frames" not in accepted:
-        return "text-to-image"
-    return "image-to-video" if "image" in accepted else "text-to-video"
+    taken = accepted_arguments(pipeline_class)
+    return "text-to-image" if "num_frames" not in taken else "image-to-video" if "image" in taken else "text-to-video"
 
 
 def video_pipeline_class(source: str, task: str, parameter: str | None = None):
-    """The diffusers class named in `source`'s model_index.json, refused before any weight is read when it does
-    not do `task` ("text-to-video" or "image-to-video"), with the notebook to use instead."""
+    """The diffusers class `source`'s model_index.json names, refused before reading a weight unless it makes `task`."""
     import diffusers
-
-    from . import hub
-
     parameter = parameter or TASKS[task]
     class_name = hub.read_model_index(source).get("_class_name", "")
     pipeline_class = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
@@ -59,57 +48,34 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
         instead = {"text-to-image": "it makes images: use notebook 02 (02_load_and_generate)",
                    "text-to-video": "it makes a video from text: give it as t2v_model_id",
                    "image-to-video": "it animates a start image: give it as i2v_model_id"}[made]
-        article = "an" if task.startswith("image") else "a"
-        raise InvalidParameterError(parameter, source, f"{class_name} is not {article} {task} pipeline",
-                                    f"Here {instead}.")
+        raise InvalidParameterError(parameter, source, f"{class_name} is not {'an' if task[0] == 'i' else 'a'} {task} "
+                                    "pipeline", f"Here {instead}.")
     return pipeline_class
 
 
-def _shown(url: str) -> str:
-    """A URL as it may be printed: no user:password, no query (tokens and signatures live there)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{'***@' if parts.username or parts.password else ''}{host}" \
-           f"{f':{parts.port}' if parts.port else ''}{parts.path}{'?***' if parts.query else ''}"
-
-
-def _download(url: str, name: str) -> bytes:
-    """The body at `url`, with a timeout and a size cap (announced length and bytes actually read)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            declared = int(response.headers.get("Content-Length") or 0)
-            data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
-    except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
-        raise InvalidParameterError(name, _shown(url), f"could not be downloaded ({type(error).__name__})",
-                                    "Check the URL, or download the image and pass the file.") from None
-    if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
-        raise InvalidParameterError(name, _shown(url), f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes",
-                                    "Pass a smaller image (it is resized to the video's size anyway).")
-    return data
-
-
 def read_start_image(value: str, name: str = "input_image") -> Image.Image:
-    """The image-to-video start frame from a regular file or an http(s) URL, as RGB.
-
-    The declared size is read from the header (`Image.open` decodes nothing) and refused above
-    `MAX_START_PIXELS` before any pixel is decoded; a URL is fetched with a timeout and a size cap.
-    """
-    from PIL import UnidentifiedImageError
-
+    """The start frame from a regular file or an http(s) URL, as RGB: the URL read with a timeout and a size cap, the
+    image refused above `MAX_START_PIXELS` from its header, before any pixel is decoded (`Image.open` decodes none)."""
+    smaller = "Pass a smaller image (it is resized to the video's size anyway)."
     is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
-    shown = _shown(value) if is_url else value
-    if is_url:
-        source = io.BytesIO(_download(value, name))
+    if is_url:  # shown without user:password (`errors.redact`), query or fragment: tokens live there
+        parts = urlsplit(value)
+        shown = redact(parts._replace(query="***" if parts.query else "", fragment="").geturl())
+        try:
+            with urllib.request.urlopen(value, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                declared = int(response.headers.get("Content-Length") or 0)
+                data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
+        except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
+            raise InvalidParameterError(name, shown, f"could not be downloaded ({type(error).__name__})",
+                                        "Check the URL, or download the image and pass the file.") from None
+        if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
+            raise InvalidParameterError(name, shown, f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes", smaller)
+        source = io.BytesIO(data)
     elif isinstance(value, str) and Path(value).expanduser().is_file():
-        source = Path(value).expanduser()
+        source, shown = Path(value).expanduser(), value
     else:
         raise InvalidParameterError(name, value, "needs a regular image file or an http(s) URL")
-    too_big = InvalidParameterError(name, shown, f"declares more than {MAX_START_PIXELS:,} pixels",
-                                    "Pass a smaller image (it is resized to the video's size anyway).")
+    too_big = InvalidParameterError(name, shown, f"declares more than {MAX_START_PIXELS:,} pixels", smaller)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the fix
@@ -138,10 +104,8 @@ def check_frames(frames) -> np.ndarray:
     """Refuse frames that would be a wrong result saved silently: NaN/inf, or every frame black."""
     array = as_array(frames)
     if not np.isfinite(array).all():
-        raise BadVideoError(
-            "The video has NaN or infinite pixels, so it was not saved. This usually means float16 overflowed: "
-            'load with dtype="bfloat16" (or "float32" on CPU).'
-        )
+        raise BadVideoError("The video has NaN or infinite pixels, so it was not saved. This usually means float16 "
+                            'overflowed: load with dtype="bfloat16" (or "float32" on CPU).')
     if array.max() <= 1 / 255:
         raise BadVideoError("Every frame is black, so the video was not saved. Check the dtype (float16 can "
                             "overflow to black) and the number of steps.")
@@ -150,8 +114,7 @@ def check_frames(frames) -> np.ndarray:
 
 def frames_to_images(frames) -> list[Image.Image]:
     """Each frame as an 8-bit RGB PIL image (rounded, clipped to [0, 1] first)."""
-    array = as_array(frames)
-    return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in array]
+    return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
 
 
 def sidecar(video: str | Path) -> Path:
@@ -160,31 +123,22 @@ def sidecar(video: str | Path) -> Path:
 
 
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
-    """Write `output_dir/stem.mp4` with diffusers' `export_to_video`, and its record in `stem.json`.
-
-    Both files are written to temporary names first, then hard-linked into place; a name taken by either
-    file moves the pair to the next suffix (`stem-1.mp4` + `stem-1.json`). A killed run leaves no half file
-    under a real name, and nothing existing is overwritten.
-    """
+    """Write `output_dir/stem.mp4` and its record `stem.json`: temporary files hard-linked into place, never
+    overwriting (a name taken by either moves the pair to `stem-1.mp4` + `stem-1.json`), no half file on a kill."""
     from diffusers.utils import export_to_video
-
     array = check_frames(frames)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_stem(stem)
-    record = dict(metadata or {})
-    record["video"] = {"container": "mp4", "fps": fps, "frames": int(array.shape[0]),
-                       "height": int(array.shape[1]), "width": int(array.shape[2])}
-    temps = []
+    (output_dir := Path(output_dir)).mkdir(parents=True, exist_ok=True)
+    stem, temps = safe_stem(stem), []
+    record = {**(metadata or {}), "video": {"container": "mp4", "fps": fps, "frames": int(array.shape[0]),
+                                            "height": int(array.shape[1]), "width": int(array.shape[2])}}
     try:
-        handle, temp_video = tempfile.mkstemp(prefix=f".{stem}-", suffix=".mp4", dir=output_dir)
-        os.close(handle)
-        temps.append(temp_video)
+        for suffix in (".mp4", ".json.tmp"):
+            handle, temp = tempfile.mkstemp(prefix=f".{stem}-", suffix=suffix, dir=output_dir)
+            os.close(handle)
+            temps.append(temp)
+        temp_video, temp_json = temps
         export_to_video(list(array), temp_video, fps=fps)
-        handle, temp_json = tempfile.mkstemp(prefix=f".{stem}-", suffix=".json.tmp", dir=output_dir)
-        temps.append(temp_json)
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file, default=str, indent=2, sort_keys=True)
+        Path(temp_json).write_text(json.dumps(record, default=str, indent=2, sort_keys=True))
         for temp in temps:
             os.chmod(temp, 0o666 & ~current_umask())
         for counter in range(10_000):
@@ -194,17 +148,14 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
                 os.link(temp_video, video)
             except FileExistsError:
                 continue
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(temp_json, record_path)
-            except FileExistsError:
-                video.unlink()
-                continue
-            return video
+                return video
+            video.unlink()
         raise FileExistsError(f"More than 10000 videos named {stem!r} in {str(output_dir)!r}; choose another name.")
     finally:
         for temp in temps:
-            if os.path.exists(temp):
-                os.unlink(temp)
+            Path(temp).unlink(missing_ok=True)
 
 
 def read_metadata(video: str | Path) -> dict:
@@ -215,7 +166,6 @@ def read_metadata(video: str | Path) -> dict:
 def read_frames(video: str | Path) -> np.ndarray:
     """Decode an MP4 back into a (frames, height, width, 3) uint8 array (to check what was written)."""
     import imageio.v3 as iio
-
     return iio.imread(video, plugin="FFMPEG")
 
 
@@ -232,15 +182,8 @@ def animated_gif(frames, fps: int = 16, max_side: int = 320) -> bytes:
     return buffer.getvalue()
 
 
-def video_tag(video: str | Path, width: int = 480) -> str:
-    """An HTML5 <video> element with the MP4 embedded (plays inline in Jupyter and Colab)."""
-    data = base64.b64encode(Path(video).read_bytes()).decode("ascii")
-    return (f'<video width="{width}" controls autoplay loop muted playsinline>'
-            f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>')
-
-
 def show(frames=None, video: str | Path | None = None, fps: int = 16) -> None:
-    """Display an animated GIF preview of `frames`, and the MP4 itself when `video` is given."""
+    """Display an animated GIF preview of `frames`, and the MP4 itself (an HTML5 <video>) when `video` is given."""
     try:
         from IPython.display import HTML, display
         from IPython.display import Image as IPythonImage
@@ -249,4 +192,6 @@ def show(frames=None, video: str | Path | None = None, fps: int = 16) -> None:
     if frames is not None:
         display(IPythonImage(data=animated_gif(frames, fps), format="gif"))
     if video is not None:
-        display(HTML(video_tag(video)))
+        data = base64.b64encode(Path(video).read_bytes()).decode("ascii")
+        display(HTML(f'<video width="480" controls autoplay loop muted playsinline>'
+                     f'<source src="data:video/mp4;base64,{data}" type="video/mp4"></video>'))

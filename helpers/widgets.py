@@ -1,10 +1,5 @@
-"""An ipywidgets form for a loaded pipeline: prompt, negative prompt, steps, guidance, seed (with a
-"random" button), a size from presets valid for the pipeline's family, Generate with a progress bar, the
-image, and Save (PNG with its parameters, via helpers.outputs).
-
-The form is driven by the same calls a user makes by hand (`generation.call_arguments`, then the pipeline),
-so `form.generate()` in code and a click on Generate give the same image for the same seed.
-"""
+"""An ipywidgets form for a loaded pipeline (prompt, steps, guidance, seed, size presets, Generate, Save), driven by
+the calls a user makes by hand (`generation.call_arguments`, then the pipeline): code and a click give one image."""
 
 from __future__ import annotations
 
@@ -22,17 +17,9 @@ def size_presets(pipe) -> list[tuple[int, int]]:
     if native is None and "unet" in pipe.components:
         native = pipe.unet.config.sample_size
     side = (native or 64) * getattr(pipe, "vae_scale_factor", 8)
-
-    def snap(value: float) -> int:
-        return max(multiple, round(value / multiple) * multiple)
-
+    snap = lambda value: max(multiple, round(value / multiple) * multiple)
     shapes = [(1, 1), (4 / 3, 3 / 4), (3 / 4, 4 / 3), (0.5, 0.5)]
-    presets = []
-    for wide, high in shapes:
-        size = (snap(side * wide), snap(side * high))
-        if size not in presets:
-            presets.append(size)
-    return presets
+    return list(dict.fromkeys((snap(side * wide), snap(side * high)) for wide, high in shapes))  # in order, no repeats
 
 
 class GenerationForm:
@@ -44,8 +31,7 @@ class GenerationForm:
         import ipywidgets as w
 
         self.pipe, self.model_id, self.output_dir = pipe, model_id, output_dir
-        self.pipeline_kwargs = dict(pipeline_kwargs or {})  # extra call arguments, as the notebook passes them
-        self.image = None
+        self.pipeline_kwargs, self.image = dict(pipeline_kwargs or {}), None  # extra call arguments, from the notebook
         presets = size_presets(pipe)
         if size is not None and tuple(size) not in presets:
             presets.insert(0, tuple(size))
@@ -60,22 +46,16 @@ class GenerationForm:
         self.generate_button = w.Button(description="Generate", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=num_inference_steps, description="Progress")
         self.save_button = w.Button(description="Save", icon="save", disabled=True)
-        self.status = w.HTML()
-        self.output = w.Output()
+        self.status, self.output = w.HTML(), w.Output()
         self.random_seed.on_click(lambda _: setattr(self.seed, "value", random.randrange(2**31)))
         self.generate_button.on_click(lambda _: self._report(self.generate))
         self.save_button.on_click(lambda _: self._report(self.save))
-        self.box = w.VBox([
-            self.prompt, self.negative_prompt,
-            w.HBox([self.steps, self.guidance]),
-            w.HBox([self.seed, self.random_seed, self.size]),
-            w.HBox([self.generate_button, self.progress, self.save_button]),
-            self.status, self.output,
-        ])
+        self.box = w.VBox([self.prompt, self.negative_prompt, w.HBox([self.steps, self.guidance]),
+                           w.HBox([self.seed, self.random_seed, self.size]),
+                           w.HBox([self.generate_button, self.progress, self.save_button]), self.status, self.output])
 
     def _ipython_display_(self):
         from IPython.display import display
-
         display(self.box)
 
     def _report(self, action) -> None:
@@ -83,8 +63,7 @@ class GenerationForm:
         try:
             action()
         except Exception as error:  # shown to the user, with its type and message
-            message = f"{type(error).__name__}: {error}"
-            self.status.value = f"<b style='color:#b00'>{html.escape(message)}</b>"
+            self.status.value = f"<b style='color:#b00'>{html.escape(f'{type(error).__name__}: {error}')}</b>"
 
     def _on_step(self, pipe, step, timestep, callback_kwargs):
         self.progress.value = step + 1
