@@ -15,7 +15,7 @@ def size_presets(pipe) -> list[tuple[int, int]]:
     multiple = generation.size_multiple(pipe)
     native = getattr(pipe, "default_sample_size", None)
     if native is None and "unet" in pipe.components:
-        native = pipe.unet.config.sample_size
+        native = getattr(pipe.unet.config, "sample_size", None)  # Kandinsky 3's UNet has none
     side = (native or 64) * getattr(pipe, "vae_scale_factor", 8)
     snap = lambda value: max(multiple, round(value / multiple) * multiple)
     shapes = [(1, 1), (4 / 3, 3 / 4), (3 / 4, 4 / 3), (0.5, 0.5)]
