@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import import_module, metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -48,8 +48,6 @@ IMPORT_NAMES = {"huggingface-hub": "huggingface_hub",
 BACKEND_READERS = ("diffusers", "transformers")
 
 
-# ---- pins ----
-
 @dataclass(frozen=True)
 class Mismatch:
     package: str
@@ -71,13 +69,9 @@ def load_pins(path: str | Path = REQUIREMENTS) -> dict[str, Requirement]:
     if not path.is_file():
         raise FileNotFoundError(f"Pins file {str(path)!r} not found. Run from a clone of the kit (it ships "
                                 "requirements.txt), or pass the path of one.")
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        if line and not line.startswith(("#", "-")):
-            requirement = Requirement(line)
-            pins[canonicalize_name(requirement.name)] = requirement
-    return pins
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in path.read_text().splitlines())
+    requirements = [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
+    return {canonicalize_name(requirement.name): requirement for requirement in requirements}
 
 
 def installed_version(package: str) -> str | None:
@@ -104,8 +98,6 @@ def check_pins(pins: dict[str, Requirement] | None = None, strict: bool = False)
                                    "restart the kernel.")
     return mismatches
 
-
-# ---- quantization backends ----
 
 def gpu_present(run=subprocess.run) -> bool:
     """Whether `nvidia-smi -L` lists a GPU: asked without torch, which must not be imported before the install."""
@@ -168,12 +160,10 @@ def plan(runtime: env.Runtime, pinned: dict, installed: dict, imported: set[str]
     stale = [m.package for m in mismatches + backend
              if m.installed and IMPORT_NAMES.get(m.package, m.package) in imported]
     stale += [name for name in BACKEND_READERS if backend and name in imported and name not in stale]
-    reasons = []
-    if stale:
-        reasons.append(f"{', '.join(stale)} were imported before the upgrade")
+    reasons = [f"{', '.join(stale)} were imported before the upgrade"] if stale else []
     if backend and any(name in imported for name in BACKEND_READERS):
-        names = ", ".join(m.package for m in backend)
-        reasons.append(f"diffusers and transformers look for quantization backends ({names}) only when imported")
+        reasons.append("diffusers and transformers look for quantization backends "
+                       f"({', '.join(m.package for m in backend)}) only when imported")
     return Plan(install=specs, restart_for=stale, advice=f"Installing {', '.join(specs)} ({listing}).",
                 reason="; ".join(reasons))
 
@@ -214,14 +204,13 @@ def restart(runtime: env.Runtime, reason: str, kill=os.kill) -> None:
         announce(f"Restarting the runtime: {reason}. Python keeps the old modules until it restarts. "
                  "When the runtime is back, run the notebook again from the top; the install is done.")
         kill(os.getpid(), signal.SIGKILL)
-        return
-    print(f"Restart the kernel before going on: {reason}.")
+    else:
+        print(f"Restart the kernel before going on: {reason}.")
 
 
 def ensure_pinned(install: bool = True, backends=()) -> Plan:
     """Check the pins and `backends`; hosted, also install what differs (never torch) and restart if needed."""
-    runtime = env.detect_runtime()
-    names = load_pins()
+    runtime, names = env.detect_runtime(), load_pins()
     installed = {name: installed_version(name) for name in [*names, *(rules.BACKENDS[b]["package"] for b in backends)]}
     decided = plan(runtime, names, installed, {name.split(".")[0] for name in sys.modules}, backends)
     if decided.install and install:
@@ -236,8 +225,6 @@ def ensure_pinned(install: bool = True, backends=()) -> Plan:
         print(decided.advice)
     return decided
 
-
-# ---- import-time settings ----
 
 def _set_before_import(variable: str, value: str, module: str, read_back) -> None:
     """Set an env variable that `module` reads at import; warn when the module already read another value."""
@@ -263,16 +250,9 @@ def configure(parallel_loading: bool = False, hf_home: str = "", quiet: bool | N
     set_progress_bars(not (env.quiet_mode() if quiet is None else quiet))
 
 
-def _hub_constant(name: str):
-    from huggingface_hub import constants
-
-    return getattr(constants, name)
-
-
-def _diffusers_parallel_loading() -> bool:
-    from diffusers.utils import constants
-
-    return bool(constants.HF_ENABLE_PARALLEL_LOADING)
+# Read lazily: huggingface_hub and diffusers are imported only after the install.
+_hub_constant = lambda name: getattr(import_module("huggingface_hub.constants"), name)
+_diffusers_parallel_loading = lambda: bool(import_module("diffusers.utils.constants").HF_ENABLE_PARALLEL_LOADING)
 
 
 def set_progress_bars(enabled: bool) -> None:
@@ -280,19 +260,14 @@ def set_progress_bars(enabled: bool) -> None:
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if enabled else "1"
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
     (enable_progress_bars if enabled else disable_progress_bars)()
     (diffusers_logging.enable_progress_bar if enabled else diffusers_logging.disable_progress_bar)()
 
 
 def hf_token_found() -> bool:
     """Whether huggingface_hub finds a token (env HF_TOKEN, token file, Colab secret). Never returns it."""
-    from huggingface_hub import get_token
+    return import_module("huggingface_hub").get_token() is not None
 
-    return get_token() is not None
-
-
-# ---- the setup cell ----
 
 def brief_kit_errors() -> bool:
     """In IPython, show a KitError as its one-line message (it says the fix), not a traceback; the cell still fails."""
@@ -300,10 +275,8 @@ def brief_kit_errors() -> bool:
     shell = ipython.get_ipython() if ipython else None
     if shell is None:
         return False
-    def show(shell, etype, value, tb, tb_offset=None):
-        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
-
-    shell.set_custom_exc((KitError,), show)
+    shell.set_custom_exc((KitError,), lambda shell, etype, value, tb, tb_offset=None: shell._showtraceback(
+        etype, value, [f"{etype.__name__}: {value}"]))
     return True
 
 
@@ -320,8 +293,6 @@ def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, 
     validate.check(namespace, stage="after_install", pipeline_classes=pipeline_classes)
     set_progress_bars(not (env.quiet_mode() if quiet is None else quiet))
 
-
-# ---- notebook 01's report ----
 
 @dataclass
 class Report:
@@ -340,9 +311,8 @@ class Report:
 
     def __str__(self) -> str:
         installed = "installed by the kit" if self.runtime.hosted else "all"
-        lines = [
-            f"runtime        {self.runtime.name}{' (CI)' if self.runtime.ci else ''}",
-            f"python         {self.python}",
+        return "\n".join([
+            f"runtime        {self.runtime.name}{' (CI)' if self.runtime.ci else ''}", f"python         {self.python}",
             *(f"{name:14s} {version or 'not installed'}" for name, version in self.versions.items()),
             f"pins           {installed} match" if not self.mismatches else
             f"pins           differ: {'; '.join(map(str, self.mismatches))}",
@@ -352,18 +322,13 @@ class Report:
               f"{g.compute_capability[1]}, bf16 {'yes' if g.bf16 else 'no'}" for g in self.gpus),
             f"ram            {self.ram_gib:.1f} GiB",
             f"HF token       {'found' if self.hf_token_found else 'not found (public models only)'}",
-            f"HF cache       {self.hf_cache}",
-            f"parallel load  {'on' if self.parallel_loading else 'off'}",
-        ]
-        return "\n".join(lines)
+            f"HF cache       {self.hf_cache}", f"parallel load  {'on' if self.parallel_loading else 'off'}",
+        ])
 
 
 def report() -> Report:
     """Everything a user needs to know before loading a model: versions, pins, hardware, token, cache."""
-    import psutil
-
-    runtime = env.detect_runtime()
-    pinned = load_pins()
+    runtime, pinned = env.detect_runtime(), load_pins()
     hosted = {name: req for name, req in pinned.items() if name in HOSTED_INSTALL or not runtime.hosted}
     others = {name: req for name, req in pinned.items() if name not in hosted}
     gpus, device = env.accelerators(), env.recommended_device()
@@ -371,5 +336,5 @@ def report() -> Report:
                                                            "huggingface-hub")}
     left = [(m, LEFT_AS_FOUND.get(m.package, "not part of the hosted install")) for m in check_pins(others)]
     return Report(runtime, platform.python_version(), versions, check_pins(hosted), left, device,
-                  env.recommended_dtype(device, gpus), gpus, psutil.virtual_memory().total / 2**30, hf_token_found(),
-                  _hub_constant("HF_HUB_CACHE"), _diffusers_parallel_loading())
+                  env.recommended_dtype(device, gpus), gpus, import_module("psutil").virtual_memory().total / 2**30,
+                  hf_token_found(), _hub_constant("HF_HUB_CACHE"), _diffusers_parallel_loading())
