@@ -1,9 +1,6 @@
-"""diffusers-notebook-kit helpers: the small package the notebooks import.
-
-Importing it is light (no torch, no diffusers), so notebooks can check parameters and configure
-import-time settings before the heavy libraries load. `make release VERSION=x.y.z` changes the version
-here and everywhere it is repeated (notebook metadata, Colab badges, setup cells, README, CHANGELOG).
-"""
+"""diffusers-notebook-kit helpers: the package the notebooks import. Importing it is light (no torch, no diffusers),
+so notebooks can check parameters and configure import-time settings before the heavy libraries load.
+`make release VERSION=x.y.z` changes the version here and everywhere it is repeated."""
 
 from pathlib import Path
 

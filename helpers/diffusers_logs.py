@@ -21,8 +21,7 @@ class _DropMessages(logging.Filter):
         self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(fragment in message for fragment in self.fragments)
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
 
 
 def quiet_backend_imports() -> None:

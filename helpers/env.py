@@ -1,13 +1,12 @@
-"""Where am I and what do I have: the runtime, its GPUs, the device and dtype to use.
-
-The import-time settings and notebook 01's report are `helpers.setup`'s.
-"""
+"""Where am I and what do I have: the runtime, its GPUs, the device and dtype to use (settings: `helpers.setup`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 from .errors import InvalidParameterError
@@ -20,7 +19,6 @@ GIB = 2**30
 @dataclass(frozen=True)
 class Runtime:
     """The host running this code: "colab", "kaggle", "jupyter" or "python", and whether in CI."""
-
     name: str
     ci: bool
 
@@ -34,23 +32,15 @@ def detect_runtime(environ=None, modules=None) -> Runtime:
     """Detect the host from environment variables and loaded modules (both injectable for tests)."""
     environ = os.environ if environ is None else environ
     modules = sys.modules if modules is None else modules
-    if "google.colab" in modules or "COLAB_RELEASE_TAG" in environ:
-        name = "colab"
-    elif "KAGGLE_KERNEL_RUN_TYPE" in environ:
-        name = "kaggle"
-    elif "ipykernel" in modules:
-        name = "jupyter"
-    else:
-        name = "python"
+    name = ("colab" if "google.colab" in modules or "COLAB_RELEASE_TAG" in environ else
+            "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in environ else "jupyter" if "ipykernel" in modules else "python")
     return Runtime(name=name, ci=truthy(environ.get("CI")))
 
 
 def quiet_mode(environ=None) -> bool:
     """Progress bars off: set KIT_QUIET=1 (CI and the test harness do); on for humans."""
     environ = os.environ if environ is None else environ
-    if QUIET_ENV in environ:
-        return truthy(environ[QUIET_ENV])
-    return truthy(environ.get("CI"))
+    return truthy(environ[QUIET_ENV] if QUIET_ENV in environ else environ.get("CI"))
 
 
 @dataclass(frozen=True)
@@ -66,12 +56,9 @@ def accelerators() -> list[Accelerator]:
     """The CUDA GPUs torch can see (empty on a CPU machine)."""
     import torch
 
-    found = []
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        capability = (props.major, props.minor)
-        found.append(Accelerator(index, props.name, props.total_memory / 2**30, capability, capability >= (8, 0)))
-    return found
+    props = [torch.cuda.get_device_properties(index) for index in range(torch.cuda.device_count())]
+    return [Accelerator(index, p.name, p.total_memory / GIB, (p.major, p.minor), (p.major, p.minor) >= (8, 0))
+            for index, p in enumerate(props)]
 
 
 def recommended_device() -> str:
@@ -86,23 +73,18 @@ def recommended_device() -> str:
 
 
 def recommended_dtype(device: str | None = None, gpus: list[Accelerator] | None = None) -> str:
-    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs (T4) and MPS, fp32 on CPU.
-
-    fp16/bf16 on CPU runs 80-125x slower than fp32 (measured on the pinned stack), hence fp32 there.
-    """
+    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs (T4) and MPS, fp32 on CPU (fp16/bf16 is far
+    slower there)."""
     device = device or recommended_device()
     if device.startswith("cuda"):
         gpus = accelerators() if gpus is None else gpus
         return "bfloat16" if gpus and all(gpu.bf16 for gpu in gpus) else "float16"
-    if device == "mps":
-        return "float16"
-    return "float32"
+    return "float16" if device == "mps" else "float32"
 
 
 @dataclass(frozen=True)
 class Hardware:
     """What a plan is made for. GPU figures are usable GiB (the card less ~0.5 GiB of CUDA context)."""
-
     name: str
     gpus: tuple[float, ...]  # usable GiB per GPU; () for a CPU-only machine
     ram_gib: float  # system RAM the process can fill
@@ -111,18 +93,13 @@ class Hardware:
     gpu_name: str = ""
 
     def describe(self) -> str:
-        if self.gpus:
-            count = f"{len(self.gpus)}x " if len(self.gpus) > 1 else ""
-            gpu = (f"{count}{self.gpu_name or 'GPU'} {self.gpus[0]:g} GiB usable"
-                   f"{'' if self.bf16 else ', no native bf16'}")
-        else:
-            gpu = "no GPU"
+        count = f"{len(self.gpus)}x " if len(self.gpus) > 1 else ""
+        gpu = (f"{count}{self.gpu_name or 'GPU'} {self.gpus[0]:g} GiB usable{'' if self.bf16 else ', no native bf16'}"
+               if self.gpus else "no GPU")
         return f"{self.name}: {gpu}; RAM {self.ram_gib:g} GiB; disk {self.disk_bytes / 1e9:.0f} GB free"
 
 
-# Named hardware, as these machines commonly report it (hardware="auto" measures yours). T4: torch sees
-# ~14.7 GiB, ~14.2 usable, no native bf16 (sm_75); Colab free tier: 12.7 GiB RAM, ~78 GB free disk.
-# L4/A100 RAM and disk: Colab's usual runtimes; Kaggle: 2x T4, ~29 GiB RAM, ~73 GB disk.
+# Named hardware, as these machines commonly report it (hardware="auto" measures yours; T4: no native bf16).
 PROFILES: dict[str, Hardware] = {
     "colab-t4": Hardware("colab-t4", (14.2,), 12.7, 78_000_000_000, bf16=False, gpu_name="Tesla T4"),
     "colab-l4": Hardware("colab-l4", (21.5,), 51.0, 200_000_000_000, gpu_name="NVIDIA L4"),
@@ -136,23 +113,13 @@ HARDWARE_NAMES = ("auto", *PROFILES)  # the `hardware` parameter's choices
 
 def detect_hardware(cache_dir: str | None = None) -> Hardware:
     """This machine: its CUDA GPUs (less 0.5 GiB each), available RAM, free disk where the Hub cache is."""
-    import shutil
-
-    import psutil
-
     gpus = accelerators()
-    if cache_dir is None:
-        from huggingface_hub import constants
-
-        cache_dir = constants.HF_HUB_CACHE
-    place = Path(cache_dir)
+    place = Path(import_module("huggingface_hub.constants").HF_HUB_CACHE if cache_dir is None else cache_dir)
     while not place.exists() and place != place.parent:
         place = place.parent
-    return Hardware(
-        "this machine", tuple(round(g.memory_gib - 0.5, 1) for g in gpus),
-        round(psutil.virtual_memory().available / GIB, 1), shutil.disk_usage(place).free,
-        bf16=bool(gpus) and all(g.bf16 for g in gpus), gpu_name=gpus[0].name if gpus else "",
-    )
+    return Hardware("this machine", tuple(round(g.memory_gib - 0.5, 1) for g in gpus),
+                    round(import_module("psutil").virtual_memory().available / GIB, 1), shutil.disk_usage(place).free,
+                    bf16=bool(gpus) and all(g.bf16 for g in gpus), gpu_name=gpus[0].name if gpus else "")
 
 
 def resolve_hardware(hardware="auto") -> Hardware:
@@ -171,7 +138,5 @@ def resolve_hardware(hardware="auto") -> Hardware:
                             bf16=bool(hardware.get("bf16", True)))
         except (KeyError, TypeError, ValueError):
             pass
-    raise InvalidParameterError(
-        "hardware", hardware, f"choose one of {', '.join(repr(h) for h in HARDWARE_NAMES)}",
-        'or give figures: {"gpus": [15], "ram_gib": 12.7, "disk_gb": 78, "bf16": False}.',
-    )
+    raise InvalidParameterError("hardware", hardware, f"choose one of {', '.join(repr(h) for h in HARDWARE_NAMES)}",
+                                'or give figures: {"gpus": [15], "ram_gib": 12.7, "disk_gb": 78, "bf16": False}.')

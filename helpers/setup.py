@@ -1,12 +1,6 @@
-"""The setup cell: check the parameters, install the pins and the run's quantization backend, restart once
-when Python already holds an old module, apply the import-time settings; and notebook 01's report.
-
-Order matters in a hosted runtime (Colab): diffusers and transformers decide which packages and which
-quantization backends exist when they are imported, and Python keeps a module it has imported. So
-`prepare` checks every parameter that needs none of the pinned packages, installs, and only then runs
-what imports them. Nothing here imports torch, diffusers or a backend at module level: this module must
-import in the runtime as found, before the install.
-"""
+"""The setup cell: check the parameters, install the pins and the run's quantization backend, restart when Python
+holds an old module, apply the import-time settings; and notebook 01's report. Nothing here imports torch, diffusers
+or a backend at module level: this module must import in the runtime as found, before the install."""
 
 from __future__ import annotations
 
@@ -20,7 +14,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import import_module, metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -54,8 +48,6 @@ IMPORT_NAMES = {"huggingface-hub": "huggingface_hub",
 BACKEND_READERS = ("diffusers", "transformers")
 
 
-# ---- pins ----
-
 @dataclass(frozen=True)
 class Mismatch:
     package: str
@@ -75,17 +67,11 @@ def load_pins(path: str | Path = REQUIREMENTS) -> dict[str, Requirement]:
     """Parse a requirements file into {canonical name: Requirement}, skipping comments."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"Pins file {str(path)!r} not found. Run from a clone of the kit (it ships requirements.txt), "
-            "or pass the path of one."
-        )
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        if line and not line.startswith(("#", "-")):
-            requirement = Requirement(line)
-            pins[canonicalize_name(requirement.name)] = requirement
-    return pins
+        raise FileNotFoundError(f"Pins file {str(path)!r} not found. Run from a clone of the kit (it ships "
+                                "requirements.txt), or pass the path of one.")
+    lines = (re.sub(r"\s+#.*$", "", line).strip() for line in path.read_text().splitlines())
+    requirements = [Requirement(line) for line in lines if line and not line.startswith(("#", "-"))]
+    return {canonicalize_name(requirement.name): requirement for requirement in requirements}
 
 
 def installed_version(package: str) -> str | None:
@@ -96,13 +82,9 @@ def installed_version(package: str) -> str | None:
 
 
 def find_mismatches(pins: dict[str, Requirement], installed: dict[str, str | None]) -> list[Mismatch]:
-    """Pure comparison: every pinned package whose installed version is missing or outside its pin."""
-    mismatches = []
-    for name, requirement in pins.items():
-        version = installed.get(name)
-        if version is None or not requirement.specifier.contains(version, prereleases=True):
-            mismatches.append(Mismatch(name, str(requirement.specifier), version))
-    return mismatches
+    """Every pinned package whose installed version is missing or outside its pin."""
+    return [Mismatch(name, str(req.specifier), installed.get(name)) for name, req in pins.items()
+            if installed.get(name) is None or not req.specifier.contains(installed[name], prereleases=True)]
 
 
 def check_pins(pins: dict[str, Requirement] | None = None, strict: bool = False) -> list[Mismatch]:
@@ -111,14 +93,11 @@ def check_pins(pins: dict[str, Requirement] | None = None, strict: bool = False)
     mismatches = find_mismatches(pins, {name: installed_version(name) for name in pins})
     if mismatches and strict:
         lines = "\n".join(f"  - {m}" for m in mismatches)
-        raise VersionMismatchError(
-            f"{len(mismatches)} package(s) differ from the kit's pins:\n{lines}\n"
-            f"Fix: pip install -r {REQUIREMENTS.name} (in Colab run notebooks/01_setup.ipynb), then restart the kernel."
-        )
+        raise VersionMismatchError(f"{len(mismatches)} package(s) differ from the kit's pins:\n{lines}\nFix: pip "
+                                   f"install -r {REQUIREMENTS.name} (in Colab run notebooks/01_setup.ipynb), then "
+                                   "restart the kernel.")
     return mismatches
 
-
-# ---- quantization backends ----
 
 def gpu_present(run=subprocess.run) -> bool:
     """Whether `nvidia-smi -L` lists a GPU: asked without torch, which must not be imported before the install."""
@@ -132,12 +111,8 @@ def gpu_present(run=subprocess.run) -> bool:
 
 
 def backends_needed(namespace: dict, gpu: bool) -> list[str]:
-    """The backends (keys of `rules.BACKENDS`) a run with these notebook parameters can quantize with.
-
-    The same choice as the planner and `helpers.quantization`: on a GPU bitsandbytes for int8/nf4, on CPU
-    torchao for int8; quanto for int4; gguf for a GGUF file. "auto" can pick any of its device's choices.
-    A plan-only run loads nothing; nf4 without a GPU is refused later with its alternative.
-    """
+    """The backends (keys of `rules.BACKENDS`) a run with these parameters can quantize with: the planner's and
+    `helpers.quantization`'s choice. A plan-only run loads nothing; nf4 without a GPU is refused later."""
     quantization = namespace.get("quantization", "none")
     if not isinstance(quantization, str) or namespace.get("plan_only") is True:
         return []
@@ -151,15 +126,10 @@ def backends_needed(namespace: dict, gpu: bool) -> list[str]:
 
 def backend_mismatches(backends, installed: dict[str, str | None]) -> list[Mismatch]:
     """The needed backends that are missing or older than the pinned libraries accept (a newer one is kept)."""
-    found = []
-    for spec in (rules.BACKENDS[name] for name in backends):
-        version = installed.get(spec["package"])
-        if version is None or Version(version) < Version(spec["min"]):
-            found.append(Mismatch(spec["package"], f"=={spec['pin']}", version, spec["min"] if version else None))
-    return found
+    specs = [(spec, installed.get(spec["package"])) for spec in (rules.BACKENDS[name] for name in backends)]
+    return [Mismatch(spec["package"], f"=={spec['pin']}", version, spec["min"] if version else None)
+            for spec, version in specs if version is None or Version(version) < Version(spec["min"])]
 
-
-# ---- the install decision (pure) and acting on it ----
 
 @dataclass
 class Plan:
@@ -174,13 +144,8 @@ class Plan:
 
 
 def plan(runtime: env.Runtime, pinned: dict, installed: dict, imported: set[str], backends=()) -> Plan:
-    """What to install and whether a restart is needed, from facts alone.
-
-    Hosted: install the hosted subset that differs from the pins, and each needed backend that is missing
-    or too old. A restart is needed when an upgraded package is already imported (Python keeps the old
-    module), or when a backend is installed after diffusers/transformers were imported (they decide at import).
-    Elsewhere: install nothing; advise the command that fixes the mismatches.
-    """
+    """What to install and whether to restart, from facts alone. Hosted: the differing hosted subset and each missing
+    or too old backend; restart when an upgraded module or a backend reader is already imported. Elsewhere: advise."""
     if runtime.hosted:
         pinned = {name: req for name, req in pinned.items() if name in HOSTED_INSTALL}
     mismatches = find_mismatches(pinned, installed)
@@ -195,12 +160,10 @@ def plan(runtime: env.Runtime, pinned: dict, installed: dict, imported: set[str]
     stale = [m.package for m in mismatches + backend
              if m.installed and IMPORT_NAMES.get(m.package, m.package) in imported]
     stale += [name for name in BACKEND_READERS if backend and name in imported and name not in stale]
-    reasons = []
-    if stale:
-        reasons.append(f"{', '.join(stale)} were imported before the upgrade")
+    reasons = [f"{', '.join(stale)} were imported before the upgrade"] if stale else []
     if backend and any(name in imported for name in BACKEND_READERS):
-        names = ", ".join(m.package for m in backend)
-        reasons.append(f"diffusers and transformers look for quantization backends ({names}) only when imported")
+        reasons.append("diffusers and transformers look for quantization backends "
+                       f"({', '.join(m.package for m in backend)}) only when imported")
     return Plan(install=specs, restart_for=stale, advice=f"Installing {', '.join(specs)} ({listing}).",
                 reason="; ".join(reasons))
 
@@ -210,17 +173,16 @@ PIP_CONFLICT = re.compile(r"dependency conflicts|\brequires\b.*(but you have|whi
 
 
 def pip_install(requirements: list[str], echo=print) -> list[str]:
-    """Run pip in this kernel's Python, showing its progress and every conflict line it prints; return the conflict
-    lines. Raise with pip's own error when it fails."""
+    """Run pip in this kernel's Python, echoing progress and conflict lines; return the conflicts, raise on failure."""
     args = ["--no-input", "--progress-bar", "off", *requirements]
     process = subprocess.Popen([sys.executable, "-m", "pip", "install", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     lines, conflicts = [], []
     for line in process.stdout:
         lines.append(line)
-        if PIP_CONFLICT.search(line):
-            conflicts.append(line.rstrip())
-        if line.startswith(PIP_PROGRESS) or PIP_CONFLICT.search(line):
+        conflict = PIP_CONFLICT.search(line)
+        conflicts += [line.rstrip()] if conflict else []
+        if conflict or line.startswith(PIP_PROGRESS):
             echo(f"  pip: {line.rstrip()}")
     if process.wait() != 0:
         raise PipInstallError(args, process.returncode, "".join(lines))
@@ -228,12 +190,8 @@ def pip_install(requirements: list[str], echo=print) -> list[str]:
 
 
 def announce(message: str, wait: float = 1.0) -> None:
-    """Print `message` and return only once the kernel has handed it to the front end.
-
-    In ipykernel, print() only buffers: the IOPub thread sends later, and zmq's own I/O thread writes to the
-    socket after that. flush() waits until the IOPub thread has sent it; the short wait lets zmq write it out
-    before a kill. Outside a kernel the wait is skipped.
-    """
+    """Print `message` and return once the kernel has handed it to the front end: flush() waits for ipykernel's IOPub
+    thread, the short wait lets zmq write it out before a kill."""
     print(message, flush=True)
     sys.stderr.flush()
     if "ipykernel" in sys.modules:
@@ -246,19 +204,15 @@ def restart(runtime: env.Runtime, reason: str, kill=os.kill) -> None:
         announce(f"Restarting the runtime: {reason}. Python keeps the old modules until it restarts. "
                  "When the runtime is back, run the notebook again from the top; the install is done.")
         kill(os.getpid(), signal.SIGKILL)
-        return
-    print(f"Restart the kernel before going on: {reason}.")
+    else:
+        print(f"Restart the kernel before going on: {reason}.")
 
 
 def ensure_pinned(install: bool = True, backends=()) -> Plan:
-    """Check the pins and `backends`; in a hosted runtime also install what differs (never torch) and restart
-    if needed."""
-    runtime = env.detect_runtime()
-    names = load_pins()
-    packages = [*names, *(rules.BACKENDS[name]["package"] for name in backends)]
-    installed = {name: installed_version(name) for name in packages}
-    imported = {name.split(".")[0] for name in sys.modules}
-    decided = plan(runtime, names, installed, imported, backends)
+    """Check the pins and `backends`; hosted, also install what differs (never torch) and restart if needed."""
+    runtime, names = env.detect_runtime(), load_pins()
+    installed = {name: installed_version(name) for name in [*names, *(rules.BACKENDS[b]["package"] for b in backends)]}
+    decided = plan(runtime, names, installed, {name.split(".")[0] for name in sys.modules}, backends)
     if decided.install and install:
         later = f" A restart follows ({decided.reason})." if decided.restart_needed else " No restart needed."
         announce(f"{decided.advice}{later}", wait=0)  # said before pip runs, so it is seen even if pip is slow
@@ -272,18 +226,13 @@ def ensure_pinned(install: bool = True, backends=()) -> Plan:
     return decided
 
 
-# ---- import-time settings ----
-
 def _set_before_import(variable: str, value: str, module: str, read_back) -> None:
     """Set an env variable that `module` reads at import; warn when the module already read another value."""
     os.environ[variable] = value
     if module in sys.modules and read_back() != value:
-        warnings.warn(
-            f"{variable}={value!r} was set after `import {module}`, which reads it only once at import: "
-            f"this setting has no effect in this kernel. Fix: restart the kernel and call "
-            f"helpers.setup.configure(...) before importing {module} (or anything that imports it).",
-            stacklevel=3,
-        )
+        warnings.warn(f"{variable}={value!r} was set after `import {module}`, which reads it only once at import: "
+                      f"this setting has no effect in this kernel. Fix: restart the kernel and call helpers.setup."
+                      f"configure(...) before importing {module} (or anything that imports it).", stacklevel=3)
 
 
 def _import_time_settings(parallel_loading: bool = False, hf_home: str = "") -> None:
@@ -295,76 +244,46 @@ def _import_time_settings(parallel_loading: bool = False, hf_home: str = "") -> 
 
 
 def configure(parallel_loading: bool = False, hf_home: str = "", quiet: bool | None = None) -> None:
-    """Apply the import-time settings, then the progress-bar policy. Call before `import diffusers`.
-
-    parallel_loading: HF_ENABLE_PARALLEL_LOADING (diffusers loads shards of big models with several threads).
-    hf_home: HF_HOME, the Hub cache root (e.g. a Google Drive folder); "" keeps the default.
-    quiet: progress bars off; None reads KIT_QUIET / CI.
-    """
+    """Apply the import-time settings, then the progress-bar policy; call before `import diffusers`. parallel_loading:
+    HF_ENABLE_PARALLEL_LOADING; hf_home: HF_HOME, the Hub cache root ("" keeps it); quiet: None reads KIT_QUIET/CI."""
     _import_time_settings(parallel_loading, hf_home)
     set_progress_bars(not (env.quiet_mode() if quiet is None else quiet))
 
 
-def _hub_constant(name: str):
-    from huggingface_hub import constants
-
-    return getattr(constants, name)
-
-
-def _diffusers_parallel_loading() -> bool:
-    from diffusers.utils import constants
-
-    return bool(constants.HF_ENABLE_PARALLEL_LOADING)
+# Read lazily: huggingface_hub and diffusers are imported only after the install.
+_hub_constant = lambda name: getattr(import_module("huggingface_hub.constants"), name)
+_diffusers_parallel_loading = lambda: bool(import_module("diffusers.utils.constants").HF_ENABLE_PARALLEL_LOADING)
 
 
 def set_progress_bars(enabled: bool) -> None:
-    """Turn the Hub download and diffusers loading bars on or off (each library has its own switch;
-    TQDM_DISABLE reaches neither)."""
+    """Turn the Hub download and diffusers loading bars on or off (TQDM_DISABLE reaches neither)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0" if enabled else "1"
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
     (enable_progress_bars if enabled else disable_progress_bars)()
     (diffusers_logging.enable_progress_bar if enabled else diffusers_logging.disable_progress_bar)()
 
 
 def hf_token_found() -> bool:
     """Whether huggingface_hub finds a token (env HF_TOKEN, token file, Colab secret). Never returns it."""
-    from huggingface_hub import get_token
+    return import_module("huggingface_hub").get_token() is not None
 
-    return get_token() is not None
-
-
-# ---- the setup cell ----
 
 def brief_kit_errors() -> bool:
-    """In IPython, show the kit's own errors as their one-line message, not a traceback.
-
-    A KitError already says what was wrong and the fix; the frames above it only bury that line. The cell
-    still fails (papermill and nbval see an error output). Other exceptions keep their full traceback.
-    """
+    """In IPython, show a KitError as its one-line message (it says the fix), not a traceback; the cell still fails."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython else None
     if shell is None:
         return False
-
-    def show(shell, etype, value, tb, tb_offset=None):
-        shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
-
-    shell.set_custom_exc((KitError,), show)
+    shell.set_custom_exc((KitError,), lambda shell, etype, value, tb, tb_offset=None: shell._showtraceback(
+        etype, value, [f"{etype.__name__}: {value}"]))
     return True
 
 
 def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, ...] = (), *,
             parallel_loading: bool = False, hf_home: str = "", quiet: bool | None = None, gpu=None) -> None:
-    """Check `namespace` (the notebook's `globals()`), install what differs and the backend its parameters can
-    quantize with, then apply the import-time settings and the progress-bar policy. Returns nothing, so the
-    setup cell shows only what the kit printed.
-
-    install: False only checks (nothing is installed).
-    pipeline_classes: the model families the notebook is written for (`validate.check`).
-    gpu: whether a GPU is present; None asks nvidia-smi.
-    """
+    """Check `namespace` (the notebook's `globals()`), install what differs and the run's backend, then apply the
+    import-time settings and progress-bar policy. install=False only checks; gpu=None asks nvidia-smi."""
     brief_kit_errors()
     validate.check(namespace, stage="before_install", pipeline_classes=pipeline_classes)
     backends = backends_needed(namespace, gpu_present() if gpu is None else gpu)
@@ -374,8 +293,6 @@ def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, 
     validate.check(namespace, stage="after_install", pipeline_classes=pipeline_classes)
     set_progress_bars(not (env.quiet_mode() if quiet is None else quiet))
 
-
-# ---- notebook 01's report ----
 
 @dataclass
 class Report:
@@ -394,49 +311,30 @@ class Report:
 
     def __str__(self) -> str:
         installed = "installed by the kit" if self.runtime.hosted else "all"
-        lines = [
-            f"runtime        {self.runtime.name}{' (CI)' if self.runtime.ci else ''}",
-            f"python         {self.python}",
+        return "\n".join([
+            f"runtime        {self.runtime.name}{' (CI)' if self.runtime.ci else ''}", f"python         {self.python}",
             *(f"{name:14s} {version or 'not installed'}" for name, version in self.versions.items()),
             f"pins           {installed} match" if not self.mismatches else
             f"pins           differ: {'; '.join(map(str, self.mismatches))}",
             *(f"kept as found  {m}: {why}" for m, why in self.left),
             f"device         {self.device} (dtype {self.dtype})",
-            *(
-                f"gpu {g.index}          {g.name}, {g.memory_gib:.1f} GiB, sm_{g.compute_capability[0]}"
-                f"{g.compute_capability[1]}, bf16 {'yes' if g.bf16 else 'no'}"
-                for g in self.gpus
-            ),
+            *(f"gpu {g.index}          {g.name}, {g.memory_gib:.1f} GiB, sm_{g.compute_capability[0]}"
+              f"{g.compute_capability[1]}, bf16 {'yes' if g.bf16 else 'no'}" for g in self.gpus),
             f"ram            {self.ram_gib:.1f} GiB",
             f"HF token       {'found' if self.hf_token_found else 'not found (public models only)'}",
-            f"HF cache       {self.hf_cache}",
-            f"parallel load  {'on' if self.parallel_loading else 'off'}",
-        ]
-        return "\n".join(lines)
+            f"HF cache       {self.hf_cache}", f"parallel load  {'on' if self.parallel_loading else 'off'}",
+        ])
 
 
 def report() -> Report:
     """Everything a user needs to know before loading a model: versions, pins, hardware, token, cache."""
-    import psutil
-
-    runtime = env.detect_runtime()
-    pinned = load_pins()
+    runtime, pinned = env.detect_runtime(), load_pins()
     hosted = {name: req for name, req in pinned.items() if name in HOSTED_INSTALL or not runtime.hosted}
     others = {name: req for name, req in pinned.items() if name not in hosted}
-    gpus = env.accelerators()
-    device = env.recommended_device()
-    return Report(
-        runtime=runtime,
-        python=platform.python_version(),
-        versions={name: installed_version(name) for name in ("torch", "diffusers", "transformers", "accelerate",
-                                                             "huggingface-hub")},
-        mismatches=check_pins(hosted),
-        left=[(m, LEFT_AS_FOUND.get(m.package, "not part of the hosted install")) for m in check_pins(others)],
-        device=device,
-        dtype=env.recommended_dtype(device, gpus),
-        gpus=gpus,
-        ram_gib=psutil.virtual_memory().total / 2**30,
-        hf_token_found=hf_token_found(),
-        hf_cache=_hub_constant("HF_HUB_CACHE"),
-        parallel_loading=_diffusers_parallel_loading(),
-    )
+    gpus, device = env.accelerators(), env.recommended_device()
+    versions = {name: installed_version(name) for name in ("torch", "diffusers", "transformers", "accelerate",
+                                                           "huggingface-hub")}
+    left = [(m, LEFT_AS_FOUND.get(m.package, "not part of the hosted install")) for m in check_pins(others)]
+    return Report(runtime, platform.python_version(), versions, check_pins(hosted), left, device,
+                  env.recommended_dtype(device, gpus), gpus, import_module("psutil").virtual_memory().total / 2**30,
+                  hf_token_found(), _hub_constant("HF_HUB_CACHE"), _diffusers_parallel_loading())
