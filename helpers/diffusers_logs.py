@@ -10,6 +10,7 @@ from contextlib import contextmanager
 # tensor classes used only to unpickle torchao-serialized checkpoints. None of them concerns a run.
 BACKEND_IMPORT_NOISE = {
     "torchao": ("Failed to load ",),
+    "torchao.kernel.intmm": ("Detected no triton",),
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
     "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
 }

@@ -164,7 +164,8 @@ def test_the_token_canary_appears_in_no_output(executed, run_folder):
 
 def test_no_backend_import_noise_in_any_executed_notebook(executed):
     """diffusers imports torchao whenever it is installed; its import-time lines must not reach a lesson."""
-    fragments = ["torchao/_C", "is an Enum subclass and is now natively supported", "Unable to import `torchao`"]
+    fragments = ["torchao/_C", "is an Enum subclass and is now natively supported", "Unable to import `torchao`",
+                 "Detected no triton"]
     for notebook in NOTEBOOKS:
         result = executed(notebook)
         assert result.error is None
@@ -259,6 +260,15 @@ def test_community_notebook_audits_before_each_load(executed):
     assert "KitComponentsPipeline with KitCountingUNet2DConditionModel" in text["repo-load"]
     assert "refused: Remote code differs from the pinned manifest" in text["tamper"]
     assert "refused: DIFFUSERS_DISABLE_REMOTE_CODE is set" in text["disable"]
+
+
+def test_video_notebook_quantizes_through_its_plan(executed):
+    """quantization="int8" on this CPU (torchao): the plan quantizes the transformer and 07's literal
+    from_pretrained(**load_kwargs) loads it quantized, then generates."""
+    result, text = run_ok(executed, "07_video_pipelines.ipynb", quantization="int8", run_image_to_video=False)
+    assert re.search(r"transformer:? int8", text["t2v-plan"])
+    assert "transformer" in text["t2v-load"].split("quantized as loaded: ")[1].splitlines()[0]
+    assert "frames: " in text["t2v-generate"]
 
 
 def test_video_notebook_writes_mp4s_with_their_records(executed, run_folder):

@@ -266,3 +266,20 @@ def test_a_url_has_a_size_cap_and_a_timeout_and_is_shown_without_secrets(image_s
     with pytest.raises(InvalidParameterError, match="could not be downloaded") as refused:
         video.read_start_image(url)
     assert secret not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
+
+
+def test_the_t4_plan_reaches_from_pretrained_as_a_bitsandbytes_config(tiny, monkeypatch):
+    """07's load cell is `from_pretrained(source, **loading.plan_kwargs(load_plan, source))`: on a T4 the plan
+    quantizes Wan's text encoder and transformer to int8, and those kwargs carry exactly that."""
+    from helpers import quantization
+
+    load_plan = planning.plan_load("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "colab-t4")
+    assert load_plan.fits and load_plan.quantized() == {"text_encoder": "int8", "transformer": "int8"}
+    # In Colab, prepare() installs bitsandbytes before diffusers is imported; this CPU machine has none, so the
+    # presence check stands in for that install. Nothing loads here: a T4 plan cannot run on this CPU.
+    monkeypatch.setattr(quantization, "check_installed", lambda *args, **kwargs: None)
+    load_kwargs = loading.plan_kwargs(load_plan, str(tiny["wan-t2v"]))
+    assert load_kwargs["dtype"] == torch.float16 and load_kwargs["device_map"] == "cuda"
+    mapping = load_kwargs["quantization_config"].quant_mapping
+    assert set(mapping) == {"text_encoder", "transformer"}
+    assert all(type(config).__name__ == "BitsAndBytesConfig" and config.load_in_8bit for config in mapping.values())
