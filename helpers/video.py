@@ -62,7 +62,8 @@ def read_start_image(value: str, name: str = "input_image") -> Image.Image:
         parts = urlsplit(value)
         shown = redact(parts._replace(query="***" if parts.query else "", fragment="").geturl())
         try:
-            with urllib.request.urlopen(value, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            # a new opener each time: urlopen's global one keeps the proxy settings of its first use
+            with urllib.request.build_opener().open(value, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 declared = int(response.headers.get("Content-Length") or 0)
                 data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
         except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors

@@ -8,6 +8,7 @@ then stops the cell (what follows the install is not under test here; the Colab 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -103,10 +104,14 @@ def test_the_probe_sees_an_import_before_install(tmp_path):
 
 
 def test_another_versions_helpers_already_imported_stops_with_the_fix(tmp_path):
-    """Issue 11: a kit of another version in the runtime gave a bare AssertionError; now the fix is named."""
-    stale = tmp_path / "diffusers-notebook-kit"  # an old clone, as a previous notebook left it in /content
+    """A kit of another version already imported in the runtime: the setup cell stops with the fix.
+
+    The stale kit is this kit's own `helpers/__init__.py` at another version (0.1.0, the first release, already
+    has `require`), as a previous notebook's clone would leave it in /content."""
+    stale = tmp_path / "diffusers-notebook-kit"
     (stale / "helpers").mkdir(parents=True)
-    (stale / "helpers" / "__init__.py").write_text('__version__ = "0.0.9"\n')
+    init = (KIT_ROOT / "helpers" / "__init__.py").read_text()
+    (stale / "helpers" / "__init__.py").write_text(re.sub(r'__version__ = "[^"]+"', '__version__ = "0.0.9"', init))
     cells = setup_cells(NOTEBOOKS[1], {})
     code = (f"import sys\nsys.path.insert(0, {str(stale)!r})\nimport helpers\nnamespace = {{}}\n"
             f"for source in {json.dumps(cells)}:\n    exec(source, namespace)\n")
