@@ -1,6 +1,5 @@
-"""Will it fit? The kit's one fit engine: `plan_load` decides dtype, quantization, placement and offload from
-configs alone (components built on the meta device) and predicts VRAM, RAM, download and disk, with reasons and
-alternatives. Sizes are exact and as diffusers estimates them (its balanced placement uses the estimate)."""
+"""Will it fit? `plan_load` decides dtype, quantization, placement and offload from configs alone (built on the meta
+device) and predicts VRAM, RAM, download and disk, with reasons and alternatives."""
 
 from __future__ import annotations
 
@@ -291,19 +290,14 @@ def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, d
 
 def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
                     dtype: torch.dtype = torch.bfloat16) -> int:
-    """Predicted weight bytes of `module` (built on the meta device is enough) after quantized loading:
-    Linear weights take `linear_weight_bytes` (data and scales); everything else stays at `dtype`."""
+    """Predicted weight bytes of `module` (meta is enough) after quantized loading: Linear weights take
+    `linear_weight_bytes` (data and scales); everything else stays at `dtype`. Shared parameters count once."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
-    total = 0
-    for full_name, param in module.named_parameters():  # shared parameters once
-        owner, _, param_name = full_name.rpartition(".")
-        if name != "none" and backend and param_name == "weight" and \
-                isinstance(module.get_submodule(owner), torch.nn.Linear):
-            total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
-        else:
-            total += param.numel() * dtype_bytes
-    return total
+    return sum(linear_weight_bytes(p.shape[0], p.shape[1], name, backend, dtype_bytes)
+               if name != "none" and backend and n.rpartition(".")[2] == "weight"
+               and isinstance(module.get_submodule(n.rpartition(".")[0]), torch.nn.Linear) else p.numel() * dtype_bytes
+               for n, p in module.named_parameters())
 
 
 def _gguf_bytes_per_weight(name: str) -> float:
@@ -423,22 +417,15 @@ class LoadPlan:
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
     """(compute dtype, notes, blocking reasons): the kit's one "auto" policy. Native bf16: bf16; a T4: fp16, or
     bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
-    if isinstance(dtype, dict):
-        dtype = dtype.get("default", "auto")
-    unsafe = fp16_unsafe(family)
-    notes, blocking = [], []
+    dtype = dtype.get("default", "auto") if isinstance(dtype, dict) else dtype
+    unsafe, notes, blocking = fp16_unsafe(family), [], []
     if dtype == "auto":
+        chosen = "float32" if not on_gpu else "bfloat16" if hardware.bf16 or unsafe else "float16"
         if not on_gpu:
-            chosen = "float32"
             notes.append("float32 on CPU: float16/bfloat16 matmuls run 80-125x slower there (measured)")
-        elif hardware.bf16:
-            chosen = "bfloat16"
-        elif unsafe:
-            chosen = "bfloat16"
+        elif not hardware.bf16 and unsafe:
             notes.append(f"bfloat16 although this GPU has no native bf16: {unsafe}. PyTorch emulates bf16 on a "
                          "T4: it works but runs slower than fp16 would; float32 would double the weights")
-        else:
-            chosen = "float16"
     else:
         chosen = dtype_name(dtype)
     if chosen == "float16" and unsafe:
@@ -515,15 +502,12 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
     """(quantization, offload, balanced) in the kit's order of preference: full precision before quantized,
     no offload before model offload before group offload; sequential offload (very slow) last."""
-    if on_gpu:
-        order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
-                 ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"),
-                 ("none", "sequential"), ("int8", "sequential"), ("nf4", "sequential")]
-    else:
-        order = [("none", "none"), ("int8", "none"), ("int4", "none")]
-    wanted = [(q, o) for q, o in order if quantization in ("auto", q) and offload in ("auto", o)]
-    if not wanted:
-        wanted = [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
+    order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
+             ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"), ("none", "sequential"),
+             ("int8", "sequential"), ("nf4", "sequential")] if on_gpu else [("none", "none"), ("int8", "none"),
+                                                                           ("int4", "none")]
+    wanted = [(q, o) for q, o in order if quantization in ("auto", q) and offload in ("auto", o)] or \
+        [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
     out = []
     for q, o in wanted:
         on_gpus = on_gpu and o == "none"
@@ -548,8 +532,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         quant = quantization if s.name in DENOISERS or big and not quantization.startswith("gguf:") else "none"
         components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant, backend_for(quant, on_gpu),
                                         "", _component_bytes(s, dtype, quant)))
-    total = sum(c.bytes for c in components)
-    largest = max((c.bytes for c in components), default=0)
+    total, largest = sum(c.bytes for c in components), max((c.bytes for c in components), default=0)
     reasons, notes, device_map, vram, placement = list(blocking), list(dtype_notes), None, 0, "cpu"
     stat = {s.name: s for s in stats}
     if not on_gpu:
@@ -580,8 +563,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
             vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
         else:
             if offload == "model":
-                vram = largest + activations
-                placement = "cpu -> cuda while it runs"
+                vram, placement = largest + activations, "cpu -> cuda while it runs"
                 notes.append("model CPU offload: each component moves to the GPU while it runs; the whole model "
                              "waits in CPU RAM (a little slower per image)")
             elif offload == "group":
@@ -614,8 +596,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         notes.append(f"downloads the repo's {variant} files: from_pretrained(..., variant={variant!r})")
     if model_id in STORAGE and STORAGE[model_id][2]:
         notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set HF_TOKEN")
-    backends = sorted({c.backend for c in components if c.backend})
-    if backends:
+    if backends := sorted({c.backend for c in components if c.backend}):
         which = ", ".join(f"{c.name}: {c.quantization}" for c in components if c.quantization != "none")
         notes.append(f"quantized with {', '.join(backends)} through diffusers' PipelineQuantizationConfig ({which}); "
                      "install only that backend")
@@ -699,9 +680,9 @@ SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (se
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call after printing the plan, before any download. plan_only=True: every later cell (except those that
-    mention `plan_only`) prints "skipped" instead of running, so papermill exits 0 with no weights downloaded.
-    Otherwise a plan that does not fit raises PlanDoesNotFitError unless force=True."""
+    """Call after printing the plan, before any download. plan_only=True: later cells (but those that mention
+    `plan_only`) print "skipped", so papermill exits 0 with nothing downloaded. Else a plan that does not fit raises
+    PlanDoesNotFitError unless force=True."""
     _skip_later_cells(plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
