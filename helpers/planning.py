@@ -146,8 +146,7 @@ def dtype_name(dtype) -> str:
 
 
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
-    """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order).
-    `dtype`: a name, or a dict of names per component with a "default" key."""
+    """Exact and diffusers-estimated sizes, largest first; `dtype`: a name, or per-component names with "default"."""
     if isinstance(dtype, dict) and "default" not in dtype:
         raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key')
     per = {k: dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict) else {"default": dtype_name(dtype)}
@@ -180,8 +179,7 @@ class DevicePlan:
 
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
-    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it (whole components, largest
-    first, zig-zag over the GPUs; an overflow goes to the CPU, and its map keeps only the last one)."""
+    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it, with the kit's warnings."""
     from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
     gpus = dict(sorted(budgets.items(), key=lambda item: item[1], reverse=True))
@@ -209,8 +207,7 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
 
 def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024,
                    max_gpus: int = 8) -> str:
-    """The least hardware of `gpu_gib`-sized GPUs that runs the model: one GPU, else one GPU with model CPU
-    offload (slower) and/or the fewest GPUs that hold it with device_map="balanced"."""
+    """The least hardware of `gpu_gib`-sized GPUs that runs the model: one, one with offload, or fewest balanced."""
     headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
     total = sum(s.diffusers_bytes for s in sizes)
     if total + headroom <= budget:
@@ -249,7 +246,6 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
 
 
 # ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
-
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
 # Scales beside the data, per parameter: bitsandbytes nf4 one float32 absmax per block of 64 (diffusers' default,
 # no double quantization); quanto int4 a scale and a shift (2 bytes each) per group of 128.
@@ -290,8 +286,7 @@ def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, d
 
 def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
                     dtype: torch.dtype = torch.bfloat16) -> int:
-    """Predicted weight bytes of `module` (meta is enough) after quantized loading: Linear weights take
-    `linear_weight_bytes` (data and scales); everything else stays at `dtype`. Shared parameters count once."""
+    """Predicted weight bytes of `module` (meta is enough) after quantized loading; non-Linear weights keep `dtype`."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
     return sum(linear_weight_bytes(p.shape[0], p.shape[1], name, backend, dtype_bytes)
@@ -415,8 +410,7 @@ class LoadPlan:
 
 
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
-    """(compute dtype, notes, blocking reasons): the kit's one "auto" policy. Native bf16: bf16; a T4: fp16, or
-    bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
+    """(dtype, notes, blocking reasons), the "auto" rule: native bf16, else fp16 (bf16 where fp16 breaks); CPU fp32."""
     dtype = dtype.get("default", "auto") if isinstance(dtype, dict) else dtype
     unsafe, notes, blocking = fp16_unsafe(family), [], []
     if dtype == "auto":
@@ -459,8 +453,7 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
 
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
-    """(bytes the plan downloads, variant); 0 for a local folder. Shipped repos: params x stored dtype (the fp16
-    `variant` for a half-precision or quantized plan). A GGUF file replaces the denoiser's files."""
+    """(bytes the plan downloads, variant); 0 for a local folder. A GGUF file replaces the denoiser's files."""
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
@@ -485,8 +478,7 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
 
 
 def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[int, str | None]:
-    """(bytes, variant) of the files `from_pretrained` fetches (`hub.weight_files`): with `half` the fp16 variant
-    where the repo has one; without the denoiser's files for GGUF (download_bytes adds the file's size)."""
+    """(bytes, variant) of the files `from_pretrained` fetches: the fp16 variant with `half`, no denoiser for GGUF."""
     files, variant = hub.weight_files(model_id, variant=None), None
     if half:
         try:
@@ -500,8 +492,7 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
 
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
-    """(quantization, offload, balanced) in the kit's order of preference: full precision before quantized,
-    no offload before model offload before group offload; sequential offload (very slow) last."""
+    """(quantization, offload, balanced) in the kit's order of preference; sequential offload (very slow) last."""
     order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
              ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"), ("none", "sequential"),
              ("int8", "sequential"), ("nf4", "sequential")] if on_gpu else [("none", "none"), ("int8", "none"),
@@ -553,11 +544,8 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
             denoiser = next((c.name for c in components if c.name in DENOISERS), components[0].name)
             vram = max(used + (activations if placed.placement.get(denoiser) == device else 0)
                        for device, used in placed.used.items())
-            if not placed.fits_on_gpus:
-                reasons.append("device_map='balanced' cannot place every component whole on a GPU: "
-                               + "; ".join(placed.warnings))
-            elif placed.warnings:
-                reasons += placed.warnings
+            reasons += placed.warnings if placed.fits_on_gpus else [
+                "device_map='balanced' cannot place every component whole on a GPU: " + "; ".join(placed.warnings)]
             device_map, ram, placement = "balanced", ram_base + one_shard, ""  # placed per component above
         elif offload == "none":
             vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
@@ -606,8 +594,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
 
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
               device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
-    """The plan for loading `model_id` on `hardware` ("auto" lets the plan decide), from configs only: the first
-    candidate (`_candidates`) that fits, else the closest with `fits=False`, its reasons and ranked alternatives."""
+    """The first candidate plan (`_candidates`) that fits, else the closest with `fits=False` and alternatives."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
     rules.choice("offload", offload, OFFLOADS)
@@ -674,15 +661,13 @@ def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map,
 
 
 # ---- The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly ----
-
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
 SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call after printing the plan, before any download. plan_only=True: later cells (but those that mention
-    `plan_only`) print "skipped", so papermill exits 0 with nothing downloaded. Else a plan that does not fit raises
-    PlanDoesNotFitError unless force=True."""
+    """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
+    else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
     _skip_later_cells(plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
