@@ -26,7 +26,7 @@ NAMES = ("none", "int8", "int4", "nf4")
 DENOISERS = ("transformer", "unet", "prior", "decoder")
 BIG_TEXT_ENCODER_PARAMS = 1_000_000_000
 
-# The backend that runs each quantization by default: (on a CUDA GPU, on CPU). nf4 exists only in bitsandbytes.
+# The default backend of each quantization (on a CUDA GPU, on CPU). nf4 exists only in bitsandbytes.
 AUTO_BACKENDS = {"nf4": ("bitsandbytes", "bitsandbytes"), "int8": ("bitsandbytes", "torchao"),
                  "int4": ("quanto", "quanto"), "gguf": ("gguf", "gguf")}
 # The quantization backends: the pinned version, and the oldest the pinned diffusers/transformers accept
@@ -121,8 +121,7 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
 
 
 def num_frames(name: str, value) -> None:
-    """A whole number of frames >= 1; the family's own rule (k * t + 1, t its VAE's temporal factor) is checked
-    once the model is loaded (`generation.check_num_frames`)."""
+    """A whole number of frames >= 1; the family's rule (k * t + 1) is checked once loaded (`check_num_frames`)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_FRAMES:
         fail(name, value, f"is over the limit of {MAX_FRAMES} frames", "Try 81 (about 5 s at 16 fps).")
     whole(name, value, 1)
@@ -209,8 +208,7 @@ def nearest_existing(folder: Path) -> Path:
 
 
 def unwritable(folder: Path) -> str | None:
-    """Why `folder` (or its nearest existing parent) cannot be written, else None: a temporary file tells (as root
-    permission bits say little)."""
+    """Why `folder` (or its nearest existing parent) cannot be written, else None: a temporary file tells."""
     existing = nearest_existing(folder)
     try:
         if not existing.is_dir():
@@ -287,7 +285,23 @@ def custom_pipeline_path(name: str, value) -> Path:
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".py" or (candidate / "pipeline.py").is_file():
             script = candidate.resolve() if candidate.is_file() else candidate.resolve() / "pipeline.py"
-            defines_pipeline_class(name, value, script)
+            try:  # it must define a `...Pipeline` subclass (read with ast: nothing is run)
+                tree = ast.parse(script.read_bytes(), filename=str(script))
+            except (SyntaxError, ValueError) as error:
+                fail(name, value, f"{script} is not valid Python ({error})", "Fix the file, or pass another one.")
+            imported = {alias.asname or alias.name: (alias.name, node.level > 0) for node in ast.walk(tree)
+                        if isinstance(node, ast.ImportFrom) for alias in node.names}
+            pipelines: set[str] = set()
+            for node in tree.body:
+                for base in getattr(node, "bases", []) if isinstance(node, ast.ClassDef) else []:
+                    local = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                    original, relative = imported.get(local, (local, False))
+                    if "Pipeline" in original or local in pipelines or relative:  # StableDiffusionPipelineSafe too
+                        pipelines.add(node.name)
+            if not pipelines:
+                fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the "
+                     "one such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
+                     "class MyPipeline(StableDiffusionPipeline): ...")
             return candidate.resolve()
         if candidate.is_dir():
             raise LocalPathNotFoundError("the folder has no pipeline.py", name=name, value=str(candidate),
@@ -297,25 +311,3 @@ def custom_pipeline_path(name: str, value) -> Path:
         f"needs an existing local .py file or folder with pipeline.py (looked at {looked})", name=name, value=value,
         fix="diffusers would treat a missing path as a Hub repo or community pipeline name and run the code it "
             "downloads. For a community pipeline by name use community.load_community_pipeline().")
-
-
-def defines_pipeline_class(name: str, value, script: Path) -> None:
-    """The file defines a `...Pipeline` subclass (without one diffusers fails deep in from_pretrained); read with
-    ast: nothing is run."""
-    try:
-        tree = ast.parse(script.read_bytes(), filename=str(script))
-    except (SyntaxError, ValueError) as error:
-        fail(name, value, f"{script} is not valid Python ({error})", "Fix the file, or pass another one.")
-    imported = {alias.asname or alias.name: (alias.name, node.level > 0) for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) for alias in node.names}
-    pipelines: set[str] = set()
-    for node in tree.body:
-        for base in getattr(node, "bases", []) if isinstance(node, ast.ClassDef) else []:
-            local = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-            original, relative = imported.get(local, (local, False))
-            if "Pipeline" in original or local in pipelines or relative:  # StableDiffusionPipelineSafe too
-                pipelines.add(node.name)
-    if not pipelines:
-        fail(name, value, f"{script} defines no class deriving from DiffusionPipeline (diffusers loads the one "
-             "such class in the file)", "Pass the file that defines your pipeline, or define one in it: "
-             "class MyPipeline(StableDiffusionPipeline): ...")
