@@ -1,6 +1,5 @@
-"""Will it fit? The kit's one fit engine: `plan_load` decides dtype, quantization, placement and offload from
-configs alone (components built on the meta device) and predicts VRAM, RAM, download and disk, with reasons and
-alternatives. Sizes are exact and as diffusers estimates them (its balanced placement uses the estimate)."""
+"""Will it fit? `plan_load` decides dtype, quantization, placement and offload from configs alone (built on the meta
+device) and predicts VRAM, RAM, download and disk, with reasons and alternatives."""
 
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ COMMON_SETUPS = {"1x T4": [14.2], "2x T4": [14.2, 14.2], "1x L4": [21.5], "1x A1
                  "1x A100-80": [78.7], "2x A100-80": [78.7, 78.7]}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
-
 @dataclass(frozen=True)
 class ComponentSize:
     name: str
@@ -31,7 +29,6 @@ class ComponentSize:
     params: int
     bytes: int  # exact: parameters x bytes per element at the chosen dtype
     diffusers_bytes: int  # what diffusers' balanced placement uses (init_empty_weights, buffers included)
-
 
 @dataclass(frozen=True)
 class ComponentStats:
@@ -52,7 +49,6 @@ class ComponentStats:
         return ComponentSize(self.name, self.class_name, self.params, self.params * size,
                              self.estimate_numel * size + self.estimate_fixed_bytes)
 
-
 def config_folder(model_id: str) -> Path:
     """A folder with model_index.json and the components' configs: local, shipped, or (JSON only) from the Hub."""
     path = Path(model_id).expanduser()
@@ -68,13 +64,11 @@ def config_folder(model_id: str) -> Path:
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
                                   local_files_only=hub.hub_offline()))
 
-
 def component_stats(folder: Path) -> list[ComponentStats]:
     """Stats of every weighted component of the pipeline folder, built once per architecture on the meta device."""
     folder = Path(folder).resolve()
     configs = [folder / "model_index.json", *sorted(folder.glob("*/config.json"))]
     return _walk(str(folder), tuple(p.stat().st_mtime_ns for p in configs))
-
 
 @functools.cache
 def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
@@ -97,7 +91,6 @@ def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
         stats.append(_module_stats(name, spec[1], module))
     return stats
 
-
 @contextmanager
 def _config_notes_hidden():
     """Hides config notes (unused keys, rope renames) while building on meta: they show at the real load."""
@@ -112,10 +105,8 @@ def _config_notes_hidden():
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
 
-
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
-
 
 def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
     from accelerate.utils import named_module_tensors
@@ -134,7 +125,6 @@ def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> Compon
     leaf = max((sum(p.numel() for p in sub.parameters(recurse=False)) for sub in module.modules()), default=0)
     return ComponentStats(name, class_name, params, linear, block, max(params - in_lists, 0), leaf, numel, fixed)
 
-
 def dtype_name(dtype) -> str:
     """A dtype as the plan names it ("auto": half precision, as on a GPU)."""
     if isinstance(dtype, torch.dtype):
@@ -145,26 +135,21 @@ def dtype_name(dtype) -> str:
         return DTYPE_ALIASES[dtype.lower()]
     raise InvalidParameterError("dtype", dtype, "choose 'auto', 'float32', 'float16' or 'bfloat16'")
 
-
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
-    """Exact and diffusers-estimated sizes of every weighted component, largest first (diffusers' order).
-    `dtype`: a name, or a dict of names per component with a "default" key."""
+    """Exact and diffusers-estimated sizes, largest first; `dtype`: a name, or per-component names with "default"."""
     if isinstance(dtype, dict) and "default" not in dtype:
         raise InvalidParameterError("dtype", dtype, 'a per-component dict needs a "default" key')
     per = {k: dtype_name(v) for k, v in dtype.items()} if isinstance(dtype, dict) else {"default": dtype_name(dtype)}
     sizes = [s.sizes(per.get(s.name, per["default"])) for s in component_stats(config_folder(model_id))]
     return sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
 
-
 def parse_budgets(gpu_memory_gib) -> dict[int, int]:
     """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}, refusing what diffusers would misread."""
     return rules.gpu_budgets("gpu_memory_gib", gpu_memory_gib)
 
-
 def activation_headroom(height: int, width: int) -> int:
     """The kit's rule of thumb for denoiser activations beside the weights: 1 GiB + 1.5 GiB per megapixel."""
     return int((1.0 + 1.5 * height * width / 2**20) * GIB)
-
 
 @dataclass
 class DevicePlan:
@@ -178,11 +163,9 @@ class DevicePlan:
     def fits_on_gpus(self) -> bool:
         return "cpu" not in self.placement.values()
 
-
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
-    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it (whole components, largest
-    first, zig-zag over the GPUs; an overflow goes to the CPU, and its map keeps only the last one)."""
+    """device_map="balanced" as diffusers' own `_assign_components_to_devices` places it, with the kit's warnings."""
     from diffusers.pipelines.pipeline_loading_utils import _assign_components_to_devices
     ordered = sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
     gpus = dict(sorted(budgets.items(), key=lambda item: item[1], reverse=True))
@@ -207,11 +190,9 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
                              "resolution or give that GPU more room.")
     return plan
 
-
 def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024,
                    max_gpus: int = 8) -> str:
-    """The least hardware of `gpu_gib`-sized GPUs that runs the model: one GPU, else one GPU with model CPU
-    offload (slower) and/or the fewest GPUs that hold it with device_map="balanced"."""
+    """The least hardware of `gpu_gib`-sized GPUs that runs the model: one, one with offload, or fewest balanced."""
     headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
     total = sum(s.diffusers_bytes for s in sizes)
     if total + headroom <= budget:
@@ -228,13 +209,11 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
         f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
 
-
 def format_sizes(sizes: list[ComponentSize]) -> str:
     lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
     lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
     params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
     return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
-
 
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
     """The plan as a table (component, GiB, device) and a bar per GPU of its budget used."""
@@ -248,9 +227,7 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
         lines.append(f"CPU: {cpu / GIB:.1f} GiB")
     return "\n".join(lines + [f"warning: {w}" for w in plan.warnings])
 
-
 # ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
-
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
 # Scales beside the data, per parameter: bitsandbytes nf4 one float32 absmax per block of 64 (diffusers' default,
 # no double quantization); quanto int4 a scale and a shift (2 bytes each) per group of 128.
@@ -262,12 +239,10 @@ GGUF_BYTES_PER_PARAM = {
     "Q4_1": 20 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q4_K": 144 / 256, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
 }
 
-
 def weight_bytes_per_param(quantization: str, backend: str) -> float:
     """Bytes a quantized Linear weight takes per parameter, block scales included: the planner's figure."""
     name, _ = rules.parse_quantization(quantization)
     return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
-
 
 def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
     """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
@@ -288,29 +263,20 @@ def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, d
         return numel + rows * 4
     return math.ceil(numel * weight_bytes_per_param(quantization, backend))
 
-
 def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
                     dtype: torch.dtype = torch.bfloat16) -> int:
-    """Predicted weight bytes of `module` (built on the meta device is enough) after quantized loading:
-    Linear weights take `linear_weight_bytes` (data and scales); everything else stays at `dtype`."""
+    """Predicted weight bytes of `module` (meta is enough) after quantized loading; non-Linear weights keep `dtype`."""
     dtype_bytes = torch.empty((), dtype=dtype).element_size()
     name, _ = rules.parse_quantization(quantization)
-    total = 0
-    for full_name, param in module.named_parameters():  # shared parameters once
-        owner, _, param_name = full_name.rpartition(".")
-        if name != "none" and backend and param_name == "weight" and \
-                isinstance(module.get_submodule(owner), torch.nn.Linear):
-            total += linear_weight_bytes(param.shape[0], param.shape[1], name, backend, dtype_bytes)
-        else:
-            total += param.numel() * dtype_bytes
-    return total
-
+    return sum(linear_weight_bytes(p.shape[0], p.shape[1], name, backend, dtype_bytes)
+               if name != "none" and backend and n.rpartition(".")[2] == "weight"
+               and isinstance(module.get_submodule(n.rpartition(".")[0]), torch.nn.Linear) else p.numel() * dtype_bytes
+               for n, p in module.named_parameters())
 
 def _gguf_bytes_per_weight(name: str) -> float:
     """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
     upper = name.removeprefix("gguf:").upper()
     return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
-
 
 # How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
 STORAGE = {"Qwen/Qwen-Image": ("bfloat16", None, False), "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
@@ -324,7 +290,6 @@ RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + d
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
 
-
 @dataclass
 class ComponentPlan:
     name: str
@@ -335,7 +300,6 @@ class ComponentPlan:
     backend: str  # "", "bitsandbytes", "torchao", "quanto", "gguf"
     placement: str  # "cuda", "cuda:1", "cpu", or how offloading moves it
     bytes: int  # weights as planned
-
 
 @dataclass
 class LoadPlan:
@@ -419,26 +383,17 @@ class LoadPlan:
         lines += [f"  reason: {r}" for r in self.reasons] + [f"  note: {n}" for n in self.notes]
         return "\n".join(lines + [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)])
 
-
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
-    """(compute dtype, notes, blocking reasons): the kit's one "auto" policy. Native bf16: bf16; a T4: fp16, or
-    bf16 (emulated) for families fp16 breaks; CPU: fp32 (fp16/bf16 matmuls run far slower there)."""
-    if isinstance(dtype, dict):
-        dtype = dtype.get("default", "auto")
-    unsafe = fp16_unsafe(family)
-    notes, blocking = [], []
+    """(dtype, notes, blocking reasons), the "auto" rule: native bf16, else fp16 (bf16 where fp16 breaks); CPU fp32."""
+    dtype = dtype.get("default", "auto") if isinstance(dtype, dict) else dtype
+    unsafe, notes, blocking = fp16_unsafe(family), [], []
     if dtype == "auto":
+        chosen = "float32" if not on_gpu else "bfloat16" if hardware.bf16 or unsafe else "float16"
         if not on_gpu:
-            chosen = "float32"
             notes.append("float32 on CPU: float16/bfloat16 matmuls run 80-125x slower there (measured)")
-        elif hardware.bf16:
-            chosen = "bfloat16"
-        elif unsafe:
-            chosen = "bfloat16"
+        elif not hardware.bf16 and unsafe:
             notes.append(f"bfloat16 although this GPU has no native bf16: {unsafe}. PyTorch emulates bf16 on a "
                          "T4: it works but runs slower than fp16 would; float32 would double the weights")
-        else:
-            chosen = "float16"
     else:
         chosen = dtype_name(dtype)
     if chosen == "float16" and unsafe:
@@ -452,12 +407,10 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
         notes.append(f"{chosen} on CPU runs 80-125x slower than float32 (measured on the pinned stack)")
     return chosen, notes, blocking
 
-
 def _local_gguf(quantization: str) -> Path | None:
     """The GGUF file of "gguf:<path>" when it is already on this machine (its size is then exact)."""
     path = Path(quantization.removeprefix("gguf:")).expanduser()
     return path if quantization.startswith("gguf:") and path.is_file() else None
-
 
 def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> int:
     size = DTYPE_BYTES[dtype]
@@ -469,11 +422,9 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
         weight_bytes_per_param(quantization, backend_for(quantization, on_gpu=True))
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
 
-
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
-    """(bytes the plan downloads, variant); 0 for a local folder. Shipped repos: params x stored dtype (the fp16
-    `variant` for a half-precision or quantized plan). A GGUF file replaces the denoiser's files."""
+    """(bytes the plan downloads, variant); 0 for a local folder. A GGUF file replaces the denoiser's files."""
     if Path(model_id).expanduser().is_dir():
         return 0, None
     if model_id not in STORAGE:
@@ -496,10 +447,8 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     return sum((0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization)))
                if gguf and s.name in DENOISERS else s.params * size for s in stats), use_variant
 
-
 def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[int, str | None]:
-    """(bytes, variant) of the files `from_pretrained` fetches (`hub.weight_files`): with `half` the fp16 variant
-    where the repo has one; without the denoiser's files for GGUF (download_bytes adds the file's size)."""
+    """(bytes, variant) of the files `from_pretrained` fetches: the fp16 variant with `half`, no denoiser for GGUF."""
     files, variant = hub.weight_files(model_id, variant=None), None
     if half:
         try:
@@ -511,19 +460,14 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
     replaced = tuple(f"{name}/" for name in DENOISERS) if gguf.startswith("gguf:") else ()
     return sum(size for name, size in files.items() if not name.startswith(replaced)), variant
 
-
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
-    """(quantization, offload, balanced) in the kit's order of preference: full precision before quantized,
-    no offload before model offload before group offload; sequential offload (very slow) last."""
-    if on_gpu:
-        order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
-                 ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"),
-                 ("none", "sequential"), ("int8", "sequential"), ("nf4", "sequential")]
-    else:
-        order = [("none", "none"), ("int8", "none"), ("int4", "none")]
-    wanted = [(q, o) for q, o in order if quantization in ("auto", q) and offload in ("auto", o)]
-    if not wanted:
-        wanted = [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
+    """(quantization, offload, balanced) in the kit's order of preference; sequential offload (very slow) last."""
+    order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
+             ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"), ("none", "sequential"),
+             ("int8", "sequential"), ("nf4", "sequential")] if on_gpu else [("none", "none"), ("int8", "none"),
+                                                                           ("int4", "none")]
+    wanted = [(q, o) for q, o in order if quantization in ("auto", q) and offload in ("auto", o)] or \
+        [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
     out = []
     for q, o in wanted:
         on_gpus = on_gpu and o == "none"
@@ -532,7 +476,6 @@ def _candidates(quantization: str, offload: str, device_map: str, hardware: Hard
         if on_gpus and (len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced"):
             out.append((q, o, True))
     return out
-
 
 def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware: Hardware, dtype: str,
               quantization: str, offload: str, balanced: bool, on_gpu: bool, height: int, width: int,
@@ -548,8 +491,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         quant = quantization if s.name in DENOISERS or big and not quantization.startswith("gguf:") else "none"
         components.append(ComponentPlan(s.name, s.class_name, s.params, dtype, quant, backend_for(quant, on_gpu),
                                         "", _component_bytes(s, dtype, quant)))
-    total = sum(c.bytes for c in components)
-    largest = max((c.bytes for c in components), default=0)
+    total, largest = sum(c.bytes for c in components), max((c.bytes for c in components), default=0)
     reasons, notes, device_map, vram, placement = list(blocking), list(dtype_notes), None, 0, "cpu"
     stat = {s.name: s for s in stats}
     if not on_gpu:
@@ -570,18 +512,14 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
             denoiser = next((c.name for c in components if c.name in DENOISERS), components[0].name)
             vram = max(used + (activations if placed.placement.get(denoiser) == device else 0)
                        for device, used in placed.used.items())
-            if not placed.fits_on_gpus:
-                reasons.append("device_map='balanced' cannot place every component whole on a GPU: "
-                               + "; ".join(placed.warnings))
-            elif placed.warnings:
-                reasons += placed.warnings
+            reasons += placed.warnings if placed.fits_on_gpus else [
+                "device_map='balanced' cannot place every component whole on a GPU: " + "; ".join(placed.warnings)]
             device_map, ram, placement = "balanced", ram_base + one_shard, ""  # placed per component above
         elif offload == "none":
             vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
         else:
             if offload == "model":
-                vram = largest + activations
-                placement = "cpu -> cuda while it runs"
+                vram, placement = largest + activations, "cpu -> cuda while it runs"
                 notes.append("model CPU offload: each component moves to the GPU while it runs; the whole model "
                              "waits in CPU RAM (a little slower per image)")
             elif offload == "group":
@@ -614,19 +552,16 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         notes.append(f"downloads the repo's {variant} files: from_pretrained(..., variant={variant!r})")
     if model_id in STORAGE and STORAGE[model_id][2]:
         notes.append(f"{model_id} is gated: accept its licence at https://huggingface.co/{model_id} and set HF_TOKEN")
-    backends = sorted({c.backend for c in components if c.backend})
-    if backends:
+    if backends := sorted({c.backend for c in components if c.backend}):
         which = ", ".join(f"{c.name}: {c.quantization}" for c in components if c.quantization != "none")
         notes.append(f"quantized with {', '.join(backends)} through diffusers' PipelineQuantizationConfig ({which}); "
                      "install only that backend")
     return LoadPlan(model_id, family, hardware, components, dtype, quantization, offload, device_map, variant,
                     height, width, int(vram), activations, int(ram), download, not reasons, reasons, notes)
 
-
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
               device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
-    """The plan for loading `model_id` on `hardware` ("auto" lets the plan decide), from configs only: the first
-    candidate (`_candidates`) that fits, else the closest with `fits=False`, its reasons and ranked alternatives."""
+    """The first candidate plan (`_candidates`) that fits, else the closest with `fits=False` and alternatives."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
     rules.choice("offload", offload, OFFLOADS)
@@ -645,13 +580,11 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
         plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width)
     return plan
 
-
 def what_fits(hardware="auto", height: int = 1024, width: int = 1024) -> dict[str, str]:
     """Each model whose configs ship with the kit -> the plan's one-line answer on `hardware` (notebook 01)."""
     hardware = resolve_hardware(hardware)
     return {model: plan_load(model, hardware, height=height, width=width, alternatives=False).summary()
             for model in STORAGE if model in architectures.available()}
-
 
 def _shortfall(plan: LoadPlan, device_map: str) -> float:
     """How far a plan that does not fit is from fitting: its worst need/available ratio."""
@@ -662,7 +595,6 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
     if plan.device_map == "balanced" and device_map != "balanced":
         ratios.append(math.inf)  # its VRAM figure hides the components that overflow to the CPU
     return max(ratios)
-
 
 def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
     found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
@@ -691,17 +623,13 @@ def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map,
             break
     return found
 
-
 # ---- The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly ----
-
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
 SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
 
-
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call after printing the plan, before any download. plan_only=True: every later cell (except those that
-    mention `plan_only`) prints "skipped" instead of running, so papermill exits 0 with no weights downloaded.
-    Otherwise a plan that does not fit raises PlanDoesNotFitError unless force=True."""
+    """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
+    else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
     _skip_later_cells(plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
@@ -712,10 +640,8 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
             raise PlanDoesNotFitError(plan)
         print("force=True: loading although the plan does not fit; expect an out-of-memory error or a full disk.")
 
-
 def _skip_cell(lines: list[str]) -> list[str]:
     return lines if any(PLAN_ONLY_KEEP in line for line in lines) else [f"print({SKIPPED!r})\n"]
-
 
 def _skip_later_cells(on: bool) -> None:
     """Install or remove the IPython input transformer that replaces later cells (no-op outside IPython)."""
