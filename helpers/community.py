@@ -213,6 +213,7 @@ def read_manifest(pinned, roots: list[Path] = ()) -> dict[str, str]:
             rules.fail("pinned", value, f"line {error.lineno}: not valid JSON ({error.msg})", MANIFEST_FIX)
         if not isinstance(pairs, tuple):
             rules.fail("pinned", value, f"holds a {type(pairs).__name__}, not a JSON object", MANIFEST_FIX)
+
     def refuse(key, problem):
         where = next((f"line {n}: " for n, line in enumerate((text or "").splitlines(), 1) if json.dumps(key) in line),
                      "")
@@ -271,6 +272,7 @@ class Audit:
     custom_pipeline: str | None  # the resolved file or folder, or the Hub repo id, to pass as custom_pipeline=
     files: list[CodeFile]
     custom_revision: str | None = None  # the commit to pass as custom_revision= (a Hub repo custom_pipeline)
+
     @property
     def manifest(self) -> dict[str, str]:
         return manifest(self.files)
@@ -330,6 +332,7 @@ def only_audited_code(audited: Audit):
     shared, original = dynamic.HF_MODULES_CACHE, dynamic.get_class_in_module
     Path(shared).mkdir(parents=True, exist_ok=True)
     private = tempfile.mkdtemp(prefix="kit-load-", dir=shared)  # 0700
+
     def checked_import(class_name, module_path, force_reload=False):  # each copy must be an audited file
         module_file, files = Path(private) / module_path, audited.files
         for file in (f for f in files if f.beside):  # loaded at run time: placed beside it, from the audited paths

@@ -116,6 +116,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
             return verdict
     from huggingface_hub.utils import get_session
     outcome: dict = {}
+
     def attempt() -> None:
         try:
             get_session().request("HEAD", endpoint.rstrip("/") + "/api/models",
@@ -140,6 +141,7 @@ probe.cache_clear = _ANSWERS.clear
 def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
     """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
     done = threading.Event()
+
     def lookup() -> None:
         with suppress(OSError):
             socket.getaddrinfo(host, 443)
@@ -251,6 +253,7 @@ def hub_access(repo_id: str, repo_type: str = "model"):
     or a cut download as a one-line HubRequestError; a long Retry-After is refused. The rest (a missing file) passes."""
     target = logging.getLogger("huggingface_hub.utils._http")
     previous, shown_from = target.level, target.getEffectiveLevel()
+
     def guard(record: logging.LogRecord) -> bool:  # stops the retry loop before it sleeps; shows what it showed
         found = re.match(r"Rate limited\. Waiting ([\d.]+)s", record.getMessage())
         if found and float(found[1]) > LONGEST_RATE_LIMIT_WAIT_S:

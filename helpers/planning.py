@@ -22,6 +22,7 @@ COMMON_SETUPS = {"1x T4": [14.2], "2x T4": [14.2, 14.2], "1x L4": [21.5], "1x A1
                  "1x A100-80": [78.7], "2x A100-80": [78.7, 78.7]}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
+
 @dataclass(frozen=True)
 class ComponentSize:
     name: str
@@ -29,6 +30,7 @@ class ComponentSize:
     params: int
     bytes: int  # exact: parameters x bytes per element at the chosen dtype
     diffusers_bytes: int  # what diffusers' balanced placement uses (init_empty_weights, buffers included)
+
 
 @dataclass(frozen=True)
 class ComponentStats:
@@ -49,6 +51,7 @@ class ComponentStats:
         return ComponentSize(self.name, self.class_name, self.params, self.params * size,
                              self.estimate_numel * size + self.estimate_fixed_bytes)
 
+
 def config_folder(model_id: str) -> Path:
     """A folder with model_index.json and the components' configs: local, shipped, or (JSON only) from the Hub."""
     path = Path(model_id).expanduser()
@@ -64,11 +67,13 @@ def config_folder(model_id: str) -> Path:
     return Path(snapshot_download(model_id, allow_patterns=["model_index.json", "*/*.json"],
                                   local_files_only=hub.hub_offline()))
 
+
 def component_stats(folder: Path) -> list[ComponentStats]:
     """Stats of every weighted component of the pipeline folder, built once per architecture on the meta device."""
     folder = Path(folder).resolve()
     configs = [folder / "model_index.json", *sorted(folder.glob("*/config.json"))]
     return _walk(str(folder), tuple(p.stat().st_mtime_ns for p in configs))
+
 
 @functools.cache
 def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
@@ -91,6 +96,7 @@ def _walk(folder: str, mtimes: tuple[int, ...]) -> list[ComponentStats]:
         stats.append(_module_stats(name, spec[1], module))
     return stats
 
+
 @contextmanager
 def _config_notes_hidden():
     """Hides config notes (unused keys, rope renames) while building on meta: they show at the real load."""
@@ -105,8 +111,10 @@ def _config_notes_hidden():
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
 
+
 def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
 
 def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> ComponentStats:
     from accelerate.utils import named_module_tensors
@@ -125,6 +133,7 @@ def _module_stats(name: str, class_name: str, module: torch.nn.Module) -> Compon
     leaf = max((sum(p.numel() for p in sub.parameters(recurse=False)) for sub in module.modules()), default=0)
     return ComponentStats(name, class_name, params, linear, block, max(params - in_lists, 0), leaf, numel, fixed)
 
+
 def dtype_name(dtype) -> str:
     """A dtype as the plan names it ("auto": half precision, as on a GPU)."""
     if isinstance(dtype, torch.dtype):
@@ -135,6 +144,7 @@ def dtype_name(dtype) -> str:
         return DTYPE_ALIASES[dtype.lower()]
     raise InvalidParameterError("dtype", dtype, "choose 'auto', 'float32', 'float16' or 'bfloat16'")
 
+
 def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
     """Exact and diffusers-estimated sizes, largest first; `dtype`: a name, or per-component names with "default"."""
     if isinstance(dtype, dict) and "default" not in dtype:
@@ -143,13 +153,16 @@ def component_sizes(model_id: str, dtype="bfloat16") -> list[ComponentSize]:
     sizes = [s.sizes(per.get(s.name, per["default"])) for s in component_stats(config_folder(model_id))]
     return sorted(sizes, key=lambda size: size.diffusers_bytes, reverse=True)
 
+
 def parse_budgets(gpu_memory_gib) -> dict[int, int]:
     """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}, refusing what diffusers would misread."""
     return rules.gpu_budgets("gpu_memory_gib", gpu_memory_gib)
 
+
 def activation_headroom(height: int, width: int) -> int:
     """The kit's rule of thumb for denoiser activations beside the weights: 1 GiB + 1.5 GiB per megapixel."""
     return int((1.0 + 1.5 * height * width / 2**20) * GIB)
+
 
 @dataclass
 class DevicePlan:
@@ -162,6 +175,7 @@ class DevicePlan:
     @property
     def fits_on_gpus(self) -> bool:
         return "cpu" not in self.placement.values()
+
 
 def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: int = 1024,
                   width: int = 1024) -> DevicePlan:
@@ -190,6 +204,7 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
                              "resolution or give that GPU more room.")
     return plan
 
+
 def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024,
                    max_gpus: int = 8) -> str:
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one, one with offload, or fewest balanced."""
@@ -209,11 +224,13 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
         f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
 
+
 def format_sizes(sizes: list[ComponentSize]) -> str:
     lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
     lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
     params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
     return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
+
 
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
     """The plan as a table (component, GiB, device) and a bar per GPU of its budget used."""
@@ -227,6 +244,7 @@ def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 3
         lines.append(f"CPU: {cpu / GIB:.1f} GiB")
     return "\n".join(lines + [f"warning: {w}" for w in plan.warnings])
 
+
 # ---- Quantized bytes: every backend quantizes only nn.Linear weights; the rest keeps the load dtype ----
 BYTES_PER_PARAM = {"int8": 1.0, "int4": 0.5, "nf4": 0.5}  # a quantized Linear weight, the data alone
 # Scales beside the data, per parameter: bitsandbytes nf4 one float32 absmax per block of 64 (diffusers' default,
@@ -239,10 +257,12 @@ GGUF_BYTES_PER_PARAM = {
     "Q4_1": 20 / 32, "Q6_K": 210 / 256, "Q5_K": 176 / 256, "Q4_K": 144 / 256, "Q3_K": 110 / 256, "Q2_K": 84 / 256,
 }
 
+
 def weight_bytes_per_param(quantization: str, backend: str) -> float:
     """Bytes a quantized Linear weight takes per parameter, block scales included: the planner's figure."""
     name, _ = rules.parse_quantization(quantization)
     return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
+
 
 def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
     """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
@@ -263,6 +283,7 @@ def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, d
         return numel + rows * 4
     return math.ceil(numel * weight_bytes_per_param(quantization, backend))
 
+
 def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
                     dtype: torch.dtype = torch.bfloat16) -> int:
     """Predicted weight bytes of `module` (meta is enough) after quantized loading; non-Linear weights keep `dtype`."""
@@ -273,10 +294,12 @@ def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | N
                and isinstance(module.get_submodule(n.rpartition(".")[0]), torch.nn.Linear) else p.numel() * dtype_bytes
                for n, p in module.named_parameters())
 
+
 def _gguf_bytes_per_weight(name: str) -> float:
     """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
     upper = name.removeprefix("gguf:").upper()
     return next((size for kind, size in GGUF_BYTES_PER_PARAM.items() if kind in upper), GGUF_BYTES_PER_PARAM["Q4_K"])
+
 
 # How shipped repos store their weights: (dtype of the default files, the half-precision `variant` it has, gated).
 STORAGE = {"Qwen/Qwen-Image": ("bfloat16", None, False), "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
@@ -290,6 +313,7 @@ RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + d
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
 
+
 @dataclass
 class ComponentPlan:
     name: str
@@ -300,6 +324,7 @@ class ComponentPlan:
     backend: str  # "", "bitsandbytes", "torchao", "quanto", "gguf"
     placement: str  # "cuda", "cuda:1", "cpu", or how offloading moves it
     bytes: int  # weights as planned
+
 
 @dataclass
 class LoadPlan:
@@ -383,6 +408,7 @@ class LoadPlan:
         lines += [f"  reason: {r}" for r in self.reasons] + [f"  note: {n}" for n in self.notes]
         return "\n".join(lines + [f"  alternative {i}: {a}" for i, a in enumerate(self.alternatives, start=1)])
 
+
 def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[str, list[str], list[str]]:
     """(dtype, notes, blocking reasons), the "auto" rule: native bf16, else fp16 (bf16 where fp16 breaks); CPU fp32."""
     dtype = dtype.get("default", "auto") if isinstance(dtype, dict) else dtype
@@ -407,10 +433,12 @@ def choose_dtype(family: str, dtype, hardware: Hardware, on_gpu: bool) -> tuple[
         notes.append(f"{chosen} on CPU runs 80-125x slower than float32 (measured on the pinned stack)")
     return chosen, notes, blocking
 
+
 def _local_gguf(quantization: str) -> Path | None:
     """The GGUF file of "gguf:<path>" when it is already on this machine (its size is then exact)."""
     path = Path(quantization.removeprefix("gguf:")).expanduser()
     return path if quantization.startswith("gguf:") and path.is_file() else None
+
 
 def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> int:
     size = DTYPE_BYTES[dtype]
@@ -421,6 +449,7 @@ def _component_bytes(stats: ComponentStats, dtype: str, quantization: str) -> in
     per_weight = _gguf_bytes_per_weight(quantization) if quantization.startswith("gguf:") else \
         weight_bytes_per_param(quantization, backend_for(quantization, on_gpu=True))
     return int(stats.linear_params * per_weight + (stats.params - stats.linear_params) * size)
+
 
 def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quantization: str) -> tuple[
         int | None, str | None]:
@@ -447,6 +476,7 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     return sum((0 if _local_gguf(quantization) else int(s.params * _gguf_bytes_per_weight(quantization)))
                if gguf and s.name in DENOISERS else s.params * size for s in stats), use_variant
 
+
 def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[int, str | None]:
     """(bytes, variant) of the files `from_pretrained` fetches: the fp16 variant with `half`, no denoiser for GGUF."""
     files, variant = hub.weight_files(model_id, variant=None), None
@@ -459,6 +489,7 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
             files, variant = fp16, "fp16"
     replaced = tuple(f"{name}/" for name in DENOISERS) if gguf.startswith("gguf:") else ()
     return sum(size for name, size in files.items() if not name.startswith(replaced)), variant
+
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
     """(quantization, offload, balanced) in the kit's order of preference; sequential offload (very slow) last."""
@@ -476,6 +507,7 @@ def _candidates(quantization: str, offload: str, device_map: str, hardware: Hard
         if on_gpus and (len(hardware.gpus) > 1 and device_map in ("auto", "balanced") or device_map == "balanced"):
             out.append((q, o, True))
     return out
+
 
 def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware: Hardware, dtype: str,
               quantization: str, offload: str, balanced: bool, on_gpu: bool, height: int, width: int,
@@ -559,6 +591,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
     return LoadPlan(model_id, family, hardware, components, dtype, quantization, offload, device_map, variant,
                     height, width, int(vram), activations, int(ram), download, not reasons, reasons, notes)
 
+
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
               device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
     """The first candidate plan (`_candidates`) that fits, else the closest with `fits=False` and alternatives."""
@@ -580,11 +613,13 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
         plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width)
     return plan
 
+
 def what_fits(hardware="auto", height: int = 1024, width: int = 1024) -> dict[str, str]:
     """Each model whose configs ship with the kit -> the plan's one-line answer on `hardware` (notebook 01)."""
     hardware = resolve_hardware(hardware)
     return {model: plan_load(model, hardware, height=height, width=width, alternatives=False).summary()
             for model in STORAGE if model in architectures.available()}
+
 
 def _shortfall(plan: LoadPlan, device_map: str) -> float:
     """How far a plan that does not fit is from fitting: its worst need/available ratio."""
@@ -595,6 +630,7 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
     if plan.device_map == "balanced" and device_map != "balanced":
         ratios.append(math.inf)  # its VRAM figure hides the components that overflow to the CPU
     return max(ratios)
+
 
 def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
     found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
@@ -623,9 +659,11 @@ def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map,
             break
     return found
 
+
 # ---- The notebooks' gate: stop before any download when nothing fits; plan_only stops cleanly ----
 PLAN_ONLY_KEEP = "plan_only"  # cells whose source mentions this still run after a plan_only stop
 SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (set plan_only=False to load and generate)"
+
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
     """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
@@ -640,8 +678,10 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
             raise PlanDoesNotFitError(plan)
         print("force=True: loading although the plan does not fit; expect an out-of-memory error or a full disk.")
 
+
 def _skip_cell(lines: list[str]) -> list[str]:
     return lines if any(PLAN_ONLY_KEEP in line for line in lines) else [f"print({SKIPPED!r})\n"]
+
 
 def _skip_later_cells(on: bool) -> None:
     """Install or remove the IPython input transformer that replaces later cells (no-op outside IPython)."""

@@ -50,19 +50,24 @@ MAX_FRAMES = 1000  # about a minute of video at 16 fps, far past what a GPU hold
 MAX_BATCH_ITEMS = 100_000  # images in one batch run
 MIN_FREE_BYTES = 64 * 2**20  # room for a run's PNGs (1-3 MB each at 1024 px) and the gallery
 
+
 def fail(name: str, value, rule: str, fix: str = ""):
     raise InvalidParameterError(name, value, rule, fix)
 
+
 def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
+
 
 def fp16_unsafe(pipeline_class) -> str:
     """Why float16 breaks this pipeline family ("" when fp16-safe); for [module, Class] the class decides."""
     name = pipeline_class[-1] if isinstance(pipeline_class, list | tuple) else str(pipeline_class or "")
     return next((why for prefix, why in NOT_FP16_SAFE.items() if name.startswith(prefix)), "")
 
+
 def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def whole(name: str, value, minimum: int, maximum: int | None = None, fix: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -70,28 +75,35 @@ def whole(name: str, value, minimum: int, maximum: int | None = None, fix: str =
     if maximum is not None and value > maximum:
         fail(name, value, f"is over the limit of {maximum}", fix)
 
+
 def steps(name: str, value) -> None:
     whole(name, value, 1, MAX_STEPS, f"Use at most {MAX_STEPS} (typical: 20-50).")
 
+
 def batch_items(name: str, count: int) -> None:
     whole(name, count, 1, MAX_BATCH_ITEMS, f"Split the batch: at most {MAX_BATCH_ITEMS:,} items per run.")
+
 
 def number(name: str, value, low: float, high: float = math.inf, low_open: bool = False, fix: str = "") -> None:
     if not _is_number(value) or value > high or value < low or (low_open and value == low):
         bound = f"> {low}" if low_open else f">= {low}"
         fail(name, value, f"needs a number {bound}" + (f" and <= {high}" if high != math.inf else ""), fix)
 
+
 def text(name: str, value, allow_empty: bool = True) -> None:
     if not isinstance(value, str) or (not allow_empty and not value.strip()):
         fail(name, value, "needs a text value" if allow_empty else "needs a non-empty text")
+
 
 def flag(name: str, value) -> None:
     if not isinstance(value, bool):
         fail(name, value, "needs True or False", "With papermill pass -p NAME True (a bare word, not quoted).")
 
+
 def choice(name: str, value, choices) -> None:
     if value not in choices:
         fail(name, value, f"choose one of {', '.join(repr(c) for c in choices)}")
+
 
 def size(name: str, value, multiple: int = 8, family: str = "") -> None:
     """Height or width in pixels: a positive multiple of `multiple` (8 for any family; more once loaded)."""
@@ -104,11 +116,13 @@ def size(name: str, value, multiple: int = 8, family: str = "") -> None:
             f"needs a positive whole number of pixels, a multiple of {multiple}"
         fail(name, value, needs, f"Try {near}.")
 
+
 def num_frames(name: str, value) -> None:
     """A whole number of frames >= 1; the family's rule (k * t + 1) is checked once loaded (`check_num_frames`)."""
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_FRAMES:
         fail(name, value, f"is over the limit of {MAX_FRAMES} frames", "Try 81 (about 5 s at 16 fps).")
     whole(name, value, 1)
+
 
 def call_kwargs(name: str, value) -> None:
     """Extra pipeline call arguments: a dict keyed by argument names (checked against the pipeline once loaded)."""
@@ -116,11 +130,13 @@ def call_kwargs(name: str, value) -> None:
         fail(name, value, "needs a dict of call argument names to values",
              'e.g. -y "pipeline_kwargs: {max_sequence_length: 128}"')
 
+
 def input_image(name: str, value) -> None:
     if not isinstance(value, str):
         fail(name, value, "needs a text value: empty, a local image file, or an http(s) URL")
     if value and not value.startswith(("http://", "https://")) and not Path(value).expanduser().is_file():
         fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
+
 
 def parse_quantization(quantization, name: str = "quantization") -> tuple[str, str | None]:
     """("int8", None), ("gguf", "<file or URL>"), ("auto", None) ...; a clear error for anything else."""
@@ -136,17 +152,21 @@ def parse_quantization(quantization, name: str = "quantization") -> tuple[str, s
         fail(name, quantization, f"choose one of {', '.join(map(repr, ('auto', *NAMES)))} or 'gguf:<file or URL>'")
     return quantization, None
 
+
 def quantization(name: str, value) -> None:
     parse_quantization(value, name)
+
 
 def backend_for(quantization, on_gpu: bool) -> str:
     """The library that runs a quantization choice by default ("" for "none" and "auto")."""
     kind, _ = parse_quantization(quantization)
     return AUTO_BACKENDS[kind][0 if on_gpu else 1] if kind in AUTO_BACKENDS else ""
 
+
 def prompt_list(name: str, value) -> None:
     if not isinstance(value, list) or not value or not all(isinstance(p, str) and p.strip() for p in value):
         fail(name, value, "needs a non-empty list of non-empty prompts", 'e.g. -y "prompts: [a cat, a dog]"')
+
 
 def gpu_budgets(name: str, value) -> dict[int, int]:
     """[15, 15] (GiB per GPU) -> {0: bytes, 1: bytes}; refuses what diffusers would misread."""
@@ -157,16 +177,20 @@ def gpu_budgets(name: str, value) -> dict[int, int]:
              "(below that no layer fits; above it no GPU exists)", "e.g. [15, 15] for two T4s.")
     return {index: int(budget * 2**30) for index, budget in enumerate(value)}
 
+
 def memory_map(name: str, value) -> None:
     if not isinstance(value, dict):
         fail(name, value, 'needs a dict of per-GPU limits like {0: "14GiB", 1: "14GiB"} (empty: the plan\'s)')
+
 
 def seed(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
         fail(name, value, f"needs a whole number from 0 to 2**64 - 1 ({MAX_SEED})", "e.g. 42.")
 
+
 def guidance(name: str, value) -> None:
     number(name, value, 0, MAX_GUIDANCE, fix="Typical values are 1-10; 1 turns guidance off.")
+
 
 def strength_and_steps(strength: float, num_inference_steps: int) -> None:
     """img2img/inpaint run int(strength x steps) denoising steps: below 1 nothing is denoised."""
@@ -175,8 +199,10 @@ def strength_and_steps(strength: float, num_inference_steps: int) -> None:
         fail("strength", strength, f"strength x num_inference_steps must be >= 1 (here {num_inference_steps} steps)",
              f"Raise strength to at least {1 / num_inference_steps:g}, or take more steps.")
 
+
 def nearest_existing(folder: Path) -> Path:
     return next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+
 
 def unwritable(folder: Path) -> str | None:
     """Why `folder` (or its nearest existing parent) cannot be written, else None: a temporary file tells."""
@@ -188,6 +214,7 @@ def unwritable(folder: Path) -> str | None:
     except OSError as error:
         return error.strerror or str(error)
 
+
 def writable_folder(name: str, value, purpose: str = "", alternative: str = "") -> Path:
     """`value` with `~` expanded: not a file, and writable (or creatable)."""
     folder = Path(value).expanduser()
@@ -198,12 +225,14 @@ def writable_folder(name: str, value, purpose: str = "", alternative: str = "") 
              f"Choose a folder you can write to (in Colab, under /content or a mounted Drive){alternative}.")
     return folder
 
+
 def cache_folder(name: str, value) -> None:
     """Empty (the default cache), or a folder for the Hugging Face cache that can be written (created if missing)."""
     text(name, value)
     if value:
         writable_folder(name, value, ": downloads and the custom code diffusers runs go there",
                         ", or leave it empty for ~/.cache/huggingface")
+
 
 def output_folder(name: str, value) -> Path:
     """A folder the kit can write images into: `~` expanded, not a file, writable (or creatable), with room."""
@@ -213,12 +242,14 @@ def output_folder(name: str, value) -> Path:
         fail(name, value, f"has only {free / 2**20:.0f} MiB free", "Free some space or choose another disk.")
     return folder
 
+
 def commit(name: str, value, allow_empty: bool = True) -> None:
     """A full 40-hex commit: branches and tags can be moved to new code after you read it."""
     if not (isinstance(value, str) and (re.fullmatch(r"[0-9a-f]{40}", value) or (allow_empty and value == ""))):
         fail(name, value, "empty, or a full 40-character commit hash" if allow_empty else "needs a full 40-character "
              "commit hash", "Branches and tags can move to new code: find the commit in the repo's History, or "
              "huggingface_hub.model_info(repo).sha.")
+
 
 def custom_revision(name: str, value) -> None:
     """diffusers takes "0.41.0" or "main" for a community pipeline's version, never "v0.41.0"."""
@@ -227,19 +258,23 @@ def custom_revision(name: str, value) -> None:
         fail(name, value, "a diffusers release like '0.41.0', or 'main'",
              f"Use {value[1:]!r}: diffusers adds the 'v' itself." if v else "")
 
+
 def community_name(name: str, value) -> None:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_]+", value):
         fail(name, value, "needs a community pipeline name like 'lpw_stable_diffusion'",
              "For a local file or folder pass it as custom_pipeline (a path).")
 
+
 def scheduler_name(name: str, value) -> None:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Za-z0-9]*Scheduler", value):
         fail(name, value, "needs a scheduler class name like 'EulerAncestralDiscreteScheduler'")
+
 
 def find_local(path) -> list[Path]:
     """Where a relative path given to a notebook may live: the working folder, then the kit's root."""
     given = Path(path).expanduser()
     return [given] if given.is_absolute() else [Path.cwd() / given, KIT_ROOT / given]
+
 
 def custom_pipeline_path(name: str, value) -> Path:
     """An existing `.py` file or a folder with `pipeline.py`, never a Hub lookup."""
