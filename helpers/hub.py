@@ -30,10 +30,11 @@ from .errors import (
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package imports torch: only for a shipped id
 
-# --- can the Hub be reached: one real HTTPS request (a captive portal accepts a TCP connect and never answers), in a
-# thread with a hard deadline (a DNS lookup has no socket timeout). Any HTTP answer counts as reachable.
+# --- can the Hub be reached: one HTTPS request (any HTTP answer counts), in a thread with a deadline (captive portals)
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
 FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
+LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
+_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}  # (endpoint, timeout) -> (when asked, verdict)
 
 FIXES = {
     "dns": "the name could not be resolved: check the network, or HF_ENDPOINT if you set it",
@@ -59,11 +60,10 @@ class HubProbe:
 
     def explain(self) -> str:
         """One sentence for an error message: what failed, how long it took, and what to do."""
-        endpoint = redact(self.endpoint)
         if self.ok:
-            return f"{endpoint} answered in {self.seconds:.1f} s"
+            return f"{redact(self.endpoint)} answered in {self.seconds:.1f} s"
         cache_only = "" if self.problem == "offline" else " To work from the local cache only, set HF_HUB_OFFLINE=1."
-        return redact(f"{endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
+        return redact(f"{self.endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
                       f"{FIXES[self.problem]}.{cache_only}")
 
 
@@ -102,14 +102,9 @@ def _classify(error: BaseException) -> tuple[str, str]:
     return "other", detail
 
 
-_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
-
-
 def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
-    """Whether `endpoint` answers one HEAD request; a success is remembered for the session, a failure
-    for FAILURE_TTL_S (probe.cache_clear() forgets both)."""
-    key = (endpoint, timeout)
-    if key in _ANSWERS:
+    """Whether `endpoint` answers one HEAD request; a success is kept for the session, a failure for FAILURE_TTL_S."""
+    if (key := (endpoint, timeout)) in _ANSWERS:
         asked, verdict = _ANSWERS[key]
         if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
             return verdict
@@ -123,8 +118,7 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
         except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
             outcome["error"] = error
     start = time.monotonic()
-    worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
-    worker.start()
+    (worker := threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)).start()
     worker.join(timeout + 2)
     seconds = time.monotonic() - start
     if not outcome:  # no answer at all: a lookup still pending after 0.5 s tells a hung resolver from a hung server
@@ -141,15 +135,12 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
     return _ANSWERS[key][1]
 
 
-probe.cache_clear = _ANSWERS.clear
-
-
 def hub_reachable() -> bool:
     from huggingface_hub import constants
     return probe(constants.ENDPOINT).ok
 
 
-hub_reachable.cache_clear = probe.cache_clear
+hub_reachable.cache_clear = probe.cache_clear = _ANSWERS.clear  # tests and long sessions can ask again
 
 
 def offline_by_setting() -> bool:
@@ -235,9 +226,6 @@ def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | N
             return HubRequestError(f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). "
                                    "Fix: run again; huggingface_hub resumes what it has.")
     return None
-
-
-LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
 
 
 @contextmanager
@@ -344,8 +332,7 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
     return folders.read_json_object(index)
 
 
-# --- which files a pipeline download fetches ---------------------------------------------------------------------
-# Weight formats and variants from_pretrained does not read by default (an SDXL repo holds fp32, fp16, ONNX, Flax).
+# --- which files a pipeline download fetches: not the formats and variants from_pretrained skips (ONNX, Flax, fp16)
 SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
 
 
