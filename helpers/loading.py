@@ -13,7 +13,7 @@ from diffusers import DiffusionPipeline
 
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
-from .errors import InvalidParameterError, KitError
+from .errors import InvalidParameterError, KitError, KitOutOfMemoryError
 from .hub import hub_access, hub_offline, read_model_index, resolve_model_source
 from .memory import module_dtypes, quantized_components
 from .rules import DEVICE_MAPS, DTYPE_ALIASES
@@ -50,11 +50,9 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
         return None
     gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
-        hint = ""
-        if isinstance(device_map, str) and device_map.startswith("cuda:"):
-            hint = 'To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
-        elif isinstance(device_map, dict):
-            hint = "Per-module dicts are for models (AutoModel.from_pretrained), not pipelines."
+        hint = ('To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
+                if isinstance(device_map, str) and device_map.startswith("cuda:") else "Per-module dicts are for "
+                "models (AutoModel.from_pretrained), not pipelines." if isinstance(device_map, dict) else "")
         allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES if c)}"
         raise InvalidParameterError("device_map", device_map, allowed, hint)
     if device_map == "auto":
@@ -73,9 +71,8 @@ def device_for(device_map: str | None) -> str:
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
     """Refuse per-component dtype mixes that fail at inference (SD/SDXL components exchange tensors; Qwen-Image
     tolerates a VAE of another dtype)."""
-    if len(set(dtypes.values())) <= 1:
-        return
-    if pipeline_class_name.startswith("QwenImage") and len({d for n, d in dtypes.items() if n != "vae"}) == 1:
+    if len(set(dtypes.values())) <= 1 or (pipeline_class_name.startswith("QwenImage")
+                                           and len({d for n, d in dtypes.items() if n != "vae"}) == 1):
         return
     listing = ", ".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in sorted(dtypes.items()))
     raise InvalidParameterError("dtype", listing, f"{pipeline_class_name} components must share one dtype",
@@ -134,8 +131,7 @@ def from_pipe_dtype(pipe, dtype=None):
             "quantization on a bigger machine.")
     if dtype not in (None, "auto"):  # "auto": keep the source's (it was loaded with the plan's dtype)
         return resolve_dtype(dtype)
-    current = module_dtypes(pipe)
-    distinct = set(current.values())
+    distinct = set((current := module_dtypes(pipe)).values())
     if len(distinct) > 1:
         listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in current.items())
         raise InvalidParameterError("dtype", None, f"the source pipeline has mixed dtypes ({listing})", "diffusers "
@@ -307,7 +303,6 @@ def out_of_memory(stage: str = "load", options: list[str] | None = None):
         if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
                                                or "can't allocate memory" in text or "not enough memory" in text):
             raise
-        from .errors import KitOutOfMemoryError
         choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
         gc.collect()
         if torch.cuda.is_available():
