@@ -69,8 +69,7 @@ def device_for(device_map: str | None) -> str:
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
-    """Refuse per-component dtype mixes that fail at inference (SD/SDXL components exchange tensors; Qwen-Image
-    tolerates a VAE of another dtype)."""
+    """Refuse per-component dtype mixes that fail at inference (SD/SDXL; Qwen-Image takes a VAE of another dtype)."""
     if len(set(dtypes.values())) <= 1 or (pipeline_class_name.startswith("QwenImage")
                                            and len({d for n, d in dtypes.items() if n != "vae"}) == 1):
         return
@@ -176,9 +175,8 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
     """(class name, config) of component `name` as the pipeline at `source` ships it."""
     index = read_model_index(source, revision)
     if name not in index or not isinstance(index[name], list):
-        known = ", ".join(n for n in index if not n.startswith("_"))
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
-                                    f"Its components are: {known}.")
+                                    f"Its components are: {', '.join(n for n in index if not n.startswith('_'))}.")
     config_path = Path(source) / name / "config.json"
     if not Path(source).is_dir():
         from huggingface_hub import hf_hub_download
@@ -235,7 +233,6 @@ def scheduler_class(pipe, name: str):
     return compatible[name]
 
 
-# Options of `from_pretrained` that a pipeline constructor does not take (it takes components).
 LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
                    "use_safetensors", "local_files_only")
 
@@ -254,8 +251,7 @@ def check_constructor_arguments(pipeline_class, **kwargs) -> None:
 
 
 def plan_kwargs(load_plan, source: str) -> dict:
-    """The `from_pretrained` keyword arguments a LoadPlan implies: dtype, device_map, variant, and
-    `quantization_config` or GGUF-loaded components when the plan quantizes."""
+    """`from_pretrained` kwargs of a LoadPlan: dtype, device_map, variant, quantization_config or GGUF models."""
     from . import quantization
     dtype = load_plan.resolved_dtype
     kwargs = {"dtype": dtype, "device_map": load_plan.device_map, "variant": load_plan.variant}
