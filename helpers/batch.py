@@ -346,18 +346,6 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
         bar.close()
 
 
-def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
-    """One run's summary; appended to `output_dir/runs.jsonl`."""
-    ranks, generated = sorted(ranks, key=lambda r: r["rank"]), sum(r["generated"] for r in ranks)
-    summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
-               "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
-               "per_rank": {r["rank"]: r["generated"] for r in ranks}, "processes": len(ranks),
-               "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
-               "loaded": {r["rank"]: r["loaded"] for r in ranks}, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
-    return summary
-
-
 def format_summary(summary: dict) -> str:
     per_rank = ", ".join(f"rank {rank}: {count}" for rank, count in summary["per_rank"].items())
     return (f"{summary['images']} images in {summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s) "
@@ -392,7 +380,17 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
         if locking:
             repair(job.output_dir)  # every process is done: drop the lines that re-rendered items superseded
-        return summarize(job, ranks, time.perf_counter() - start) if state.is_main_process else None
+        if not state.is_main_process:
+            return None
+        ranks, seconds = sorted(ranks, key=lambda r: r["rank"]), time.perf_counter() - start
+        generated = sum(r["generated"] for r in ranks)
+        summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
+                   "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
+                   "per_rank": {r["rank"]: r["generated"] for r in ranks}, "processes": len(ranks),
+                   "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
+                   "loaded": {r["rank"]: r["loaded"] for r in ranks}, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
+        return summary
 
 
 def prepare(job: Job, resume: bool) -> None:
