@@ -1,7 +1,6 @@
-"""Batch generation that survives disconnects and scales out with accelerate (notebooks 05 and 06). In `output_dir`:
-`<id>.png`, `manifest.jsonl` (one line per finished image), `runs.jsonl`, `.manifest.lock`. Nothing read back is
-trusted: a manifest line counts only in the kit's form with its PNG of the recorded size and sha256 (else it is set
-aside and rendered again); state files are never followed through links."""
+"""Batch generation that survives disconnects and scales out with accelerate. In `output_dir`: `<id>.png`,
+`manifest.jsonl` (one line per finished image), `runs.jsonl`, `.manifest.lock`. A manifest line counts only in the kit's
+form with its PNG of the recorded size and sha256 (else it is rendered again); state files are not followed as links."""
 
 from __future__ import annotations
 
@@ -187,10 +186,7 @@ def parse_lines(data: bytes, problem=entry_problem) -> tuple[list, list[tuple[in
                 why = problem(value := json.loads(line))
             except ValueError as error:
                 why = f"is not JSON ({getattr(error, 'msg', error)}): a torn or garbage line"
-            if why:
-                bad.append((number, line, why))
-            else:
-                good.append(value)
+            bad.append((number, line, why)) if why else good.append(value)
     return good, bad
 
 
@@ -223,9 +219,8 @@ def is_done(output_dir: str | Path, entry: dict | None) -> bool:
     """A trusted manifest entry whose PNG is a regular file (not a link) with the recorded size and sha256."""
     if not entry or entry_problem(entry):
         return False
-    path = Path(output_dir) / entry["file"]
     try:
-        info = os.lstat(path)
+        info = os.lstat(path := Path(output_dir) / entry["file"])
         return (stat.S_ISREG(info.st_mode) and info.st_size <= MAX_PNG_BYTES and entry.get("bytes", info.st_size)
                 == info.st_size and outputs.sha256_file(path) == entry["sha256"])
     except OSError:
@@ -262,7 +257,7 @@ _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time
 
 def launch_processes(function, args: tuple, num_processes: int) -> None:
     """Run `function(*args)` in `num_processes` processes with `accelerate.notebook_launcher` (GPUs if present,
-    else CPU processes over gloo) on a free port and a private $TMPDIR; with 1, in this process."""
+    else CPU processes over gloo) on a free port and a private $TMPDIR (torchelastic litters it); with 1, here."""
     rules.whole("num_processes", num_processes, 1)
     if num_processes == 1:
         function(*args)
@@ -270,7 +265,6 @@ def launch_processes(function, args: tuple, num_processes: int) -> None:
     from accelerate import notebook_launcher
     from accelerate.utils import patch_environment
     from accelerate.utils.other import get_free_port  # accelerate's fixed 29500 fails when two runs share a machine
-    # torch.distributed.elastic leaves torchelastic_* folders in $TMPDIR: give it a private one, removed afterwards.
     with _LAUNCH_LOCK, tempfile.TemporaryDirectory(prefix="kit-launch-") as private, patch_environment(TMPDIR=private):
         saved, tempfile.tempdir = tempfile.tempdir, private
         try:
@@ -308,32 +302,25 @@ def load(job: Job, device) -> tuple[object, dict]:
                   "quantized": memory.quantized_components(pipe), "cpu_threads": torch.get_num_threads()}
 
 
-def render(pipe, job: Job, item: Item, rank: int) -> dict:
-    """Render one item and save it; the call and the PNG's metadata come from the same parameters."""
-    from . import generation
-    start = time.perf_counter()
-    call = generation.call_arguments(pipe, **item.call_parameters())
-    image = pipe(**call).images[0]
-    bands = image.getextrema()
-    if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
-        raise RuntimeError(f"Item {item.id} ({item.source}) came out as one flat colour: the model produced NaN or "
-                           f"nothing. Not saved. Try dtype='float32' or 'bfloat16' instead of {job.load_plan.dtype!r}.")
-    metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.load_plan.dtype,
-                                           quantization=job.load_plan.quantization)
-    return save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
-
-
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render this process's share but what is done; returns this rank's counts and what it loaded."""
+    """Render and save this process's share but what is done (the call and the PNG's metadata from the same
+    parameters); returns this rank's counts and what it loaded."""
+    from . import generation
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)
     todo = [item for item in mine if not is_done(job.output_dir, manifest.get(item.id))]
     regenerated = sum(item.id in manifest or os.path.lexists(Path(job.output_dir) / item.file) for item in todo)
-    loaded = None
-    if todo:
-        pipe, loaded = load(job, device) if pipe is None else (pipe, None)
-        for item in todo:
-            render(pipe, job, item, rank)
+    pipe, loaded = load(job, device) if todo and pipe is None else (pipe, None)
+    for item in todo:
+        start = time.perf_counter()
+        image = pipe(**(call := generation.call_arguments(pipe, **item.call_parameters()))).images[0]
+        bands = image.getextrema()
+        if all(low == high for low, high in (bands if isinstance(bands[0], tuple) else [bands])):
+            raise RuntimeError(f"Item {item.id} ({item.source}) is one flat colour (the model made NaN or nothing). "
+                               f"Not saved. Try dtype='float32' or 'bfloat16' instead of {job.load_plan.dtype!r}.")
+        metadata = outputs.generation_metadata(pipe, job.model_id, call, item_id=item.id, dtype=job.load_plan.dtype,
+                                               quantization=job.load_plan.quantization)
+        save_item(job.output_dir, image, metadata, item, rank, time.perf_counter() - start, job.run_id)
     return {"rank": rank, "generated": len(todo), "skipped": len(mine) - len(todo), "regenerated": regenerated,
             "loaded": loaded}
 
@@ -349,8 +336,6 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
     def update():
         seen.update(new := set(read_manifest(job.output_dir)) & ids - seen)
         bar.update(len(new))
-
-    # update every `interval` seconds until stopped
     thread = threading.Thread(target=lambda: [update() for _ in iter(lambda: stop.wait(interval), True)], daemon=True)
     thread.start()
     try:
@@ -360,19 +345,6 @@ def progress_bar(job: Job, enabled: bool = True, interval: float = 0.5):
         thread.join()
         update()
         bar.close()
-
-
-def summarize(job: Job, ranks: list[dict], seconds: float) -> dict:
-    """One run's summary; appended to `output_dir/runs.jsonl`."""
-    ranks, generated = sorted(ranks, key=lambda r: r["rank"]), sum(r["generated"] for r in ranks)
-    summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
-               "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
-               "per_rank": {r["rank"]: r["generated"] for r in ranks},
-               "loaded": {r["rank"]: r["loaded"] for r in ranks},
-               "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
-               "processes": len(ranks), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
-    return summary
 
 
 def format_summary(summary: dict) -> str:
@@ -409,14 +381,23 @@ def run_process(job: Job, locked_by_caller: bool = False, progress: bool | None 
             ranks = gather_object([counts]) if state.num_processes > 1 else [counts]
         if locking:
             repair(job.output_dir)  # every process is done: drop the lines that re-rendered items superseded
-        return summarize(job, ranks, time.perf_counter() - start) if state.is_main_process else None
+        if not state.is_main_process:
+            return None
+        ranks, seconds = sorted(ranks, key=lambda r: r["rank"]), time.perf_counter() - start
+        generated = sum(r["generated"] for r in ranks)
+        summary = {"run": job.run_id, "model_id": job.model_id, "items": len(job.items), "images": generated,
+                   "seconds": round(seconds, 3), "images_per_s": round(generated / seconds, 3) if seconds else 0.0,
+                   "per_rank": {r["rank"]: r["generated"] for r in ranks}, "processes": len(ranks),
+                   "skipped": sum(r["skipped"] for r in ranks), "regenerated": sum(r["regenerated"] for r in ranks),
+                   "loaded": {r["rank"]: r["loaded"] for r in ranks}, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _append_state(Path(job.output_dir) / RUNS, (json.dumps(summary, sort_keys=True) + "\n").encode())
+        return summary
 
 
 def prepare(job: Job, resume: bool) -> None:
     """Checks before any process starts: the folder is writable, and `resume=False` never overwrites a batch."""
     check_output_dir(job.output_dir)
-    done = read_manifest(job.output_dir)
-    if not resume and done:
+    if (done := read_manifest(job.output_dir)) and not resume:
         raise InvalidParameterError("resume", resume, f"{job.output_dir!r} already holds a batch ({len(done)} "
                                     "images in its manifest) and resume=False would render over it",
                                     "Set resume=True to continue it, or choose a new output_dir.")

@@ -30,21 +30,21 @@ from .errors import (
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"  # its package imports torch: only for a shipped id
 
-# --- can the Hub be reached: one real HTTPS request (a captive portal accepts a TCP connect and never answers), in a
-# thread with a hard deadline (a DNS lookup has no socket timeout). Any HTTP answer counts as reachable.
+# --- can the Hub be reached: one HTTPS request (any HTTP answer counts), in a thread with a deadline (captive portals)
 PROBE_TIMEOUT_S = 8.0  # per phase (connect, TLS, answer); the whole probe is cut at PROBE_TIMEOUT_S + 2
 FAILURE_TTL_S = 60.0  # a failure is asked again after this: the user may have fixed the portal or the proxy
+LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
+_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}  # (endpoint, timeout) -> (when asked, verdict)
 
 FIXES = {
     "dns": "the name could not be resolved: check the network, or HF_ENDPOINT if you set it",
     "refused": "nothing listens there: check HF_ENDPOINT, or your proxy settings (HTTPS_PROXY)",
-    "timeout": "a connection was accepted but nothing answered (a captive portal, a stalled proxy or firewall): "
-               "log in to the network's portal, or fix HTTPS_PROXY / NO_PROXY",
+    "timeout": "a connection was accepted but nothing answered (a captive portal, a stalled proxy or firewall): log in "
+               "to the network's portal, or fix HTTPS_PROXY / NO_PROXY",
     "tls": "the TLS handshake failed (often a proxy that intercepts HTTPS with its own certificate): point "
            "SSL_CERT_FILE at your organisation's CA bundle, or use a mirror with HF_ENDPOINT",
     "proxy": "the proxy refused the request: check HTTPS_PROXY / NO_PROXY",
-    "offline": "it read HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE when it was imported: unset them and restart the "
-               "kernel to go online",
+    "offline": "it read HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE when it was imported: unset them and restart the kernel",
     "other": "check the network",
 }
 
@@ -60,11 +60,10 @@ class HubProbe:
 
     def explain(self) -> str:
         """One sentence for an error message: what failed, how long it took, and what to do."""
-        endpoint = redact(self.endpoint)
         if self.ok:
-            return f"{endpoint} answered in {self.seconds:.1f} s"
+            return f"{redact(self.endpoint)} answered in {self.seconds:.1f} s"
         cache_only = "" if self.problem == "offline" else " To work from the local cache only, set HF_HUB_OFFLINE=1."
-        return redact(f"{endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
+        return redact(f"{self.endpoint} cannot be reached ({self.problem}: {self.detail}, after {self.seconds:.1f} s): "
                       f"{FIXES[self.problem]}.{cache_only}")
 
 
@@ -103,14 +102,9 @@ def _classify(error: BaseException) -> tuple[str, str]:
     return "other", detail
 
 
-_ANSWERS: dict[tuple[str, float], tuple[float, HubProbe]] = {}
-
-
 def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
-    """Whether `endpoint` answers one HEAD request; a success is remembered for the session, a failure
-    for FAILURE_TTL_S (probe.cache_clear() forgets both)."""
-    key = (endpoint, timeout)
-    if key in _ANSWERS:
+    """Whether `endpoint` answers one HEAD request; a success is kept for the session, a failure for FAILURE_TTL_S."""
+    if (key := (endpoint, timeout)) in _ANSWERS:
         asked, verdict = _ANSWERS[key]
         if verdict.ok or time.monotonic() - asked < FAILURE_TTL_S:
             return verdict
@@ -125,29 +119,22 @@ def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> HubProbe:
         except Exception as error:  # noqa: BLE001 - every failure is classified and reported, none is hidden
             outcome["error"] = error
     start = time.monotonic()
-    worker = threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)
-    worker.start()
+    (worker := threading.Thread(target=attempt, name="kit-hub-probe", daemon=True)).start()
     worker.join(timeout + 2)
     seconds = time.monotonic() - start
+    if not outcome:  # no answer at all: a lookup still pending after 0.5 s tells a hung resolver from a hung server
+        resolved = threading.Event()
+
+        def lookup() -> None:
+            with suppress(OSError):
+                socket.getaddrinfo(urlparse(endpoint).hostname, 443)
+            resolved.set()
+        threading.Thread(target=lookup, daemon=True).start()
+        outcome["hung"] = "timeout" if resolved.wait(0.5) else "dns"
     problem = () if outcome.get("ok") else _classify(outcome["error"]) if "error" in outcome else (
-        "dns" if _dns_hangs(urlparse(endpoint).hostname) else "timeout", f"no answer within {timeout + 2:.0f} s")
+        outcome["hung"], f"no answer within {timeout + 2:.0f} s")
     _ANSWERS[key] = (start, HubProbe(endpoint, not problem, seconds, *problem))
     return _ANSWERS[key][1]
-
-
-probe.cache_clear = _ANSWERS.clear
-
-
-def _dns_hangs(host: str | None, wait: float = 0.5) -> bool:
-    """Whether a lookup of `host` is still pending after `wait` s (it tells a hung resolver from a hung server)."""
-    done = threading.Event()
-
-    def lookup() -> None:
-        with suppress(OSError):
-            socket.getaddrinfo(host, 443)
-        done.set()
-    threading.Thread(target=lookup, daemon=True).start()
-    return not done.wait(wait)
 
 
 def hub_reachable() -> bool:
@@ -155,7 +142,7 @@ def hub_reachable() -> bool:
     return probe(constants.ENDPOINT).ok
 
 
-hub_reachable.cache_clear = probe.cache_clear  # tests and long sessions can ask again
+hub_reachable.cache_clear = probe.cache_clear = _ANSWERS.clear  # tests and long sessions can ask again
 
 
 def offline_by_setting() -> bool:
@@ -223,8 +210,7 @@ def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | N
         if isinstance(cause, HfHubHTTPError) and not isinstance(cause, RepositoryNotFoundError) and status:
             host, file = _where(cause)
             if status == 401:
-                state = _token_state()
-                why = "the token is not valid" if state.startswith("a ") else "it asks for a token"
+                why = "the token is not valid" if (state := _token_state()).startswith("a ") else "it asks for a token"
                 return HubRequestError(f"The Hub at {host} refused {file} (HTTP 401; {state}): {why}. Fix: make a "
                                        "read token at https://huggingface.co/settings/tokens, set HF_TOKEN (or run "
                                        "`hf auth login`) and restart the kernel.")
@@ -242,9 +228,6 @@ def _refusal(error: BaseException, repo_id: str, repo_type: str) -> KitError | N
             return HubRequestError(f"The download of {file} from {host} was cut ({str(cause).splitlines()[0]}). "
                                    "Fix: run again; huggingface_hub resumes what it has.")
     return None
-
-
-LONGEST_RATE_LIMIT_WAIT_S = 30.0  # huggingface_hub sleeps out any Retry-After, logging at most a warning
 
 
 @contextmanager
@@ -266,8 +249,7 @@ def hub_access(repo_id: str, repo_type: str = "model"):
     try:
         yield
     except Exception as error:
-        refusal = _refusal(error, repo_id, repo_type)
-        if refusal is None:
+        if (refusal := _refusal(error, repo_id, repo_type)) is None:
             raise
         raise refusal from None
     finally:
@@ -308,9 +290,9 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     path = Path(model_id).expanduser()
     if path.is_dir():
         if not any((path / subfolder / name).is_file() for name in ("model_index.json", "config.json")):
-            raise LocalPathNotFoundError(
-                "the local folder has no model_index.json (pipeline) or config.json (model)", name="model_id",
-                value=model_id, fix="Point it at the folder that save_pretrained or snapshot_download wrote.")
+            raise LocalPathNotFoundError("the local folder has no model_index.json (pipeline) or config.json (model)",
+                                         name="model_id", value=model_id,
+                                         fix="Point it at the folder that save_pretrained or snapshot_download wrote.")
         return str(path.resolve())
     if _looks_like_local_path(model_id):
         raise LocalPathNotFoundError(
@@ -337,27 +319,23 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
     source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if is_hub_id(source):
         shipped = revision is None and (SHIPPED / source.replace("/", "--", 1) / "model_index.json").is_file()
-        cached = None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision)
-        if cached:
+        if cached := None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision):
             return folders.read_json_object(Path(cached))
         if shipped and (prefer_shipped or hub_offline()):
             from . import architectures
             return architectures.model_index(source)
     source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
-    if Path(source).is_dir():
-        index = Path(source) / "model_index.json"
-    else:
+    index = Path(source) / "model_index.json"
+    if not Path(source).is_dir():
         from huggingface_hub import hf_hub_download
         with hub_access(source):
-            index = Path(hf_hub_download(source, "model_index.json", revision=revision,
-                                         local_files_only=hub_offline()))
+            index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
     if not index.is_file():
         raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
     return folders.read_json_object(index)
 
 
-# --- which files a pipeline download fetches ---------------------------------------------------------------------
-# Weight formats and variants from_pretrained does not read by default (an SDXL repo holds fp32, fp16, ONNX, Flax).
+# --- which files a pipeline download fetches: not the formats and variants from_pretrained skips (ONNX, Flax, fp16)
 SKIPPED_FILES = ["*.bin", "*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.xml", "*.fp16.*", "*.pt"]
 
 
@@ -371,11 +349,9 @@ def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
 def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
     """{filename: bytes} of a Hub repo: its file metadata (one request), or offline the cached snapshot's files."""
     if hub_offline():
-        index = _cached_file(repo_id, "model_index.json", revision)
-        if index is None:
+        if (index := _cached_file(repo_id, "model_index.json", revision)) is None:
             raise ModelNotCachedOfflineError(f"its file list is not in the local Hub cache: {offline_reason()}",
-                                             name="model_id", value=repo_id,
-                                             fix="Download it once while online (snapshot_download).")
+                                         name="model_id", value=repo_id, fix="Download it once while online.")
         snapshot = Path(index).parent
         return {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in snapshot.rglob("*") if p.is_file()}
     from huggingface_hub import HfApi, constants
@@ -386,9 +362,8 @@ def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
 
 def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[str]]:
     """With a variant, diffusers' own selection: the variant's weights where a component has them, else its default."""
-    patterns = pipeline_file_patterns(model_index)
     if variant is None:
-        return patterns
+        return pipeline_file_patterns(model_index)
     from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
     other_formats = [p for p in SKIPPED_FILES if p != "*.fp16.*"]
     try:
@@ -396,8 +371,8 @@ def _patterns(model_index: dict, files, variant: str | None) -> dict[str, list[s
     except ValueError:  # diffusers' from_pretrained(variant=) fails the same way
         raise InvalidParameterError("variant", variant, "the repository has no weight files of this variant",
                                     "Load without a variant (variant=None): its default weights.") from None
-    weights = {f for f in files if ".safetensors" in f or ".bin" in f}
-    return {"allow_patterns": patterns["allow_patterns"], "ignore_patterns": other_formats + sorted(weights - usable)}
+    unused = sorted({f for f in files if ".safetensors" in f or ".bin" in f} - usable)
+    return {**pipeline_file_patterns(model_index), "ignore_patterns": other_formats + unused}
 
 
 def snapshot_patterns(repo_id: str, variant: str | None = None, revision: str | None = None) -> dict[str, list[str]]:

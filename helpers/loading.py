@@ -13,7 +13,7 @@ from diffusers import DiffusionPipeline
 
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
-from .errors import InvalidParameterError, KitError
+from .errors import InvalidParameterError, KitError, KitOutOfMemoryError
 from .hub import hub_access, hub_offline, read_model_index, resolve_model_source
 from .memory import module_dtypes, quantized_components
 from .rules import DEVICE_MAPS, DTYPE_ALIASES
@@ -46,15 +46,13 @@ def resolve_dtype(dtype):
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
     """The kit's device_map as a string diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU).
     diffusers rejects "auto", dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
-    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if device_map is None:
         return None
+    gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
     if not isinstance(device_map, str) or device_map not in DEVICE_MAP_CHOICES:
-        hint = ""
-        if isinstance(device_map, str) and device_map.startswith("cuda:"):
-            hint = 'To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
-        elif isinstance(device_map, dict):
-            hint = "Per-module dicts are for models (AutoModel.from_pretrained), not pipelines."
+        hint = ('To use one particular GPU, load with device_map="cuda" after setting CUDA_VISIBLE_DEVICES.'
+                if isinstance(device_map, str) and device_map.startswith("cuda:") else "Per-module dicts are for "
+                "models (AutoModel.from_pretrained), not pipelines." if isinstance(device_map, dict) else "")
         allowed = f"a pipeline takes one of {', '.join(repr(c) for c in DEVICE_MAP_CHOICES if c)}"
         raise InvalidParameterError("device_map", device_map, allowed, hint)
     if device_map == "auto":
@@ -71,11 +69,9 @@ def device_for(device_map: str | None) -> str:
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
-    """Refuse per-component dtype mixes that fail at inference (SD/SDXL components exchange tensors; Qwen-Image
-    tolerates a VAE of another dtype)."""
-    if len(set(dtypes.values())) <= 1:
-        return
-    if pipeline_class_name.startswith("QwenImage") and len({d for n, d in dtypes.items() if n != "vae"}) == 1:
+    """Refuse per-component dtype mixes that fail at inference (SD/SDXL; Qwen-Image takes a VAE of another dtype)."""
+    if len(set(dtypes.values())) <= 1 or (pipeline_class_name.startswith("QwenImage")
+                                           and len({d for n, d in dtypes.items() if n != "vae"}) == 1):
         return
     listing = ", ".join(f"{name}={str(dtype).removeprefix('torch.')}" for name, dtype in sorted(dtypes.items()))
     raise InvalidParameterError("dtype", listing, f"{pipeline_class_name} components must share one dtype",
@@ -106,8 +102,10 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
         check_component(component_spec(source, name, revision), name, component)
     if isinstance(resolved_dtype, dict):
         index = read_model_index(source, revision)
-        check_dtype_mix(index["_class_name"], {name: resolved_dtype.get(name, resolved_dtype["default"]) for name, spec
-                                               in index.items() if not name.startswith("_") and _has_weights(spec)})
+        unweighted = ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor")
+        weighted = [n for n, spec in index.items() if not n.startswith("_") and isinstance(spec, list)
+                    and spec[1] is not None and not any(w in spec[1] for w in unweighted)]
+        check_dtype_mix(index["_class_name"], {n: resolved_dtype.get(n, resolved_dtype["default"]) for n in weighted})
     if not Path(source).is_dir() and hub_offline():
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
@@ -118,20 +116,13 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
     return pipe
 
 
-def _has_weights(spec) -> bool:
-    """model_index entries whose class holds weights (not schedulers, tokenizers or processors)."""
-    return isinstance(spec, list) and spec[1] is not None and not any(
-        word in spec[1] for word in ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor"))
-
-
 def from_pipe_dtype(pipe, dtype=None):
     """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own (diffusers casts
     every shared module, the source's too, to `dtype`, defaulting to float32)."""
     if not isinstance(pipe, DiffusionPipeline):
         raise InvalidParameterError("pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline",
                                     "Load one with from_pretrained.")
-    quantized = quantized_components(pipe)
-    if quantized:
+    if quantized := quantized_components(pipe):
         raise InvalidParameterError(
             "pipe", type(pipe).__name__, f"its {', '.join(quantized)} is quantized, and from_pipe casts every shared "
             "module with .to(dtype), which diffusers refuses for quantized models", "Load the other task's class with "
@@ -139,13 +130,11 @@ def from_pipe_dtype(pipe, dtype=None):
             "quantization on a bigger machine.")
     if dtype not in (None, "auto"):  # "auto": keep the source's (it was loaded with the plan's dtype)
         return resolve_dtype(dtype)
-    current = module_dtypes(pipe)
-    distinct = set(current.values())
+    distinct = set((current := module_dtypes(pipe)).values())
     if len(distinct) > 1:
         listing = ", ".join(f"{n}={str(d).removeprefix('torch.')}" for n, d in current.items())
         raise InvalidParameterError("dtype", None, f"the source pipeline has mixed dtypes ({listing})", "diffusers "
-                                    "casts every shared module (the source's too) to one dtype: pass dtype= to "
-                                    "choose it.")
+                                    "casts every shared module (the source's too) to one dtype: pass dtype= to choose.")
     return distinct.pop() if distinct else torch.float32
 
 
@@ -186,12 +175,10 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
     """(class name, config) of component `name` as the pipeline at `source` ships it."""
     index = read_model_index(source, revision)
     if name not in index or not isinstance(index[name], list):
-        known = ", ".join(n for n in index if not n.startswith("_"))
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
-                                    f"Its components are: {known}.")
-    if Path(source).is_dir():
-        config_path = Path(source) / name / "config.json"
-    else:
+                                    f"Its components are: {', '.join(n for n in index if not n.startswith('_'))}.")
+    config_path = Path(source) / name / "config.json"
+    if not Path(source).is_dir():
         from huggingface_hub import hf_hub_download
         config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
                                            local_files_only=hub_offline()))
@@ -206,9 +193,8 @@ def check_component(spec: tuple[str, dict], name: str, component) -> None:
         raise InvalidParameterError(name, actual_class, f"this pipeline's {name} must be of class {expected_class}",
                                     f"Load a {name} made for this model family ({expected_class}).")
     config = _config_dict(component)
-    differing = [f"{key} {config[key]} (expected {expected_config[key]})" for key in INTERFACE_KEYS
-                 if key in config and key in expected_config and config[key] != expected_config[key]]
-    if differing:
+    if differing := [f"{key} {config[key]} (expected {expected_config[key]})" for key in INTERFACE_KEYS
+                     if key in config and key in expected_config and config[key] != expected_config[key]]:
         raise InvalidParameterError(name, actual_class, f"its config does not match this pipeline's {name}: "
                                     f"{', '.join(differing)}", f"It was made for another model family; use a {name} "
                                     "trained for this one.")
@@ -247,7 +233,6 @@ def scheduler_class(pipe, name: str):
     return compatible[name]
 
 
-# Options of `from_pretrained` that a pipeline constructor does not take (it takes components).
 LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
                    "use_safetensors", "local_files_only")
 
@@ -261,18 +246,16 @@ def check_constructor_arguments(pipeline_class, **kwargs) -> None:
         if name in LOADING_OPTIONS and name not in accepted:
             raise InvalidParameterError(name, kwargs[name], f"{pipeline_class.__name__}(...) takes loaded components, "
                                         "not loading options", "Build the pipeline from its components, then move and "
-                                        "cast it: pipe = pipe.to('cuda', torch.float16). (device_map= and dtype= "
-                                        "belong to from_pretrained.)")
+                                        "cast it: pipe = pipe.to('cuda', torch.float16). (device_map= and dtype= go to "
+                                        "from_pretrained.)")
 
 
 def plan_kwargs(load_plan, source: str) -> dict:
-    """The `from_pretrained` keyword arguments a LoadPlan implies: dtype, device_map, variant, and
-    `quantization_config` or GGUF-loaded components when the plan quantizes."""
+    """`from_pretrained` kwargs of a LoadPlan: dtype, device_map, variant, quantization_config or GGUF models."""
     from . import quantization
     dtype = load_plan.resolved_dtype
     kwargs = {"dtype": dtype, "device_map": load_plan.device_map, "variant": load_plan.variant}
-    config = quantization.plan_config(load_plan, load_plan.device, dtype)
-    if config is not None:
+    if (config := quantization.plan_config(load_plan, load_plan.device, dtype)) is not None:
         kwargs["quantization_config"] = config
     kwargs.update(quantization.plan_components(load_plan, source, dtype))
     return kwargs
@@ -295,7 +278,6 @@ def apply_offload(pipe, load_plan) -> str:
 
 
 # --- out of memory -------------------------------------------------------------------------------------------------
-
 DEFAULT_OPTIONS = {
     "load": ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
              "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
@@ -313,18 +295,16 @@ def out_of_memory(stage: str = "load", options: list[str] | None = None):
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
-        text = str(error)  # the CPU allocator's RuntimeError says "can't allocate memory"
+        text = str(error).strip()  # the CPU allocator's RuntimeError says "can't allocate memory"
         if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
                                                or "can't allocate memory" in text or "not enough memory" in text):
             raise
-        from .errors import KitOutOfMemoryError
         choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise KitOutOfMemoryError(
-            f"Out of memory during {stage} ({first_line}). Try next, in this order:\n"
+            f"Out of memory during {stage} ({(text or 'out of memory').splitlines()[0]}). Try next, in this order:\n"
             + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(choices, 1))
             + "\nRestart the kernel first if memory stays taken (del pipe; gc.collect() frees most of it)."
         ) from None
