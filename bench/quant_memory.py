@@ -10,7 +10,7 @@ int8), and measures:
   rss     the process's RSS growth over the load (`disable_mmap=True`, after gc and glibc's malloc_trim), a
           cross-check by the operating system; also the growth right after the load, before malloc_trim (what
           the load's freed temporaries still hold in the heap).
-The prediction is `helpers.planning.quantized_bytes` on the model built on the meta device.
+The prediction is `quantized_bytes` (below) on the model built on the meta device.
 Run alone: `python bench/quant_memory.py`; `make bench` runs it as one section.
 """
 
@@ -39,8 +39,8 @@ architectures.build_component(model, "unet", device="cpu", dtype=torch.bfloat16)
 MEASURE = r"""
 import ctypes, gc, json, sys, psutil, torch
 from diffusers import UNet2DConditionModel
-from bench.quant_memory import stored_bytes
-from helpers import architectures, planning, quantization
+from bench.quant_memory import quantized_bytes, stored_bytes
+from helpers import architectures, quantization
 model, folder, name, backend = sys.argv[1:5]
 backend = None if backend == "-" else backend
 config = None
@@ -48,7 +48,7 @@ if name != "none":  # build the config (and import the backend) before the basel
     config = quantization.pipeline_config(name, ["unet"], backend, device="cpu", dtype=torch.bfloat16)
     config = config.quant_mapping["unet"]
 meta = architectures.build_component(model, "unet", "meta", torch.bfloat16)
-predicted = planning.quantized_bytes(meta, name, backend, torch.bfloat16)
+predicted = quantized_bytes(meta, name, backend, torch.bfloat16)
 del meta
 gc.collect()
 process = psutil.Process()
@@ -91,6 +91,49 @@ def stored_bytes(module) -> int:
     return sum(_tensor_bytes(t, seen) for t in tensors.values())
 
 
+# The exact layout each backend stores (a finer model than the planner's weight_bytes_per_param), checked here
+# and in tests/test_quantization.py against what the loaded modules really hold.
+def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
+    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
+    import math
+
+    from helpers.planning import weight_bytes_per_param
+    from helpers.rules import parse_quantization
+
+    name, _ = parse_quantization(quantization)
+    numel = rows * cols
+    if backend == "torchao":  # int8 data, a float32 scale and an int8 zero point per row
+        return numel + rows * 5
+    if backend == "quanto" and name == "int8":  # a scale per row, and input/output scale buffers
+        return numel + rows * dtype_bytes + 2 * dtype_bytes
+    if backend == "quanto" and name == "int4":  # a scale and a shift per group (per row without groups)
+        # optimum-quanto's group size (QModuleMixin.__init__): 128, lowered by 32 until it divides in_features
+        group = next((g for g in (128, 96, 64, 32) if cols % g == 0), None) if cols > 128 else None
+        groups = numel // group if group else rows
+        return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
+    if backend == "bitsandbytes" and name == "nf4":  # a float32 absmax per block of 64
+        return math.ceil(numel / 2) + math.ceil(numel / 64) * 4
+    if backend == "bitsandbytes" and name == "int8":  # LLM.int8: a float32 scale per row
+        return numel + rows * 4
+    return math.ceil(numel * weight_bytes_per_param(quantization, backend))
+
+
+def quantized_bytes(module, quantization: str, backend: str | None, dtype=None) -> int:
+    """Predicted weight bytes of `module` (meta is enough) after quantized loading; non-Linear weights keep `dtype`
+    (default bfloat16)."""
+    import torch
+
+    from helpers.rules import parse_quantization
+
+    dtype = torch.bfloat16 if dtype is None else dtype
+    dtype_bytes = torch.empty((), dtype=dtype).element_size()
+    name, _ = parse_quantization(quantization)
+    return sum(linear_weight_bytes(p.shape[0], p.shape[1], name, backend, dtype_bytes)
+               if name != "none" and backend and n.rpartition(".")[2] == "weight"
+               and isinstance(module.get_submodule(n.rpartition(".")[0]), torch.nn.Linear) else p.numel() * dtype_bytes
+               for n, p in module.named_parameters())
+
+
 def _python(code: str, *args: str) -> dict:
     env = {**os.environ, "KIT_QUIET": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -123,7 +166,7 @@ def run() -> list[dict]:
 def markdown(rows: list[dict]) -> list[str]:
     gib = 2**30
     lines = ["## Quantized weight memory: predicted vs measured (CPU, random weights at real size)", "",
-             "`helpers.planning.quantized_bytes` (Linear weights quantized, everything else bf16) against the",
+             "`bench/quant_memory.quantized_bytes` (Linear weights quantized, everything else bf16) against the",
              "UNet loaded by `UNet2DConditionModel.from_pretrained(..., quantization_config=...)` in a fresh process.",
              "stored = bytes of every tensor the model holds (quantized tensors unwrapped into data + scales):",
              "what the prediction predicts. RSS = the process's RSS growth over the load with `disable_mmap=True`,",

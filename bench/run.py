@@ -271,6 +271,7 @@ def batch_markdown(results: dict) -> list[str]:
               f"{r['busy_s_per_image']:.3f} |" for r in results["scale"]]
     return lines
 
+
 def bench_imports(repeats: int = 5) -> dict:
     """Imports in a fresh interpreter, with the venv byte-compiled as `make install` leaves it, and without .pyc
     (what every kernel paid when nothing wrote them: PYTHONDONTWRITEBYTECODE=1, pip --no-compile).

@@ -264,37 +264,6 @@ def weight_bytes_per_param(quantization: str, backend: str) -> float:
     return BYTES_PER_PARAM[name] + SCALE_BYTES_PER_PARAM.get((name, backend), 0.0)
 
 
-def linear_weight_bytes(rows: int, cols: int, quantization: str, backend: str, dtype_bytes: int = 2) -> int:
-    """Bytes one quantized `nn.Linear(cols, rows)` weight stores, with its scales, as each backend lays it out."""
-    name, _ = rules.parse_quantization(quantization)
-    numel = rows * cols
-    if backend == "torchao":  # int8 data, a float32 scale and an int8 zero point per row
-        return numel + rows * 5
-    if backend == "quanto" and name == "int8":  # a scale per row, and input/output scale buffers
-        return numel + rows * dtype_bytes + 2 * dtype_bytes
-    if backend == "quanto" and name == "int4":  # a scale and a shift per group (per row without groups)
-        # optimum-quanto's group size (QModuleMixin.__init__): 128, lowered by 32 until it divides in_features
-        group = next((g for g in (128, 96, 64, 32) if cols % g == 0), None) if cols > 128 else None
-        groups = numel // group if group else rows
-        return math.ceil(numel / 2) + groups * 2 * dtype_bytes + 2 * dtype_bytes
-    if backend == "bitsandbytes" and name == "nf4":  # a float32 absmax per block of 64
-        return math.ceil(numel / 2) + math.ceil(numel / 64) * 4
-    if backend == "bitsandbytes" and name == "int8":  # LLM.int8: a float32 scale per row
-        return numel + rows * 4
-    return math.ceil(numel * weight_bytes_per_param(quantization, backend))
-
-
-def quantized_bytes(module: torch.nn.Module, quantization: str, backend: str | None,
-                    dtype: torch.dtype = torch.bfloat16) -> int:
-    """Predicted weight bytes of `module` (meta is enough) after quantized loading; non-Linear weights keep `dtype`."""
-    dtype_bytes = torch.empty((), dtype=dtype).element_size()
-    name, _ = rules.parse_quantization(quantization)
-    return sum(linear_weight_bytes(p.shape[0], p.shape[1], name, backend, dtype_bytes)
-               if name != "none" and backend and n.rpartition(".")[2] == "weight"
-               and isinstance(module.get_submodule(n.rpartition(".")[0]), torch.nn.Linear) else p.numel() * dtype_bytes
-               for n, p in module.named_parameters())
-
-
 def _gguf_bytes_per_weight(name: str) -> float:
     """Bytes per weight of a GGUF file, from the quantization type in its name (Q4_K when none is named)."""
     upper = name.removeprefix("gguf:").upper()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.quant_memory import linear_weight_bytes
 from helpers import architectures, env, planning, validate
 from helpers.errors import (
     InvalidParameterError,
@@ -401,4 +402,4 @@ def test_the_planning_table():
     assert planning.weight_bytes_per_param("int8", "torchao") == 1.0
     assert planning.weight_bytes_per_param("nf4", "bitsandbytes") == 0.5 + 4 / 64
     assert planning.weight_bytes_per_param("int4", "quanto") == 0.5 + 4 / 128
-    assert planning.linear_weight_bytes(64, 320, "int4", "quanto", 2) == 64 * 320 // 2 + (64 * 320 // 64) * 4 + 4
+    assert linear_weight_bytes(64, 320, "int4", "quanto", 2) == 64 * 320 // 2 + (64 * 320 // 64) * 4 + 4

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.quant_memory import stored_bytes
-from helpers import architectures, generation, loading, outputs, planning, quantization, rules
+from bench.quant_memory import quantized_bytes, stored_bytes
+from helpers import architectures, generation, loading, outputs, quantization, rules
 from helpers.errors import InvalidParameterError, QuantizationUnavailableError
 from tools.tiny.gguf_file import write_denoiser_gguf
 
@@ -120,7 +120,7 @@ def test_tiny_sd_generates_quantized(tiny, tmp_path, reference, name, backend, w
         assert kinds & set(weight_type.split("|")), kinds  # its Linear layers really are quantized
     assert not {type(w).__name__ for w in _linear_weights(pipe.vae)} - {"Parameter"}  # not named: left alone
     meta = architectures.build_from_config("diffusers", "UNet2DConditionModel", tiny["sd"] / "unet", "meta")
-    predicted = planning.quantized_bytes(meta, name, backend, torch.float32)
+    predicted = quantized_bytes(meta, name, backend, torch.float32)
     assert predicted == pytest.approx(stored_bytes(pipe.unet), rel=0.01)
     image = _generate(pipe)
     difference = np.abs(image - reference).mean()
@@ -171,8 +171,8 @@ def test_quantized_bytes_match_what_torchao_stores():
     meta = model().to(torch.bfloat16)
     quantized = model().to(torch.bfloat16)
     quantize_(quantized, Int8WeightOnlyConfig())
-    assert planning.quantized_bytes(meta, "int8", "torchao") == stored_bytes(quantized)
-    assert planning.quantized_bytes(meta, "none", None) == stored_bytes(meta)
+    assert quantized_bytes(meta, "int8", "torchao") == stored_bytes(quantized)
+    assert quantized_bytes(meta, "none", None) == stored_bytes(meta)
     assert stored_bytes(quantized) < 0.6 * stored_bytes(meta)
 
 
