@@ -1,6 +1,6 @@
 """Does the kit's hosted install leave Colab's published package set consistent? A metadata check, offline.
 
-Colab's freeze (tools/colab/pip-freeze.gpu.txt) says what is installed; tools/colab/requires-dist.txt (vendored,
+Colab's package set (tools/colab/colab-packages.txt) says what is installed; tools/colab/requires-dist.txt (vendored,
 written by `collect`) holds the Requires-Dist lines that matter: those of Colab's packages that name a package
 the kit installs, and those of the kit's hosted pins and backends themselves. `conflicts` replays what pip's
 own check would say after the install: every requirement that the new set of versions breaks.

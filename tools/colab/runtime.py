@@ -1,6 +1,6 @@
-"""Colab's published package set (tools/colab/pip-freeze.gpu.txt) as data, and a "Colab minus the GPU" venv.
+"""Colab's published package set (its kit packages: tools/colab/colab-packages.txt) and a "Colab minus GPU" venv.
 
-`freeze()` reads the vendored freeze; `build_venv(path)` makes a Python 3.13 virtualenv holding the packages
+`freeze()` reads them; `build_venv(path)` makes a Python 3.13 virtualenv holding the packages
 of that freeze which matter to the kit (the stack the kit replaces, the notebook kernel, the quantization
 backend Colab ships, and the preinstalled packages whose requirements constrain the kit's pins), each at the
 freeze's exact version from PyPI (torch is PyPI's CUDA build; it runs on CPU here). Used by `make test-colab`.
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FREEZE = HERE / "pip-freeze.gpu.txt"
+FREEZE = HERE / "colab-packages.txt"
 # What the kit touches or what constrains it; everything else in the freeze is left out of the venv.
 KIT_RELEVANT = (
     "torch", "diffusers", "transformers", "huggingface-hub", "accelerate", "tokenizers", "safetensors",
@@ -38,13 +38,13 @@ def freeze(path: Path = FREEZE) -> dict[str, str]:
     return found
 
 
-def python_version(path: Path = HERE / "os-info-gpu.txt") -> str:
-    return re.search(r"^Python (\S+)", path.read_text(), re.M).group(1)
+def python_version(path: Path = HERE / "SOURCE") -> str:
+    return re.search(r"^python (\S+)", path.read_text(), re.M).group(1)
 
 
 def build_venv(venv: Path, python: str, wheels: str = "") -> None:
     """Create `venv` with `python` (3.13) and install KIT_RELEVANT at the freeze's versions, all others of the
-    freeze as constraints (so a dependency pip pulls in is Colab's version too)."""
+    packages as constraints (so a dependency pip pulls in is Colab's version where the extract has it)."""
     pinned = freeze()
     venv = Path(venv)
     subprocess.run([python, "-m", "venv", str(venv)], check=True)

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="case prefixes to run (01, 02, int8, import)")
     args = parser.parse_args(argv)
     if not (args.venv / "bin" / "python").exists():
-        print(f"== building {args.venv} from tools/colab/pip-freeze.gpu.txt (torch is a ~3 GB download)", flush=True)
+        print(f"== building {args.venv} from tools/colab/colab-packages.txt (torch is a ~3 GB download)", flush=True)
         runtime.build_venv(args.venv, args.python, args.wheels)
     from tools.tiny import build_all
 
