@@ -34,15 +34,18 @@ def python(code: str, *args: str, env: dict | None = None) -> dict:
 OVERHEAD = r"""
 import gc, json, sys, time, statistics, torch
 from diffusers import DiffusionPipeline
-from helpers import generation, loading
+from helpers import generation, loading, planning
 path, size, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def raw():
     pipe = DiffusionPipeline.from_pretrained(path, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     pipe("a photo of a cat", height=size, width=size, num_inference_steps=2, guidance_scale=7.5,
          generator=torch.Generator("cpu").manual_seed(0))
-def kit():
-    pipe = loading.load_pipeline(path, dtype="float32", device_map="auto")
+def kit():  # the notebooks' path: the plan, its from_pretrained kwargs, the call from the pipeline's signature
+    load_plan = planning.plan_load(path, "cpu", dtype="float32", quantization="none", offload="none",
+                                   height=size, width=size)
+    pipe = DiffusionPipeline.from_pretrained(path, **loading.plan_kwargs(load_plan, path))
+    loading.apply_offload(pipe, load_plan)
     pipe(**generation.call_arguments(pipe, prompt="a photo of a cat", height=size, width=size,
                                      num_inference_steps=2, guidance_scale=7.5, seed=0))
 times = {"raw": [], "kit": []}
