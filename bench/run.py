@@ -46,6 +46,7 @@ def kit():  # the notebooks' path: the plan, its from_pretrained kwargs, the cal
                                    height=size, width=size)
     pipe = DiffusionPipeline.from_pretrained(path, **loading.plan_kwargs(load_plan, path))
     loading.apply_offload(pipe, load_plan)
+    pipe.set_progress_bar_config(disable=True)  # as on the raw side
     pipe(**generation.call_arguments(pipe, prompt="a photo of a cat", height=size, width=size,
                                      num_inference_steps=2, guidance_scale=7.5, seed=0))
 times = {"raw": [], "kit": []}
