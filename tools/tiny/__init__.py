@@ -7,6 +7,8 @@ notebooks exercise the real loading path without the Hub.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -89,9 +91,22 @@ def build(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+    """One builder at a time per cache folder: parallel test workers wait, then reuse what the first built."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_all(out_dir: str | Path, seed: int = 0, force: bool = False) -> dict[str, Path]:
     """Build every tiny model into `out_dir`; reuse them when the builder code is unchanged."""
-    out_dir = Path(out_dir)
+    with _exclusive(Path(out_dir)):
+        return _build_all(Path(out_dir), seed, force)
+
+
+def _build_all(out_dir: Path, seed: int, force: bool) -> dict[str, Path]:
     stamp = {"fingerprint": _source_fingerprint(), "seed": seed, "models": sorted(BUILDERS)}
     stamp_path = out_dir / STAMP_FILE
     paths = {name: out_dir / name for name in BUILDERS}
@@ -107,7 +122,12 @@ def build_all(out_dir: str | Path, seed: int = 0, force: bool = False) -> dict[s
 def build_families(out_dir: str | Path, names=None, seed: int = 0) -> dict[str, Path]:
     """Build the family matrix's tiny models into `out_dir` (default: all); a model whose stamp matches the
     builder code is reused. Each has its own stamp, so a subset and the whole matrix share one cache."""
-    out_dir, fingerprint = Path(out_dir), _source_fingerprint()
+    with _exclusive(Path(out_dir)):
+        return _build_families(Path(out_dir), names, seed)
+
+
+def _build_families(out_dir: Path, names, seed: int) -> dict[str, Path]:
+    fingerprint = _source_fingerprint()
     paths = {}
     for name in names or FAMILY_BUILDERS:
         stamp = {"fingerprint": fingerprint, "seed": seed, "model": name}
