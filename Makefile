@@ -38,9 +38,10 @@ $(STAMP): requirements.txt requirements-gpu.txt pyproject.toml tools/install_tor
 run: install
 	$(PY) -m tools.runner
 
+TEST_WORKERS ?= 2
 ## test: unit tests, notebook harness (papermill, each notebook run once per parameter set) and hygiene checks
 test: install
-	$(PY) -m pytest --durations=25
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=25
 
 PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) $(shell command -v python3.13))
 CORE_PYTHONS ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python) $(shell command -v python3.11)) $(PY313)
