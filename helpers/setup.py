@@ -38,7 +38,7 @@ LEFT_AS_FOUND = {
     "torch": "the runtime's CUDA build, matched to its GPU driver: never reinstalled",
     **dict.fromkeys(("ipykernel", "ipywidgets", "jupyter-client", "nbformat"), _SERVER),
     **dict.fromkeys(("numpy", "pillow", "psutil", "packaging", "pyyaml"), _BUILT_AGAINST),
-    **dict.fromkeys(("nbclient", "papermill", "nbval", "pytest", "ruff"), _TOOLING),
+    **dict.fromkeys(("nbclient", "papermill", "nbval", "pytest", "pytest-xdist", "execnet", "ruff"), _TOOLING),
     **{spec["package"]: "a quantization backend: installed (or upgraded) only for a run that quantizes with it"
        for spec in rules.BACKENDS.values()},
 }
