@@ -52,10 +52,6 @@ class ModelNotCachedOfflineError(KitError, OSError):
     """A Hub id that is not in the local cache while the Hub cannot be reached."""
 
 
-class VersionMismatchError(KitError, ImportError):
-    """An installed package whose version differs from the kit's pin."""
-
-
 class GatedModelError(KitError, PermissionError):
     """The Hub refused a download (401/403): a gated repo whose licence is not accepted, or no or a bad token."""
 

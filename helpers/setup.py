@@ -23,7 +23,7 @@ from packaging.version import Version
 
 from . import KIT_ROOT, env, rules, validate
 from .diffusers_logs import quiet_backend_imports
-from .errors import KitError, PipInstallError, VersionMismatchError
+from .errors import KitError, PipInstallError
 
 REQUIREMENTS = KIT_ROOT / "requirements.txt"
 
@@ -87,16 +87,10 @@ def find_mismatches(pins: dict[str, Requirement], installed: dict[str, str | Non
             if installed.get(name) is None or not req.specifier.contains(installed[name], prereleases=True)]
 
 
-def check_pins(pins: dict[str, Requirement] | None = None, strict: bool = False) -> list[Mismatch]:
-    """Compare installed versions with the pins; raise (strict) or return the mismatches."""
+def check_pins(pins: dict[str, Requirement] | None = None) -> list[Mismatch]:
+    """The pinned packages whose installed version differs (all the kit's pins when `pins` is None)."""
     pins = load_pins() if pins is None else pins
-    mismatches = find_mismatches(pins, {name: installed_version(name) for name in pins})
-    if mismatches and strict:
-        lines = "\n".join(f"  - {m}" for m in mismatches)
-        raise VersionMismatchError(f"{len(mismatches)} package(s) differ from the kit's pins:\n{lines}\nFix: pip "
-                                   f"install -r {REQUIREMENTS.name} (in Colab run notebooks/01_setup.ipynb), then "
-                                   "restart the kernel.")
-    return mismatches
+    return find_mismatches(pins, {name: installed_version(name) for name in pins})
 
 
 def gpu_present(run=subprocess.run) -> bool:
