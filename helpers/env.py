@@ -10,7 +10,7 @@ from importlib import import_module
 from pathlib import Path
 
 from .errors import InvalidParameterError
-from .rules import truthy
+from .rules import nearest_existing, truthy
 
 QUIET_ENV = "KIT_QUIET"
 GIB = 2**30
@@ -65,11 +65,7 @@ def recommended_device() -> str:
     """"cuda" with a GPU, "mps" on Apple silicon, else "cpu"."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def recommended_dtype(device: str | None = None, gpus: list[Accelerator] | None = None) -> str:
@@ -114,9 +110,8 @@ HARDWARE_NAMES = ("auto", *PROFILES)  # the `hardware` parameter's choices
 def detect_hardware(cache_dir: str | None = None) -> Hardware:
     """This machine: its CUDA GPUs (less 0.5 GiB each), available RAM, free disk where the Hub cache is."""
     gpus = accelerators()
-    place = Path(import_module("huggingface_hub.constants").HF_HUB_CACHE if cache_dir is None else cache_dir)
-    while not place.exists() and place != place.parent:
-        place = place.parent
+    place = nearest_existing(Path(import_module("huggingface_hub.constants").HF_HUB_CACHE if cache_dir is None
+                                  else cache_dir))
     return Hardware("this machine", tuple(round(g.memory_gib - 0.5, 1) for g in gpus),
                     round(import_module("psutil").virtual_memory().available / GIB, 1), shutil.disk_usage(place).free,
                     bf16=bool(gpus) and all(g.bf16 for g in gpus), gpu_name=gpus[0].name if gpus else "")

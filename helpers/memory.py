@@ -43,18 +43,13 @@ def format_table(rows: list[ComponentInfo]) -> str:
     return "\n".join(lines)
 
 
-def parameter_pointers(pipe) -> dict[str, set[int]]:
-    """The storage address of every parameter, by component, for the torch modules of a pipeline."""
-    return {name: {p.data_ptr() for p in module.parameters()} for name, module in pipe.components.items()
-            if isinstance(module, torch.nn.Module)}
-
-
 def shared_components(a, b) -> dict[str, bool]:
-    """For each torch component the two pipelines both have: is every parameter the same storage?"""
+    """For each torch component the two pipelines both have: is every parameter the same storage (data_ptr)?"""
     for pipe in (a, b):
         if not hasattr(pipe, "components"):
             raise TypeError(f"shared_components needs diffusers pipelines; got a {type(pipe).__name__}.")
-    left, right = parameter_pointers(a), parameter_pointers(b)
+    left, right = ({name: {p.data_ptr() for p in module.parameters()} for name, module in pipe.components.items()
+                    if isinstance(module, torch.nn.Module)} for pipe in (a, b))
     return {name: left[name] == right[name] for name in sorted(left.keys() & right.keys())}
 
 
