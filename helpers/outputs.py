@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import warnings
 from contextlib import suppress
 from pathlib import Path
 
+from huggingface_hub.utils.sha import sha_fileobj
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from . import __version__
@@ -22,8 +22,7 @@ METADATA_KEY = "diffusers-notebook-kit"
 
 
 def generation_metadata(pipe, model_id: str, call: dict, **context) -> dict:
-    """What made an image, read from the call itself (`pipe(**call)`): the pipeline's class, the plain-data arguments,
-    the generator's seed, a description of each image/tensor input, the versions; `context`: labels (a run id)."""
+    """What made an image, from `pipe(**call)`: class, plain arguments, seed, inputs described, versions, `context`."""
     import diffusers
     import torch
     parameters, inputs = {}, {}
@@ -201,12 +200,9 @@ def write_atomically(path: str | Path, data: bytes | str) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """The hex sha256 of a file's bytes (huggingface_hub's sha_fileobj, read in 1 MiB blocks)."""
     with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha_fileobj(file).hex()
 
 
 # --- broken images: NaN output or a blanked one -------------------------------------------------------------------
@@ -231,8 +227,7 @@ def likely_cause(guidance_scale: float | None = None, dtype=None) -> str:
 
 
 def image_problem(image) -> str | None:
-    """"all black" for an image (PIL or array) whose pixels are all zero (NaN output decodes to 0), "NaN/inf pixels"
-    for a float array holding them, else None."""
+    """"NaN/inf pixels" (a float array), "all black" (every pixel zero: NaN output decodes to 0), else None."""
     import numpy as np
     array = np.asarray(image)
     if array.dtype.kind == "f" and not np.isfinite(array).all():
