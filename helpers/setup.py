@@ -1,6 +1,5 @@
-"""The setup cell: check the parameters, install the pins and the run's quantization backend, restart when Python
-holds an old module, apply the import-time settings; and notebook 01's report. Nothing here imports torch, diffusers
-or a backend at module level: this module must import in the runtime as found, before the install."""
+"""The setup cell (check the parameters, install the pins and the run's backend, restart if needed, apply the
+import-time settings) and notebook 01's report. No torch, diffusers or backend at module level: runs pre-install."""
 
 from __future__ import annotations
 
@@ -105,17 +104,16 @@ def gpu_present(run=subprocess.run) -> bool:
 
 
 def backends_needed(namespace: dict, gpu: bool) -> list[str]:
-    """The backends (keys of `rules.BACKENDS`) a run with these parameters can quantize with: the planner's and
-    `helpers.quantization`'s choice. A plan-only run loads nothing; nf4 without a GPU is refused later."""
+    """The backends (keys of `rules.BACKENDS`) a run with these parameters can quantize with: `rules.backend_for`,
+    or for "auto" those of the planner's choices. A plan-only run loads nothing; nf4 without a GPU is refused later."""
     quantization = namespace.get("quantization", "none")
     if not isinstance(quantization, str) or namespace.get("plan_only") is True:
         return []
-    if quantization.startswith("gguf:"):
-        return ["gguf"]
     on_gpu = gpu and "cpu" not in (namespace.get("hardware"), namespace.get("device_map"))
-    choices = {"int8": ["bitsandbytes" if on_gpu else "torchao"], "int4": ["quanto"],
-               "nf4": ["bitsandbytes"] if on_gpu else [], "auto": ["bitsandbytes"] if on_gpu else ["torchao", "quanto"]}
-    return choices.get(quantization, [])
+    if quantization == "auto":
+        return ["bitsandbytes"] if on_gpu else ["torchao", "quanto"]
+    backend = rules.backend_for(quantization, on_gpu)
+    return [backend] if backend and (on_gpu or backend != "bitsandbytes") else []
 
 
 def backend_mismatches(backends, installed: dict[str, str | None]) -> list[Mismatch]:
@@ -184,8 +182,7 @@ def pip_install(requirements: list[str], echo=print) -> list[str]:
 
 
 def announce(message: str, wait: float = 1.0) -> None:
-    """Print `message` and return once the kernel has handed it to the front end: flush() waits for ipykernel's IOPub
-    thread, the short wait lets zmq write it out before a kill."""
+    """Print `message` and return once ipykernel's IOPub thread has it (flush), with time for zmq to send it (wait)."""
     print(message, flush=True)
     sys.stderr.flush()
     if "ipykernel" in sys.modules:
