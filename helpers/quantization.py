@@ -1,8 +1,9 @@
-"""diffusers' quantization configs for a load plan ("none", "int8", "int4", "nf4", "gguf:<file or URL>"), checked
-before loading. `PipelineQuantizationConfig(quant_mapping=...)`, as `quant_backend=` + `quant_kwargs=` fail for
-torchao on the pinned stack. A backend is imported only when its config is built; nothing is installed here."""
+"""diffusers' quantization configs for a load plan, checked before loading; a backend is imported only with its
+config, never installed. Built with quant_mapping=, as quant_backend= + quant_kwargs= fail for torchao (pinned)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .errors import InvalidParameterError, QuantizationUnavailableError
 from .rules import BACKENDS, DENOISERS, backend_for, parse_quantization
@@ -47,20 +48,17 @@ def check_installed(quantization: str, backend: str = "auto", device: str | None
     chosen = resolve_backend(quantization, backend, device)
     if chosen is None:
         return
-    table = BACKENDS[chosen]
-    pin = f"{table['package']}=={table['pin']}"
+    package, minimum = BACKENDS[chosen]["package"], BACKENDS[chosen]["min"]
     try:
-        found = metadata.version(table["package"])
+        found = metadata.version(package)
     except metadata.PackageNotFoundError:
+        found = None
+    if found is None or Version(found) < Version(minimum):
+        needs = f"{package}, which is not installed" if found is None else \
+            f"{package} >= {minimum}, but {found} is installed (too old for the pinned diffusers)"
         raise QuantizationUnavailableError(
-            f"quantization={quantization!r} needs {table['package']}, which is not installed. "
-            f"Fix: pip install '{pin}', then restart the kernel (diffusers looks for backends when it is imported)."
-        ) from None
-    if Version(found) < Version(table["min"]):
-        raise QuantizationUnavailableError(
-            f"quantization={quantization!r} needs {table['package']} >= {table['min']}, but {found} is installed "
-            f"(too old for the pinned diffusers). Fix: pip install '{pin}', then restart the kernel."
-        )
+            f"quantization={quantization!r} needs {needs}. Fix: pip install '{package}=={BACKENDS[chosen]['pin']}', "
+            "then restart the kernel (diffusers looks for backends when it is imported).")
 
 
 def backend_config(quantization: str, backend: str, library: str = "diffusers", dtype=None):
@@ -108,8 +106,6 @@ def pipeline_config(quantization: str, components: list[str], backend: str = "au
 def gguf_component(model_id: str, quantization: str, dtype=None, **hub_kwargs) -> dict:
     """{denoiser name: model} from the GGUF file in `quantization` (`from_single_file` with the pipeline's config):
     use it as `DiffusionPipeline.from_pretrained(model_id, dtype=dtype, **gguf_component(...))`."""
-    from pathlib import Path
-
     import torch
 
     from . import hub
