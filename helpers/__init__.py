@@ -1,6 +1,5 @@
-"""diffusers-notebook-kit helpers: the package the notebooks import. Importing it is light (no torch, no diffusers),
-so notebooks can check parameters and configure import-time settings before the heavy libraries load.
-`make release VERSION=x.y.z` changes the version here and everywhere it is repeated."""
+"""diffusers-notebook-kit helpers, the package the notebooks import: light (no torch, no diffusers), so a notebook can
+check its parameters before the heavy libraries load. `make release VERSION=x.y.z` sets the version everywhere."""
 
 from pathlib import Path
 

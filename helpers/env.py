@@ -69,8 +69,7 @@ def recommended_device() -> str:
 
 
 def recommended_dtype(device: str | None = None, gpus: list[Accelerator] | None = None) -> str:
-    """bf16 on GPUs that support it (Ampere+), fp16 on older GPUs (T4) and MPS, fp32 on CPU (fp16/bf16 is far
-    slower there)."""
+    """bf16 on GPUs that have it (Ampere+), fp16 on older GPUs (T4) and MPS, fp32 on CPU (half precision is slow)."""
     device = device or recommended_device()
     if device.startswith("cuda"):
         gpus = accelerators() if gpus is None else gpus

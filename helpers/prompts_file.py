@@ -1,6 +1,5 @@
-"""Read a batch's prompts file (.txt: one prompt per line; .csv with a header; .jsonl: one object per line), checked
-whole before anything loads: a bad row or an unknown column (a typo such as `negativ_prompt`) raises `PromptsFileError`
-naming its line. Standard library only: `helpers.validate` imports it in the notebooks' first cell."""
+"""A batch's prompts file (.txt: a prompt per line; .csv with a header; .jsonl: an object per line), checked whole
+before anything loads: a bad row or unknown column raises `PromptsFileError` naming its line. Standard library only."""
 
 from __future__ import annotations
 
