@@ -260,15 +260,13 @@ def hf_token_found() -> bool:
     return import_module("huggingface_hub").get_token() is not None
 
 
-def brief_kit_errors() -> bool:
+def brief_kit_errors() -> None:
     """In IPython, show a KitError as its one-line message (it says the fix), not a traceback; the cell still fails."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython else None
-    if shell is None:
-        return False
-    shell.set_custom_exc((KitError,), lambda shell, etype, value, tb, tb_offset=None: shell._showtraceback(
-        etype, value, [f"{etype.__name__}: {value}"]))
-    return True
+    if shell is not None:
+        shell.set_custom_exc((KitError,), lambda shell, etype, value, tb, tb_offset=None: shell._showtraceback(
+            etype, value, [f"{etype.__name__}: {value}"]))
 
 
 def prepare(namespace: dict, install: bool = True, pipeline_classes: tuple[str, ...] = (), *,

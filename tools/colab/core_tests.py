@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = {
-    "tests/test_setup.py": 43,
+    "tests/test_setup.py": 42,
     "tests/test_colab_freeze.py": 11,
     "tests/test_env.py": 15,
     "tests/test_install_torch.py": 6,
