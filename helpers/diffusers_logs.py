@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 
-# Printed when diffusers imports torchao (it does at `import diffusers` whenever torchao is installed, used or not):
-# torchao's optional CUDA kernels, torch's pytree note about torchao's enums, and diffusers' note about torchao
-# tensor classes used only to unpickle torchao-serialized checkpoints. None of them concerns a run.
+# Printed when `import diffusers` imports torchao (whenever it is installed): torchao's optional CUDA kernels, torch's
+# pytree note on torchao's enums, diffusers' note on classes for torchao checkpoints. None of them concerns a run.
 BACKEND_IMPORT_NOISE = {
     "torchao": ("Failed to load ",),
     "torchao.kernel.intmm": ("Detected no triton",),
