@@ -118,11 +118,6 @@ def frames_to_images(frames) -> list[Image.Image]:
     return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
 
 
-def sidecar(video: str | Path) -> Path:
-    """Where the generation record of `video` lives: the same name with .json."""
-    return Path(video).with_suffix(".json")
-
-
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
     """Write `output_dir/stem.mp4` and its record `stem.json`: temporary files hard-linked into place, never
     overwriting (a name taken by either moves the pair to `stem-1.mp4` + `stem-1.json`), no half file on a kill."""
@@ -157,17 +152,6 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
     finally:
         for temp in temps:
             Path(temp).unlink(missing_ok=True)
-
-
-def read_metadata(video: str | Path) -> dict:
-    """The generation record saved beside `video` by `save_video`."""
-    return json.loads(sidecar(video).read_text())
-
-
-def read_frames(video: str | Path) -> np.ndarray:
-    """Decode an MP4 back into a (frames, height, width, 3) uint8 array (to check what was written)."""
-    import imageio.v3 as iio
-    return iio.imread(video, plugin="FFMPEG")
 
 
 def animated_gif(frames, fps: int = 16, max_side: int = 320) -> bytes:
