@@ -53,9 +53,9 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
     return pipeline_class
 
 
-def read_start_image(value: str, name: str = "input_image") -> Image.Image:
-    """The start frame from a regular file or an http(s) URL, as RGB: the URL read with a timeout and a size cap, the
-    image refused above `MAX_START_PIXELS` from its header, before any pixel is decoded (`Image.open` decodes none)."""
+def start_image_file(value: str, name: str = "input_image") -> str:
+    """A checked local file for diffusers' `load_image`: a regular file, or an http(s) URL read with a timeout and a
+    size cap into a temporary file; refused above `MAX_START_PIXELS` from its header (`Image.open` decodes nothing)."""
     smaller = "Pass a smaller image (it is resized to the video's size anyway)."
     is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
     if is_url:  # shown without user:password (`errors.redact`), query or fragment: tokens live there
@@ -71,7 +71,9 @@ def read_start_image(value: str, name: str = "input_image") -> Image.Image:
                                         "Check the URL, or download the image and pass the file.") from None
         if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
             raise InvalidParameterError(name, shown, f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes", smaller)
-        source = io.BytesIO(data)
+        with tempfile.NamedTemporaryFile(prefix="kit-start-image-", delete=False) as file:
+            file.write(data)
+        source = Path(file.name)
     elif isinstance(value, str) and Path(value).expanduser().is_file():
         source, shown = Path(value).expanduser(), value
     else:
@@ -80,14 +82,15 @@ def read_start_image(value: str, name: str = "input_image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the fix
-            image = Image.open(source)
+            with Image.open(source) as image:
+                pixels = image.width * image.height
     except Image.DecompressionBombError:
         raise too_big from None
     except (UnidentifiedImageError, OSError):
         raise InvalidParameterError(name, shown, "is not an image file (PNG, JPEG, WebP, ...)") from None
-    if image.width * image.height > MAX_START_PIXELS:
+    if pixels > MAX_START_PIXELS:
         raise too_big
-    return image.convert("RGB")
+    return str(source)
 
 
 def as_array(frames) -> np.ndarray:
