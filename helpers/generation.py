@@ -121,9 +121,10 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
 
 
 def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int, width: int, num_inference_steps: int,
-                   guidance_scale: float, seed: int, num_frames: int | None = None, image=None,
+                   guidance_scale: float, seed: int | None = None, num_frames: int | None = None, image=None,
                    pipeline_kwargs: dict | None = None, **extra) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
+    """Keyword arguments for `pipe(**kwargs)`, checked, with the caller's `generator=` or a CPU generator seeded with
+    `seed` (reproducible on any device).
     `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
     `pipeline_kwargs` are the user's own call arguments: one the pipeline does not take or the kit sets is an error."""
     name, multiple = type(pipe).__name__, size_multiple(pipe)
@@ -152,7 +153,7 @@ def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int,
                                                       then=extra.get("callback_on_step_end"))
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or None, height=height, width=width,
                   num_inference_steps=num_inference_steps, num_frames=num_frames, image=image,
-                  generator=torch.Generator("cpu").manual_seed(seed), **extra)
+                  generator=extra.pop("generator", None) or torch.Generator("cpu").manual_seed(seed), **extra)
     guidance = guidance_argument(pipe, accepted)
     if guidance is not None:
         kwargs[guidance] = guidance_scale

@@ -99,7 +99,7 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
         dtype = planning.choose_dtype(family, "auto", hardware, bool(hardware.gpus) and resolved_map != "cpu")[0]
     resolved_dtype = resolve_dtype(dtype)
     for name, component in ((n, v) for n, v in kwargs.items() if isinstance(v, torch.nn.Module)):
-        check_component(component_spec(source, name, revision), name, component)
+        check_component(source, name, component, revision)
     if isinstance(resolved_dtype, dict):
         index = read_model_index(source, revision)
         unweighted = ("Scheduler", "Tokenizer", "Processor", "FeatureExtractor")
@@ -185,9 +185,10 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
     return index[name][1], json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
-def check_component(spec: tuple[str, dict], name: str, component) -> None:
-    """Refuse a component of the wrong class or shape before diffusers fails deep inside a call."""
-    expected_class, expected_config = spec
+def check_component(spec, name: str, component, revision: str | None = None) -> None:
+    """Refuse a component of the wrong class or shape before diffusers fails deep inside a call. `spec`: the pipeline
+    source it is for (its `name` as `component_spec` reads it), or (class name, config)."""
+    expected_class, expected_config = spec if isinstance(spec, tuple) else component_spec(spec, name, revision)
     actual_class = type(component).__name__
     if expected_class not in {cls.__name__ for cls in type(component).__mro__}:
         raise InvalidParameterError(name, actual_class, f"this pipeline's {name} must be of class {expected_class}",

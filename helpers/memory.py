@@ -33,7 +33,9 @@ def component_table(pipe) -> list[ComponentInfo]:
     return rows
 
 
-def format_table(rows: list[ComponentInfo]) -> str:
+def format_table(pipe) -> str:
+    """`component_table(pipe)` as aligned text, with a total."""
+    rows = component_table(pipe)
     lines = [f"{'component':16s} {'class':36s} {'params':>14s} {'MB':>10s} {'dtype':9s} device"]
     for row in rows:
         lines.append(f"{row.name:16s} {row.class_name:36s} {row.params:>14,d} {row.bytes / 2**20:>10.1f} "

@@ -53,9 +53,9 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
     return pipeline_class
 
 
-def read_start_image(value: str, name: str = "input_image") -> Image.Image:
-    """The start frame from a regular file or an http(s) URL, as RGB: the URL read with a timeout and a size cap, the
-    image refused above `MAX_START_PIXELS` from its header, before any pixel is decoded (`Image.open` decodes none)."""
+def start_image_file(value: str, name: str = "input_image") -> str:
+    """A checked local file for diffusers' `load_image`: a regular file, or an http(s) URL read with a timeout and a
+    size cap into a temporary file; refused above `MAX_START_PIXELS` from its header (`Image.open` decodes nothing)."""
     smaller = "Pass a smaller image (it is resized to the video's size anyway)."
     is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
     if is_url:  # shown without user:password (`errors.redact`), query or fragment: tokens live there
@@ -71,7 +71,9 @@ def read_start_image(value: str, name: str = "input_image") -> Image.Image:
                                         "Check the URL, or download the image and pass the file.") from None
         if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
             raise InvalidParameterError(name, shown, f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes", smaller)
-        source = io.BytesIO(data)
+        with tempfile.NamedTemporaryFile(prefix="kit-start-image-", delete=False) as file:
+            file.write(data)
+        source = Path(file.name)
     elif isinstance(value, str) and Path(value).expanduser().is_file():
         source, shown = Path(value).expanduser(), value
     else:
@@ -80,14 +82,15 @@ def read_start_image(value: str, name: str = "input_image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the fix
-            image = Image.open(source)
+            with Image.open(source) as image:
+                pixels = image.width * image.height
     except Image.DecompressionBombError:
         raise too_big from None
     except (UnidentifiedImageError, OSError):
         raise InvalidParameterError(name, shown, "is not an image file (PNG, JPEG, WebP, ...)") from None
-    if image.width * image.height > MAX_START_PIXELS:
+    if pixels > MAX_START_PIXELS:
         raise too_big
-    return image.convert("RGB")
+    return str(source)
 
 
 def as_array(frames) -> np.ndarray:
@@ -116,11 +119,6 @@ def check_frames(frames) -> np.ndarray:
 def frames_to_images(frames) -> list[Image.Image]:
     """Each frame as an 8-bit RGB PIL image (rounded, clipped to [0, 1] first)."""
     return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
-
-
-def sidecar(video: str | Path) -> Path:
-    """Where the generation record of `video` lives: the same name with .json."""
-    return Path(video).with_suffix(".json")
 
 
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
@@ -157,17 +155,6 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
     finally:
         for temp in temps:
             Path(temp).unlink(missing_ok=True)
-
-
-def read_metadata(video: str | Path) -> dict:
-    """The generation record saved beside `video` by `save_video`."""
-    return json.loads(sidecar(video).read_text())
-
-
-def read_frames(video: str | Path) -> np.ndarray:
-    """Decode an MP4 back into a (frames, height, width, 3) uint8 array (to check what was written)."""
-    import imageio.v3 as iio
-    return iio.imread(video, plugin="FFMPEG")
 
 
 def animated_gif(frames, fps: int = 16, max_side: int = 320) -> bytes:

@@ -123,10 +123,11 @@ def test_no_progress_bar_calls_in_lessons(notebook_path):
 
 
 KIT_MODULES = {"helpers", "planning", "loading", "hub", "memory", "generation", "outputs", "widgets", "quantization",
-               "env", "validate", "setup"}
+               "env", "validate", "setup", "video", "community", "batch"}
 LIBRARY_CALLS = {"from_pretrained", "from_pipe", "from_config", "from_single_file", "load_config", "save_pretrained",
                  "snapshot_download", "hf_hub_download", "make_image_grid", "reset_device_map", "remove_all_hooks",
-                 "set_timesteps", "to"}
+                 "set_timesteps", "to", "export_to_video", "load_video", "load_image", "numpy_to_pil", "Generator",
+                 "manual_seed", "create_repo", "upload_folder"}
 
 
 def call_counts(notebook) -> tuple[list[str], list[str]]:
@@ -164,14 +165,22 @@ def test_call_counts_tell_kit_from_library():
     assert sorted(library) == ["DiffusionPipeline.from_pretrained", "pipe"]
 
 
-@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping"])
+GUARDS_STILL_OUTNUMBER = "issue 19: the audit/plan/offload/save guards are kit calls; not yet at parity"
+
+
+@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping",
+                                  pytest.param("04_community_pipelines", marks=pytest.mark.xfail(
+                                      strict=True, reason=GUARDS_STILL_OUTNUMBER)),
+                                  pytest.param("07_video_pipelines", marks=pytest.mark.xfail(
+                                      strict=True, reason=GUARDS_STILL_OUTNUMBER))])
 def test_lessons_call_diffusers_at_least_as_often_as_the_kit(name):
-    """Notebooks 02 and 03 teach diffusers: its calls are on the page, the kit's glue is the smaller part."""
+    """The lessons teach diffusers: its calls are on the page, the kit's glue is the smaller part."""
     kit, library = call_counts(load(NOTEBOOKS / f"{name}.ipynb"))
     assert len(library) >= len(kit), (sorted(kit), sorted(library))
 
 
-@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping"])
+@pytest.mark.parametrize("name", ["02_load_and_generate", "03_component_swapping", "04_community_pipelines",
+                                  "07_video_pipelines"])
 def test_lessons_hold_no_asserts_for_the_tests(name):
     """The tests read what the cells print; an assert in a lesson only shows the reader a test's plumbing."""
     sources = [cell.source for cell in code_cells(load(NOTEBOOKS / f"{name}.ipynb"))]

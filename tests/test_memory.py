@@ -23,7 +23,7 @@ def test_component_table_counts_bytes_by_dtype_and_tied_weights_once():
     assert set(rows) == {"text_encoder", "unet"}
     assert (rows["text_encoder"].params, rows["text_encoder"].bytes, rows["text_encoder"].dtype) == (40, 80, "bfloat16")
     assert (rows["unet"].params, rows["unet"].bytes, rows["unet"].dtype) == (20, 80, "float32")
-    table = memory.format_table(memory.component_table(pipe))
+    table = memory.format_table(pipe)
     assert "text_encoder" in table and table.splitlines()[-1].split()[:2] == ["total", "60"]
 
 

@@ -10,6 +10,7 @@ import papermill
 import pytest
 import torch
 from diffusers import DiffusionPipeline, WanImageToVideoPipeline, WanPipeline
+from diffusers.utils import load_image, load_video
 from PIL import Image
 
 from helpers import community, generation, loading, planning, validate, video
@@ -57,14 +58,18 @@ def frames(count=5, value=0.5):
     return np.full((count, 16, 16, 3), value, dtype=np.float32)
 
 
+def record_of(mp4):
+    return json.loads(mp4.with_suffix(".json").read_text())
+
+
 def test_save_video_writes_mp4_and_record_and_never_overwrites(tmp_path):
     first = video.save_video(frames(), tmp_path, "clip", {"pipeline": "WanPipeline", "parameters": {"seed": 1}}, fps=8)
     second = video.save_video(frames(value=0.2), tmp_path, "clip", {"parameters": {"seed": 2}}, fps=8)
     assert (first.name, second.name) == ("clip.mp4", "clip-1.mp4")
-    assert video.read_metadata(first)["parameters"]["seed"] == 1
-    assert video.read_metadata(second)["parameters"]["seed"] == 2
-    assert video.read_metadata(first)["video"] == {"container": "mp4", "fps": 8, "frames": 5, "height": 16, "width": 16}
-    decoded = video.read_frames(first)
+    assert record_of(first)["parameters"]["seed"] == 1
+    assert record_of(second)["parameters"]["seed"] == 2
+    assert record_of(first)["video"] == {"container": "mp4", "fps": 8, "frames": 5, "height": 16, "width": 16}
+    decoded = np.stack([np.asarray(frame) for frame in load_video(str(first))])
     assert decoded.shape[0] == 5 and abs(decoded.mean() / 255 - 0.5) < 0.05
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip-1.json", "clip-1.mp4", "clip.json", "clip.mp4"]
 
@@ -235,16 +240,16 @@ def image_server(tmp_path):
 def test_start_image_from_a_file_and_a_url(tmp_path, image_server):
     picture = tmp_path / "start.png"
     Image.new("RGB", (16, 8), "blue").save(picture)
-    assert video.read_start_image(str(picture)).size == (16, 8)
-    fetched = video.read_start_image(f"{image_server}/red.png")
+    assert load_image(video.start_image_file(str(picture))).size == (16, 8)
+    fetched = load_image(video.start_image_file(f"{image_server}/red.png"))
     assert fetched.mode == "RGB" and fetched.getpixel((0, 0)) == (255, 0, 0)
 
 
 def test_a_bomb_header_is_refused_before_decoding(tmp_path):
     with pytest.raises(InvalidParameterError, match="input_image=.*declares more than 40,000,000 pixels"):
-        video.read_start_image(str(huge_png(tmp_path / "bomb.png")))
+        video.start_image_file(str(huge_png(tmp_path / "bomb.png")))
     with pytest.raises(InvalidParameterError, match="declares more than"):  # past PIL's own bomb limit too
-        video.read_start_image(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
+        video.start_image_file(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
 
 
 @pytest.mark.parametrize("make, words", [
@@ -253,18 +258,18 @@ def test_a_bomb_header_is_refused_before_decoding(tmp_path):
 ])
 def test_a_start_image_that_is_no_image_file_is_refused(tmp_path, make, words):
     with pytest.raises(InvalidParameterError, match=words):
-        video.read_start_image(str(make(tmp_path / "start.png")))
+        video.start_image_file(str(make(tmp_path / "start.png")))
 
 
 def test_a_url_has_a_size_cap_and_a_timeout_and_is_shown_without_secrets(image_server, monkeypatch):
     monkeypatch.setattr(video, "MAX_DOWNLOAD_BYTES", 1024)
     with pytest.raises(InvalidParameterError, match="larger than 1,024 bytes"):
-        video.read_start_image(f"{image_server}/big")
+        video.start_image_file(f"{image_server}/big")
     monkeypatch.setattr(video, "DOWNLOAD_TIMEOUT_S", 0.3)
     secret = "hf_SecretCanary12345"
     url = image_server.replace("http://", f"http://user:{secret}@") + f"/slow?token={secret}"
     with pytest.raises(InvalidParameterError, match="could not be downloaded") as refused:
-        video.read_start_image(url)
+        video.start_image_file(url)
     assert secret not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
 
 
