@@ -11,6 +11,7 @@ import torch
 from . import rules
 from .errors import InvalidParameterError, NonFiniteLatentsError
 from .outputs import likely_cause
+from .planning import STAGED_OUTPUTS
 
 # The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
 GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
@@ -120,9 +121,9 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
     return next((name for name in GUIDANCE_NAMES if name in accepted), None)
 
 
-def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int, width: int, num_inference_steps: int,
-                   guidance_scale: float, seed: int, num_frames: int | None = None, image=None,
-                   pipeline_kwargs: dict | None = None, **extra) -> dict:
+def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", height: int, width: int,
+                   num_inference_steps: int, guidance_scale: float, seed: int, num_frames: int | None = None,
+                   image=None, pipeline_kwargs: dict | None = None, **extra) -> dict:
     """Keyword arguments for `pipe(**kwargs)`, checked, with a seeded CPU generator (reproducible on any device).
     `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
     `pipeline_kwargs` are the user's own call arguments: one the pipeline does not take or the kit sets is an error."""
@@ -150,6 +151,8 @@ def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int,
     if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
         extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
                                                       then=extra.get("callback_on_step_end"))
+    if "prompt_embeds" in extra:  # a staged plan's stage 2: the embeddings replace the prompts
+        prompt, negative_prompt = None, ""
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or None, height=height, width=width,
                   num_inference_steps=num_inference_steps, num_frames=num_frames, image=image,
                   generator=torch.Generator("cpu").manual_seed(seed), **extra)
@@ -158,3 +161,29 @@ def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int,
         kwargs[guidance] = guidance_scale
     kwargs = {key: value for key, value in kwargs.items() if key in accepted and value is not None}
     return {**kwargs, **dict(pipeline_kwargs or {})}
+
+
+def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
+    """A staged plan's stage 1: `pipe.encode_prompt` (text encoders only loaded) -> the call arguments it fills
+    (prompt_embeds, ..., negative_*), for `pipe(**embeddings, ...)` of stage 2's pipeline. The negative prompt is
+    encoded as the one-stage call would: by encode_prompt where it takes one, else by a second call when given."""
+    name = type(pipe).__name__
+    if name not in STAGED_OUTPUTS:
+        raise InvalidParameterError("pipe", name, "staged: not supported for this pipeline class",
+                                    f"Staged plans cover {', '.join(STAGED_OUTPUTS)}; load it in one stage.")
+    accepted = inspect.signature(pipe.encode_prompt).parameters
+    given = {key: value for key, value in (("negative_prompt", negative_prompt or None),
+                                           ("do_classifier_free_guidance", True)) if key in accepted}
+    given |= {key: None for key in ("prompt_2", "prompt_3") if key in accepted}  # as the call passes them
+    call = inspect.signature(type(pipe).__call__).parameters  # the call's own length (Wan: 512; encode_prompt: 226)
+    if "max_sequence_length" in call and "max_sequence_length" in accepted:
+        given["max_sequence_length"] = call["max_sequence_length"].default
+
+    @torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
+    def encode(text, prefix=""):
+        outputs = zip(STAGED_OUTPUTS[name], pipe.encode_prompt(text, **given), strict=True)  # FLUX, Qwen: no negative
+        return {prefix + key: value for key, value in outputs if key is not None}
+    embeddings = encode(prompt)
+    if negative_prompt and "negative_prompt" not in accepted:
+        embeddings |= encode(negative_prompt, "negative_")
+    return embeddings
