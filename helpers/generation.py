@@ -163,27 +163,30 @@ def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", heigh
     return {**kwargs, **dict(pipeline_kwargs or {})}
 
 
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
-    """A staged plan's stage 1: `pipe.encode_prompt` (text encoders only loaded) -> the call arguments it fills
-    (prompt_embeds, ..., negative_*), for `pipe(**embeddings, ...)` of stage 2's pipeline. The negative prompt is
-    encoded as the one-stage call would: by encode_prompt where it takes one, else by a second call when given."""
+def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, ...]]:
+    """A staged plan's stage 1 (text encoders only loaded): (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as
+    the one-stage call passes them, the call argument each output fills). Where encode_prompt takes no
+    negative_prompt (Qwen-Image, FLUX), a second call encodes it: its outputs fill negative_<name>."""
     name = type(pipe).__name__
     if name not in STAGED_OUTPUTS:
         raise InvalidParameterError("pipe", name, "staged: not supported for this pipeline class",
                                     f"Staged plans cover {', '.join(STAGED_OUTPUTS)}; load it in one stage.")
-    accepted = inspect.signature(pipe.encode_prompt).parameters
-    given = {key: value for key, value in (("negative_prompt", negative_prompt or None),
-                                           ("do_classifier_free_guidance", True)) if key in accepted}
-    given |= {key: None for key in ("prompt_2", "prompt_3") if key in accepted}  # as the call passes them
-    call = inspect.signature(type(pipe).__call__).parameters  # the call's own length (Wan: 512; encode_prompt: 226)
-    if "max_sequence_length" in call and "max_sequence_length" in accepted:
-        given["max_sequence_length"] = call["max_sequence_length"].default
+    accepted, call = (inspect.signature(f).parameters for f in (pipe.encode_prompt, type(pipe).__call__))
+    given = {"negative_prompt": negative_prompt or None, "prompt_2": None, "prompt_3": None,
+             "do_classifier_free_guidance": True}  # as the call passes them
+    kwargs = {key: value for key, value in given.items() if key in accepted}
+    if "max_sequence_length" in call and "max_sequence_length" in accepted:  # the call's (Wan: 512, encode: 226)
+        kwargs["max_sequence_length"] = call["max_sequence_length"].default
+    return kwargs, STAGED_OUTPUTS[name]
 
-    @torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
-    def encode(text, prefix=""):
-        outputs = zip(STAGED_OUTPUTS[name], pipe.encode_prompt(text, **given), strict=True)  # FLUX, Qwen: no negative
-        return {prefix + key: value for key, value in outputs if key is not None}
-    embeddings = encode(prompt)
-    if negative_prompt and "negative_prompt" not in accepted:
-        embeddings |= encode(negative_prompt, "negative_")
+
+@torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
+def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
+    """`encode_arguments`, then `pipe.encode_prompt` (twice where the negative needs its own call): the call
+    arguments for stage 2's `pipe(...)` (an output the call does not take, FLUX's text_ids, is dropped there)."""
+    kwargs, names = encode_arguments(pipe, negative_prompt)
+    embeddings = dict(zip(names, pipe.encode_prompt(prompt, **kwargs), strict=True))
+    if negative_prompt and "negative_prompt" not in kwargs:
+        embeddings |= {f"negative_{n}": v for n, v in zip(names, pipe.encode_prompt(negative_prompt, **kwargs),
+                                                          strict=True)}
     return embeddings

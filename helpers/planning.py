@@ -278,11 +278,11 @@ OFFLOAD_CALLS = {"none": "", "staged": "", "model": "pipe.enable_model_cpu_offlo
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
                           'num_blocks_per_group=1, use_stream=True)'}
-# What each family's `encode_prompt` returns, in order: the call arguments of the same names; None: not an argument.
+# What each family's `encode_prompt` returns, in order, named as the call arguments they fill (FLUX's text_ids: none).
 # From diffusers 0.42.1 pipelines/qwenimage/pipeline_qwenimage.py, flux/pipeline_flux.py,
 # stable_diffusion_3/pipeline_stable_diffusion_3.py, wan/pipeline_wan.py. Negatives: one more call where it takes none.
 STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
-                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", None),
+                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
                   "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
                                                "negative_pooled_prompt_embeds"),
                   "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
@@ -600,7 +600,7 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
     `staged=True`: the caller runs a staged plan's two loads (notebook 02's staged section), so "auto" may pick it."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
-    rules.choice("offload", offload, (*OFFLOADS, "staged"))
+    rules.choice("offload", offload, OFFLOADS)
     if offload == "staged" and not staged:
         raise InvalidParameterError("offload", offload, "this caller loads in one stage; a staged plan needs two "
                                     "loads", "Run notebook 02's staged section (plan_load(..., staged=True)), or "
@@ -682,8 +682,9 @@ SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (se
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
     """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
-    else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
-    _skip_later_cells(plan_only)
+    else a plan that does not fit raises PlanDoesNotFitError unless force=True. A staged plan: later cells that do
+    not mention "staged" (the one-stage sections) print "skipped"."""
+    _skip_later_cells(plan_only or plan.offload == "staged" and (plan.fits or force), staged=not plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
               "running (set plan_only = False and rerun this cell to continue).")
@@ -692,14 +693,22 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
         if not force:
             raise PlanDoesNotFitError(plan)
         print("force=True: loading although the plan does not fit; expect an out-of-memory error or a full disk.")
+    if plan.offload == "staged":
+        print("A staged plan: the staged section runs; the one-stage sections print 'skipped'.")
+
+
+# A staged plan: the cells that load in one stage print this; those mentioning "staged" run
+SKIPPED_STAGED = "skipped: the plan is staged (encode, free, denoise): this one-stage section would not fit"
+_SKIP = {"keep": PLAN_ONLY_KEEP, "why": SKIPPED}
 
 
 def _skip_cell(lines: list[str]) -> list[str]:
-    return lines if any(PLAN_ONLY_KEEP in line for line in lines) else [f"print({SKIPPED!r})\n"]
+    return lines if any(_SKIP["keep"] in line for line in lines) else [f"print({_SKIP['why']!r})\n"]
 
 
-def _skip_later_cells(on: bool) -> None:
+def _skip_later_cells(on: bool, staged: bool = False) -> None:
     """Install or remove the IPython input transformer that replaces later cells (no-op outside IPython)."""
+    _SKIP.update(keep="staged" if staged else PLAN_ONLY_KEEP, why=SKIPPED_STAGED if staged else SKIPPED)
     try:
         from IPython import get_ipython
     except ImportError:
