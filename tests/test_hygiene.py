@@ -126,7 +126,7 @@ KIT_MODULES = {"helpers", "planning", "loading", "hub", "memory", "generation", 
                "env", "validate", "setup"}
 LIBRARY_CALLS = {"from_pretrained", "from_pipe", "from_config", "from_single_file", "load_config", "save_pretrained",
                  "snapshot_download", "hf_hub_download", "make_image_grid", "reset_device_map", "remove_all_hooks",
-                 "set_timesteps", "to"}
+                 "set_timesteps", "encode_prompt", "to"}  # encode_prompt: as the structure hook counts it
 
 
 def call_counts(notebook) -> tuple[list[str], list[str]]:
