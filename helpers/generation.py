@@ -11,6 +11,7 @@ import torch
 from . import rules
 from .errors import InvalidParameterError, NonFiniteLatentsError
 from .outputs import likely_cause
+from .planning import STAGED_OUTPUTS
 
 # The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
 GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
@@ -120,9 +121,9 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
     return next((name for name in GUIDANCE_NAMES if name in accepted), None)
 
 
-def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int, width: int, num_inference_steps: int,
-                   guidance_scale: float, seed: int | None = None, num_frames: int | None = None, image=None,
-                   pipeline_kwargs: dict | None = None, **extra) -> dict:
+def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", height: int, width: int,
+                   num_inference_steps: int, guidance_scale: float, seed: int | None = None,
+                   num_frames: int | None = None, image=None, pipeline_kwargs: dict | None = None, **extra) -> dict:
     """Keyword arguments for `pipe(**kwargs)`, checked, with the caller's `generator=` or a CPU generator seeded with
     `seed` (reproducible on any device).
     `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
@@ -151,6 +152,8 @@ def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int,
     if "callback_on_step_end" in accepted:  # stop at the first NaN/inf step instead of saving a black image
         extra["callback_on_step_end"] = FiniteLatents(guidance_scale, getattr(pipe, "dtype", None),
                                                       then=extra.get("callback_on_step_end"))
+    if "prompt_embeds" in extra:  # a staged plan's stage 2: the embeddings replace the prompts
+        prompt, negative_prompt = None, ""
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or None, height=height, width=width,
                   num_inference_steps=num_inference_steps, num_frames=num_frames, image=image,
                   generator=extra.pop("generator", None) or torch.Generator("cpu").manual_seed(seed), **extra)
@@ -159,3 +162,32 @@ def call_arguments(pipe, *, prompt: str, negative_prompt: str = "", height: int,
         kwargs[guidance] = guidance_scale
     kwargs = {key: value for key, value in kwargs.items() if key in accepted and value is not None}
     return {**kwargs, **dict(pipeline_kwargs or {})}
+
+
+def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, ...]]:
+    """A staged plan's stage 1 (text encoders only loaded): (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as
+    the one-stage call passes them, the call argument each output fills). Where encode_prompt takes no
+    negative_prompt (Qwen-Image, FLUX), a second call encodes it: its outputs fill negative_<name>."""
+    name = type(pipe).__name__
+    if name not in STAGED_OUTPUTS:
+        raise InvalidParameterError("pipe", name, "staged: not supported for this pipeline class",
+                                    f"Staged plans cover {', '.join(STAGED_OUTPUTS)}; load it in one stage.")
+    accepted, call = (inspect.signature(f).parameters for f in (pipe.encode_prompt, type(pipe).__call__))
+    given = {"negative_prompt": negative_prompt or None, "prompt_2": None, "prompt_3": None,
+             "do_classifier_free_guidance": True}  # as the call passes them
+    kwargs = {key: value for key, value in given.items() if key in accepted}
+    if "max_sequence_length" in call and "max_sequence_length" in accepted:  # the call's (Wan: 512, encode: 226)
+        kwargs["max_sequence_length"] = call["max_sequence_length"].default
+    return kwargs, STAGED_OUTPUTS[name]
+
+
+@torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
+def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
+    """`encode_arguments`, then `pipe.encode_prompt` (twice where the negative needs its own call): the call
+    arguments for stage 2's `pipe(...)` (an output the call does not take, FLUX's text_ids, is dropped there)."""
+    kwargs, names = encode_arguments(pipe, negative_prompt)
+    embeddings = dict(zip(names, pipe.encode_prompt(prompt, **kwargs), strict=True))
+    if negative_prompt and "negative_prompt" not in kwargs:
+        embeddings |= {f"negative_{n}": v for n, v in zip(names, pipe.encode_prompt(negative_prompt, **kwargs),
+                                                          strict=True)}
+    return embeddings

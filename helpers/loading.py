@@ -262,10 +262,18 @@ def plan_kwargs(load_plan, source: str) -> dict:
     return kwargs
 
 
+def stage_kwargs(load_plan, source: str, stage: int) -> dict:
+    """`from_pretrained` kwargs of a staged plan's stage: 1, the text encoder(s) and tokenizers alone (every other
+    weighted component None); 2, the rest: text_encoder_2/3 None, text_encoder=None left for the cell to write."""
+    encoders = {c.name for c in load_plan.components if c.name.startswith("text_encoder")}
+    dropped = {c.name for c in load_plan.components} - encoders if stage == 1 else encoders - {"text_encoder"}
+    return {**plan_kwargs(load_plan, source), **dict.fromkeys(sorted(dropped))}
+
+
 def apply_offload(pipe, load_plan) -> str:
     """Apply the plan's offload after the load (it needs a GPU); returns what was done, to print."""
-    if load_plan.offload == "none":
-        return "offload: none (the plan keeps every component where it loaded)"
+    if load_plan.offload in ("none", "staged"):
+        return f"offload: {load_plan.offload} (the plan keeps every component where it loaded)"
     if not torch.cuda.is_available():
         return f"offload: the plan's {load_plan.offload!r} offload needs a CUDA GPU; none here, so not applied"
     if load_plan.offload == "model":

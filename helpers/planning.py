@@ -274,10 +274,18 @@ def _gguf_bytes_per_weight(name: str) -> float:
 STORAGE = {"Qwen/Qwen-Image": ("bfloat16", None, False), "black-forest-labs/FLUX.1-dev": ("bfloat16", None, True),
            "stabilityai/stable-diffusion-xl-base-1.0": ("float32", "fp16", False),
            "stable-diffusion-v1-5/stable-diffusion-v1-5": ("float32", "fp16", False)}
-OFFLOAD_CALLS = {"none": "", "model": "pipe.enable_model_cpu_offload()",
+OFFLOAD_CALLS = {"none": "", "staged": "", "model": "pipe.enable_model_cpu_offload()",
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
                           'num_blocks_per_group=1, use_stream=True)'}
+# What each family's `encode_prompt` returns, in order, named as the call arguments they fill (FLUX's text_ids: none).
+# From diffusers 0.42.1 pipelines/qwenimage/pipeline_qwenimage.py, flux/pipeline_flux.py,
+# stable_diffusion_3/pipeline_stable_diffusion_3.py, wan/pipeline_wan.py. Negatives: one more call where it takes none.
+STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
+                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
+                  "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                                               "negative_pooled_prompt_embeds"),
+                  "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
@@ -305,7 +313,7 @@ class LoadPlan:
     components: list[ComponentPlan]
     dtype: str  # the compute dtype ("bfloat16", "float16", "float32")
     quantization: str
-    offload: str  # "none", "model", "group", "sequential"
+    offload: str  # "none", "staged", "model", "group", "sequential"
     device_map: str | None  # what to pass to from_pretrained ("cuda", "balanced", or None: load on CPU)
     variant: str | None  # the repo's half-precision file variant to download, if it has one
     height: int
@@ -318,10 +326,11 @@ class LoadPlan:
     reasons: list[str] = field(default_factory=list)  # why it does not fit (empty when it fits)
     notes: list[str] = field(default_factory=list)  # costs and caveats of the chosen plan
     alternatives: list[str] = field(default_factory=list)  # ranked, when it does not fit
+    stages: list[tuple[str, int, int]] = field(default_factory=list)  # staged: (stage, peak VRAM, peak RAM)
 
     @property
     def verdict(self) -> str:
-        return "fits" if self.fits else "does not fit"
+        return ("fits (staged)" if self.stages else "fits") if self.fits else "does not fit"
 
     @property
     def resolved_dtype(self) -> torch.dtype:
@@ -364,6 +373,8 @@ class LoadPlan:
                   f"{'':9s} {'':22s} {'':26s} {sum(c.bytes for c in self.components) / GIB:>6.2f}",
                   f"offload         {self.offload}{'  -> ' + self.offload_call if self.offload_call else ''}",
                   f"device_map      {self.device_map!r}; dtype {self.dtype}; variant {self.variant!r}"]
+        lines += [f"stage {stage:9s} VRAM {vram / GIB:.1f} GiB, RAM {ram / GIB:.1f} GiB" for stage, vram, ram in
+                  self.stages]
         if hw.gpus:
             lines.append(f"peak VRAM       {self.vram_bytes / GIB:.1f} GiB"
                          f"{' on the busiest GPU' if len(hw.gpus) > 1 else ''} of {max(hw.gpus):g} "
@@ -460,12 +471,14 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
     return sum(size for name, size in files.items() if not name.startswith(replaced)), variant
 
 
-def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool):
-    """(quantization, offload, balanced) in the kit's order of preference; sequential offload (very slow) last."""
-    order = [("none", "none"), ("none", "model"), ("none", "group"), ("int8", "none"), ("int8", "model"),
-             ("nf4", "none"), ("nf4", "model"), ("int8", "group"), ("nf4", "group"), ("none", "sequential"),
-             ("int8", "sequential"), ("nf4", "sequential")] if on_gpu else [("none", "none"), ("int8", "none"),
-                                                                           ("int4", "none")]
+def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool, staged: bool):
+    """(quantization, offload, balanced) in the kit's order of preference; staged right after all-on-GPU (`staged`:
+    the caller runs stages), sequential offload (very slow) last."""
+    order = [("none", "none"), ("none", "staged"), ("none", "model"), ("none", "group"), ("int8", "none"),
+             ("int8", "staged"), ("int8", "model"), ("nf4", "none"), ("nf4", "staged"), ("nf4", "model"),
+             ("int8", "group"), ("nf4", "group"), ("none", "sequential"), ("int8", "sequential"),
+             ("nf4", "sequential")] if on_gpu else [("none", "none"), ("int8", "none"), ("int4", "none")]
+    order = [(q, o) for q, o in order if staged or o != "staged"]
     wanted = [(q, o) for q, o in order if quantization in ("auto", q) and offload in ("auto", o)] or \
         [(quantization if quantization != "auto" else "none", offload if offload != "auto" else "none")]
     out = []
@@ -484,7 +497,9 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
     activations = activation_headroom(height, width)
     download, variant = download_bytes(model_id, stats, dtype, quantization)
     stored = 2 if variant else DTYPE_BYTES[STORAGE[model_id][0]] if model_id in STORAGE else DTYPE_BYTES[dtype]
-    one_shard = min(max((s.params * stored for s in stats), default=0), SHARD_BYTES)  # RAM while loading to a GPU
+    def shard(names) -> int:  # RAM while loading to a GPU: one shard of the largest component loaded
+        return min(max((s.params * stored for s in stats if s.name in names), default=0), SHARD_BYTES)
+    one_shard = shard({s.name for s in stats})
     components = []
     for s in stats:
         # only the denoiser and big text encoders (small ones gain little and lose quality); a GGUF file holds one model
@@ -494,6 +509,7 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
                                         "", _component_bytes(s, dtype, quant)))
     total, largest = sum(c.bytes for c in components), max((c.bytes for c in components), default=0)
     reasons, notes, device_map, vram, placement = list(blocking), list(dtype_notes), None, 0, "cpu"
+    plan_stages = []
     stat = {s.name: s for s in stats}
     if not on_gpu:
         ram = int(RAM_BASE_GIB["cpu"] * GIB) + total + activations
@@ -518,6 +534,21 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
             device_map, ram, placement = "balanced", ram_base + one_shard, ""  # placed per component above
         elif offload == "none":
             vram, device_map, ram, placement = total + activations, "cuda", ram_base + one_shard, "cuda"
+        elif offload == "staged":  # 1: text encoders alone, encode, free; 2: the rest, called with the embeddings
+            first = {c.name for c in components if c.name.startswith("text_encoder")}
+            rest = {c.name for c in components} - first
+            plan_stages = [("1 encode", sum(c.bytes for c in components if c.name in first) + activation_headroom(
+                0, 0), ram_base + shard(first)), ("2 denoise", sum(c.bytes for c in components if c.name in rest)
+                                                  + activations, ram_base + shard(rest))]
+            vram, ram, device_map, placement = max(v for _, v, _ in plan_stages), max(r for *_, r in plan_stages), \
+                "cuda", ""
+            for c in components:
+                c.placement = "cuda, stage 1 (then freed)" if c.name in first else "cuda, stage 2"
+            if family not in STAGED_OUTPUTS:
+                reasons.append(f"staged: not supported for {family} (its call takes no prompt embeddings the kit maps)")
+            notes.append("staged: stage 1 loads only the text encoder(s) and encodes the prompt, then frees them; "
+                         "stage 2 loads the rest with text_encoder=None and is called with the embeddings "
+                         "(stage 1's VRAM: weights + 1 GiB, the kit's estimate)")
         else:
             if offload == "model":
                 vram, placement = largest + activations, "cpu -> cuda while it runs"
@@ -557,16 +588,23 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         which = ", ".join(f"{c.name}: {c.quantization}" for c in components if c.quantization != "none")
         notes.append(f"quantized with {', '.join(backends)} through diffusers' PipelineQuantizationConfig ({which}); "
                      "install only that backend")
-    return LoadPlan(model_id, family, hardware, components, dtype, quantization, offload, device_map, variant,
-                    height, width, int(vram), activations, int(ram), download, not reasons, reasons, notes)
+    return LoadPlan(model_id, family, hardware, components, dtype, quantization, offload, device_map, variant, height,
+                    width, int(vram), activations, int(ram), download, not reasons, reasons, notes,
+                    stages=plan_stages if on_gpu and offload == "staged" else [])
 
 
 def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str = "auto", offload: str = "auto",
-              device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True) -> LoadPlan:
-    """The first candidate plan (`_candidates`) that fits, else the closest with `fits=False` and alternatives."""
+              device_map: str = "auto", height: int = 1024, width: int = 1024, alternatives: bool = True,
+              staged: bool = False) -> LoadPlan:
+    """The first candidate plan (`_candidates`) that fits, else the closest with `fits=False` and alternatives.
+    `staged=True`: the caller runs a staged plan's two loads (notebook 02's staged section), so "auto" may pick it."""
     hw = resolve_hardware(hardware)
     rules.quantization("quantization", quantization)
     rules.choice("offload", offload, OFFLOADS)
+    if offload == "staged" and not staged:
+        raise InvalidParameterError("offload", offload, "this caller loads in one stage; a staged plan needs two "
+                                    "loads", "Run notebook 02's staged section (plan_load(..., staged=True)), or "
+                                    "pick another offload.")
     rules.choice("device_map", device_map, rules.DEVICE_MAPS)
     folder = config_folder(model_id)
     family = hub.read_model_index(str(folder))["_class_name"]
@@ -575,11 +613,16 @@ def plan_load(model_id: str, hardware="auto", *, dtype="auto", quantization: str
     if device_map in ("cuda", "balanced") and not hw.gpus:
         raise InvalidParameterError("device_map", device_map, f"{hw.name} has no GPU", "Use 'auto' or 'cpu'.")
     chosen_dtype, dtype_notes, blocking = choose_dtype(family, dtype, hw, on_gpu)
+    supported = family in STAGED_OUTPUTS or offload == "staged"  # asked for: its plan says why not
     plans = [_evaluate(model_id, family, stats, hw, chosen_dtype, q, o, b, on_gpu, height, width, dtype_notes,
-                       blocking) for q, o, b in _candidates(quantization, offload, device_map, hw, on_gpu)]
+                       blocking) for q, o, b in _candidates(quantization, offload, device_map, hw, on_gpu,
+                                                           staged and supported)]
     plan = next((p for p in plans if p.fits), None) or min(plans, key=lambda p: _shortfall(p, device_map))
+    if staged and not supported and on_gpu:
+        plan.notes.append(f"staged: not supported for {family}: planned without it")
     if not plan.fits and alternatives:
-        plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width)
+        plan.alternatives = _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width,
+                                          staged)
     return plan
 
 
@@ -601,17 +644,20 @@ def _shortfall(plan: LoadPlan, device_map: str) -> float:
     return max(ratios)
 
 
-def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width) -> list[str]:
+def _alternatives(model_id, stats, hw, dtype, quantization, offload, device_map, height, width, staged) -> list[str]:
     found, asked = [], {"dtype": dtype, "quantization": quantization, "offload": offload, "device_map": device_map}
 
     def fits(label: str, model: str = model_id, hardware=hw, **choices) -> bool:
-        plan = plan_load(model, hardware, **{"height": height, "width": width, **choices}, alternatives=False)
+        plan = plan_load(model, hardware, **{"height": height, "width": width, "staged": staged, **choices},
+                         alternatives=False)
         if plan.fits:
             found.append(f"{label}: {plan.summary()}")
         return plan.fits
 
     if tuple(asked.values()) != ("auto",) * 4:
         fits("let the plan choose (dtype, quantization, offload, device_map 'auto')")
+    if not staged and hw.gpus and offload == "auto":
+        fits("a staged load (notebook 02's staged section)", **{**asked, "offload": "auto"}, staged=True)
     if not hw.gpus or device_map == "cpu":
         fits("dtype='bfloat16' (80-125x slower than float32 on CPU)", **{**asked, "dtype": "bfloat16"})
     if height * width > 512 * 512:
@@ -636,8 +682,9 @@ SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (se
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
     """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
-    else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
-    _skip_later_cells(plan_only)
+    else a plan that does not fit raises PlanDoesNotFitError unless force=True. A staged plan: later cells that do
+    not mention "staged" (the one-stage sections) print "skipped"."""
+    _skip_later_cells(plan_only or plan.offload == "staged" and (plan.fits or force), staged=not plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
               "running (set plan_only = False and rerun this cell to continue).")
@@ -646,14 +693,22 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
         if not force:
             raise PlanDoesNotFitError(plan)
         print("force=True: loading although the plan does not fit; expect an out-of-memory error or a full disk.")
+    if plan.offload == "staged":
+        print("A staged plan: the staged section runs; the one-stage sections print 'skipped'.")
+
+
+# A staged plan: the cells that load in one stage print this; those mentioning "staged" run
+SKIPPED_STAGED = "skipped: the plan is staged (encode, free, denoise): this one-stage section would not fit"
+_SKIP = {"keep": PLAN_ONLY_KEEP, "why": SKIPPED}
 
 
 def _skip_cell(lines: list[str]) -> list[str]:
-    return lines if any(PLAN_ONLY_KEEP in line for line in lines) else [f"print({SKIPPED!r})\n"]
+    return lines if any(_SKIP["keep"] in line for line in lines) else [f"print({_SKIP['why']!r})\n"]
 
 
-def _skip_later_cells(on: bool) -> None:
+def _skip_later_cells(on: bool, staged: bool = False) -> None:
     """Install or remove the IPython input transformer that replaces later cells (no-op outside IPython)."""
+    _SKIP.update(keep="staged" if staged else PLAN_ONLY_KEEP, why=SKIPPED_STAGED if staged else SKIPPED)
     try:
         from IPython import get_ipython
     except ImportError:

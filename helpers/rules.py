@@ -18,7 +18,7 @@ DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", 
                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPE_NAMES = ("auto", *DTYPE_ALIASES)
 DEVICE_MAPS = ("auto", "cuda", "balanced", "cpu")
-OFFLOADS = ("auto", "none", "model", "group", "sequential")
+OFFLOADS = ("auto", "none", "staged", "model", "group", "sequential")  # staged: plan_load(..., staged=True) only
 TRUE_VALUES = {"1", "true", "yes", "on"}  # huggingface_hub's _is_true, diffusers' ENV_VARS_TRUE_VALUES
 
 # Quantization names ("gguf:<file or URL>" too): only the denoiser and big text encoders are quantized.

@@ -17,8 +17,9 @@ import papermill
 import pytest
 from conftest import COMPONENTS_REPO, HUB_MODELS, progress_bar_cells
 from nbformat.v4 import new_code_cell, new_notebook
+from PIL import Image
 
-from helpers import outputs
+from helpers import outputs, planning
 from tools import runner
 
 NOTEBOOKS = sorted(runner.NOTEBOOKS.glob("[0-9]*.ipynb"))
@@ -431,3 +432,23 @@ def test_community_notebook_removes_its_scratch_copies_when_a_later_cell_fails(t
     result, scratch_dir = run_04(tmp_path, tiny, {}, notebook=copy)
     assert result.error is not None and "RuntimeError: a later cell fails" in result.error.error
     assert not any(scratch_dir.iterdir())
+
+
+def test_load_and_generate_runs_a_staged_plan_and_skips_the_one_stage_sections(executed, tiny):
+    """offload='staged' with force=True: on this CPU a staged plan does not fit (it needs a GPU) but runs as planned,
+    and draws the image the one-stage default run drew (same tiny Qwen-Image, prompt and seed)."""
+    result, text = run_ok(executed, "02_load_and_generate.ipynb", model_id=str(tiny["qwen-image"]),
+                          offload="staged", force=True)
+    assert "transformer=None" in text["staged-encode"] and "vae=None" in text["staged-encode"]
+    assert "QwenImagePipeline.encode_prompt(prompt, **{'max_sequence_length': 512}) -> prompt_embeds torch.Size([1," \
+        in text["staged-encode"]
+    assert "negative_prompt_embeds_mask" in text["staged-encode"]
+    assert "prompt_embeds=tensor(" in text["staged-denoise"] and "prompt='" not in text["staged-denoise"]
+    for cell in ("auto-class", "generate", "variants", "device", "form"):
+        assert text[cell] == planning.SKIPPED_STAGED + "\n", cell
+    staged = result.executed.parent / result.executed.stem
+    one_stage, _ = run_ok(executed, "02_load_and_generate.ipynb")
+    png = next(staged.glob("staged-seed*.png"))
+    expected = one_stage.executed.parent / one_stage.executed.stem / png.name.replace("staged", "text2image")
+    assert list(Image.open(png).getdata()) == list(Image.open(expected).getdata())
+    assert outputs.read_metadata(png)["context"]["prompt"] == outputs.read_metadata(expected)["parameters"]["prompt"]
