@@ -53,9 +53,9 @@ def video_pipeline_class(source: str, task: str, parameter: str | None = None):
     return pipeline_class
 
 
-def start_image_file(value: str, name: str = "input_image") -> str:
-    """A checked local file for diffusers' `load_image`: a regular file, or an http(s) URL read with a timeout and a
-    size cap into a temporary file; refused above `MAX_START_PIXELS` from its header (`Image.open` decodes nothing)."""
+def checked_start_image(value: str, name: str = "input_image") -> str | Image.Image:
+    """What diffusers' `load_image` takes, checked: a regular file's path, or an http(s) URL read with a timeout and a
+    size cap into memory (no file left behind); refused above `MAX_START_PIXELS` from its header (nothing decoded)."""
     smaller = "Pass a smaller image (it is resized to the video's size anyway)."
     is_url = isinstance(value, str) and value.startswith(("http://", "https://"))
     if is_url:  # shown without user:password (`errors.redact`), query or fragment: tokens live there
@@ -71,9 +71,7 @@ def start_image_file(value: str, name: str = "input_image") -> str:
                                         "Check the URL, or download the image and pass the file.") from None
         if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
             raise InvalidParameterError(name, shown, f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes", smaller)
-        with tempfile.NamedTemporaryFile(prefix="kit-start-image-", delete=False) as file:
-            file.write(data)
-        source = Path(file.name)
+        source = io.BytesIO(data)
     elif isinstance(value, str) and Path(value).expanduser().is_file():
         source, shown = Path(value).expanduser(), value
     else:
@@ -90,7 +88,7 @@ def start_image_file(value: str, name: str = "input_image") -> str:
         raise InvalidParameterError(name, shown, "is not an image file (PNG, JPEG, WebP, ...)") from None
     if pixels > MAX_START_PIXELS:
         raise too_big
-    return str(source)
+    return Image.open(io.BytesIO(data)) if is_url else str(source)
 
 
 def as_array(frames) -> np.ndarray:

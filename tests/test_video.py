@@ -4,6 +4,7 @@ assembly guards notebook 04 shows (constructor given loading options, direct-imp
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import papermill
@@ -237,19 +238,22 @@ def image_server(tmp_path):
     server.shutdown()
 
 
-def test_start_image_from_a_file_and_a_url(tmp_path, image_server):
+def test_start_image_from_a_file_and_a_url(tmp_path, image_server, monkeypatch):
     picture = tmp_path / "start.png"
     Image.new("RGB", (16, 8), "blue").save(picture)
-    assert load_image(video.start_image_file(str(picture))).size == (16, 8)
-    fetched = load_image(video.start_image_file(f"{image_server}/red.png"))
+    assert load_image(video.checked_start_image(str(picture))).size == (16, 8)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch := tmp_path / "tmp"))
+    scratch.mkdir()
+    fetched = load_image(video.checked_start_image(f"{image_server}/red.png"))
     assert fetched.mode == "RGB" and fetched.getpixel((0, 0)) == (255, 0, 0)
+    assert list(scratch.iterdir()) == []  # a URL is read into memory: no temporary file is left behind
 
 
 def test_a_bomb_header_is_refused_before_decoding(tmp_path):
     with pytest.raises(InvalidParameterError, match="input_image=.*declares more than 40,000,000 pixels"):
-        video.start_image_file(str(huge_png(tmp_path / "bomb.png")))
+        video.checked_start_image(str(huge_png(tmp_path / "bomb.png")))
     with pytest.raises(InvalidParameterError, match="declares more than"):  # past PIL's own bomb limit too
-        video.start_image_file(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
+        video.checked_start_image(str(huge_png(tmp_path / "bigger.png", 60_000, 60_000)))
 
 
 @pytest.mark.parametrize("make, words", [
@@ -258,18 +262,18 @@ def test_a_bomb_header_is_refused_before_decoding(tmp_path):
 ])
 def test_a_start_image_that_is_no_image_file_is_refused(tmp_path, make, words):
     with pytest.raises(InvalidParameterError, match=words):
-        video.start_image_file(str(make(tmp_path / "start.png")))
+        video.checked_start_image(str(make(tmp_path / "start.png")))
 
 
 def test_a_url_has_a_size_cap_and_a_timeout_and_is_shown_without_secrets(image_server, monkeypatch):
     monkeypatch.setattr(video, "MAX_DOWNLOAD_BYTES", 1024)
     with pytest.raises(InvalidParameterError, match="larger than 1,024 bytes"):
-        video.start_image_file(f"{image_server}/big")
+        video.checked_start_image(f"{image_server}/big")
     monkeypatch.setattr(video, "DOWNLOAD_TIMEOUT_S", 0.3)
     secret = "hf_SecretCanary12345"
     url = image_server.replace("http://", f"http://user:{secret}@") + f"/slow?token={secret}"
     with pytest.raises(InvalidParameterError, match="could not be downloaded") as refused:
-        video.start_image_file(url)
+        video.checked_start_image(url)
     assert secret not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
 
 
