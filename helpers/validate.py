@@ -131,7 +131,8 @@ RULES = {
 }
 # With plan_only=True nothing is downloaded, so a model id needs only configs: these rules replace RULES'.
 PLAN_ONLY_RULES = {"model_id": _plannable_model, "vae_id": _plannable_model, "safety_model_id": _plannable_model,
-                   "components_repo": lambda n, v: _plannable_model(n, v, optional=True)}
+                   "components_repo": lambda n, v: _plannable_model(n, v, optional=True),
+                   "quantization": lambda n, v: rules.parse_quantization(v, n)}  # a plan needs no GGUF file yet
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.
