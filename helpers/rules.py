@@ -176,9 +176,12 @@ def parse_quantization(quantization, name: str = "quantization") -> tuple[str, s
 
 
 def quantization(name: str, value) -> None:
-    kind, source = parse_quantization(value, name)
-    if kind == "gguf" and not source.startswith(("http://", "https://")):  # read now, before anything loads
-        file_header(name, value, source, (b"GGUF",), "GGUF file (.gguf)")
+    parse_quantization(value, name)
+
+
+def quantization_to_load(name: str, value) -> None:  # a notebook's setup cell: a local GGUF file is read now
+    if (found := parse_quantization(value, name))[0] == "gguf" and not found[1].startswith(("http://", "https://")):
+        file_header(name, value, found[1], (b"GGUF",), "GGUF file (.gguf)")
 
 
 def backend_for(quantization, on_gpu: bool) -> str:
