@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -134,8 +136,28 @@ def call_kwargs(name: str, value) -> None:
 def input_image(name: str, value) -> None:
     if not isinstance(value, str):
         fail(name, value, "needs a text value: empty, a local image file, or an http(s) URL")
-    if value and not value.startswith(("http://", "https://")) and not Path(value).expanduser().is_file():
-        fail(name, value, "needs an existing image file (or an http(s) URL, or empty)")
+    if value and not value.startswith(("http://", "https://")):
+        head = file_header(name, value, value, IMAGE_MAGICS, "image file (PNG, JPEG, WebP, GIF, BMP, TIFF)")
+        if head.startswith(b"\x89PNG") and math.prod(int.from_bytes(head[i:i + 4]) for i in (16, 20)) > MAX_PIXELS:
+            fail(name, value, f"declares more than {MAX_PIXELS:,} pixels (a decompression bomb?)", "Resize it.")
+
+
+IMAGE_MAGICS, MAX_PIXELS = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*"), 40_000_000
+
+
+def file_header(name: str, value, path: str, magics: tuple[bytes, ...], what: str) -> bytes:
+    """The first 32 bytes of `path` (from `value`): a regular file (opened without blocking), starting with `magics`."""
+    try:
+        descriptor = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        fail(name, value, f"needs an existing {what} ({error.strerror})")
+    regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
+    head = os.read(descriptor, 32) if regular else b""
+    os.close(descriptor)
+    if not regular or not head.startswith(magics):
+        why = f"it starts with {head[:8]!r}" if regular else "a folder, pipe or device"
+        fail(name, value, f"is not a usable {what}: {why}", "Give the right file, or download it again.")
+    return head
 
 
 def parse_quantization(quantization, name: str = "quantization") -> tuple[str, str | None]:
@@ -155,6 +177,11 @@ def parse_quantization(quantization, name: str = "quantization") -> tuple[str, s
 
 def quantization(name: str, value) -> None:
     parse_quantization(value, name)
+
+
+def quantization_to_load(name: str, value) -> None:  # a notebook's setup cell: a local GGUF file is read now
+    if (found := parse_quantization(value, name))[0] == "gguf" and not found[1].startswith(("http://", "https://")):
+        file_header(name, value, found[1], (b"GGUF",), "GGUF file (.gguf)")
 
 
 def backend_for(quantization, on_gpu: bool) -> str:

@@ -125,13 +125,14 @@ RULES = {
     "revision": rules.commit, "t2v_model_id": _model, "i2v_model_id": _model, "num_frames": rules.num_frames,
     "fps": lambda n, v: rules.whole(n, v, 1), "input_image": rules.input_image, "pipeline_kwargs": rules.call_kwargs,
     "run_image_to_video": rules.flag, "prompts_file": _prompts_file,
-    "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1), "resume": rules.flag, "quantization": rules.quantization,
-    "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS),
-    "hardware": lambda n, v: rules.choice(n, v, env.HARDWARE_NAMES), "plan_only": rules.flag, "force": rules.flag,
+    "seeds_per_prompt": lambda n, v: rules.whole(n, v, 1), "resume": rules.flag, "plan_only": rules.flag,
+    "offload": lambda n, v: rules.choice(n, v, rules.OFFLOADS), "force": rules.flag,
+    "hardware": lambda n, v: rules.choice(n, v, env.HARDWARE_NAMES), "quantization": rules.quantization_to_load,
 }
 # With plan_only=True nothing is downloaded, so a model id needs only configs: these rules replace RULES'.
 PLAN_ONLY_RULES = {"model_id": _plannable_model, "vae_id": _plannable_model, "safety_model_id": _plannable_model,
-                   "components_repo": lambda n, v: _plannable_model(n, v, optional=True)}
+                   "components_repo": lambda n, v: _plannable_model(n, v, optional=True),
+                   "quantization": rules.quantization}  # a plan needs no GGUF file yet
 
 
 # Names the setup cell itself defines before calling check(), and IPython's own.

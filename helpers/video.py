@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import hub
+from . import hub, rules
 from .errors import BadVideoError, InvalidParameterError, redact
 from .outputs import current_umask, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
-MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb
+MAX_START_PIXELS = rules.MAX_PIXELS  # a start frame is resized to the video size: more is a mistake or a bomb
 MAX_DOWNLOAD_BYTES, DOWNLOAD_TIMEOUT_S = 50 * 2**20, 30
 
 

@@ -183,3 +183,21 @@ def test_a_safety_model_without_a_safety_checker_is_refused_before_anything_is_l
         with pytest.raises(InvalidParameterError, match="has no safety checker") as refused:
             validate.check({"safety_model_id": str(tiny[plain])}, stage="before_install")
         assert refused.value.name == "safety_model_id" and "ships one" in refused.value.fix
+
+
+def test_the_canary_check_sees_a_token_in_any_written_file_or_compressed_png_text(tmp_path):
+    """sweep._leaked is what every case's "no token anywhere" promise rests on: it must find one where it hides."""
+    from PIL import PngImagePlugin
+
+    (tmp_path / "out").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "out" / "clean.png")
+    assert not sweep._leaked(None, tmp_path / "out")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("kit", f"endpoint http://127.0.0.1/?key={sweep.QUERY_CANARY}", zip=True)  # zTXt: compressed
+    Image.new("RGB", (8, 8)).save(tmp_path / "out" / "meta.png", pnginfo=info)
+    assert sweep.QUERY_CANARY.encode() not in (tmp_path / "out" / "meta.png").read_bytes()
+    assert sweep._leaked(None, tmp_path / "out")
+    (tmp_path / "out" / "meta.png").unlink()
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "run.json").write_text(sweep.CANARY)
+    assert sweep._leaked(None, tmp_path / "out")

@@ -5,9 +5,11 @@ bad parameter, a damaged model folder, a Hub endpoint that stalls or speaks the 
 code that imports more than it shows, an unwritable place. Around each run the sweep checks what the
 kit promises, whatever the case: the run fails (never exit 0 on nonsense) within 30 s, with a message
 that names the problem; the executed notebook is kept; the user's files in `output_dir` are untouched;
-nothing is left in $TMPDIR; the HF_TOKEN canary never appears in the executed notebook.
+nothing is left in $TMPDIR; no canary token (HF_TOKEN, or one put in HF_ENDPOINT) appears in the executed notebook
+or any file in output_dir (PNG metadata, manifest, sidecars, logs).
 
-`make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`) writes the table;
+`make sweep` (`python -m tools.sweep --write bench/RELIABILITY.md`) writes the table; `--only TEXT` runs the cases
+whose label contains TEXT (and prints their rows, writing no table);
 tests/test_reliability.py runs a representative subset (`representative()`), or all with KIT_SWEEP=all, and
 asserts each promise.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -36,6 +40,7 @@ from .tiny import build_all
 NB = {path.stem[:2]: path for path in runner.NOTEBOOKS.glob("[0-9]*.ipynb")}
 TIME_LIMIT_S = 30
 CANARY = "hf_KitSweepCanaryToken0123456789abcdef"
+QUERY_CANARY = "KitSweepQueryCanary9f8e7d6c"  # no hf_ prefix: only the credential-like query rule can hide it
 USER_FILES = {"index.html": b"<html>the user's own page</html>\n", "notes.txt": b"mine, not the kit's\n"}
 
 # (notebook, parameter, bad value, text the error must contain besides the name and value)
@@ -53,6 +58,7 @@ BAD_PARAMETERS = [
     ("02", "num_inference_steps", -3, "needs a whole number >= 1"),
     ("02", "num_inference_steps", "ten", "needs a whole number >= 1"),
     ("02", "num_inference_steps", 2.5, "needs a whole number >= 1"),
+    ("02", "num_inference_steps", 100_000_000, "is over the limit of 1000. Use at most 1000"),
     ("02", "height", 30, "a multiple of 8. Try 32"),
     ("02", "width", 0, "a multiple of 8"),
     ("02", "height", -64, "a multiple of 8"),
@@ -106,6 +112,7 @@ BAD_PARAMETERS = [
     ("06", "prompts_file", "no-such-prompts.txt", "no such file"),
     ("07", "num_frames", 2.5, "needs a whole number >= 1"),  # the family's k*t + 1 rule is checked once loaded
     ("07", "num_frames", 0, "needs a whole number >= 1"),
+    ("07", "num_frames", 5_000_001, "is over the limit of 1000 frames"),
     ("07", "input_image", "no-such-picture.png", "needs an existing image file"),
     ("07", "fps", 0, "needs a whole number >= 1"),
     ("07", "run_image_to_video", "yes", "needs True or False"),
@@ -135,6 +142,7 @@ class Case:
     first_cell: bool = True  # the error must come from the first cell after the parameters
     succeeds: bool = False  # the right answer is to go on: the run must succeed and print `expect`
     kind: str = ""  # parameter, misspelt, network, folder or environment (set by all_cases)
+    limit_s: float = 0  # when a bound other than TIME_LIMIT_S is the promise (huggingface_hub's own retries)
 
 
 def _hub_default(notebook: str, name: str) -> str:
@@ -166,6 +174,19 @@ NETWORK = [  # the fast TLS failure first (make test runs it); tests/test_networ
     _network("05", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
     _network("06", "model_id", "Hub accepts TCP, never answers", "nothing answered", "half-open", HALF_OPEN),
     _network("07", "t2v_model_id", "Hub speaks plain HTTP to TLS", "TLS handshake failed", "plain-http", PLAIN_HTTP),
+    # round 3: secrets in the endpoint are printed nowhere; a plain 401, a 5xx, a long Retry-After, a cut answer
+    _network("02", "model_id", "HF_ENDPOINT holds a token as its password", "nothing listens there", "closed",
+             f"http://kit:{CANARY}@127.0.0.1:{{port}}"),
+    _network("02", "model_id", "HF_ENDPOINT holds a ?key= query", "nothing listens there", "closed",
+             f"http://127.0.0.1:{{port}}/?key={QUERY_CANARY}"),
+    _network("02", "model_id", "Hub answers 401 (not gated), token in HF_ENDPOINT", "(HTTP 401", "unauthorized",
+             f"http://kit:{CANARY}@127.0.0.1:{{port}}"),
+    dataclasses.replace(  # huggingface_hub retries a 5xx 5 times (1+2+4+8+8 s), each retry printed: bounded, shown
+        _network("02", "model_id", "Hub answers 503", "HTTP 503: a server error", "server-error", HALF_OPEN),
+        limit_s=60),
+    _network("02", "model_id", "Hub answers 429 with Retry-After: 3600", "(HTTP 429, Retry-After); the kit does not "
+             "wait", "rate-limited", HALF_OPEN),
+    _network("02", "model_id", "Hub cuts its answer short", "was cut", "cut", HALF_OPEN),
 ]
 
 
@@ -339,6 +360,59 @@ BATCH_STATE = [  # notebook 06's output_dir, left hostile: nothing read back fro
 ]
 
 
+def _file(parameter: str, make: Callable[[Path], object], value: str = "{path}", name: str = "input.png"):
+    """prepare(): `make(work / name)` puts something hostile there; `parameter` becomes `value` ({path}: its path)."""
+
+    def prepare(work: Path, parameters: dict) -> dict:
+        make(work / name)
+        return {parameter: value.format(path=work / name)}
+
+    return prepare
+
+
+def _png_header(path: Path, width: int = 100_000, height: int = 100_000) -> None:
+    """A PNG signature and IHDR chunk declaring width x height pixels, with no pixel data (a decompression bomb)."""
+    chunk = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big"))
+
+
+def _gguf(label: str, expect: str, make: Callable[[Path], object], notebook: str = "02") -> Case:
+    return Case(notebook, f"gguf: source {label}", expect, prepare=_file("quantization", make, "gguf:{path}", "q.gguf"))
+
+
+def _rows(text: str):
+    return _file("prompts_file", lambda path: path.write_text(text), name="prompts.jsonl")
+
+
+NOT_REGULAR = "a folder, pipe or device"
+INPUT_FILES = [  # round 3: what can only be checked by opening it is opened (never blocking) in the setup cell
+    Case("07", "input_image is a text file named .png", "is not a usable image file",
+         prepare=_file("input_image", lambda path: path.write_text("not a picture\n"))),
+    Case("07", "input_image declares 100000 x 100000 pixels", "declares more than 40,000,000 pixels",
+         prepare=_file("input_image", _png_header)),
+    Case("07", "input_image is a FIFO", NOT_REGULAR, prepare=_file("input_image", os.mkfifo)),
+    Case("07", "input_image URL on a closed port, token in its query", "start.png?***' is not valid: could not be "
+         "downloaded", first_cell=False, prepare=lambda work, parameters: {
+             "input_image": f"http://127.0.0.1:{hostile.free_port()}/start.png?token=secret"}),
+    _gguf("is a FIFO", NOT_REGULAR, os.mkfifo),
+    _gguf("is a folder", NOT_REGULAR, Path.mkdir),
+    _gguf("is a link to /dev/zero", NOT_REGULAR, lambda path: path.symlink_to("/dev/zero")),
+    _gguf("is a 20 GB sparse file", "is not a usable GGUF file (.gguf): it starts with b'\\x00",
+          lambda path: (path.touch(), os.truncate(path, 20 * 2**30))),
+    _gguf("is missing", "needs an existing GGUF file (.gguf) (No such file or directory)", lambda path: None),
+    _gguf("is not GGUF", "is not a usable GGUF file (.gguf): it starts with b'PK", lambda path: path.write_bytes(
+        b"PK\x03\x04 a zip"), notebook="07"),
+    Case("06", "prompts-file row seed above 2**64 - 1", "line 2: seed=18446744073709551616",
+         prepare=_rows('{"prompt": "a cat"}\n{"prompt": "a dog", "seed": 18446744073709551616}\n')),
+    Case("06", "prompts-file row with 5,000,000 steps", "line 1: num_inference_steps=5000000",
+         prepare=_rows('{"prompt": "a cat", "num_inference_steps": 5000000}\n')),
+    Case("06", "seed + i * seeds_per_prompt past 2**64 - 1", "past 2**64 - 1", first_cell=False,
+         parameters={"seed": 2**64 - 3, "seeds_per_prompt": 2}),
+    Case("06", "HF_ENDPOINT holds tokens; nothing written keeps them", "images in", succeeds=True, first_cell=False,
+         environment={"HF_ENDPOINT": f"http://kit:{CANARY}@127.0.0.1:9/?key={QUERY_CANARY}"}),
+]
+
+
 def _nested_relative_import(work: Path, parameters: dict) -> dict:
     """A custom pipeline folder whose helper imports another helper (diffusers would not copy the second)."""
     folder = work / "kit_sweep_nested"
@@ -427,7 +501,8 @@ def all_cases() -> list[Case]:
              for nb, name, value, expect in BAD_PARAMETERS]
     cases += [Case(nb, f"misspelt {typo}", f"Did you mean {right!r}", {typo: 2}, kind="misspelt")
               for nb, typo, right in MISSPELT]
-    for kind, group in (("network", NETWORK), ("folder", FOLDERS + BATCH_STATE), ("environment", REMOTE_CODE)):
+    for kind, group in (("network", NETWORK), ("folder", FOLDERS + BATCH_STATE + INPUT_FILES),
+                        ("environment", REMOTE_CODE)):
         cases += [dataclasses.replace(case, kind=kind) for case in group]
     return cases
 
@@ -502,7 +577,26 @@ def run_case(index: int, tiny: dict[str, str], root: str) -> Outcome:
     message = error.error if error else _printed_line(executed, case.expect) if kept and case.succeeds else ""
     return Outcome(case.notebook, case.label, round(result.seconds, 1), error is not None,
                    error.cell if error else "", message, kept, lost,
-                   sorted(p.name for p in temp.iterdir()), kept and CANARY in executed.read_text())
+                   sorted(p.name for p in temp.iterdir()), _leaked(executed if kept else None, out))
+
+
+def _leaked(executed: Path | None, out: Path) -> bool:
+    """Whether a canary token is in the executed notebook, or in any regular file in `out` (PNG text chunks decoded:
+    they may be compressed), links and pipes not followed."""
+    from PIL import Image
+
+    files = [executed] if executed else []
+    files += [Path(top, name) for top, _, names in os.walk(out) for name in names] if out.is_dir() else []
+    for path in files:
+        if path.is_symlink() or not path.is_file():
+            continue
+        texts = [path.read_bytes().decode("latin-1")]
+        if path.suffix == ".png":
+            with contextlib.suppress(OSError), Image.open(path) as image:
+                texts += [str(value) for value in getattr(image, "text", {}).values()]
+        if any(canary in text for canary in (CANARY, QUERY_CANARY) for text in texts):
+            return True
+    return False
 
 
 def _printed_line(executed: Path, text: str) -> str:
@@ -528,7 +622,7 @@ def problems(outcome: Outcome, case: Case) -> list[str]:
     found = []
     if outcome.failed == case.succeeds:
         found.append(f"failed: {outcome.first_line}" if case.succeeds else "exit 0 on nonsense")
-    if outcome.seconds >= TIME_LIMIT_S * (8 if case.succeeds else 1):  # a case that succeeds runs every cell
+    if outcome.seconds >= (case.limit_s or TIME_LIMIT_S * (8 if case.succeeds else 1)):  # a success runs every cell
         found.append(f"took {outcome.seconds:.0f} s")
     if (outcome.failed or case.succeeds) and case.expect not in outcome.message:
         found.append(f"message lacks {case.expect!r}")
@@ -591,11 +685,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="write the markdown table here (e.g. bench/RELIABILITY.md)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the outcomes as JSON")
+    parser.add_argument("--only", action="append", metavar="TEXT", help="run only the cases whose label contains "
+                        "TEXT (repeatable); prints their rows and verdicts, writes no table")
     args = parser.parse_args(argv)
+    chosen = [i for i, case in enumerate(CASES) if any(text in case.label for text in args.only)] if args.only else None
+    if chosen == []:
+        parser.error(f"no case label contains any of {args.only}")
     with tempfile.TemporaryDirectory(prefix="kit-sweep-") as root:
         start = time.perf_counter()
-        outcomes = run_sweep(Path(root), args.workers)
+        outcomes = run_sweep(Path(root), args.workers, chosen)
         print(f"{len(outcomes)} cases in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if chosen is not None:
+        for index, outcome in zip(chosen, outcomes, strict=True):
+            print(f"{index + 1} | {outcome.notebook} | {CASES[index].label} | {outcome.seconds:.1f} s | "
+                  f"{outcome.first_line[:300]} | {'; '.join(problems(outcome, CASES[index])) or 'ok'}")
+        return 1 if any(problems(o, CASES[i]) for i, o in zip(chosen, outcomes, strict=True)) else 0
     text = table(outcomes)
     if args.write:
         write_atomically(args.write, text)
