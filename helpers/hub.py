@@ -257,6 +257,22 @@ def hub_access(repo_id: str, repo_type: str = "model"):
         target.setLevel(previous)
 
 
+def refuse_mismatches(repo_id: str, folder: str, checked) -> str:
+    """After huggingface_hub's `verify_repo_checksums` of `folder` (what `snapshot_download` returned): a file whose
+    sha256 (git-sha1 for small files) differs from the Hub's is deleted, with its cache blob, and refused."""
+    root = Path(folder)
+    for bad in checked.mismatches:
+        (root / bad["path"]).resolve().unlink(missing_ok=True)  # the cache blob (or the local_dir file) ...
+        (root / bad["path"]).unlink(missing_ok=True)  # ... and the snapshot's link to it
+    if checked.mismatches:
+        shown = ", ".join(f"{bad['path']} ({bad['algorithm']} {bad['actual'][:12]}..., the Hub says "
+                          f"{bad['expected'][:12]}...)" for bad in checked.mismatches)
+        raise HubRequestError(f"{repo_id}: {shown} did not arrive as the Hub has it; deleted. Fix: run the cell "
+                              "again, the file downloads again (if it keeps happening, a proxy or the network "
+                              "alters it).")
+    return f"checksums: {checked.checked_count} files of {repo_id} match the Hub's"
+
+
 # --- where a model comes from ------------------------------------------------------------------------------------
 def _looks_like_local_path(model_id: str) -> bool:
     return (model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1

@@ -127,7 +127,7 @@ KIT_MODULES = {"helpers", "planning", "loading", "hub", "memory", "generation", 
 LIBRARY_CALLS = {"from_pretrained", "from_pipe", "from_config", "from_single_file", "load_config", "save_pretrained",
                  "snapshot_download", "hf_hub_download", "make_image_grid", "reset_device_map", "remove_all_hooks",
                  "set_timesteps", "to", "export_to_video", "load_video", "load_image", "numpy_to_pil", "Generator",
-                 "manual_seed", "create_repo", "upload_folder", "encode_prompt"}  # as the structure hook counts them
+                 "manual_seed", "create_repo", "upload_folder", "encode_prompt", "verify_repo_checksums"}
 
 
 def call_counts(notebook) -> tuple[list[str], list[str]]:

@@ -388,3 +388,42 @@ def test_a_long_retry_after_is_refused_not_slept_out(hub, tmp_path, monkeypatch)
     with pytest.raises(HubRequestError, match=r"rate-limited .*/model_index.json \(HTTP 429, retry after 2 s\)"):
         kit_hub.read_model_index(SD)  # a short wait is huggingface_hub's to retry; then one line, not a traceback
     assert slept and all(seconds <= 3 for seconds in slept)
+
+
+def _flip_one_bit(handler, head):
+    """The true headers (ETag, X-Linked-Etag: the Hub's sha256), with the body's last bit flipped on the way."""
+    def flipped(status, body=b"", headers=None, head=False):
+        del handler._send  # this one answer only: the handler serves the connection's next requests too
+        handler._send(status, body[:-1] + bytes([body[-1] ^ 1]) if body else body, headers, head)
+
+    handler._send = flipped
+    return None  # the usual answer, through the flipping sender
+
+
+def _verify(folder: Path) -> str:  # notebook 02's two lines after its snapshot_download
+    from huggingface_hub import HfApi
+
+    return kit_hub.refuse_mismatches(SD, folder, HfApi().verify_repo_checksums(SD, local_dir=folder))
+
+
+@pytest.mark.parametrize("into", ["cache", "local_dir"])
+def test_a_weight_file_with_a_flipped_bit_is_refused_and_deleted_then_downloads_again(hub, tmp_path, monkeypatch,
+                                                                                        into):
+    from huggingface_hub import snapshot_download
+
+    from helpers.errors import HubRequestError
+
+    _fresh_cache(monkeypatch, tmp_path)
+    weights = [name for name in kit_hub.weight_files(SD) if name.endswith(".safetensors")]
+    target, patterns = weights[0], kit_hub.snapshot_patterns(SD)
+    local_dir = tmp_path / "sd" if into == "local_dir" else None
+    with monkeypatch.context() as flipped:
+        _serve_instead(flipped, target, _flip_one_bit)
+        folder = Path(snapshot_download(SD, local_dir=local_dir, **patterns))
+        with pytest.raises(HubRequestError, match=rf"{SD}: {target} \(sha256 .* the Hub says .*deleted\. Fix: run"):
+            _verify(folder)
+    assert not (folder / target).exists()
+    if into == "cache":
+        assert all(sha256(blob) == blob.name for blob in (tmp_path / "cache").rglob("blobs/*") if len(blob.name) == 64)
+    folder = Path(snapshot_download(SD, local_dir=local_dir, **patterns))  # the deleted file comes back, intact
+    assert f"files of {SD} match the Hub's" in _verify(folder)

@@ -97,8 +97,8 @@ def test_load_and_generate_on_tiny_qwen_image(executed, tiny):
     result, text = run_ok(executed, notebook.name)
     assert "DiffusionPipeline.from_pretrained(source, dtype=torch.float32, device_map=None" in text["auto-class"]
     assert "DiffusionPipeline.from_pretrained returned a QwenImagePipeline" in text["auto-class"]
-    assert "image2image: QwenImageImg2ImgPipeline, weights shared with pipe:" in text["variants"]
-    assert "inpaint: QwenImageInpaintPipeline, weights shared with pipe:" in text["variants"]
+    assert "image2image: QwenImageImg2ImgPipeline, weights shared with pipe: True" in text["variants"]
+    assert "inpaint: QwenImageInpaintPipeline, weights shared with pipe: True" in text["variants"]
     assert "False" not in text["variants"].split("weights shared")[1]
     for component in ("vae", "text_encoder", "transformer"):
         assert component in text["dtype-table"]
@@ -133,7 +133,7 @@ def test_load_and_generate_handles_other_families(executed, tiny, family, varian
     """One run per family; the SD run also passes pipeline_kwargs, which reach every call and its PNG."""
     result, text = run_ok(executed, "02_load_and_generate.ipynb", model_id=str(tiny[family]), pipeline_kwargs=extra)
     for variant in variants:
-        assert f"{variant}, weights shared with pipe:" in text["variants"]
+        assert f"{variant}, weights shared with pipe: True" in text["variants"]
     assert "skipped: " + variants[0].removesuffix("Img2ImgPipeline") + "Pipeline needs one dtype" in text["dtype-load"]
     assert "per-component dtype (one dtype for all)" in text["summary"]
     pngs = sorted((result.executed.parent / result.executed.stem).glob("*.png"))
@@ -352,6 +352,7 @@ def test_load_and_generate_downloads_its_real_default_through_the_local_hub(exec
     """Notebook 02 keeps model_id="Qwen/Qwen-Image": the local Hub serves it and the snapshot_download cell runs."""
     result, text = run_ok(executed, "02_load_and_generate.ipynb")
     assert "Qwen/Qwen-Image is in " in text["local"]
+    assert "files of Qwen/Qwen-Image match the Hub's" in text["local"]  # checked against the Hub's sha256 first
     folder = Path(text["local"].split("Qwen/Qwen-Image is in ", 1)[1].strip())
     assert (folder / "model_index.json").is_file() and (folder / "transformer").is_dir()
     assert any(p.startswith("/api/models/Qwen/Qwen-Image/tree/") for _, p, _ in local_hub_server.requests)
