@@ -9,14 +9,17 @@ TORCHAO_SO = ("Failed to load /usr/lib/python3/torchao/_C_mxfp8.cpython-310-x86_
 PYTREE = ("W1206 21:08:02.592000 14119 /venv/torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum "
           "subclass ... Calling register_constant() on Enum subclasses is deprecated")
 QUANTO = "/venv/optimum/quanto/library/extensions/cpp/__init__.py:12: UserWarning: Failed to build the extension"
+TENSORS = "Unable to import `torchao` Tensor objects. This may affect loading checkpoints serialized with `torchao`"
+IN_USE = ("/venv/site-packages/diffusers/quantizers/quanto/quanto_quantizer.py:54: FutureWarning: `QuantoQuantizer` "
+          "is deprecated and will be removed in version 1.0.0.")  # diffusers', when the plan uses quanto
 
 
 def test_backend_warnings_are_noise_and_plain_mentions_are_not():
     text = "\n".join(["Installing torchao==0.15.0 (int8 needs it)", TORCHAO_SO, "int8 ok: Linear, image (32, 32)",
-                      PYTREE, QUANTO, TORCHAO_SO, "bitsandbytes is used for nf4 on CUDA only",
+                      PYTREE, QUANTO, TORCHAO_SO, "bitsandbytes is used for nf4 on CUDA only", IN_USE, TENSORS,
                       "UserWarning: the scheduler config has an unknown key"])
 
-    assert simulate.noise_lines(text) == [TORCHAO_SO, PYTREE, QUANTO]  # each once, in order; mentions pass
+    assert simulate.noise_lines(text) == [TORCHAO_SO, PYTREE, QUANTO, TENSORS]  # each once, in order
 
 
 def test_clean_output_has_no_noise():
