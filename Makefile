@@ -51,7 +51,7 @@ test-core:
 
 ## test-colab: every notebook's setup cell, then the notebook, on a fresh copy of Colab's published package set (Python 3.13, CPU)
 test-colab: install
-	$(PY) -m tools.colab.simulate --venv .cache/colab-venv --python "$(PY313)"
+	$(PY) -m tools.colab.simulate --venv .cache/colab-venv --python "$(PY313)" --write bench/COLAB.md
 
 ## sweep: the reliability sweep (100+ hostile runs of the notebooks) into bench/RELIABILITY.md; make test runs a subset
 sweep: install
