@@ -225,15 +225,6 @@ def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision
     return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)
 
 
-def scheduler_class(pipe, name: str):
-    """The scheduler class called `name`, if it is one of `pipe.scheduler.compatibles`."""
-    compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
-    if name not in compatible:
-        raise InvalidParameterError("scheduler", name,
-                                    f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}")
-    return compatible[name]
-
-
 LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
                    "use_safetensors", "local_files_only")
 
