@@ -180,14 +180,3 @@ def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, 
         kwargs["max_sequence_length"] = call["max_sequence_length"].default
     return kwargs, STAGED_OUTPUTS[name]
 
-
-@torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
-    """`encode_arguments`, then `pipe.encode_prompt` (twice where the negative needs its own call): the call
-    arguments for stage 2's `pipe(...)` (an output the call does not take, FLUX's text_ids, is dropped there)."""
-    kwargs, names = encode_arguments(pipe, negative_prompt)
-    embeddings = dict(zip(names, pipe.encode_prompt(prompt, **kwargs), strict=True))
-    if negative_prompt and "negative_prompt" not in kwargs:
-        embeddings |= {f"negative_{n}": v for n, v in zip(names, pipe.encode_prompt(negative_prompt, **kwargs),
-                                                          strict=True)}
-    return embeddings

@@ -55,4 +55,3 @@ def test_load_component_checks_path_and_dtype(tiny):
         loading.load_component(tiny["vae-alt"], torch_dtype=torch.float16)
     assert next(loading.load_component(tiny["vae-alt"], dtype="bfloat16").parameters()).dtype == torch.bfloat16
     assert type(loading.load_component(tiny["sdxl"], subfolder="vae")).__name__ == "AutoencoderKL"
-
