@@ -34,12 +34,12 @@ def component_table(pipe) -> list[ComponentInfo]:
 
 
 def format_table(pipe) -> str:
-    """`component_table(pipe)` as aligned text, with a total."""
-    rows = component_table(pipe)
+    """`component_table(pipe)` as aligned text, with a total; `pipe` may also be rows (planning.component_sizes)."""
+    rows = component_table(pipe) if hasattr(pipe, "components") else pipe
     lines = [f"{'component':16s} {'class':36s} {'params':>14s} {'MB':>10s} {'dtype':9s} device"]
     for row in rows:
         lines.append(f"{row.name:16s} {row.class_name:36s} {row.params:>14,d} {row.bytes / 2**20:>10.1f} "
-                     f"{row.dtype:9s} {row.device}")
+                     f"{getattr(row, 'dtype', '-'):9s} {getattr(row, 'device', '-')}")
     total = sum(row.bytes for row in rows)
     lines.append(f"{'total':16s} {'':36s} {sum(r.params for r in rows):>14,d} {total / 2**20:>10.1f}")
     return "\n".join(lines)

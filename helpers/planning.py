@@ -225,13 +225,6 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
 
 
-def format_sizes(sizes: list[ComponentSize]) -> str:
-    lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
-    lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
-    params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
-    return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
-
-
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
     """The plan as a table (component, GiB, device) and a bar per GPU of its budget used."""
     lines = [f"{'component':16s} {'GiB':>7s}  device"]
