@@ -167,17 +167,10 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
                    and not hasattr(diffusers.pipelines, spec[0])]  # not ["stable_diffusion", "...SafetyChecker"]
 
 
-def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
-               allowed: dict | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
-    files = []
-    if custom_pipeline is not None:
-        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
-        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-        files += _with_relative_imports("custom_pipeline", script, root, allowed=allowed)
-    for role, module_file in _custom_code(hub.read_model_index(source, revision)):
-        files += _with_relative_imports(role, module_file, source, revision, allowed=allowed)
-    return files
+def code_files(source: str, revision: str | None = None, allowed: dict | None = None) -> list[CodeFile]:
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id): its model_index.json's code."""
+    return [file for role, module_file in _custom_code(hub.read_model_index(source, revision))
+            for file in _with_relative_imports(role, module_file, source, revision, allowed=allowed)]
 
 
 def component_code_files(source: str, subfolder: str, revision: str | None = None) -> list[CodeFile]:
@@ -295,7 +288,7 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
             f"custom_pipeline {repo_id}", "pipeline.py", repo_id, custom_revision, False, allowed)
     elif custom_pipeline is not None:
-        resolved = resolve_custom_pipeline(custom_pipeline)
+        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
         root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
         files, resolved = _with_relative_imports("custom_pipeline", script, root, allowed=allowed), str(resolved)
         roots.append(root)
@@ -312,11 +305,11 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             from huggingface_hub import model_info
             with hub.hub_access(source):
                 commit = model_info(source).sha
-            if not code_files(source, None, commit):  # a Hub model that holds no code is pinned at its current commit
+            if not code_files(source, commit):  # a Hub model that holds no code is pinned at its current commit
                 print(f"note: {source} holds no code; loading it at its current commit {commit}")
                 revision = commit
         check_revision(source, revision, i_accept_unpinned_remote_code)
-        files += code_files(source, None, revision, allowed)
+        files += code_files(source, revision, allowed)
     if not all(allowed.values()):
         rules.fail("allow_dynamic_code", [n for n, used in allowed.items() if not used], "names no audited file "
                    f"that loads code at run time (audited: {', '.join(f.name for f in files) or 'none'})", "Remove it.")
