@@ -55,12 +55,6 @@ def shared_components(a, b) -> dict[str, bool]:
     return {name: left[name] == right[name] for name in sorted(left.keys() & right.keys())}
 
 
-def shares_weights(a, b) -> bool:
-    """True when the pipelines share components and every shared component's weights are one storage."""
-    shared = shared_components(a, b)
-    return bool(shared) and all(shared.values())
-
-
 @dataclass
 class MemoryDelta:
     ram_mb: float = 0.0
