@@ -63,11 +63,6 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
     return device_map
 
 
-def device_for(device_map: str | None) -> str:
-    """The device the pipeline's weights land on for a resolved device_map (the first GPU for "balanced")."""
-    return "cpu" if device_map in (None, "cpu") else "cuda" if device_map == "balanced" else device_map
-
-
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
     """Refuse per-component dtype mixes that fail at inference (SD/SDXL; Qwen-Image takes a VAE of another dtype)."""
     if len(set(dtypes.values())) <= 1 or (pipeline_class_name.startswith("QwenImage")
@@ -221,7 +216,7 @@ def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision
     if revision is not None:
         kwargs["revision"] = revision
     if dtype == "auto":  # a single component has no family rule: this machine's compute dtype
-        dtype = env.recommended_dtype(device_for(resolve_device_map("auto")))
+        dtype = env.recommended_dtype(resolve_device_map("auto") or "cpu")
     return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)
 
 

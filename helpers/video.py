@@ -116,11 +116,6 @@ def check_frames(frames) -> np.ndarray:
     return array
 
 
-def frames_to_images(frames) -> list[Image.Image]:
-    """Each frame as an 8-bit RGB PIL image (rounded, clipped to [0, 1] first)."""
-    return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
-
-
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
     """Write `output_dir/stem.mp4` and its record `stem.json`: temporary files hard-linked into place, never
     overwriting (a name taken by either moves the pair to `stem-1.mp4` + `stem-1.json`), no half file on a kill."""
@@ -159,7 +154,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
 
 def animated_gif(frames, fps: int = 16, max_side: int = 320) -> bytes:
     """The frames as a looping animated GIF, scaled down to `max_side` pixels (a light inline preview)."""
-    images = frames_to_images(frames)
+    images = [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
     scale = min(1.0, max_side / max(images[0].size))
     if scale < 1:
         size = (max(1, round(images[0].width * scale)), max(1, round(images[0].height * scale)))
