@@ -4,7 +4,6 @@ in a sidecar `<name>.json` (an MP4 has no text field), and show it inline."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -19,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import hub
 from .errors import BadVideoError, InvalidParameterError, redact
-from .outputs import current_umask, safe_stem
+from .outputs import link_unused_name, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
 MAX_START_PIXELS = 40_000_000  # a start frame is resized to the video's size: more than 40 MP is a mistake or a bomb
@@ -133,20 +132,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
         temp_video, temp_json = temps
         export_to_video(list(array), temp_video, fps=fps)
         Path(temp_json).write_text(json.dumps(record, default=str, indent=2, sort_keys=True))
-        for temp in temps:
-            os.chmod(temp, 0o666 & ~current_umask())
-        for counter in range(10_000):
-            name = stem if counter == 0 else f"{stem}-{counter}"
-            video, record_path = output_dir / f"{name}.mp4", output_dir / f"{name}.json"
-            try:
-                os.link(temp_video, video)
-            except FileExistsError:
-                continue
-            with contextlib.suppress(FileExistsError):
-                os.link(temp_json, record_path)
-                return video
-            video.unlink()
-        raise FileExistsError(f"More than 10000 videos named {stem!r} in {str(output_dir)!r}; choose another name.")
+        return link_unused_name(output_dir, stem, {".mp4": temp_video, ".json": temp_json})
     finally:
         for temp in temps:
             Path(temp).unlink(missing_ok=True)
