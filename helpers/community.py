@@ -69,15 +69,6 @@ def hub_repo_id(custom_pipeline) -> str | None:
     return None
 
 
-def _fetch(source: str, name: str, revision: str | None) -> Path:
-    """The repository file `name`: from the folder, or downloaded (exactly what diffusers would download)."""
-    if Path(source).is_dir():
-        return Path(source) / name
-    from huggingface_hub import hf_hub_download
-    with hub.hub_access(source):
-        return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
-
-
 def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     """(line, call, its string literals) for each call that runs code no import statement shows."""
     found = []
@@ -97,7 +88,7 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
     """`name` and all it imports or loads at run time, from `source` (folder or Hub id); refuses what can't be shown."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
-    fetch = lambda file: _fetch(str(source), file, revision)
+    fetch = lambda file: hub.fetch_file(str(source), file, revision)
     files, queue = [], [(name, None, None)]
     while queue:
         current, importer, line = queue.pop(0)
@@ -175,7 +166,7 @@ def code_files(source: str, revision: str | None = None, allowed: dict | None = 
 
 def component_code_files(source: str, subfolder: str, revision: str | None = None) -> list[CodeFile]:
     """The files an `AutoModel.from_pretrained(..., subfolder=...)` would execute (its config's auto_map)."""
-    config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
+    config = json.loads(hub.fetch_file(source, f"{subfolder}/config.json", revision).read_text())
     return [file for reference in sorted(set(config.get("auto_map", {}).values()))
             for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
                                                source, revision)]

@@ -313,6 +313,15 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     return model_id
 
 
+def fetch_file(source: str, filename: str, revision: str | None = None) -> Path:
+    """`filename` in the folder `source`, or downloaded from the Hub repo `source` (offline: from the cache)."""
+    if Path(source).is_dir():
+        return Path(source) / filename
+    from huggingface_hub import hf_hub_download
+    with hub_access(source):
+        return Path(hf_hub_download(source, filename, revision=revision, local_files_only=hub_offline()))
+
+
 def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
     """The pipeline's model_index.json: a local folder's; for a Hub id the cached copy, else the Hub's, else offline the
     kit's shipped copy. prefer_shipped: the shipped copy answers first, without a request."""
@@ -325,12 +334,7 @@ def read_model_index(source: str, revision: str | None = None, *, prefer_shipped
             from . import architectures
             return architectures.model_index(source)
     source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
-    index = Path(source) / "model_index.json"
-    if not Path(source).is_dir():
-        from huggingface_hub import hf_hub_download
-        with hub_access(source):
-            index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
-    if not index.is_file():
+    if not (index := fetch_file(source, "model_index.json", revision)).is_file():
         raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
     return folders.read_json_object(index)
 

@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
 from .errors import InvalidParameterError, KitError, KitOutOfMemoryError
-from .hub import hub_access, hub_offline, read_model_index, resolve_model_source
+from .hub import fetch_file, hub_access, hub_offline, read_model_index, resolve_model_source
 from .memory import module_dtypes, quantized_components
 from .rules import DEVICE_MAPS, DTYPE_ALIASES
 
@@ -172,11 +172,7 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
     if name not in index or not isinstance(index[name], list):
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
                                     f"Its components are: {', '.join(n for n in index if not n.startswith('_'))}.")
-    config_path = Path(source) / name / "config.json"
-    if not Path(source).is_dir():
-        from huggingface_hub import hf_hub_download
-        config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
-                                           local_files_only=hub_offline()))
+    config_path = fetch_file(source, f"{name}/config.json", revision)
     return index[name][1], json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
