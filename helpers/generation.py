@@ -124,10 +124,8 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
 def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", height: int, width: int,
                    num_inference_steps: int, guidance_scale: float, seed: int | None = None,
                    num_frames: int | None = None, image=None, pipeline_kwargs: dict | None = None, **extra) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with the caller's `generator=` or a CPU generator seeded with
-    `seed` (reproducible on any device).
-    `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
-    `pipeline_kwargs` are the user's own call arguments: one the pipeline does not take or the kit sets is an error."""
+    """Checked kwargs for `pipe(**kwargs)`, with `generator=` or a CPU generator seeded with `seed`. `extra` (strength,
+    mask_image, ...) is kept where the pipeline takes it; a `pipeline_kwargs` key it does not take is an error."""
     name, multiple = type(pipe).__name__, size_multiple(pipe)
     rules.size("height", height, multiple, name)
     rules.size("width", width, multiple, name)
@@ -165,9 +163,8 @@ def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", heigh
 
 
 def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, ...]]:
-    """A staged plan's stage 1 (text encoders only loaded): (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as
-    the one-stage call passes them, the call argument each output fills). Where encode_prompt takes no
-    negative_prompt (Qwen-Image, FLUX), a second call encodes it: its outputs fill negative_<name>."""
+    """Stage 1 of a staged plan: (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as the call passes them, the call
+    argument each output fills). Without a negative_prompt kwarg, a second call's outputs fill negative_<name>."""
     name = type(pipe).__name__
     if name not in STAGED_OUTPUTS:
         raise InvalidParameterError("pipe", name, "staged: not supported for this pipeline class",

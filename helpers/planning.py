@@ -465,8 +465,7 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
 
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool, staged: bool):
-    """(quantization, offload, balanced) in the kit's order of preference; staged right after all-on-GPU (`staged`:
-    the caller runs stages), sequential offload (very slow) last."""
+    """(quantization, offload, balanced) in the kit's order of preference, sequential offload (very slow) last."""
     order = [("none", "none"), ("none", "staged"), ("none", "model"), ("none", "group"), ("int8", "none"),
              ("int8", "staged"), ("int8", "model"), ("nf4", "none"), ("nf4", "staged"), ("nf4", "model"),
              ("int8", "group"), ("nf4", "group"), ("none", "sequential"), ("int8", "sequential"),
@@ -674,9 +673,8 @@ SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (se
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
-    else a plan that does not fit raises PlanDoesNotFitError unless force=True. A staged plan: later cells that do
-    not mention "staged" (the one-stage sections) print "skipped"."""
+    """Call before any download. plan_only=True (or a staged plan): later cells not mentioning `plan_only` ("staged")
+    print "skipped"; else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
     _skip_later_cells(plan_only or plan.offload == "staged" and (plan.fits or force), staged=not plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "
