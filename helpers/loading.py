@@ -105,7 +105,7 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
         kwargs["revision"] = revision
-    with hub_access(model_id), out_of_memory("load"):  # 401/403 and OOM: say what to do next
+    with hub_access(model_id), out_of_memory():  # 401/403 and OOM: say what to do next
         pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
     pipe.set_progress_bar_config(disable=env.quiet_mode())
     return pipe
@@ -269,20 +269,15 @@ def apply_offload(pipe, load_plan) -> str:
 
 
 # --- out of memory -------------------------------------------------------------------------------------------------
-DEFAULT_OPTIONS = {
-    "load": ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
-             "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
-             "a smaller model family that fits (see the plan's alternatives)"],
-    "generation": ["a smaller size: lower height/width (activations grow with the pixel count)",
-                   "more offload: offload='model', and pipe.vae.enable_tiling() for the decode",
-                   "fewer images per call (num_images_per_prompt=1)"],
-}
+LOAD_OPTIONS = ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
+                "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
+                "a smaller model family that fits (see the plan's alternatives)"]
 
 
 @contextmanager
-def out_of_memory(stage: str = "load", options: list[str] | None = None):
-    """Re-raise an out-of-memory error (CUDA's, the CPU allocator's, MemoryError) as a KitOutOfMemoryError listing what
-    to try next: the plan's `options` (best first), else the kit's general ones for `stage` ("load" or "generation")."""
+def out_of_memory():
+    """Re-raise an out-of-memory error during a load (CUDA's, the CPU allocator's, MemoryError) as a
+    KitOutOfMemoryError listing what to try next (LOAD_OPTIONS, in order)."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
@@ -290,12 +285,11 @@ def out_of_memory(stage: str = "load", options: list[str] | None = None):
         if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
                                                or "can't allocate memory" in text or "not enough memory" in text):
             raise
-        choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise KitOutOfMemoryError(
-            f"Out of memory during {stage} ({(text or 'out of memory').splitlines()[0]}). Try next, in this order:\n"
-            + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(choices, 1))
+            f"Out of memory during load ({(text or 'out of memory').splitlines()[0]}). Try next, in this order:\n"
+            + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(LOAD_OPTIONS, 1))
             + "\nRestart the kernel first if memory stays taken (del pipe; gc.collect() frees most of it)."
         ) from None
