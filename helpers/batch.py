@@ -303,8 +303,7 @@ def load(job: Job, device) -> tuple[object, dict]:
 
 
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render and save this process's share but what is done (the call and the PNG's metadata from the same
-    parameters); returns this rank's counts and what it loaded."""
+    """Render and save this process's share but what is done; returns this rank's counts and what it loaded."""
     from . import generation
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)

@@ -84,8 +84,7 @@ def temporal_factor(pipe) -> int | None:
 
 
 def check_num_frames(pipe, num_frames: int) -> None:
-    """A video needs `k * t + 1` frames, t the VAE's temporal compression (`temporal_factor`: 4 for Wan and
-    HunyuanVideo, 6 for Mochi, 8 for LTX-Video and CogVideoX): diffusers would round another count silently."""
+    """A video needs `k * t + 1` frames, t = `temporal_factor` (Wan: 4): diffusers rounds other counts silently."""
     factor = temporal_factor(pipe) or 1
     name = type(pipe).__name__
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % factor:

@@ -44,8 +44,7 @@ def resolve_dtype(dtype):
 
 
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
-    """The kit's device_map as a string diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU).
-    diffusers rejects "auto", dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
+    """The kit's device_map as one diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU)."""
     if device_map is None:
         return None
     gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
@@ -112,8 +111,7 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
 
 
 def from_pipe_dtype(pipe, dtype=None):
-    """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own (diffusers casts
-    every shared module, the source's too, to `dtype`, defaulting to float32)."""
+    """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)` (it casts every shared module): `dtype`, else pipe's."""
     if not isinstance(pipe, DiffusionPipeline):
         raise InvalidParameterError("pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline",
                                     "Load one with from_pretrained.")
@@ -200,8 +198,7 @@ def check_swap(pipe, name: str, component) -> None:
 
 
 def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
-    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's).
-    The path goes as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1."""
+    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's)."""
     from diffusers import AutoModel
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision, subfolder)
@@ -213,7 +210,7 @@ def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision
         kwargs["revision"] = revision
     if dtype == "auto":  # a single component has no family rule: this machine's compute dtype
         dtype = env.recommended_dtype(resolve_device_map("auto") or "cpu")
-    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)
+    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)  # a Path: TypeError (0.42.1)
 
 
 LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
@@ -221,8 +218,7 @@ LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_
 
 
 def check_constructor_arguments(pipeline_class, **kwargs) -> None:
-    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`), which
-    takes loaded components; diffusers raises `TypeError: ... unexpected keyword argument 'device_map'`."""
+    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`)."""
     import inspect
     accepted = inspect.signature(pipeline_class.__init__).parameters
     for name in kwargs:

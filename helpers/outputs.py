@@ -62,8 +62,8 @@ def safe_stem(stem: str) -> str:
 
 
 def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: dict | None = None) -> Path:
-    """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk: written
-    under a temporary name, then hard-linked into place (never overwrites). A blank image is `stem-blank.png`."""
+    """Save `image` as `output_dir/stem.png` (`link_unused_name`: never overwriting) with metadata in a PNG text
+    chunk. A blank image is `stem-blank.png`."""
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(stem)

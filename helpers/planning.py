@@ -205,8 +205,7 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     return plan
 
 
-def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024,
-                   max_gpus: int = 8) -> str:
+def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024) -> str:
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one, one with offload, or fewest balanced."""
     headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
     total = sum(s.diffusers_bytes for s in sizes)
@@ -215,7 +214,7 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
     options, largest = [], max(s.diffusers_bytes for s in sizes)
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
-    for count in range(2, max_gpus + 1):
+    for count in range(2, 9):  # up to 8 GPUs
         plan = plan_balanced(sizes, {i: budget for i in range(count)}, height, width)
         if plan.fits_on_gpus and not plan.warnings:
             options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")

@@ -116,8 +116,7 @@ def check_frames(frames) -> np.ndarray:
 
 
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
-    """Write `output_dir/stem.mp4` and its record `stem.json`: temporary files hard-linked into place, never
-    overwriting (a name taken by either moves the pair to `stem-1.mp4` + `stem-1.json`), no half file on a kill."""
+    """Write `output_dir/stem.mp4` and its record `stem.json` (`outputs.link_unused_name`: never overwriting)."""
     from diffusers.utils import export_to_video
     array = check_frames(frames)
     (output_dir := Path(output_dir)).mkdir(parents=True, exist_ok=True)
