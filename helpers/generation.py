@@ -97,8 +97,7 @@ def check_num_frames(pipe, num_frames: int) -> None:
 
 
 def accepted_arguments(pipeline_class) -> set[str]:
-    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes (a community
-    pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts)."""
+    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to its parent classes' `__call__`."""
     accepted: set[str] = set()
     for cls in pipeline_class.__mro__:
         if "__call__" not in vars(cls):
