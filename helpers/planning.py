@@ -270,9 +270,8 @@ OFFLOAD_CALLS = {"none": "", "staged": "", "model": "pipe.enable_model_cpu_offlo
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
                           'num_blocks_per_group=1, use_stream=True)'}
-# What each family's `encode_prompt` returns, in order, named as the call arguments they fill (FLUX's text_ids: none).
-# From diffusers 0.42.1 pipelines/qwenimage/pipeline_qwenimage.py, flux/pipeline_flux.py,
-# stable_diffusion_3/pipeline_stable_diffusion_3.py, wan/pipeline_wan.py. Negatives: one more call where it takes none.
+# What each family's `encode_prompt` returns, in order, as the call arguments they fill (FLUX's text_ids: none), from
+# diffusers 0.42.1's qwenimage, flux, stable_diffusion_3 and wan pipelines. Negatives: a 2nd call where it takes none.
 STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
                   "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
                   "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
@@ -431,9 +430,8 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if model_id not in STORAGE:
         half = dtype != "float32" or quantization != "none"
         if hub.hub_offline():  # loading must pick the files there: fp16 ones if an earlier run downloaded them
-            from huggingface_hub import try_to_load_from_cache
-            index = try_to_load_from_cache(model_id, "model_index.json")
-            fp16 = isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*"))
+            index = hub.cached_file(model_id, "model_index.json")
+            fp16 = index is not None and any(Path(index).parent.glob("*/*.fp16.*"))
             return None, "fp16" if half and fp16 else None
         try:
             total, variant = hub_download_bytes(model_id, half, gguf=quantization)
