@@ -11,7 +11,6 @@ import torch
 from . import rules
 from .errors import InvalidParameterError, NonFiniteLatentsError
 from .outputs import likely_cause
-from .planning import STAGED_OUTPUTS
 
 # The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
 GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
@@ -21,6 +20,13 @@ KIT_ARGUMENTS = {
     "num_inference_steps": "num_inference_steps", "generator": "seed", "num_frames": "num_frames",
     "image": "image (input_image in the notebooks)", **{name: "guidance_scale" for name in GUIDANCE_NAMES},
 }
+# What each family's `encode_prompt` returns, in order, as the call arguments they fill (FLUX's text_ids: none), from
+# diffusers 0.42.1's qwenimage, flux, stable_diffusion_3 and wan pipelines. Negatives: a 2nd call where it takes none.
+STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
+                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
+                  "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                                               "negative_pooled_prompt_embeds"),
+                  "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
 
 
 class FiniteLatents:

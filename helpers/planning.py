@@ -15,6 +15,7 @@ import torch
 from . import architectures, folders, hub, rules
 from .env import GIB, PROFILES, Hardware, resolve_hardware
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
+from .generation import STAGED_OUTPUTS
 from .rules import BIG_TEXT_ENCODER_PARAMS, DENOISERS, DTYPE_ALIASES, FP16_FIX_VAE, OFFLOADS, backend_for, fp16_unsafe
 
 # Usable GiB on common GPUs: the card's total as torch reports it, less ~0.5 GiB of CUDA context.
@@ -270,13 +271,6 @@ OFFLOAD_CALLS = {"none": "", "staged": "", "model": "pipe.enable_model_cpu_offlo
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
                           'num_blocks_per_group=1, use_stream=True)'}
-# What each family's `encode_prompt` returns, in order, as the call arguments they fill (FLUX's text_ids: none), from
-# diffusers 0.42.1's qwenimage, flux, stable_diffusion_3 and wan pipelines. Negatives: a 2nd call where it takes none.
-STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
-                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
-                  "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
-                                               "negative_pooled_prompt_embeds"),
-                  "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
