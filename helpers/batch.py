@@ -57,12 +57,6 @@ class Item:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("id", "source")}
 
 
-def item_id(model_id: str, dtype: str, quantization: str, parameters: dict) -> str:
-    """sha256 of everything that decides the image (model, precision, call parameters, prompt, seed)."""
-    key = {"model_id": str(model_id), "dtype": dtype, "quantization": quantization, **parameters}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-
 def plan_items(model_id: str, rows: list[dict], *, seeds_per_prompt: int, seed: int, height: int, width: int,
                num_inference_steps: int, guidance_scale: float, dtype: str, quantization: str = "none") -> list[Item]:
     """One item per row and seed (j < seeds_per_prompt: `row_seed + j`, else `seed + i * seeds_per_prompt + j`),
@@ -80,7 +74,8 @@ def plan_items(model_id: str, rows: list[dict], *, seeds_per_prompt: int, seed: 
                           "seed": base + offset, "height": height, "width": width,
                           "num_inference_steps": row.get("num_inference_steps", num_inference_steps),
                           "guidance_scale": float(row.get("guidance_scale", guidance_scale))}
-            identity = item_id(model_id, dtype, quantization, parameters)
+            key = {"model_id": str(model_id), "dtype": dtype, "quantization": quantization, **parameters}
+            identity = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]  # all that decides it
             items.setdefault(identity, Item(id=identity, source=source, **parameters))
     return list(items.values())
 
@@ -256,8 +251,7 @@ _LAUNCH_LOCK = threading.Lock()  # $TMPDIR is process-wide: one launch at a time
 
 
 def launch_processes(function, args: tuple, num_processes: int) -> None:
-    """Run `function(*args)` in `num_processes` processes with `accelerate.notebook_launcher` (GPUs if present,
-    else CPU processes over gloo) on a free port and a private $TMPDIR (torchelastic litters it); with 1, here."""
+    """`function(*args)` in `num_processes` processes (accelerate's notebook_launcher: GPUs, else CPU); with 1, here."""
     rules.whole("num_processes", num_processes, 1)
     if num_processes == 1:
         function(*args)
@@ -303,8 +297,7 @@ def load(job: Job, device) -> tuple[object, dict]:
 
 
 def work(job: Job, rank: int, world: int, device="cpu", pipe=None) -> dict:
-    """Render and save this process's share but what is done (the call and the PNG's metadata from the same
-    parameters); returns this rank's counts and what it loaded."""
+    """Render and save this process's share but what is done; returns this rank's counts and what it loaded."""
     from . import generation
     mine = shard(job.items, rank, world)
     manifest = read_manifest(job.output_dir)
@@ -404,8 +397,7 @@ def prepare(job: Job, resume: bool) -> None:
 
 
 def launch(job: Job, num_processes: int, resume: bool = True, pipe=None) -> dict:
-    """Run the batch from a notebook: lock the folder here, then `run_process` in `num_processes` processes (with 1,
-    in this one, reusing `pipe` if given). Returns the summary (also appended to `output_dir/runs.jsonl`)."""
+    """Run the batch from a notebook (the folder locked here) in `num_processes` processes; returns the summary."""
     rules.whole("num_processes", num_processes, 1)
     prepare(job, resume)
     job = dataclasses.replace(job, run_id=uuid.uuid4().hex[:12])  # each launch is its own run

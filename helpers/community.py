@@ -69,15 +69,6 @@ def hub_repo_id(custom_pipeline) -> str | None:
     return None
 
 
-def _fetch(source: str, name: str, revision: str | None) -> Path:
-    """The repository file `name`: from the folder, or downloaded (exactly what diffusers would download)."""
-    if Path(source).is_dir():
-        return Path(source) / name
-    from huggingface_hub import hf_hub_download
-    with hub.hub_access(source):
-        return Path(hf_hub_download(source, name, revision=revision, local_files_only=hub.hub_offline()))
-
-
 def dynamic_loads(tree: ast.Module) -> list[tuple[int, str, list[str]]]:
     """(line, call, its string literals) for each call that runs code no import statement shows."""
     found = []
@@ -97,7 +88,7 @@ def _with_relative_imports(role: str, name: str, source, revision: str | None = 
     """`name` and all it imports or loads at run time, from `source` (folder or Hub id); refuses what can't be shown."""
     from diffusers.utils.dynamic_modules_utils import get_relative_imports
     from huggingface_hub.errors import EntryNotFoundError
-    fetch = lambda file: _fetch(str(source), file, revision)
+    fetch = lambda file: hub.fetch_file(str(source), file, revision)
     files, queue = [], [(name, None, None)]
     while queue:
         current, importer, line = queue.pop(0)
@@ -167,22 +158,15 @@ def _custom_code(index: dict) -> list[tuple[str, str]]:
                    and not hasattr(diffusers.pipelines, spec[0])]  # not ["stable_diffusion", "...SafetyChecker"]
 
 
-def code_files(source: str, custom_pipeline: str | os.PathLike | None = None, revision: str | None = None,
-               allowed: dict | None = None) -> list[CodeFile]:
-    """Every Python file diffusers would execute to load `source` (a folder or Hub id) this way."""
-    files = []
-    if custom_pipeline is not None:
-        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
-        root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
-        files += _with_relative_imports("custom_pipeline", script, root, allowed=allowed)
-    for role, module_file in _custom_code(hub.read_model_index(source, revision)):
-        files += _with_relative_imports(role, module_file, source, revision, allowed=allowed)
-    return files
+def code_files(source: str, revision: str | None = None, allowed: dict | None = None) -> list[CodeFile]:
+    """Every Python file diffusers would execute to load `source` (a folder or Hub id): its model_index.json's code."""
+    return [file for role, module_file in _custom_code(hub.read_model_index(source, revision))
+            for file in _with_relative_imports(role, module_file, source, revision, allowed=allowed)]
 
 
 def component_code_files(source: str, subfolder: str, revision: str | None = None) -> list[CodeFile]:
     """The files an `AutoModel.from_pretrained(..., subfolder=...)` would execute (its config's auto_map)."""
-    config = json.loads(_fetch(source, f"{subfolder}/config.json", revision).read_text())
+    config = json.loads(hub.fetch_file(source, f"{subfolder}/config.json", revision).read_text())
     return [file for reference in sorted(set(config.get("auto_map", {}).values()))
             for file in _with_relative_imports(f"auto_map {reference}", f"{subfolder}/{reference.rsplit('.', 1)[0]}.py",
                                                source, revision)]
@@ -295,7 +279,7 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
         resolved, files = repo_id, _with_relative_imports(  # what diffusers downloads, at that commit
             f"custom_pipeline {repo_id}", "pipeline.py", repo_id, custom_revision, False, allowed)
     elif custom_pipeline is not None:
-        resolved = resolve_custom_pipeline(custom_pipeline)
+        resolved = resolve_custom_pipeline(custom_pipeline)  # a .py file, or a folder's pipeline.py
         root, script = (resolved.parent, resolved.name) if resolved.is_file() else (resolved, "pipeline.py")
         files, resolved = _with_relative_imports("custom_pipeline", script, root, allowed=allowed), str(resolved)
         roots.append(root)
@@ -312,11 +296,11 @@ def audit(model_id: str | None = None, *, custom_pipeline=None, revision: str | 
             from huggingface_hub import model_info
             with hub.hub_access(source):
                 commit = model_info(source).sha
-            if not code_files(source, None, commit):  # a Hub model that holds no code is pinned at its current commit
+            if not code_files(source, commit):  # a Hub model that holds no code is pinned at its current commit
                 print(f"note: {source} holds no code; loading it at its current commit {commit}")
                 revision = commit
         check_revision(source, revision, i_accept_unpinned_remote_code)
-        files += code_files(source, None, revision, allowed)
+        files += code_files(source, revision, allowed)
     if not all(allowed.values()):
         rules.fail("allow_dynamic_code", [n for n, used in allowed.items() if not used], "names no audited file "
                    f"that loads code at run time (audited: {', '.join(f.name for f in files) or 'none'})", "Remove it.")

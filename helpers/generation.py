@@ -11,7 +11,6 @@ import torch
 from . import rules
 from .errors import InvalidParameterError, NonFiniteLatentsError
 from .outputs import likely_cause
-from .planning import STAGED_OUTPUTS
 
 # The names diffusers' pipelines give their one guidance strength, in the order the kit prefers them.
 GUIDANCE_NAMES = ("guidance_scale", "true_cfg_scale", "distilled_guidance_scale")
@@ -21,6 +20,13 @@ KIT_ARGUMENTS = {
     "num_inference_steps": "num_inference_steps", "generator": "seed", "num_frames": "num_frames",
     "image": "image (input_image in the notebooks)", **{name: "guidance_scale" for name in GUIDANCE_NAMES},
 }
+# What each family's `encode_prompt` returns, in order, as the call arguments they fill (FLUX's text_ids: none), from
+# diffusers 0.42.1's qwenimage, flux, stable_diffusion_3 and wan pipelines. Negatives: a 2nd call where it takes none.
+STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
+                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
+                  "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                                               "negative_pooled_prompt_embeds"),
+                  "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
 
 
 class FiniteLatents:
@@ -84,8 +90,7 @@ def temporal_factor(pipe) -> int | None:
 
 
 def check_num_frames(pipe, num_frames: int) -> None:
-    """A video needs `k * t + 1` frames, t the VAE's temporal compression (`temporal_factor`: 4 for Wan and
-    HunyuanVideo, 6 for Mochi, 8 for LTX-Video and CogVideoX): diffusers would round another count silently."""
+    """A video needs `k * t + 1` frames, t = `temporal_factor` (Wan: 4): diffusers rounds other counts silently."""
     factor = temporal_factor(pipe) or 1
     name = type(pipe).__name__
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % factor:
@@ -98,8 +103,7 @@ def check_num_frames(pipe, num_frames: int) -> None:
 
 
 def accepted_arguments(pipeline_class) -> set[str]:
-    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to the parent classes (a community
-    pipeline that wraps `super().__call__(*args, **kwargs)` accepts what its parent accepts)."""
+    """Keyword arguments a pipeline's `__call__` takes, following `**kwargs` up to its parent classes' `__call__`."""
     accepted: set[str] = set()
     for cls in pipeline_class.__mro__:
         if "__call__" not in vars(cls):
@@ -124,10 +128,8 @@ def guidance_argument(pipe, accepted: set[str]) -> str | None:
 def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", height: int, width: int,
                    num_inference_steps: int, guidance_scale: float, seed: int | None = None,
                    num_frames: int | None = None, image=None, pipeline_kwargs: dict | None = None, **extra) -> dict:
-    """Keyword arguments for `pipe(**kwargs)`, checked, with the caller's `generator=` or a CPU generator seeded with
-    `seed` (reproducible on any device).
-    `extra` (the kit's `strength`, `mask_image`, `callback_on_step_end`) is kept only where the pipeline takes it;
-    `pipeline_kwargs` are the user's own call arguments: one the pipeline does not take or the kit sets is an error."""
+    """Checked kwargs for `pipe(**kwargs)`, with `generator=` or a CPU generator seeded with `seed`. `extra` (strength,
+    mask_image, ...) is kept where the pipeline takes it; a `pipeline_kwargs` key it does not take is an error."""
     name, multiple = type(pipe).__name__, size_multiple(pipe)
     rules.size("height", height, multiple, name)
     rules.size("width", width, multiple, name)
@@ -165,9 +167,8 @@ def call_arguments(pipe, *, prompt: str | None, negative_prompt: str = "", heigh
 
 
 def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, ...]]:
-    """A staged plan's stage 1 (text encoders only loaded): (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as
-    the one-stage call passes them, the call argument each output fills). Where encode_prompt takes no
-    negative_prompt (Qwen-Image, FLUX), a second call encodes it: its outputs fill negative_<name>."""
+    """Stage 1 of a staged plan: (kwargs for `pipe.encode_prompt(prompt, **kwargs)` as the call passes them, the call
+    argument each output fills). Without a negative_prompt kwarg, a second call's outputs fill negative_<name>."""
     name = type(pipe).__name__
     if name not in STAGED_OUTPUTS:
         raise InvalidParameterError("pipe", name, "staged: not supported for this pipeline class",
@@ -180,14 +181,3 @@ def encode_arguments(pipe, negative_prompt: str = "") -> tuple[dict, tuple[str, 
         kwargs["max_sequence_length"] = call["max_sequence_length"].default
     return kwargs, STAGED_OUTPUTS[name]
 
-
-@torch.no_grad()  # as inside the call: no autograd graph kept (memory), the same attention kernels (same image)
-def prompt_embeddings(pipe, prompt: str, negative_prompt: str = "") -> dict:
-    """`encode_arguments`, then `pipe.encode_prompt` (twice where the negative needs its own call): the call
-    arguments for stage 2's `pipe(...)` (an output the call does not take, FLUX's text_ids, is dropped there)."""
-    kwargs, names = encode_arguments(pipe, negative_prompt)
-    embeddings = dict(zip(names, pipe.encode_prompt(prompt, **kwargs), strict=True))
-    if negative_prompt and "negative_prompt" not in kwargs:
-        embeddings |= {f"negative_{n}": v for n, v in zip(names, pipe.encode_prompt(negative_prompt, **kwargs),
-                                                          strict=True)}
-    return embeddings

@@ -287,7 +287,7 @@ def is_hub_id(model_id) -> bool:
             and not _looks_like_local_path(model_id))
 
 
-def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+def cached_file(repo_id: str, filename: str, revision: str | None = None) -> str | None:
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError
     try:
@@ -320,7 +320,7 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     except HFValidationError as error:
         raise InvalidParameterError("model_id", model_id, "not a valid Hub id or existing folder", str(error)) from None
     candidates = ("model_index.json", "config.json", f"{subfolder}/config.json" if subfolder else "config.json")
-    if not any(_cached_file(model_id, name, revision) for name in candidates) and hub_offline():
+    if not any(cached_file(model_id, name, revision) for name in candidates) and hub_offline():
         raise ModelNotCachedOfflineError(
             f"it is not in the local Hub cache and the Hub cannot be used: {offline_reason()}", name="model_id",
             value=model_id, fix="Fix: download it once while online (huggingface_hub.snapshot_download), or pass the "
@@ -329,24 +329,28 @@ def resolve_model_source(model_id: str, revision: str | None = None, subfolder: 
     return model_id
 
 
+def fetch_file(source: str, filename: str, revision: str | None = None) -> Path:
+    """`filename` in the folder `source`, or downloaded from the Hub repo `source` (offline: from the cache)."""
+    if Path(source).is_dir():
+        return Path(source) / filename
+    from huggingface_hub import hf_hub_download
+    with hub_access(source):
+        return Path(hf_hub_download(source, filename, revision=revision, local_files_only=hub_offline()))
+
+
 def read_model_index(source: str, revision: str | None = None, *, prefer_shipped: bool = False) -> dict:
     """The pipeline's model_index.json: a local folder's; for a Hub id the cached copy, else the Hub's, else offline the
     kit's shipped copy. prefer_shipped: the shipped copy answers first, without a request."""
     source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if is_hub_id(source):
         shipped = revision is None and (SHIPPED / source.replace("/", "--", 1) / "model_index.json").is_file()
-        if cached := None if shipped and prefer_shipped else _cached_file(source, "model_index.json", revision):
+        if cached := None if shipped and prefer_shipped else cached_file(source, "model_index.json", revision):
             return folders.read_json_object(Path(cached))
         if shipped and (prefer_shipped or hub_offline()):
             from . import architectures
             return architectures.model_index(source)
     source = resolve_model_source(source, revision)  # the kit's clear error for missing or uncached sources
-    index = Path(source) / "model_index.json"
-    if not Path(source).is_dir():
-        from huggingface_hub import hf_hub_download
-        with hub_access(source):
-            index = Path(hf_hub_download(source, "model_index.json", revision=revision, local_files_only=hub_offline()))
-    if not index.is_file():
+    if not (index := fetch_file(source, "model_index.json", revision)).is_file():
         raise LocalPathNotFoundError(f"{str(index)!r} not found: {source!r} is a model folder, not a pipeline.")
     return folders.read_json_object(index)
 
@@ -365,7 +369,7 @@ def pipeline_file_patterns(model_index: dict) -> dict[str, list[str]]:
 def repo_files(repo_id: str, revision: str | None = None) -> dict[str, int]:
     """{filename: bytes} of a Hub repo: its file metadata (one request), or offline the cached snapshot's files."""
     if hub_offline():
-        if (index := _cached_file(repo_id, "model_index.json", revision)) is None:
+        if (index := cached_file(repo_id, "model_index.json", revision)) is None:
             raise ModelNotCachedOfflineError(f"its file list is not in the local Hub cache: {offline_reason()}",
                                          name="model_id", value=repo_id, fix="Download it once while online.")
         snapshot = Path(index).parent

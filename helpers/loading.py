@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline
 from . import env
 from .diffusers_logs import without_empty_fp32_notes
 from .errors import InvalidParameterError, KitError, KitOutOfMemoryError
-from .hub import hub_access, hub_offline, read_model_index, resolve_model_source
+from .hub import fetch_file, hub_access, hub_offline, read_model_index, resolve_model_source
 from .memory import module_dtypes, quantized_components
 from .rules import DEVICE_MAPS, DTYPE_ALIASES
 
@@ -44,8 +44,7 @@ def resolve_dtype(dtype):
 
 
 def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: str = "cuda") -> str | None:
-    """The kit's device_map as a string diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU).
-    diffusers rejects "auto", dicts and "cuda:1", and "balanced" without GPUs silently loads everything on CPU."""
+    """The kit's device_map as one diffusers accepts ("balanced", the accelerator, "cpu"), or None (load on CPU)."""
     if device_map is None:
         return None
     gpu_count = torch.cuda.device_count() if gpu_count is None else gpu_count
@@ -61,11 +60,6 @@ def resolve_device_map(device_map, gpu_count: int | None = None, accelerator: st
         raise InvalidParameterError("device_map", device_map, "it needs a CUDA GPU and none is visible",
                                     'Use device_map="auto" (loads on CPU here) or "cpu"; in Colab pick a GPU runtime.')
     return device_map
-
-
-def device_for(device_map: str | None) -> str:
-    """The device the pipeline's weights land on for a resolved device_map (the first GPU for "balanced")."""
-    return "cpu" if device_map in (None, "cpu") else "cuda" if device_map == "balanced" else device_map
 
 
 def check_dtype_mix(pipeline_class_name: str, dtypes: dict[str, torch.dtype]) -> None:
@@ -110,15 +104,14 @@ def load_pipeline(model_id: str, pipeline_class=DiffusionPipeline, *, dtype="aut
         kwargs.setdefault("local_files_only", True)
     if revision is not None:
         kwargs["revision"] = revision
-    with hub_access(model_id), out_of_memory("load"):  # 401/403 and OOM: say what to do next
+    with hub_access(model_id), out_of_memory():  # 401/403 and OOM: say what to do next
         pipe = pipeline_class.from_pretrained(source, dtype=resolved_dtype, device_map=resolved_map, **kwargs)
     pipe.set_progress_bar_config(disable=env.quiet_mode())
     return pipe
 
 
 def from_pipe_dtype(pipe, dtype=None):
-    """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)`: `dtype` resolved, else the source's own (diffusers casts
-    every shared module, the source's too, to `dtype`, defaulting to float32)."""
+    """The dtype for `SomePipeline.from_pipe(pipe, dtype=...)` (it casts every shared module): `dtype`, else pipe's."""
     if not isinstance(pipe, DiffusionPipeline):
         raise InvalidParameterError("pipe", type(pipe).__name__, "from_pipe needs a loaded diffusers pipeline",
                                     "Load one with from_pretrained.")
@@ -177,11 +170,7 @@ def component_spec(source: str, name: str, revision: str | None = None) -> tuple
     if name not in index or not isinstance(index[name], list):
         raise InvalidParameterError(name, "(a component)", f"{index['_class_name']} has no component {name!r}",
                                     f"Its components are: {', '.join(n for n in index if not n.startswith('_'))}.")
-    config_path = Path(source) / name / "config.json"
-    if not Path(source).is_dir():
-        from huggingface_hub import hf_hub_download
-        config_path = Path(hf_hub_download(source, f"{name}/config.json", revision=revision,
-                                           local_files_only=hub_offline()))
+    config_path = fetch_file(source, f"{name}/config.json", revision)
     return index[name][1], json.loads(config_path.read_text()) if config_path.is_file() else {}
 
 
@@ -209,8 +198,7 @@ def check_swap(pipe, name: str, component) -> None:
 
 
 def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision: str | None = None, **kwargs):
-    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's).
-    The path goes as a string: AutoModel.from_pretrained raises TypeError on a pathlib.Path in 0.42.1."""
+    """`diffusers.AutoModel.from_pretrained` with the kit's path, offline and dtype checks ("auto": this machine's)."""
     from diffusers import AutoModel
     _refuse_torch_dtype(kwargs)
     source = resolve_model_source(model_id, revision, subfolder)
@@ -221,17 +209,8 @@ def load_component(model_id: str, subfolder: str = "", *, dtype="auto", revision
     if revision is not None:
         kwargs["revision"] = revision
     if dtype == "auto":  # a single component has no family rule: this machine's compute dtype
-        dtype = env.recommended_dtype(device_for(resolve_device_map("auto")))
-    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)
-
-
-def scheduler_class(pipe, name: str):
-    """The scheduler class called `name`, if it is one of `pipe.scheduler.compatibles`."""
-    compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
-    if name not in compatible:
-        raise InvalidParameterError("scheduler", name,
-                                    f"{type(pipe).__name__} works with: {', '.join(sorted(compatible))}")
-    return compatible[name]
+        dtype = env.recommended_dtype(resolve_device_map("auto") or "cpu")
+    return AutoModel.from_pretrained(str(source), dtype=resolve_dtype(dtype), **kwargs)  # a Path: TypeError (0.42.1)
 
 
 LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_mem_usage", "variant", "revision",
@@ -239,8 +218,7 @@ LOADING_OPTIONS = ("device_map", "dtype", "torch_dtype", "max_memory", "low_cpu_
 
 
 def check_constructor_arguments(pipeline_class, **kwargs) -> None:
-    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`), which
-    takes loaded components; diffusers raises `TypeError: ... unexpected keyword argument 'device_map'`."""
+    """Refuse loading options given to a pipeline's constructor (`MyPipeline(unet=..., device_map="cuda")`)."""
     import inspect
     accepted = inspect.signature(pipeline_class.__init__).parameters
     for name in kwargs:
@@ -287,20 +265,15 @@ def apply_offload(pipe, load_plan) -> str:
 
 
 # --- out of memory -------------------------------------------------------------------------------------------------
-DEFAULT_OPTIONS = {
-    "load": ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
-             "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
-             "a smaller model family that fits (see the plan's alternatives)"],
-    "generation": ["a smaller size: lower height/width (activations grow with the pixel count)",
-                   "more offload: offload='model', and pipe.vae.enable_tiling() for the decode",
-                   "fewer images per call (num_images_per_prompt=1)"],
-}
+LOAD_OPTIONS = ["more offload: offload='model' (or 'group'/'sequential' when one component does not fit)",
+                "quantization: quantization='int8' (half of bf16), or 'nf4'/'int4' on a GPU (a quarter)",
+                "a smaller model family that fits (see the plan's alternatives)"]
 
 
 @contextmanager
-def out_of_memory(stage: str = "load", options: list[str] | None = None):
-    """Re-raise an out-of-memory error (CUDA's, the CPU allocator's, MemoryError) as a KitOutOfMemoryError listing what
-    to try next: the plan's `options` (best first), else the kit's general ones for `stage` ("load" or "generation")."""
+def out_of_memory():
+    """Re-raise an out-of-memory error during a load (CUDA's, the CPU allocator's, MemoryError) as a
+    KitOutOfMemoryError listing what to try next (LOAD_OPTIONS, in order)."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError, MemoryError) as error:
@@ -308,12 +281,11 @@ def out_of_memory(stage: str = "load", options: list[str] | None = None):
         if isinstance(error, KitError) or not (isinstance(error, torch.OutOfMemoryError | MemoryError)
                                                or "can't allocate memory" in text or "not enough memory" in text):
             raise
-        choices = options or DEFAULT_OPTIONS.get(stage, DEFAULT_OPTIONS["load"])
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise KitOutOfMemoryError(
-            f"Out of memory during {stage} ({(text or 'out of memory').splitlines()[0]}). Try next, in this order:\n"
-            + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(choices, 1))
+            f"Out of memory during load ({(text or 'out of memory').splitlines()[0]}). Try next, in this order:\n"
+            + "\n".join(f"  {i}. {choice}" for i, choice in enumerate(LOAD_OPTIONS, 1))
             + "\nRestart the kernel first if memory stays taken (del pipe; gc.collect() frees most of it)."
         ) from None

@@ -34,12 +34,12 @@ def component_table(pipe) -> list[ComponentInfo]:
 
 
 def format_table(pipe) -> str:
-    """`component_table(pipe)` as aligned text, with a total."""
-    rows = component_table(pipe)
+    """`component_table(pipe)` as aligned text, with a total; `pipe` may also be rows (planning.component_sizes)."""
+    rows = component_table(pipe) if hasattr(pipe, "components") else pipe
     lines = [f"{'component':16s} {'class':36s} {'params':>14s} {'MB':>10s} {'dtype':9s} device"]
     for row in rows:
         lines.append(f"{row.name:16s} {row.class_name:36s} {row.params:>14,d} {row.bytes / 2**20:>10.1f} "
-                     f"{row.dtype:9s} {row.device}")
+                     f"{getattr(row, 'dtype', '-'):9s} {getattr(row, 'device', '-')}")
     total = sum(row.bytes for row in rows)
     lines.append(f"{'total':16s} {'':36s} {sum(r.params for r in rows):>14,d} {total / 2**20:>10.1f}")
     return "\n".join(lines)
@@ -53,12 +53,6 @@ def shared_components(a, b) -> dict[str, bool]:
     left, right = ({name: {p.data_ptr() for p in module.parameters()} for name, module in pipe.components.items()
                     if isinstance(module, torch.nn.Module)} for pipe in (a, b))
     return {name: left[name] == right[name] for name in sorted(left.keys() & right.keys())}
-
-
-def shares_weights(a, b) -> bool:
-    """True when the pipelines share components and every shared component's weights are one storage."""
-    shared = shared_components(a, b)
-    return bool(shared) and all(shared.values())
 
 
 @dataclass

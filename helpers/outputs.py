@@ -62,8 +62,8 @@ def safe_stem(stem: str) -> str:
 
 
 def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: dict | None = None) -> Path:
-    """Save `image` as `output_dir/stem.png` (or `stem-1.png`, ... if taken) with metadata in a PNG text chunk: written
-    under a temporary name, then hard-linked into place (never overwrites). A blank image is `stem-blank.png`."""
+    """Save `image` as `output_dir/stem.png` (`link_unused_name`: never overwriting) with metadata in a PNG text
+    chunk. A blank image is `stem-blank.png`."""
     output_dir = Path(output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(stem)
@@ -80,22 +80,28 @@ def save_image(image: Image.Image, output_dir: str | Path, stem: str, metadata: 
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
-        os.chmod(temp_name, 0o666 & ~current_umask())
-        for counter in range(10_000):
-            target = output_dir / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
-            with suppress(FileExistsError):
-                os.link(temp_name, target)
-                return target
-        raise FileExistsError(f"More than 10000 images named {stem!r} in {str(output_dir)!r}; choose another name.")
+        return link_unused_name(output_dir, stem, {".png": temp_name})
     finally:
         os.unlink(temp_name)
 
 
-def current_umask() -> int:
-    """The process umask (read without changing it), for files written under a temporary name first."""
-    current = os.umask(0)
-    os.umask(current)
-    return current
+def link_unused_name(output_dir: Path, stem: str, temps: dict[str, str]) -> Path:
+    """Hard-link each temporary file to `output_dir/<name><suffix>` (its key), `name` the first of `stem`, `stem-1`,
+    ... free for all of them: never overwrites. Returns the first link. Made readable as the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for temp in temps.values():
+        os.chmod(temp, 0o666 & ~umask)
+    for counter in range(10_000):
+        name, linked = stem if counter == 0 else f"{stem}-{counter}", []
+        with suppress(FileExistsError):
+            for suffix, temp in temps.items():
+                os.link(temp, output_dir / f"{name}{suffix}")
+                linked.append(output_dir / f"{name}{suffix}")
+            return linked[0]
+        for path in linked:
+            path.unlink()
+    raise FileExistsError(f"More than 10000 files named {stem!r} in {str(output_dir)!r}; choose another name.")
 
 
 def read_metadata(path: str | Path) -> dict:

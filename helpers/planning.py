@@ -15,6 +15,7 @@ import torch
 from . import architectures, folders, hub, rules
 from .env import GIB, PROFILES, Hardware, resolve_hardware
 from .errors import InvalidParameterError, LocalPathNotFoundError, PlanDoesNotFitError
+from .generation import STAGED_OUTPUTS
 from .rules import BIG_TEXT_ENCODER_PARAMS, DENOISERS, DTYPE_ALIASES, FP16_FIX_VAE, OFFLOADS, backend_for, fp16_unsafe
 
 # Usable GiB on common GPUs: the card's total as torch reports it, less ~0.5 GiB of CUDA context.
@@ -205,8 +206,7 @@ def plan_balanced(sizes: list[ComponentSize], budgets: dict[int, int], height: i
     return plan
 
 
-def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024,
-                   max_gpus: int = 8) -> str:
+def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 1024, width: int = 1024) -> str:
     """The least hardware of `gpu_gib`-sized GPUs that runs the model: one, one with offload, or fewest balanced."""
     headroom, budget = activation_headroom(height, width), int(gpu_gib * GIB)
     total = sum(s.diffusers_bytes for s in sizes)
@@ -215,7 +215,7 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
     options, largest = [], max(s.diffusers_bytes for s in sizes)
     if largest + headroom <= budget:
         options.append(f"one {gpu_gib:g} GiB GPU with enable_model_cpu_offload() ({total / GIB:.1f} GiB in CPU RAM)")
-    for count in range(2, max_gpus + 1):
+    for count in range(2, 9):  # up to 8 GPUs
         plan = plan_balanced(sizes, {i: budget for i in range(count)}, height, width)
         if plan.fits_on_gpus and not plan.warnings:
             options.append(f"{count} GPUs of {gpu_gib:g} GiB (device_map='balanced')")
@@ -223,13 +223,6 @@ def smallest_setup(sizes: list[ComponentSize], gpu_gib: float, height: int = 102
     return " or ".join(options) if options else (
         f"no setup of {gpu_gib:g} GiB GPUs: the largest component alone takes {largest / GIB:.1f} GiB; "
         "use enable_sequential_cpu_offload() (very slow), quantization, or a bigger GPU")
-
-
-def format_sizes(sizes: list[ComponentSize]) -> str:
-    lines = [f"{'component':16s} {'class':36s} {'params':>16s} {'GiB':>7s}"]
-    lines += [f"{s.name:16s} {s.class_name:36s} {s.params:>16,d} {s.bytes / GIB:>7.2f}" for s in sizes]
-    params, total = sum(s.params for s in sizes), sum(s.bytes for s in sizes)
-    return "\n".join(lines + [f"{'total':16s} {'':36s} {params:>16,d} {total / GIB:>7.2f}"])
 
 
 def format_plan(plan: DevicePlan, sizes: list[ComponentSize], bar_width: int = 30) -> str:
@@ -278,14 +271,6 @@ OFFLOAD_CALLS = {"none": "", "staged": "", "model": "pipe.enable_model_cpu_offlo
                  "sequential": "pipe.enable_sequential_cpu_offload()",
                  "group": 'pipe.enable_group_offload(torch.device("cuda"), offload_type="block_level", '
                           'num_blocks_per_group=1, use_stream=True)'}
-# What each family's `encode_prompt` returns, in order, named as the call arguments they fill (FLUX's text_ids: none).
-# From diffusers 0.42.1 pipelines/qwenimage/pipeline_qwenimage.py, flux/pipeline_flux.py,
-# stable_diffusion_3/pipeline_stable_diffusion_3.py, wan/pipeline_wan.py. Negatives: one more call where it takes none.
-STAGED_OUTPUTS = {"QwenImagePipeline": ("prompt_embeds", "prompt_embeds_mask"),
-                  "FluxPipeline": ("prompt_embeds", "pooled_prompt_embeds", "text_ids"),
-                  "StableDiffusion3Pipeline": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
-                                               "negative_pooled_prompt_embeds"),
-                  "WanPipeline": ("prompt_embeds", "negative_prompt_embeds")}
 RAM_BASE_GIB = {"gpu": 2.5, "cpu": 1.5}  # python + torch (+ CUDA libraries) + diffusers, before any weights
 # diffusers reads one safetensors shard at a time into CPU memory (at most 10 GB: save_pretrained's default)
 SHARD_BYTES = 10_000_000_000
@@ -439,9 +424,8 @@ def download_bytes(model_id: str, stats: list[ComponentStats], dtype: str, quant
     if model_id not in STORAGE:
         half = dtype != "float32" or quantization != "none"
         if hub.hub_offline():  # loading must pick the files there: fp16 ones if an earlier run downloaded them
-            from huggingface_hub import try_to_load_from_cache
-            index = try_to_load_from_cache(model_id, "model_index.json")
-            fp16 = isinstance(index, str) and any(Path(index).parent.glob("*/*.fp16.*"))
+            index = hub.cached_file(model_id, "model_index.json")
+            fp16 = index is not None and any(Path(index).parent.glob("*/*.fp16.*"))
             return None, "fp16" if half and fp16 else None
         try:
             total, variant = hub_download_bytes(model_id, half, gguf=quantization)
@@ -472,8 +456,7 @@ def hub_download_bytes(model_id: str, half: bool, gguf: str = "none") -> tuple[i
 
 
 def _candidates(quantization: str, offload: str, device_map: str, hardware: Hardware, on_gpu: bool, staged: bool):
-    """(quantization, offload, balanced) in the kit's order of preference; staged right after all-on-GPU (`staged`:
-    the caller runs stages), sequential offload (very slow) last."""
+    """(quantization, offload, balanced) in the kit's order of preference, sequential offload (very slow) last."""
     order = [("none", "none"), ("none", "staged"), ("none", "model"), ("none", "group"), ("int8", "none"),
              ("int8", "staged"), ("int8", "model"), ("nf4", "none"), ("nf4", "staged"), ("nf4", "model"),
              ("int8", "group"), ("nf4", "group"), ("none", "sequential"), ("int8", "sequential"),
@@ -681,9 +664,8 @@ SKIPPED = "skipped: plan_only=True \u2014 this notebook stops after the plan (se
 
 
 def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> None:
-    """Call before any download. plan_only=True: later cells (but those mentioning `plan_only`) print "skipped";
-    else a plan that does not fit raises PlanDoesNotFitError unless force=True. A staged plan: later cells that do
-    not mention "staged" (the one-stage sections) print "skipped"."""
+    """Call before any download. plan_only=True (or a staged plan): later cells not mentioning `plan_only` ("staged")
+    print "skipped"; else a plan that does not fit raises PlanDoesNotFitError unless force=True."""
     _skip_later_cells(plan_only or plan.offload == "staged" and (plan.fits or force), staged=not plan_only)
     if plan_only:
         print("plan_only=True: stopping here; nothing was downloaded. Each later cell prints 'skipped' instead of "

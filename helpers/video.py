@@ -4,7 +4,6 @@ in a sidecar `<name>.json` (an MP4 has no text field), and show it inline."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -19,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import hub, rules
 from .errors import BadVideoError, InvalidParameterError, redact
-from .outputs import current_umask, safe_stem
+from .outputs import link_unused_name, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
 MAX_START_PIXELS = rules.MAX_PIXELS  # a start frame is resized to the video size: more is a mistake or a bomb
@@ -114,14 +113,8 @@ def check_frames(frames) -> np.ndarray:
     return array
 
 
-def frames_to_images(frames) -> list[Image.Image]:
-    """Each frame as an 8-bit RGB PIL image (rounded, clipped to [0, 1] first)."""
-    return [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
-
-
 def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None = None, fps: int = 16) -> Path:
-    """Write `output_dir/stem.mp4` and its record `stem.json`: temporary files hard-linked into place, never
-    overwriting (a name taken by either moves the pair to `stem-1.mp4` + `stem-1.json`), no half file on a kill."""
+    """Write `output_dir/stem.mp4` and its record `stem.json` (`outputs.link_unused_name`: never overwriting)."""
     from diffusers.utils import export_to_video
     array = check_frames(frames)
     (output_dir := Path(output_dir)).mkdir(parents=True, exist_ok=True)
@@ -136,20 +129,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
         temp_video, temp_json = temps
         export_to_video(list(array), temp_video, fps=fps)
         Path(temp_json).write_text(json.dumps(record, default=str, indent=2, sort_keys=True))
-        for temp in temps:
-            os.chmod(temp, 0o666 & ~current_umask())
-        for counter in range(10_000):
-            name = stem if counter == 0 else f"{stem}-{counter}"
-            video, record_path = output_dir / f"{name}.mp4", output_dir / f"{name}.json"
-            try:
-                os.link(temp_video, video)
-            except FileExistsError:
-                continue
-            with contextlib.suppress(FileExistsError):
-                os.link(temp_json, record_path)
-                return video
-            video.unlink()
-        raise FileExistsError(f"More than 10000 videos named {stem!r} in {str(output_dir)!r}; choose another name.")
+        return link_unused_name(output_dir, stem, {".mp4": temp_video, ".json": temp_json})
     finally:
         for temp in temps:
             Path(temp).unlink(missing_ok=True)
@@ -157,7 +137,7 @@ def save_video(frames, output_dir: str | Path, stem: str, metadata: dict | None 
 
 def animated_gif(frames, fps: int = 16, max_side: int = 320) -> bytes:
     """The frames as a looping animated GIF, scaled down to `max_side` pixels (a light inline preview)."""
-    images = frames_to_images(frames)
+    images = [Image.fromarray((np.clip(frame, 0, 1) * 255).round().astype(np.uint8)) for frame in as_array(frames)]
     scale = min(1.0, max_side / max(images[0].size))
     if scale < 1:
         size = (max(1, round(images[0].width * scale)), max(1, round(images[0].height * scale)))

@@ -99,7 +99,3 @@ class GenerationForm:
         self.status.value = f"Saved {html.escape(str(path))}"
         return path
 
-
-def generation_form(pipe, **options) -> GenerationForm:
-    """Build the form for `pipe`; options are the starting values (prompt, seed, size, output_dir, ...)."""
-    return GenerationForm(pipe, **options)

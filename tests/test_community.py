@@ -70,7 +70,7 @@ def test_weighted_pipeline_generates_and_pads_negative_to_the_same_length(weight
 
 def test_previews_share_weights_and_end_with_the_image(weighted):
     previewing = community.from_pipe(weighted, "community/kit_previews")
-    assert memory.shares_weights(weighted, previewing)
+    assert set(memory.shared_components(weighted, previewing).values()) == {True}
     out = previewing("a cat", num_inference_steps=4, preview_every=2, height=32, width=32,
                      generator=torch.Generator().manual_seed(0))
     steps = [step for step, _ in out.previews]
@@ -105,7 +105,7 @@ def test_components_repo_runs_its_own_code(tiny):
 
 
 def test_audit_lists_every_file_diffusers_would_execute(tiny):
-    files = community.code_files(str(tiny["sd-components"]), custom_pipeline="community/kit_previews")
+    files = community.audit(str(tiny["sd-components"]), custom_pipeline="community/kit_previews").files
     assert [f.name for f in files] == ["pipeline.py", "pipeline_kit_components.py", "unet/kit_counting_unet.py"]
     for file in files:
         assert re.fullmatch(r"[0-9a-f]{64}", file.sha256) and file.size == file.path.stat().st_size

@@ -142,7 +142,7 @@ def test_raw_from_pipe_upcasts_the_source_and_the_guard_does_not(tiny):
     variant = loading.from_pipe(StableDiffusionImg2ImgPipeline, source)
     assert set(memory.module_dtypes(source).values()) == {torch.bfloat16}
     assert set(memory.module_dtypes(variant).values()) == {torch.bfloat16}
-    assert memory.shares_weights(source, variant)
+    assert set(memory.shared_components(source, variant).values()) == {True}
 
 
 def test_from_pipe_refuses_bad_input(tiny):

@@ -132,7 +132,7 @@ def test_hub_repo_as_custom_pipeline_is_pinned_and_audited(hub, tiny, capsys):
     assert [step for step, _ in previews] == list(range(1, pipe.num_timesteps + 1))
 
     again = community.from_pipe(pipe, PREVIEWS_REPO, custom_revision=commit, pinned={"pipeline.py": expected})
-    assert memory.shares_weights(pipe, again)
+    assert set(memory.shared_components(pipe, again).values()) == {True}
     with pytest.raises(community.RemoteCodeChanged, match="pipeline.py"):
         community.from_pipe(pipe, PREVIEWS_REPO, custom_revision=commit, pinned={"pipeline.py": "0" * 64})
 
@@ -224,7 +224,8 @@ def test_by_name_pipeline_on_the_same_weights_with_from_pipe(hub, tiny, tmp_path
     cached = community.download_community_pipeline("lpw_stable_diffusion", "main")  # a blob in the HF cache
     script = Path(shutil.copyfile(cached, tmp_path / "lpw_stable_diffusion.py"))  # a .py of our own to pass
     lpw = community.from_pipe(base, script, pinned={script.name: sha256(script)})
-    assert type(lpw).__name__ == "KitPromptWeightingPipeline" and memory.shares_weights(base, lpw)
+    assert type(lpw).__name__ == "KitPromptWeightingPipeline"
+    assert set(memory.shared_components(base, lpw).values()) == {True}
 
 
 def test_snapshot_patterns_follow_the_plans_variant(hub, tmp_path):

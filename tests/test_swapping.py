@@ -55,12 +55,3 @@ def test_load_component_checks_path_and_dtype(tiny):
         loading.load_component(tiny["vae-alt"], torch_dtype=torch.float16)
     assert next(loading.load_component(tiny["vae-alt"], dtype="bfloat16").parameters()).dtype == torch.bfloat16
     assert type(loading.load_component(tiny["sdxl"], subfolder="vae")).__name__ == "AutoencoderKL"
-
-
-def test_scheduler_by_name(tiny):
-    pipe = loading.load_pipeline(str(tiny["sdxl"]), device_map=None)
-    chosen = loading.scheduler_class(pipe, "EulerAncestralDiscreteScheduler")
-    pipe.scheduler = chosen.from_config(pipe.scheduler.config)
-    assert type(pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
-    with pytest.raises(InvalidParameterError, match=r"scheduler='Euler' is not valid: .* works with: DDIMScheduler"):
-        loading.scheduler_class(pipe, "Euler")

@@ -11,8 +11,8 @@ def pipe(tiny):
 
 
 def test_form_generates_what_the_same_call_generates(pipe, tmp_path):
-    form = widgets.generation_form(pipe, output_dir=str(tmp_path), prompt="a cat", num_inference_steps=2,
-                                   guidance_scale=4.0, seed=3, size=(32, 32))
+    form = widgets.GenerationForm(pipe, output_dir=str(tmp_path), prompt="a cat", num_inference_steps=2,
+                                  guidance_scale=4.0, seed=3, size=(32, 32))
     form.prompt.value = "a red fox"
     form.seed.value = 11
     form.generate_button.click()  # the same handler a click in the browser runs
@@ -25,8 +25,8 @@ def test_form_generates_what_the_same_call_generates(pipe, tmp_path):
 
 
 def test_save_writes_the_parameters_and_random_seed_changes_the_seed(pipe, tmp_path):
-    form = widgets.generation_form(pipe, output_dir=str(tmp_path), prompt="a cat", num_inference_steps=2, seed=5,
-                                   size=(32, 32))
+    form = widgets.GenerationForm(pipe, output_dir=str(tmp_path), prompt="a cat", num_inference_steps=2, seed=5,
+                                  size=(32, 32))
     assert form.save_button.disabled
     form.generate()
     form.save_button.click()
@@ -44,7 +44,7 @@ def test_save_writes_the_parameters_and_random_seed_changes_the_seed(pipe, tmp_p
 
 
 def test_errors_show_in_the_form_instead_of_vanishing(pipe):
-    form = widgets.generation_form(pipe, prompt="a cat", num_inference_steps=2, size=(32, 32))
+    form = widgets.GenerationForm(pipe, prompt="a cat", num_inference_steps=2, size=(32, 32))
     form.save_button.click()
     assert "RuntimeError: Nothing to save yet" in form.status.value
     form.size.options = [("30 x 30", (30, 30))]
@@ -63,7 +63,7 @@ def test_size_presets_are_valid_for_the_family(pipe, tiny):
 def test_form_renders_headless_without_waiting(pipe):
     from IPython.core.formatters import DisplayFormatter
 
-    form = widgets.generation_form(pipe, size=(32, 32))
+    form = widgets.GenerationForm(pipe, size=(32, 32))
     data, _ = DisplayFormatter().format(form.box)
     assert "application/vnd.jupyter.widget-view+json" in data
 
