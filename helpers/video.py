@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from .outputs import link_unused_name, safe_stem
 
 TASKS = {"text-to-video": "t2v_model_id", "image-to-video": "i2v_model_id"}
 MAX_START_PIXELS = rules.MAX_PIXELS  # a start frame is resized to the video size: more is a mistake or a bomb
-MAX_DOWNLOAD_BYTES, DOWNLOAD_TIMEOUT_S = 50 * 2**20, 30
+MAX_DOWNLOAD_BYTES, DOWNLOAD_TIMEOUT_S, DOWNLOAD_DEADLINE_S = 50 * 2**20, 30, 90  # per read, in all
 
 
 def pipeline_task(pipeline_class) -> str:
@@ -60,13 +61,19 @@ def checked_start_image(value: str, name: str = "input_image") -> str | Image.Im
     if is_url:  # shown without user:password (`errors.redact`), query or fragment: tokens live there
         parts = urlsplit(value)
         shown = redact(parts._replace(query="***" if parts.query else "", fragment="").geturl())
+        data, deadline = bytearray(), time.monotonic() + DOWNLOAD_DEADLINE_S
         try:
             # a new opener each time: urlopen's global one keeps the proxy settings of its first use
             with urllib.request.build_opener().open(value, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 declared = int(response.headers.get("Content-Length") or 0)
-                data = b"" if declared > MAX_DOWNLOAD_BYTES else response.read(MAX_DOWNLOAD_BYTES + 1)
+                while declared <= MAX_DOWNLOAD_BYTES >= len(data) and (chunk := response.read1(2**16)):
+                    data += chunk  # read1: one read at a time, so a trickle meets the deadline below
+                    if time.monotonic() > deadline:
+                        raise TimeoutError
         except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts are OSErrors
-            raise InvalidParameterError(name, shown, f"could not be downloaded ({type(error).__name__})",
+            why = f"stalled: {len(data):,} bytes in {DOWNLOAD_DEADLINE_S} s" if time.monotonic() > deadline else (
+                f"could not be downloaded ({type(error).__name__})")
+            raise InvalidParameterError(name, shown, why,
                                         "Check the URL, or download the image and pass the file.") from None
         if declared > MAX_DOWNLOAD_BYTES or len(data) > MAX_DOWNLOAD_BYTES:
             raise InvalidParameterError(name, shown, f"is larger than {MAX_DOWNLOAD_BYTES:,} bytes", smaller)

@@ -3,6 +3,7 @@ assembly guards notebook 04 shows (constructor given loading options, direct-imp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 
@@ -223,6 +224,16 @@ def image_server(tmp_path):
         def do_GET(self):
             if self.path.startswith("/slow"):
                 time.sleep(2)
+            if self.path.startswith("/trickle"):  # headers at once, then a byte every 0.2 s
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    for _ in range(1000):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                return
             body = b"x" * 4096 if self.path.startswith("/big") else picture.read_bytes()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -292,3 +303,13 @@ def test_the_t4_plan_reaches_from_pretrained_as_a_bitsandbytes_config(tiny, monk
     mapping = load_kwargs["quantization_config"].quant_mapping
     assert set(mapping) == {"text_encoder", "transformer"}
     assert all(type(config).__name__ == "BitsAndBytesConfig" and config.load_in_8bit for config in mapping.values())
+
+
+def test_a_url_that_trickles_ends_at_the_deadline_with_the_bytes_so_far(image_server, monkeypatch):
+    import time
+
+    monkeypatch.setattr(video, "DOWNLOAD_DEADLINE_S", 1)
+    started = time.monotonic()
+    with pytest.raises(InvalidParameterError, match=r"input_image=.*/trickle.* stalled: \d+ bytes in 1 s"):
+        video.checked_start_image(f"{image_server}/trickle")
+    assert time.monotonic() - started < 5  # the per-read timeout (30 s) alone would never end it
