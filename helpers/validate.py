@@ -135,6 +135,10 @@ PLAN_ONLY_RULES = {"model_id": _plannable_model, "vae_id": _plannable_model, "sa
                    "quantization": rules.quantization}  # a plan needs no GGUF file yet
 
 
+# A parameter its notebook does not use while this flag is False (so it is not looked up in the Hub cache).
+SWITCHED_OFF_BY = {"i2v_model_id": "run_image_to_video"}
+
+
 # Names the setup cell itself defines before calling check(), and IPython's own.
 NOT_PARAMETERS = {"clone", "root", "kit", "git", "In", "Out", "exit", "quit", "get_ipython"}
 
@@ -172,7 +176,9 @@ def check(namespace: dict, stage: str = "all", pipeline_classes: tuple[str, ...]
             name in MODEL_SOURCES and hub.is_hub_id(namespace[name])))
 
     for name, rule in RULES.items():
-        if now(name):
+        if now(name) and namespace.get(SWITCHED_OFF_BY.get(name)) is False:  # unused this run: only its type
+            rules.text(name, namespace[name])
+        elif now(name):
             (PLAN_ONLY_RULES.get(name, rule) if plan_only else rule)(name, namespace[name])
     if stage != "before_install":  # the installed diffusers is the pinned one only now
         for name in MODEL_SOURCES & namespace.keys():

@@ -121,3 +121,14 @@ def test_video_notebook_runs_a_non_wan_family(families, tiny, tmp_path):
         assert record["pipeline"] == pipeline and len(load_video(str(saved))) == record["video"]["frames"] == 5
     i2v_record = json.loads((tmp_path / "out" / "image-to-video-seed42.json").read_text())
     assert i2v_record["context"]["input_image"] == str(start)
+
+
+def test_video_notebook_text_to_video_only_does_not_need_the_image_to_video_model(families, tiny, tmp_path):
+    """run_image_to_video=False: i2v_model_id is not used, so a Hub id that is not cached is no error (offline)."""
+    notebook = runner.NOTEBOOKS / "07_video_pipelines.ipynb"
+    parameters = {**runner.headless_parameters(notebook, tiny, tmp_path / "out"), "run_image_to_video": False,
+                  "t2v_model_id": str(families["ltx-video"]), "i2v_model_id": "kit-tester/never-downloaded"}
+    result = runner.execute(notebook, tmp_path / "07.ipynb", parameters)
+    assert result.error is None, result.error
+    assert (tmp_path / "out" / "text-to-video-seed42.mp4").is_file()
+    assert not list((tmp_path / "out").glob("image-to-video*"))

@@ -210,3 +210,15 @@ def test_notebook_02_with_guidance_1e300_saves_no_normal_png(tiny, tmp_path):
     assert [p.name for p in output_dir.rglob("*.png")] == []
     # ...and the generation guard still stops NaN latents that a valid-looking call produces (tested above on the
     # same tiny pipeline: test_nan_latents_stop_generation_naming_the_guidance_scale).
+
+
+def test_a_switched_off_model_parameter_is_only_type_checked():
+    from helpers import validate
+    from helpers.errors import InvalidParameterError
+
+    uncached = {"i2v_model_id": "kit-tester/never-downloaded", "run_image_to_video": True}
+    with pytest.raises(InvalidParameterError, match="i2v_model_id='kit-tester/never-downloaded'"):
+        validate.check(uncached, stage="after_install")
+    validate.check({**uncached, "run_image_to_video": False}, stage="after_install")  # not used: not looked up
+    with pytest.raises(InvalidParameterError, match="i2v_model_id=5"):
+        validate.check({"i2v_model_id": 5, "run_image_to_video": False})
