@@ -680,7 +680,7 @@ def enforce(plan: LoadPlan, *, force: bool = False, plan_only: bool = False) -> 
 
 
 # A staged plan: the cells that load in one stage print this; those mentioning "staged" run
-SKIPPED_STAGED = "skipped: the plan is staged (encode, free, denoise): this one-stage section would not fit"
+SKIPPED_STAGED = "skipped: the plan is staged (encode, free, denoise): section 1b ran it; this one loads in one stage"
 _SKIP = {"keep": PLAN_ONLY_KEEP, "why": SKIPPED}
 
 

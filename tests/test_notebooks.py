@@ -447,6 +447,8 @@ def test_load_and_generate_runs_a_staged_plan_and_skips_the_one_stage_sections(e
     assert "prompt_embeds=tensor(" in text["staged-denoise"] and "prompt='" not in text["staged-denoise"]
     for cell in ("auto-class", "generate", "variants", "device", "form"):
         assert text[cell] == planning.SKIPPED_STAGED + "\n", cell
+    assert "stage 1 done: the text encoders are freed" in text["staged-encode"]
+    assert "skipped: sections 2 to 8 (they load in one stage; this plan is staged)" in text["summary"]
     staged = result.executed.parent / result.executed.stem
     one_stage, _ = run_ok(executed, "02_load_and_generate.ipynb")
     png = next(staged.glob("staged-seed*.png"))
