@@ -520,11 +520,12 @@ def _evaluate(model_id: str, family: str, stats: list[ComponentStats], hardware:
         elif offload == "staged":  # 1: text encoders alone, encode, free; 2: the rest, called with the embeddings
             first = {c.name for c in components if c.name.startswith("text_encoder")}
             rest = {c.name for c in components} - first
-            plan_stages = [("1 encode", sum(c.bytes for c in components if c.name in first) + activation_headroom(
-                0, 0), ram_base + shard(first)), ("2 denoise", sum(c.bytes for c in components if c.name in rest)
-                                                  + activations, ram_base + shard(rest))]
-            vram, ram, device_map, placement = max(v for _, v, _ in plan_stages), max(r for *_, r in plan_stages), \
-                "cuda", ""
+            def weights(names) -> int:
+                return sum(c.bytes for c in components if c.name in names)
+            plan_stages = [("1 encode", weights(first) + activation_headroom(0, 0), ram_base + shard(first)),  # 1 GiB
+                           ("2 denoise", weights(rest) + activations, ram_base + shard(rest))]
+            vram, ram = (max(stage[i] for stage in plan_stages) for i in (1, 2))
+            device_map, placement = "cuda", ""
             for c in components:
                 c.placement = "cuda, stage 1 (then freed)" if c.name in first else "cuda, stage 2"
             if family not in STAGED_OUTPUTS:
