@@ -43,8 +43,8 @@ def test_shared_components_needs_pipelines():
 
 def test_measure_sees_a_new_allocation_and_not_an_empty_block():
     with memory.measure() as grew:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched so it is resident
-    assert grew.ram_mb > 48
+        block = torch.ones(256 * 2**20 // 4)  # 256 MB, touched so it is resident
+    assert grew.ram_mb > 192  # RSS moves by ~20 MB on its own in a busy test worker (file pages reclaimed)
     del block
     with memory.measure() as idle:
         pass
